@@ -1,0 +1,90 @@
+"""The block-device interface every layer above talks to.
+
+A device is a flat byte range with positional reads and writes, plus an atomic test-and-set
+(:meth:`BlockDevice.compare_and_write`) with the semantics of SCSI COMPARE AND WRITE: the new image
+is written only if the current bytes equal the expected image, atomically with respect to every
+other host using the same device.  Locking and heartbeat code relies on that primitive alone, so a
+backend that can do it for real (byte-range locks for images, SG_IO COMPARE AND WRITE for a LUN)
+is all a new transport needs.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from vmfs.errors import DeviceError, ReadOnlyError
+
+
+class BlockDevice(abc.ABC):
+    """Byte-addressed storage.  Offsets and lengths are in bytes."""
+
+    #: sector size used by ATS and torn-write simulation
+    sector_size: int = 512
+    name: str = "device"
+
+    def __init__(self, *, readonly: bool) -> None:
+        self.readonly = readonly
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Size of the device in bytes."""
+
+    @abc.abstractmethod
+    def _read(self, offset: int, length: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def _write(self, offset: int, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read exactly ``length`` bytes; reading past the end is an error, not a short read."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise DeviceError(
+                f"{self.name}: read of {length} bytes at 0x{offset:x} beyond the device end 0x{self.size:x}"
+            )
+        if length == 0:
+            return b""
+        return self._read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.readonly:
+            raise ReadOnlyError(f"{self.name}: device is open read-only")
+        if offset < 0 or offset + len(data) > self.size:
+            raise DeviceError(
+                f"{self.name}: write of {len(data)} bytes at 0x{offset:x} beyond the device end 0x{self.size:x}"
+            )
+        if data:
+            self._write(offset, bytes(data))
+
+    def compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
+        """Atomic test-and-set: write ``new`` at ``offset`` only if the bytes there equal ``expected``.
+
+        Returns True when written, False on a miscompare (nothing written).  Atomic with respect to
+        every other user of the same device, in this process and in others.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"{self.name}: device is open read-only")
+        if len(expected) != len(new):
+            raise ValueError("compare_and_write needs images of equal length")
+        if offset < 0 or offset + len(new) > self.size:
+            raise DeviceError(f"{self.name}: ATS at 0x{offset:x} beyond the device end")
+        return self._compare_and_write(offset, bytes(expected), bytes(new))
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make every completed write durable."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the device."""
+
+    def __enter__(self) -> BlockDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "ro" if self.readonly else "rw"
+        return f"<{type(self).__name__} {self.name} {self.size} bytes {mode}>"

@@ -1,0 +1,233 @@
+"""Directories: VMFS3/5 linear entry arrays and VMFS6 hashed directories (section 9).
+
+Both kinds answer the same questions (list the entries, find one by name, name the parent); the
+per-version subclasses override only how entries are found on disk.  Names are checked on the way
+out: an entry whose name is empty, holds '/' or a NUL followed by garbage, or is '.'/'..' where
+no dot entry belongs is reported as corrupt instead of being handed to a path walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vmfs.errors import CorruptError, NotADirError, NotFoundError
+from vmfs.namehash import hash_index, link_hash, name_hash
+from vmfs.ondisk import dirent5 as D5
+from vmfs.ondisk import dirent6 as D6
+from vmfs.stream import FileReader
+
+if TYPE_CHECKING:
+    from vmfs.filedesc import FileDescriptor
+    from vmfs.volume import Volume
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    address: int  # FD address
+    type: int
+    generation: int
+    offset: int  # file offset of the entry inside the directory (VMFS5 and VMFS6 alike)
+    hash32: int = 0
+
+
+def decode_entry_name(raw: bytes, where: str, offset: int) -> str:
+    end = raw.find(b"\x00")
+    name = raw if end < 0 else raw[:end]
+    if end >= 0 and any(raw[end:]):
+        raise CorruptError(where, offset, "entry name holds a NUL byte followed by more characters")
+    if not name:
+        raise CorruptError(where, offset, "empty entry name")
+    if b"/" in name:
+        raise CorruptError(where, offset, f"entry name {name!r} holds '/'")
+    return name.decode("utf-8", "surrogateescape")
+
+
+class Directory:
+    """Entries of one directory FD."""
+
+    def __init__(self, volume: Volume, fd: FileDescriptor) -> None:
+        if not fd.is_dir:
+            raise NotADirError(f"FD {fd.address:#x} is not a directory")
+        self.volume = volume
+        self.fd = fd
+        self.reader = FileReader(fd)
+        self.where = f"directory {fd.address:#x}"
+
+    def entries(self) -> Iterator[DirEntry]:
+        """Every entry except '.' and '..'."""
+        raise NotImplementedError
+
+    def lookup(self, name: str) -> DirEntry:
+        raise NotImplementedError
+
+    def parent_address(self) -> int:
+        raise NotImplementedError
+
+    def listing(self) -> list[DirEntry]:
+        return list(self.entries())
+
+
+class Directory5(Directory):
+    """A packed array of 140-byte entries; '.' and '..' are the first two."""
+
+    def __init__(self, volume: Volume, fd: FileDescriptor) -> None:
+        super().__init__(volume, fd)
+        size = fd.size
+        if size % D5.DIRENT5_SIZE:
+            raise CorruptError(self.where, fd.vol_offset, f"length {size} is not a multiple of 140")
+        raw = self.reader.read(0, size)
+        self._entries: list[DirEntry] = []
+        self._parent = fd.address
+        self._by_name: dict[str, DirEntry] = {}
+        for i in range(size // D5.DIRENT5_SIZE):
+            off = i * D5.DIRENT5_SIZE
+            ent = D5.Dirent5.parse(raw[off : off + D5.DIRENT5_SIZE])
+            if ent.descAddr == 0:
+                continue
+            name = decode_entry_name(ent.name, self.where, off)
+            if name in (".", ".."):
+                if i > 1:
+                    raise CorruptError(self.where, off, f"'{name}' entry at position {i}")
+                if name == "..":
+                    self._parent = ent.descAddr
+                continue
+            if name in self._by_name:
+                raise CorruptError(self.where, off, f"duplicate entry name {name!r}")
+            de = DirEntry(name, ent.descAddr, ent.type, ent.generation, off)
+            self._entries.append(de)
+            self._by_name[name] = de
+
+    def entries(self) -> Iterator[DirEntry]:
+        return iter(self._entries)
+
+    def lookup(self, name: str) -> DirEntry:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise NotFoundError(f"no entry {name!r}") from None
+
+    def parent_address(self) -> int:
+        return self._parent
+
+
+class Directory6(Directory):
+    """Header block with '.', '..' and a hash table, then metadata-unit blocks of entries."""
+
+    def __init__(self, volume: Volume, fd: FileDescriptor) -> None:
+        super().__init__(volume, fd)
+        self.md = volume.geometry.md_size
+        raw = self.reader.read(0, D6.DIR6_HEADER_SIZE)
+        if len(raw) < D6.DIR6_HEADER_SIZE:
+            raise CorruptError(self.where, fd.vol_offset, "shorter than its header")
+        self.header = D6.Dir6Header.parse(raw)
+        if self.header.version not in (D6.DIR6_VERSION, D6.DIR6_VERSION_DEBUG):
+            raise CorruptError(self.where, fd.vol_offset, f"bad version 0x{self.header.version:08x}")
+        self.num_blocks = max(fd.size - D6.DIR6_HEADER_SIZE, 0) // self.md
+        self.slots_per_block = (self.md - D6.DIR6_BLOCK_HEADER_SIZE) // D6.DIRENT6_SIZE
+        self.map_entries_per_block = 2 * (self.md - D6.DIR6_BLOCK_HEADER_SIZE)
+        self.in_root = fd.address == volume.root_address
+
+    def block_offset(self, block: int) -> int:
+        return D6.DIR6_HEADER_SIZE + block * self.md
+
+    def read_block(self, block: int) -> tuple[object, bytes]:
+        if block >= self.num_blocks:
+            raise CorruptError(self.where, self.fd.vol_offset, f"block {block} beyond the directory's end")
+        raw = self.reader.read(self.block_offset(block), self.md)
+        return D6.Dir6BlockHeader.parse(raw[: D6.DIR6_BLOCK_HEADER_SIZE]), raw
+
+    def block_types(self) -> Iterator[tuple[int, int]]:
+        """(block number, map nibble) of every block listed in the allocation maps."""
+        h = self.header
+        count = h.numAllocationMapBlocks
+        if count > D6.DIR6_MAX_MAP_BLOCKS:
+            raise CorruptError(self.where, self.fd.vol_offset, f"{count} allocation-map blocks")
+        for j in range(count):
+            map_block = h.allocationMapBlocks[j]
+            bh, raw = self.read_block(map_block)
+            if bh.type != D6.BLOCK_ALLOCMAP:
+                raise CorruptError(self.where, self.fd.vol_offset, f"block {map_block} is not an allocation map")
+            first = j * self.map_entries_per_block
+            for n in range(min(self.map_entries_per_block, self.num_blocks - first)):
+                byte = raw[D6.DIR6_BLOCK_HEADER_SIZE + n // 2]
+                nibble = (byte >> 4) if n % 2 == 0 else (byte & 0xF)
+                yield first + n, nibble
+
+    def _slot_entry(self, raw: bytes, block: int, slot: int) -> DirEntry:
+        off = D6.DIR6_BLOCK_HEADER_SIZE + slot * D6.DIRENT6_SIZE
+        ent = D6.Dirent6.parse(raw[off : off + D6.DIRENT6_SIZE])
+        file_off = self.block_offset(block) + off
+        name = decode_entry_name(ent.name, self.where, file_off)
+        if name in (".", ".."):
+            raise CorruptError(self.where, file_off, f"'{name}' entry in a directory block")
+        return DirEntry(name, ent.address, ent.type, ent.generation, file_off, ent.hash32)
+
+    def entries(self) -> Iterator[DirEntry]:
+        remaining = self.header.numEntries - 2
+        for block, nibble in self.block_types():
+            if remaining <= 0:
+                return
+            if nibble & 3 != D6.BLOCK_DIRENT:
+                continue
+            bh, raw = self.read_block(block)
+            slots = min(bh.totalSlots, self.slots_per_block)
+            for slot in range(slots):
+                if remaining <= 0:
+                    return
+                if bh.bitmap[slot >> 3] >> (slot & 7) & 1:
+                    continue  # free slot
+                yield self._slot_entry(raw, block, slot)
+                remaining -= 1
+
+    def lookup(self, name: str) -> DirEntry:
+        raw_name = name.encode("utf-8", "surrogateescape")
+        index = hash_index(raw_name, self.in_root)
+        word = self.header.hashTable[index]
+        kind, block, slot = D6.split_location(word)
+        if kind == D6.BLOCK_DIRENT:
+            ent = self._entry_at(block, slot)
+            if ent.name == name:
+                return ent
+            raise NotFoundError(f"no entry {name!r}")
+        if kind == D6.BLOCK_LINK:
+            return self._lookup_links(block, slot, name, link_hash(name_hash(raw_name)))
+        raise NotFoundError(f"no entry {name!r}")
+
+    def _entry_at(self, block: int, slot: int) -> DirEntry:
+        bh, raw = self.read_block(block)
+        if bh.type != D6.BLOCK_DIRENT or slot >= min(bh.totalSlots, self.slots_per_block):
+            raise CorruptError(self.where, self.fd.vol_offset, f"hash table points to a bad slot {block}/{slot}")
+        return self._slot_entry(raw, block, slot)
+
+    def _lookup_links(self, block: int, slot: int, name: str, lhash: int) -> DirEntry:
+        seen: set[tuple[int, int]] = set()
+        while True:
+            if (block, slot) in seen:
+                raise CorruptError(self.where, self.fd.vol_offset, "link-group chain loops")
+            seen.add((block, slot))
+            bh, raw = self.read_block(block)
+            off = D6.DIR6_BLOCK_HEADER_SIZE + slot * D6.LINK_GROUP_SIZE
+            if bh.type != D6.BLOCK_LINK or off + D6.LINK_GROUP_SIZE > len(raw):
+                raise CorruptError(self.where, self.fd.vol_offset, f"bad link group {block}/{slot}")
+            group = D6.LinkGroup.parse(raw[off : off + D6.LINK_GROUP_SIZE])
+            for link in group.links:
+                if link.location and link.hash == lhash:
+                    k, b, s = D6.split_location(link.location)
+                    if k == D6.BLOCK_DIRENT:
+                        ent = self._entry_at(b, s)
+                        if ent.name == name:
+                            return ent
+            k, block, slot = D6.split_location(group.nextGroup)
+            if k != D6.BLOCK_LINK:
+                raise NotFoundError(f"no entry {name!r}")
+
+    def parent_address(self) -> int:
+        return self.header.parentEntry.address
+
+
+def open_directory(volume: Volume, fd: FileDescriptor) -> Directory:
+    cls = Directory6 if volume.geometry.vmfs6 else Directory5
+    return cls(volume, fd)

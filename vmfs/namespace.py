@@ -1,0 +1,188 @@
+"""Paths: walking from the root, stat, listing, symlinks, opening files.
+
+This is the POSIX face of a volume used by the FUSE adapter and the tools.  Paths are absolute,
+'/'-separated; '.' and '..' are resolved through the directory's own parent entry, so no name on
+disk can lead a walk outside the volume.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from vmfs.directory import DirEntry, Directory, open_directory
+from vmfs.errors import (
+    CorruptError,
+    InvalidArgumentError,
+    LoopError,
+    NotADirError,
+    NotFoundError,
+)
+from vmfs.filedesc import FileDescriptor
+from vmfs.ondisk import filedesc as F
+from vmfs.stream import FileReader, FileStream
+from vmfs.volume import Volume
+
+MAX_SYMLINK_DEPTH = 40
+
+
+@dataclass(frozen=True)
+class Stat:
+    ino: int  # FD address
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int  # 512-byte units allocated
+    block_size: int
+    atime: int
+    mtime: int
+    ctime: int
+    type: int
+    generation: int
+
+    def as_fuse(self) -> dict[str, int]:
+        return {
+            "st_ino": self.ino,
+            "st_mode": self.mode,
+            "st_nlink": self.nlink,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_size": self.size,
+            "st_blocks": self.blocks,
+            "st_blksize": min(self.block_size, 1 << 20) or 4096,
+            "st_atime": self.atime,
+            "st_mtime": self.mtime,
+            "st_ctime": self.ctime,
+        }
+
+
+def stat_fd(fd: FileDescriptor) -> Stat:
+    meta = fd.meta
+    if fd.is_resident:
+        allocated = 0
+    else:
+        allocated = meta.numBlocks * meta.blockSize
+    return Stat(
+        ino=fd.address,
+        mode=fd.st_mode,
+        nlink=meta.linkCount,
+        uid=meta.uid,
+        gid=meta.gid,
+        size=meta.fileLength,
+        blocks=allocated // 512,
+        block_size=meta.blockSize,
+        atime=meta.atime,
+        mtime=meta.mtime,
+        ctime=meta.ctime,
+        type=meta.type,
+        generation=meta.generation,
+    )
+
+
+class FileSystem:
+    """Path-level operations on an open :class:`Volume`."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+
+    # -- walking ------------------------------------------------------------------------------------
+
+    def directory(self, fd: FileDescriptor) -> Directory:
+        return open_directory(self.volume, fd)
+
+    def _child(self, parent: FileDescriptor, name: str) -> tuple[DirEntry, FileDescriptor]:
+        entry = self.directory(parent).lookup(name)
+        fd = self.volume.read_fd(entry.address)
+        if fd.generation != entry.generation:
+            raise CorruptError(
+                f"directory {parent.address:#x}",
+                None,
+                f"entry {name!r} has generation {entry.generation}, its FD {fd.generation}",
+            )
+        return entry, fd
+
+    def resolve(self, path: str, *, follow: bool = True, _depth: int = 0) -> FileDescriptor:
+        """The FD at ``path``; symlinks in the middle are always followed, the last one if ``follow``."""
+        if not path.startswith("/"):
+            raise InvalidArgumentError(f"path {path!r} is not absolute")
+        parts = [p for p in path.split("/") if p and p != "."]
+        fd = self.volume.root
+        stack: list[FileDescriptor] = []
+        for i, part in enumerate(parts):
+            if not fd.is_dir:
+                raise NotADirError(f"{'/' + '/'.join(parts[:i])}: not a directory")
+            if part == "..":
+                if stack:
+                    fd = stack.pop()
+                continue
+            try:
+                _, child = self._child(fd, part)
+            except NotFoundError:
+                raise NotFoundError(f"{'/' + '/'.join(parts[: i + 1])}: no such file or directory") from None
+            last = i == len(parts) - 1
+            if child.is_symlink and (follow or not last):
+                if _depth >= MAX_SYMLINK_DEPTH:
+                    raise LoopError(f"{path}: too many levels of symbolic links")
+                target = self.read_link_fd(child)
+                base = "/" + "/".join(parts[:i])
+                rest = "/".join(parts[i + 1 :])
+                new = posixpath.join(base, target, rest) if rest else posixpath.join(base, target)
+                return self.resolve(new, follow=follow, _depth=_depth + 1)
+            stack.append(fd)
+            fd = child
+        return fd
+
+    def lookup_entry(self, path: str) -> tuple[FileDescriptor, DirEntry]:
+        """(parent directory FD, entry) of ``path``'s last component, not following it."""
+        parent_path, name = posixpath.split(path.rstrip("/") or "/")
+        if not name:
+            raise InvalidArgumentError("the root has no directory entry")
+        parent = self.resolve(parent_path or "/")
+        if not parent.is_dir:
+            raise NotADirError(f"{parent_path}: not a directory")
+        return parent, self.directory(parent).lookup(name)
+
+    # -- queries ------------------------------------------------------------------------------------
+
+    def stat(self, path: str, *, follow: bool = False) -> Stat:
+        return stat_fd(self.resolve(path, follow=follow))
+
+    def listdir(self, path: str) -> list[DirEntry]:
+        fd = self.resolve(path)
+        if not fd.is_dir:
+            raise NotADirError(f"{path}: not a directory")
+        return self.directory(fd).listing()
+
+    def read_link_fd(self, fd: FileDescriptor) -> str:
+        if fd.type != F.TYPE_SYMLINK:
+            raise InvalidArgumentError(f"FD {fd.address:#x} is not a symbolic link")
+        raw = FileReader(fd).read(0, fd.size)
+        return raw.decode("utf-8", "surrogateescape")
+
+    def readlink(self, path: str) -> str:
+        return self.read_link_fd(self.resolve(path, follow=False))
+
+    def reader(self, path: str) -> FileReader:
+        fd = self.resolve(path)
+        if fd.is_dir and fd.type != F.TYPE_SYSFILE:
+            from vmfs.errors import IsADirError
+
+            raise IsADirError(f"{path}: is a directory")
+        return FileReader(fd)
+
+    def open(self, path: str) -> FileStream:
+        """A read-only binary stream over the file at ``path``."""
+        return FileStream(self.reader(path))
+
+    def walk(self, path: str = "/"):  # type: ignore[no-untyped-def]
+        """Yield (directory path, entries) for every directory below ``path``, depth first."""
+        pending = [path]
+        while pending:
+            current = pending.pop()
+            entries = self.listdir(current)
+            yield current, entries
+            for e in entries:
+                if e.type == F.TYPE_DIRECTORY:
+                    pending.append(posixpath.join(current, e.name))

@@ -1,0 +1,201 @@
+"""Resource files (.fbb .fdc .pbc .sbc .pb2 .jbc): cluster maths and cluster headers (section 6).
+
+A resource file holds a header, then cluster groups; each group holds ``cpg`` cluster headers
+(lock block + metadata with the allocation bitmap) followed by the resources' data.  VMFS6 keeps
+small-file-block (SFB) clusters as a *child* of the large-file-block resource: the header of SFB
+cluster ``c`` sits in the data slot of LFB ``c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vmfs.errors import CorruptError
+from vmfs.ondisk import resource as R
+from vmfs.ondisk.lock import LOCK_TYPE_BASE
+from vmfs.stream import FileReader
+
+if TYPE_CHECKING:
+    from vmfs.filedesc import FileDescriptor
+    from vmfs.volume import Volume
+
+RESOURCE_NAMES = {
+    R.RES_FB: "file blocks",
+    R.RES_SB: "sub-blocks",
+    R.RES_PB: "pointer blocks",
+    R.RES_FD: "file descriptors",
+    R.RES_PB2: "pointer blocks 2",
+    R.RES_JB: "journal blocks",
+    R.RES_LFB: "large file blocks",
+}
+
+SYSTEM_FILE_OF = {
+    R.RES_FB: ".fbb.sf",
+    R.RES_SB: ".sbc.sf",
+    R.RES_PB: ".pbc.sf",
+    R.RES_FD: ".fdc.sf",
+    R.RES_PB2: ".pb2.sf",
+    R.RES_JB: ".jbc.sf",
+    R.RES_LFB: ".fbb.sf",
+}
+
+
+@dataclass
+class Cluster:
+    """A parsed cluster header."""
+
+    number: int
+    file_offset: int
+    lock: object
+    meta: object
+    total: int
+    free: int
+    bitmap: bytes  # allocation bits, `bits` per resource, LSB first
+    bits: int
+
+    def state(self, resource: int) -> int:
+        bit = resource * self.bits
+        word = int.from_bytes(self.bitmap[bit >> 3 : (bit >> 3) + 2], "little")
+        return (word >> (bit & 7)) & ((1 << self.bits) - 1)
+
+    def is_free(self, resource: int) -> bool:
+        """1-bit resources only: a set bit means free (vmfs-format.md 6.3, 6.4)."""
+        return self.state(resource) == 1
+
+    def used_resources(self) -> list[int]:
+        return [r for r in range(self.total) if not self.is_free(r)]
+
+
+class ResourceFile:
+    def __init__(
+        self,
+        volume: Volume,
+        kind: int,
+        fd: FileDescriptor,
+        header_offset: int = 0,
+        parent: ResourceFile | None = None,
+    ) -> None:
+        self.volume = volume
+        self.kind = kind
+        self.fd = fd
+        self.name = SYSTEM_FILE_OF[kind]
+        self.parent = parent
+        self.header_offset = header_offset
+        self.reader = FileReader(fd)
+        raw = self.reader.read(header_offset, R.RES_HEADER_SIZE)
+        where = f"{self.name} resource header"
+        if len(raw) < R.RES_HEADER_SIZE:
+            raise CorruptError(where, fd.vol_offset, f"file of {fd.size} bytes is too short")
+        self.header = h = R.ResourceHeader.parse(raw)
+        geo = volume.geometry
+        self.rpc = h.resourcesPerCluster
+        self.cpg = h.clustersPerGroup
+        self.cgo = h.clusterGroupOffset
+        self.rsz = h.resourceSize
+        self.cgs = h.clusterGroupSize
+        self.num_resources = h.numResourcesLo | (h.numResourcesHi << 32)
+        self.bits = h.bitsPerResource or 1
+        self.ch = geo.cluster_header_size
+        self.num_clusters = -(-self.num_resources // self.rpc) if self.rpc else 0
+        if geo.vmfs6 and h.signature != R.RES_SIGNATURE:
+            raise CorruptError(where, fd.vol_offset, f"bad signature 0x{h.signature:08x}")
+        if self.num_resources and (self.rpc == 0 or self.cpg == 0):
+            raise CorruptError(where, fd.vol_offset, "resources without clusters (rpc or cpg is 0)")
+        if self.bits not in (1, 2, 3, 4, 8):
+            raise CorruptError(where, fd.vol_offset, f"{self.bits} bits per resource")
+        if parent is None and self.num_resources:
+            expect = self.cpg * self.ch + self.cpg * self.rpc * self.rsz
+            if self.cgs != expect:
+                raise CorruptError(where, fd.vol_offset, f"cluster group size 0x{self.cgs:x}, expected 0x{expect:x}")
+            if self.cgo < R.RES_HEADER_SIZE:
+                raise CorruptError(where, fd.vol_offset, f"cluster group offset 0x{self.cgo:x}")
+            groups = -(-self.num_clusters // self.cpg)
+            if h.numClusterGroups < groups:
+                raise CorruptError(where, fd.vol_offset, f"{h.numClusterGroups} cluster groups for {groups}")
+            if self.rsz and self.resource_offset(*divmod(self.num_resources - 1, self.rpc)) + self.rsz > fd.size:
+                raise CorruptError(where, fd.vol_offset, "resources extend beyond the end of the file")
+        if geo.vmfs6:
+            self.meta_struct = geo.structs.cluster_meta
+        else:
+            self.meta_struct = R.ClusterMeta5
+
+    @property
+    def lock_type(self) -> int:
+        return LOCK_TYPE_BASE + self.kind + 1
+
+    # -- cluster maths (section 6.2) --------------------------------------------------------------
+
+    def cluster_header_offset(self, cluster: int) -> int:
+        if self.parent is not None:
+            return self.parent.resource_offset(*divmod(cluster, self.parent.rpc))
+        group, index = divmod(cluster, self.cpg)
+        return self.cgo + group * self.cgs + index * self.ch
+
+    def resource_offset(self, cluster: int, resource: int) -> int:
+        group, index = divmod(cluster, self.cpg)
+        return self.cgo + group * self.cgs + self.cpg * self.ch + (index * self.rpc + resource) * self.rsz
+
+    def check(self, cluster: int, resource: int, address: int | None = None) -> None:
+        """Raise CorruptError unless (cluster, resource) names an existing resource."""
+        if cluster >= self.num_clusters or resource >= self.rpc or cluster * self.rpc + resource >= self.num_resources:
+            what = f"address 0x{address:x}" if address is not None else "resource"
+            raise CorruptError(
+                f"{self.name} {what}",
+                None,
+                f"c{cluster} r{resource} is out of range ({self.num_resources} resources, rpc {self.rpc})",
+            )
+
+    def volume_offset(self, cluster: int, resource: int) -> int:
+        return self.reader.volume_offset(self.resource_offset(cluster, resource))
+
+    def read_resource(self, cluster: int, resource: int, length: int | None = None) -> bytes:
+        n = self.rsz if length is None else length
+        data = self.reader.read(self.resource_offset(cluster, resource), n)
+        if len(data) != n:
+            raise CorruptError(f"{self.name} resource", None, f"c{cluster} r{resource} is past the end of the file")
+        return data
+
+    # -- cluster headers ----------------------------------------------------------------------------
+
+    def read_cluster(self, cluster: int, raw: bytes | None = None) -> Cluster:
+        offset = self.cluster_header_offset(cluster)
+        if raw is None:
+            raw = self.reader.read(offset, self.ch)
+        geo = self.volume.geometry
+        md = self.ch // 2
+        where = f"{self.name} cluster {cluster} header"
+        if len(raw) < self.ch:
+            raise CorruptError(where, None, "beyond the end of the resource file")
+        lock = geo.structs.lock.parse(raw[:md]).lock
+        meta = self.meta_struct.parse(raw[md : md + self.meta_struct.sizeof()])
+        if geo.vmfs6:
+            body = meta.body
+            nbytes = -(-self.rpc * self.bits // 8)
+            bitmap = bytes(body[:nbytes])
+        else:
+            bitmap = bytes(meta.bitmap)
+        return Cluster(
+            cluster, offset, lock, meta, meta.totalResources, meta.freeResources, bitmap, self.bits
+        )
+
+    def iter_clusters(self):  # type: ignore[no-untyped-def]
+        """Every existing cluster, reading each group's headers with one read."""
+        if self.parent is not None:
+            for c in range(self.num_clusters):
+                yield self.read_cluster(c)
+            return
+        for g in range(-(-self.num_clusters // self.cpg) if self.cpg else 0):
+            first = g * self.cpg
+            count = min(self.cpg, self.num_clusters - first)
+            raw = self.reader.read(self.cluster_header_offset(first), count * self.ch)
+            for i in range(count):
+                yield self.read_cluster(first + i, raw[i * self.ch : (i + 1) * self.ch])
+
+    def usage(self) -> tuple[int, int]:
+        """(total, free) resources from the cluster headers' counts."""
+        total = free = 0
+        for cl in self.iter_clusters():
+            total += cl.total
+            free += cl.free
+        return total, free

@@ -1,0 +1,274 @@
+"""Open a VMFS volume: FS descriptor, geometry, system files, FD and pointer-block caches.
+
+Opening follows vmfs-format.md 1.1: descriptor at 2 MiB, bootstrap of FD cluster 0 without
+``.fdc.sf``, then the resource files in dependency order (VMFS6: ``.pb2.sf`` before ``.sbc.sf``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+from construct import ConstructError
+
+from vmfs import address as A
+from vmfs.device.base import BlockDevice
+from vmfs.device.file import FileDevice
+from vmfs.errors import CorruptError, DeviceError, NotVmfsError
+from vmfs.filedesc import FileDescriptor
+from vmfs.geometry import Geometry
+from vmfs.lvm import LogicalVolume, open_logical_volume
+from vmfs.ondisk import filedesc as F
+from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import decode_name, unpack_ints
+from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDescriptor
+from vmfs.resources import ResourceFile
+from vmfs.stream import FileReader
+
+ROOT_FD = A.make_fd(0, 0)
+SYSTEM_FDS = {
+    ".fbb.sf": A.make_fd(0, 1),
+    ".fdc.sf": A.make_fd(0, 2),
+    ".pbc.sf": A.make_fd(0, 3),
+    ".sbc.sf": A.make_fd(0, 4),
+    ".vh.sf": A.make_fd(0, 5),
+    ".pb2.sf": A.make_fd(0, 6),
+    ".sdd.sf": A.make_fd(0, 7),
+    ".jbc.sf": A.make_fd(0, 8),
+}
+
+_FD_CACHE = 4096
+_PB_CACHE = 256
+
+
+class _Lru(OrderedDict):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, value) -> None:  # type: ignore[no-untyped-def]
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class Volume:
+    """An open VMFS filesystem on a logical volume (a :class:`BlockDevice` of volume offsets)."""
+
+    def __init__(self, device: BlockDevice, *, lvm: LogicalVolume | None = None) -> None:
+        self.device = device
+        self.lvm = lvm
+        self.readonly = device.readonly
+        self._lock = threading.RLock()
+        self._fd_cache: _Lru = _Lru(_FD_CACHE)
+        self._pb_cache: _Lru = _Lru(_PB_CACHE)
+        try:
+            raw = device.read(FS_DESCRIPTOR_OFFSET, 512)
+        except DeviceError:
+            raise NotVmfsError(f"{device.name}: too small for a VMFS volume ({device.size} bytes)") from None
+        self.descriptor = FsDescriptor.parse(raw)
+        d = self.descriptor
+        if d.magic not in (FS_MAGIC, FSL_MAGIC):
+            raise NotVmfsError(f"{device.name}: no VMFS file system (magic 0x{d.magic:08x} at volume 0x200000)")
+        lvm_major = lvm.devices[0].major if lvm is not None and lvm.devices else None
+        self.geometry = Geometry.from_descriptor(d, lvm_major)
+        if lvm is not None and lvm.devices and d.volInfo.lvId != lvm.devices[0].volume.lvId:  # type: ignore[attr-defined]
+            raise NotVmfsError(
+                f"{device.name}: FS belongs to logical volume {d.volInfo.lvId}, not to this LVM volume"
+            )
+        self.num_blocks = device.size // self.geometry.block_size
+        self.resources: dict[int, ResourceFile] = {}
+        try:
+            self._open_resources()
+        except DeviceError as exc:
+            raise CorruptError("volume", None, f"truncated image: {exc}") from None
+        except ConstructError as exc:
+            raise CorruptError("volume", None, f"unparsable metadata: {exc}") from None
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, paths: list[str | os.PathLike[str]] | str, *, readonly: bool = True) -> Volume:
+        """Open the volume on image files or block devices (all extents of a spanned volume)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        devices: list[BlockDevice] = []
+        try:
+            for p in paths:
+                devices.append(FileDevice(p, readonly=readonly))
+            lv = open_logical_volume(devices)
+            return cls(lv, lvm=lv)
+        except BaseException:
+            for dev in devices:
+                dev.close()
+            raise
+
+    def _open_resources(self) -> None:
+        geo = self.geometry
+        fdc_addr = SYSTEM_FDS[".fdc.sf"]
+        raw = self.device.read(geo.bootstrap_fd_addr(A.fd_split(fdc_addr)[1]), geo.fd_size)
+        fdc_fd = FileDescriptor(self, fdc_addr, geo.bootstrap_fd_addr(2), raw)
+        self._check_system_fd(fdc_fd)
+        self.resources[R.RES_FD] = ResourceFile(self, R.RES_FD, fdc_fd)
+        fbb = self.read_fd(SYSTEM_FDS[".fbb.sf"])
+        self._check_system_fd(fbb)
+        if geo.vmfs6:
+            lfb = ResourceFile(self, R.RES_LFB, fbb)
+            self.resources[R.RES_LFB] = lfb
+            child = lfb.header.childMetaOffset
+            if not child:
+                raise CorruptError(".fbb.sf resource header", fbb.vol_offset, "no SFB child header")
+            sfb = ResourceFile(self, R.RES_FB, fbb, header_offset=child, parent=lfb)
+            if sfb.rpc != geo.sfb_rpc:
+                raise CorruptError(
+                    ".fbb.sf SFB header", fbb.vol_offset, f"resources per cluster {sfb.rpc}, expected {geo.sfb_rpc}"
+                )
+            self.resources[R.RES_FB] = sfb
+        else:
+            self.resources[R.RES_FB] = ResourceFile(self, R.RES_FB, fbb)
+        for name, kind in ((".pbc.sf", R.RES_PB), (".pb2.sf", R.RES_PB2), (".sbc.sf", R.RES_SB)):
+            fd = self.read_fd(SYSTEM_FDS[name])
+            self._check_system_fd(fd)
+            self.resources[kind] = ResourceFile(self, kind, fd)
+        if geo.vmfs6:
+            jbc = self.read_fd(SYSTEM_FDS[".jbc.sf"])
+            self._check_system_fd(jbc)
+            self.resources[R.RES_JB] = ResourceFile(self, R.RES_JB, jbc)
+
+    def _check_system_fd(self, fd: FileDescriptor) -> None:
+        if fd.type != F.TYPE_SYSFILE or fd.is_resident or fd.block_size not in (
+            self.geometry.block_size,
+            self.geometry.sub_block_size,
+        ):
+            raise CorruptError(
+                f"system file descriptor {fd.address:#x}", fd.vol_offset, "not a system file of this volume"
+            )
+
+    # -- descriptor facts -------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return decode_name(self.descriptor.fsLabel)
+
+    @property
+    def uuid(self) -> str:
+        return self.descriptor.uuid
+
+    @property
+    def version_string(self) -> str:
+        return f"VMFS-{self.geometry.version}.{self.descriptor.minorVersion}"
+
+    # -- file descriptors -----------------------------------------------------------------------------
+
+    def read_fd(self, address: int) -> FileDescriptor:
+        with self._lock:
+            cached = self._fd_cache.get(address)
+            if cached is not None:
+                self._fd_cache.move_to_end(address)
+                return cached
+        if A.kind(address) != A.ADDR_FD:
+            raise CorruptError("directory entry", None, f"0x{address:x} is not an FD address")
+        cluster, resource = A.fd_split(address)
+        fdc = self.resources[R.RES_FD]
+        fdc.check(cluster, resource, address)
+        vol_offset = fdc.volume_offset(cluster, resource)
+        raw = self.device.read(vol_offset, self.geometry.fd_size)
+        fd = FileDescriptor(self, address, vol_offset, raw)
+        with self._lock:
+            self._fd_cache.put(address, fd)
+        return fd
+
+    @property
+    def root(self) -> FileDescriptor:
+        return self.read_fd(ROOT_FD)
+
+    root_address = ROOT_FD
+
+    def reader(self, fd: FileDescriptor) -> FileReader:
+        return FileReader(fd)
+
+    # -- block resolution -----------------------------------------------------------------------------
+
+    def pointer_block(self, address: int, owner: FileDescriptor):  # type: ignore[no-untyped-def]
+        """The entries of the pointer block at ``address`` (cached)."""
+        with self._lock:
+            cached = self._pb_cache.get(address)
+            if cached is not None:
+                return cached
+        geo = self.geometry
+        kind = A.kind(address)
+        where = f"pointer block of FD {owner.address:#x}"
+        if kind in (A.ADDR_PB, A.ADDR_PB2) or (kind == A.ADDR_SB and geo.vmfs6):
+            res = self.resources[{A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_SB: R.RES_SB}[kind]]
+            _, c, r = geo.codec.split(address)
+            res.check(c, r, address)
+            if res.rsz < geo.pb_size:
+                raise CorruptError(res.name, None, f"resource size {res.rsz} is smaller than a pointer block")
+            raw = res.read_resource(c, r, geo.pb_size)
+        elif kind == A.ADDR_FB:
+            block = geo.codec.fb_block(address)
+            if block >= self.num_blocks:
+                raise CorruptError(where, owner.vol_offset, f"block {block} beyond the volume")
+            raw = self.device.read(block * geo.block_size, geo.pb_size)
+        else:
+            raise CorruptError(where, owner.vol_offset, f"0x{address:x} is not a pointer-block address")
+        entries = unpack_ints(raw, geo.addr_width)
+        with self._lock:
+            self._pb_cache.put(address, entries)
+        return entries
+
+    def data_location(self, address: int, within: int, length: int, owner: FileDescriptor) -> int | None:
+        """Volume offset of ``length`` bytes at ``within`` in the data block ``address``;
+        None when they read as zeros (to-be-zeroed block)."""
+        geo = self.geometry
+        kind = address & 7
+        if kind == A.ADDR_FB:
+            if geo.codec.fb_tbz(address):
+                return None
+            block = geo.codec.fb_block(address)
+            if block >= self.num_blocks:
+                raise CorruptError(
+                    f"file descriptor {owner.address:#x}", owner.vol_offset, f"block {block} beyond the volume"
+                )
+            if within + length > geo.block_size:
+                raise CorruptError(
+                    f"file descriptor {owner.address:#x}", owner.vol_offset, "file block smaller than its block size"
+                )
+            return block * geo.block_size + within
+        if kind == A.ADDR_SB:
+            if within + length > geo.sub_block_size:
+                raise CorruptError(
+                    f"file descriptor {owner.address:#x}", owner.vol_offset, "sub-block smaller than its block size"
+                )
+            sbc = self.resources[R.RES_SB]
+            _, c, r = geo.codec.split(address)
+            sbc.check(c, r, address)
+            return sbc.volume_offset(c, r) + within
+        if kind == A.ADDR_LFB and geo.vmfs6:
+            if geo.codec.fb_tbz(address):
+                return None
+            number = (address >> 15) & 0x7FFFFFFF
+            start = number * geo.lfb_size
+            if start + within + length > self.device.size:
+                raise CorruptError(
+                    f"file descriptor {owner.address:#x}", owner.vol_offset, f"LFB {number} beyond the volume"
+                )
+            return start + within
+        raise CorruptError(
+            f"file descriptor {owner.address:#x}",
+            owner.vol_offset,
+            f"0x{address:x} ({A.KIND_NAMES[kind]}) is not a data block address",
+        )
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.device.close()
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
