@@ -64,6 +64,8 @@ class Volume:
         self._lock = threading.RLock()
         self._fd_cache: _Lru = _Lru(_FD_CACHE)
         self._pb_cache: _Lru = _Lru(_PB_CACHE)
+        #: set by every allocation change so statfs recounts
+        self.usage_dirty = True
         try:
             raw = device.read(FS_DESCRIPTOR_OFFSET, 512)
         except DeviceError:

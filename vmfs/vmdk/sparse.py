@@ -15,7 +15,6 @@ itself and would destroy a file whose GD has zero entries (section 3.4).
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
 from typing import Any
 
 from construct import Bytes, ConstructError, Int8ul, Int16ul, Int32ul, Int64ul, Struct
@@ -29,7 +28,8 @@ from vmfs.vmdk.errors import (
     ReadOnlyError,
     UnsupportedError,
 )
-from vmfs.vmdk.extent import SECTOR, GrainedExtent, GrainState, check_entry_target, read_exact
+from vmfs.vmdk.extent import SECTOR, read_exact
+from vmfs.vmdk.tables import U32TableExtent, roundup, sectors_for
 from vmfs.vmdk.storage import DiskStorage
 
 MAGIC = b"KDMV"
@@ -87,14 +87,6 @@ def gd_entries(capacity: int, grain_size: int, gtes_per_gt: int) -> int:
     """Number of GD entries: one per GT, each GT covering ``gtes_per_gt`` grains."""
     span = grain_size * gtes_per_gt
     return -(-capacity // span)
-
-
-def _sectors(nbytes: int) -> int:
-    return -(-nbytes // SECTOR)
-
-
-def _roundup(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def parse_header(raw: bytes, file: str) -> Any:
@@ -162,7 +154,7 @@ def validate_header(header: Any, file: str) -> None:
         raise CorruptError(file, "sparse header", f"capacity {h.capacity} needs a grain directory over 32 Mi entries")
 
 
-class SparseExtent(GrainedExtent):
+class SparseExtent(U32TableExtent):
     """A KDMV extent opened for reading or writing."""
 
     header: Any  # a construct Container of SparseHeader
@@ -178,20 +170,16 @@ class SparseExtent(GrainedExtent):
             self.fh.close()
             raise
 
-    # -- opening -----------------------------------------------------------------------------------
-
     def _read_header(self) -> Any:
         header = parse_header(read_exact(self.fh, 0, SECTOR, self.name, "sparse header"), self.name)
         if header.gd_offset == GD_AT_END:
-            raise UnsupportedError(f"{self.name}: grain directory at end of stream (open it as streamOptimized)")
+            raise UnsupportedError(f"{self.name}: grain directory at the end (a stream: open it as streamOptimized)")
         return header
 
     def _load(self) -> None:
-        self.file_sectors = _sectors(self.fh.seek(0, 2))
-        header = self._read_header()
-        validate_header(header, self.name)
-        self.header = header
-        h = header
+        self.file_sectors = sectors_for(self.fh.seek(0, 2))
+        h = self.header = self._read_header()
+        validate_header(h, self.name)
         if self.writable:
             if h.flags & FLAG_COMPRESSED:
                 raise ReadOnlyError(f"{self.name}: compressed (stream-optimized) extents are read-only")
@@ -200,137 +188,17 @@ class SparseExtent(GrainedExtent):
         self.capacity = h.capacity
         self.grain_size = h.grain_size
         self.gtes = h.num_gtes_per_gt
-        self.supports_zero_grain = bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
-        self._compressed = bool(h.flags & FLAG_COMPRESSED)
-        self._gt_struct = IntArray(self.gtes, 4)
-        self._gt_sectors = _sectors(self.gtes * 4)
+        self.supports_zero_grain = self.one_reads_as_zero = bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
+        self.compressed = bool(h.flags & FLAG_COMPRESSED)
+        self._init_tables()
         n = gd_entries(self.capacity, self.grain_size, self.gtes)
-        self._gd_struct = IntArray(n, 4)
-        self.gd = self._read_directory(h.gd_offset, "grain directory")
-        self.rgd: array | None = None
+        self.gd_sector = h.gd_offset
+        self.gd = self._read_directory(h.gd_offset, n, "grain directory")
+        self.rgd = None
         if h.flags & FLAG_REDUNDANT_GD and h.rgd_offset:
-            self.rgd = self._read_directory(h.rgd_offset, "redundant grain directory")
-        self._gts: dict[int, array] = {}
-        self._next = max(_roundup(self.file_sectors, self.grain_size), h.overhead)
-
-    def _read_directory(self, sector: int, what: str) -> array:
-        raw = read_exact(self.fh, sector * SECTOR, self._gd_struct.sizeof(), self.name, what)
-        return self._gd_struct.parse(raw)
-
-    def _load_gt(self, gdi: int) -> array | None:
-        gt = self._gts.get(gdi)
-        if gt is not None:
-            return gt
-        sector = self.gd[gdi]
-        if sector == 0:
-            return None
-        what = f"grain table {gdi}"
-        if sector + self._gt_sectors > self.file_sectors:
-            raise CorruptError(
-                self.name, what, f"table at sector {sector} is truncated by the end of file", offset=sector * SECTOR
-            )
-        gt = self._gt_struct.parse(read_exact(self.fh, sector * SECTOR, self._gt_struct.sizeof(), self.name, what))
-        if gt and max(gt) >= self.file_sectors:
-            for i, value in enumerate(gt):
-                if value >= self.file_sectors:
-                    check_entry_target(self.name, what, gdi * self.gtes + i, value, self.file_sectors)
-        self._gts[gdi] = gt
-        return gt
-
-    # -- GrainedExtent hooks -------------------------------------------------------------------------
-
-    def _state(self, value: int) -> tuple[GrainState, int]:
-        if value == 0:
-            return GrainState.UNALLOCATED, 0
-        if value == 1 and self.supports_zero_grain:
-            return GrainState.ZERO, 0
-        return (GrainState.COMPRESSED if self._compressed else GrainState.DATA), value
-
-    def _entries(self, first_grain: int, count: int) -> list[tuple[GrainState, int]]:
-        out: list[tuple[GrainState, int]] = []
-        gtes = self.gtes
-        g = first_grain
-        end = first_grain + count
-        while g < end:
-            gdi, idx = divmod(g, gtes)
-            n = min(gtes - idx, end - g)
-            gt = self._load_gt(gdi)
-            if gt is None:
-                out += [(GrainState.UNALLOCATED, 0)] * n
-            else:
-                out += [self._state(v) for v in gt[idx : idx + n]]
-            g += n
-        return out
-
-    def _iter_entries(self) -> Iterator[tuple[int, GrainState, int]]:
-        for gdi in range(len(self.gd)):
-            gt = self._load_gt(gdi)
-            if gt is None:
-                continue
-            base = gdi * self.gtes
-            for idx, value in enumerate(gt):
-                if value:
-                    state, target = self._state(value)
-                    yield base + idx, state, target
-
-    def _allocate(self, grains: int) -> int:
-        start = self._next
-        end = start + grains * self.grain_size
-        if end > MAX_FILE_SECTORS:
-            raise NoSpaceError(f"{self.name}: hosted sparse extents cannot grow past 2 TiB (32-bit grain pointers)")
-        self._next = end
-        self.file_sectors = max(self.file_sectors, end)
-        return start
-
-    def _allocate_table(self) -> int:
-        """Space for one GT at the end of the file (only foreign files lack preallocated GTs)."""
-        start = self._next
-        self._next = _roundup(start + self._gt_sectors, self.grain_size)
-        self.file_sectors = max(self.file_sectors, start + self._gt_sectors)
-        return start
-
-    def _encode(self, state: GrainState, target: int) -> int:
-        if state == GrainState.ZERO:
-            return 1
-        if state == GrainState.DATA:
-            return target
-        raise InvalidArgumentError(f"{self.name}: cannot store grain state {state!r}")
-
-    def _commit(self, updates: list[tuple[int, GrainState, int]]) -> None:
-        by_gt: dict[int, list[tuple[int, int]]] = {}
-        for grain, state, target in updates:
-            gdi, idx = divmod(grain, self.gtes)
-            by_gt.setdefault(gdi, []).append((idx, self._encode(state, target)))
-        for gdi, items in by_gt.items():
-            gt = self._load_gt(gdi)
-            if gt is None:
-                self._new_table(gdi, items)
-                continue
-            for idx, value in items:
-                gt[idx] = value
-            lo = min(i for i, _ in items)
-            hi = max(i for i, _ in items) + 1
-            piece = IntArray(hi - lo, 4).build(gt[lo:hi])
-            for directory in (self.gd, self.rgd):
-                if directory is not None and directory[gdi]:
-                    self.fh.seek(directory[gdi] * SECTOR + lo * 4)
-                    self.fh.write(piece)
-
-    def _new_table(self, gdi: int, items: list[tuple[int, int]]) -> None:
-        gt = array("I", bytes(self._gt_struct.sizeof()))
-        for idx, value in items:
-            gt[idx] = value
-        raw = self._gt_struct.build(gt)
-        for directory, where in ((self.gd, self.header.gd_offset), (self.rgd, self.header.rgd_offset)):
-            if directory is None:
-                continue
-            sector = self._allocate_table()
-            self.fh.seek(sector * SECTOR)
-            self.fh.write(raw)
-            directory[gdi] = sector
-            self.fh.seek(where * SECTOR + gdi * 4)
-            self.fh.write(Int32ul.build(sector))
-        self._gts[gdi] = gt
+            self.rgd_sector = h.rgd_offset
+            self.rgd = self._read_directory(h.rgd_offset, n, "redundant grain directory")
+        self._next = max(roundup(self.file_sectors, self.grain_size), h.overhead)
 
     # -- header, descriptor, lifecycle --------------------------------------------------------------
 
@@ -383,7 +251,7 @@ class SparseExtent(GrainedExtent):
         h = self.header
         if new_n > old_n:
             self._modifying()
-            gds = _sectors(new_n * 4)
+            gds = sectors_for(new_n * 4)
             extra = new_n - old_n
             pos = self._next
             layout = []
@@ -395,16 +263,17 @@ class SparseExtent(GrainedExtent):
                 pos = first_gt + extra * self._gt_sectors
                 entries = array("I", directory) + array("I", (first_gt + i * self._gt_sectors for i in range(extra)))
                 layout.append((gd_sector, entries))
-            end = _roundup(pos, self.grain_size)
+            end = roundup(pos, self.grain_size)
             for gd_sector, entries in layout:
                 self.fh.seek(gd_sector * SECTOR)
                 self.fh.write(IntArray(new_n, 4).build(entries))
             self.fh.truncate(end * SECTOR)
             self.fh.flush()
-            self._gd_struct = IntArray(new_n, 4)
             if self.rgd is not None:
-                h.rgd_offset, self.rgd = layout[0]
-            h.gd_offset, self.gd = layout[-1]
+                self.rgd_sector, self.rgd = layout[0]
+                h.rgd_offset = self.rgd_sector
+            self.gd_sector, self.gd = layout[-1]
+            h.gd_offset = self.gd_sector
             self._next = end
             self.file_sectors = end
         elif capacity != self.capacity:
@@ -440,13 +309,13 @@ def create_sparse(
     if grain_size < 1 or grain_size > MAX_GRAIN_SIZE or grain_size & (grain_size - 1):
         raise InvalidArgumentError(f"grain size {grain_size} is not a power of two up to {MAX_GRAIN_SIZE}")
     if descriptor is not None and len(descriptor) > descriptor_sectors * SECTOR:
-        descriptor_sectors = _sectors(len(descriptor))
+        descriptor_sectors = sectors_for(len(descriptor))
     n = gd_entries(capacity, grain_size, DEFAULT_GTES_PER_GT)
-    gds = _sectors(n * 4)
-    gt_sectors = _sectors(DEFAULT_GTES_PER_GT * 4)
+    gds = sectors_for(n * 4)
+    gt_sectors = sectors_for(DEFAULT_GTES_PER_GT * 4)
     rgd = 1 + descriptor_sectors
     gd = rgd + gds + n * gt_sectors
-    overhead = _roundup(gd + gds + n * gt_sectors, grain_size)
+    overhead = roundup(gd + gds + n * gt_sectors, grain_size)
     if overhead >= MAX_FILE_SECTORS:
         raise NoSpaceError(f"{name}: capacity {capacity} is too large for a hosted sparse extent")
     header = new_header(

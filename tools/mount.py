@@ -1,0 +1,83 @@
+"""vmfs-mount: serve a VMFS volume through FUSE (read-only unless ``-o rw``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from tools.common import report_errors
+from vmfs.errors import InvalidArgumentError
+from vmfs.namespace import FileSystem
+from vmfs.volume import Volume
+
+# Options we handle ourselves and never pass to libfuse.
+OWN_OPTIONS = {"rw", "ro"}
+
+
+def parse_options(values: tuple[str, ...]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, sep, val = item.partition("=")
+            options[key] = val if sep else True
+    return options
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, metavar="IMAGE... MOUNTPOINT")
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    metavar="OPT[,OPT...]",
+    help="Mount options. 'rw' mounts read-write; the default is read-only ('ro'). "
+    "Anything else (allow_other, default_permissions, fsname=...) is passed to FUSE.",
+)
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: run in the background).")
+@click.option("-d", "--debug", is_flag=True, help="FUSE debug output (implies --foreground).")
+@click.option("-v", "--verbose", is_flag=True, help="Log library errors to stderr.")
+@report_errors(exit_code=1)
+def main(paths: tuple[str, ...], options: tuple[str, ...], foreground: bool, debug: bool, verbose: bool) -> None:
+    """Mount the VMFS volume held by IMAGE (image files or block devices; every extent of a
+    spanned volume, in any order) at MOUNTPOINT.
+
+    The volume is mounted READ-ONLY by default; pass -o rw to write.  SIGINT or SIGTERM (or
+    fusermount -u MOUNTPOINT) unmounts cleanly.
+    """
+    if len(paths) < 2:
+        raise click.UsageError("need at least one IMAGE and a MOUNTPOINT")
+    *images, mountpoint = paths
+    if not os.path.isdir(mountpoint):
+        raise InvalidArgumentError(f"{mountpoint}: mount point is not a directory")
+    opts = parse_options(options)
+    writable = bool(opts.get("rw")) and not opts.get("ro")
+    for key in OWN_OPTIONS:
+        opts.pop(key, None)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    from vmfs import fuse as vfuse
+
+    volume = Volume.open(list(images), readonly=not writable)
+    fs = FileSystem(volume)
+    if writable:
+        from vmfs.fuse_rw import ReadWriteOperations
+
+        ops: vfuse.VmfsOperations = ReadWriteOperations(fs)
+    else:
+        opts["ro"] = True
+        ops = vfuse.VmfsOperations(fs)
+    opts.setdefault("fsname", f"vmfs:{os.path.abspath(images[0])}")
+    opts.setdefault("subtype", "vmfs")
+    try:
+        vfuse.mount(fs, mountpoint, foreground=foreground or debug, options=opts, operations=ops, debug=debug)
+    except RuntimeError as exc:
+        raise InvalidArgumentError(f"{mountpoint}: mount failed ({exc})") from None
+
+
+if __name__ == "__main__":
+    main()
