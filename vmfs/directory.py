@@ -84,9 +84,9 @@ class Directory5(Directory):
         self._by_name: dict[str, DirEntry] = {}
         for i in range(size // D5.DIRENT5_SIZE):
             off = i * D5.DIRENT5_SIZE
+            if raw[off + 4 : off + 8] == b"\x00\x00\x00\x00":
+                continue  # unused entry (descAddr 0): skip without a full parse
             ent = D5.Dirent5.parse(raw[off : off + D5.DIRENT5_SIZE])
-            if ent.descAddr == 0:
-                continue
             name = decode_entry_name(ent.name, self.where, off)
             if name in (".", ".."):
                 if i > 1:

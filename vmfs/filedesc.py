@@ -86,6 +86,17 @@ class FileDescriptor:
                 raise CorruptError(name, where, f"block size {bs} is not one of the volume's")
             if meta.fileLength > geo.max_file_size:
                 raise CorruptError(name, where, f"file length {meta.fileLength} exceeds the format limit")
+            per_slot = {
+                F.ZLA_FILE_BLOCKS: 1,
+                F.ZLA_SUB_BLOCKS: 1,
+                F.ZLA_POINTER_BLOCKS: geo.ptrs_per_pb,
+                F.ZLA_POINTER2_BLOCKS: geo.ptrs_per_pb,
+                F.ZLA_DOUBLE_INDIRECT: geo.ptrs_per_pb * geo.ptrs_per_pb,
+            }[meta.zla]
+            if meta.fileLength > geo.ptr_count * per_slot * bs:
+                raise CorruptError(
+                    name, where, f"file length {meta.fileLength} is more than address mode {meta.zla} can map"
+                )
 
     # -- plain attributes ---------------------------------------------------------------------------
 

@@ -177,12 +177,26 @@ class FileSystem:
         return FileStream(self.reader(path))
 
     def walk(self, path: str = "/"):  # type: ignore[no-untyped-def]
-        """Yield (directory path, entries) for every directory below ``path``, depth first."""
-        pending = [path]
+        """Yield (directory path, entries) for every directory below ``path``, depth first.
+
+        A directory reached twice (a damaged volume whose entries form a cycle) is reported as
+        corrupt rather than walked forever."""
+        start = self.resolve(path)
+        seen = {start.address}
+        pending = [(path, start)]
         while pending:
-            current = pending.pop()
-            entries = self.listdir(current)
+            current, fd = pending.pop()
+            entries = self.directory(fd).listing()
             yield current, entries
             for e in entries:
-                if e.type == F.TYPE_DIRECTORY:
-                    pending.append(posixpath.join(current, e.name))
+                if e.type not in (F.TYPE_DIRECTORY, F.TYPE_SYSFILE):
+                    continue
+                child = self.volume.read_fd(e.address)
+                if not child.is_dir:
+                    continue
+                if child.address in seen:
+                    raise CorruptError(
+                        f"directory {fd.address:#x}", None, f"entry {e.name!r} leads back to a directory already seen"
+                    )
+                seen.add(child.address)
+                pending.append((posixpath.join(current, e.name), child))

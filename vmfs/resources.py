@@ -113,6 +113,9 @@ class ResourceFile:
             groups = -(-self.num_clusters // self.cpg)
             if h.numClusterGroups < groups:
                 raise CorruptError(where, fd.vol_offset, f"{h.numClusterGroups} cluster groups for {groups}")
+            last_header = self.cluster_header_offset(self.num_clusters - 1) + self.ch
+            if last_header > fd.size:
+                raise CorruptError(where, fd.vol_offset, "cluster headers extend beyond the end of the file")
             if self.rsz and self.resource_offset(*divmod(self.num_resources - 1, self.rpc)) + self.rsz > fd.size:
                 raise CorruptError(where, fd.vol_offset, "resources extend beyond the end of the file")
         if geo.vmfs6:

@@ -107,6 +107,12 @@ class Volume:
                 dev.close()
             raise
 
+    @classmethod
+    def from_devices(cls, devices: list[BlockDevice]) -> Volume:
+        """Open the volume on already-open devices (extents in any order)."""
+        lv = open_logical_volume(devices)
+        return cls(lv, lvm=lv)
+
     def _open_resources(self) -> None:
         geo = self.geometry
         fdc_addr = SYSTEM_FDS[".fdc.sf"]

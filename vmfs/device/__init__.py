@@ -3,5 +3,6 @@
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
 from vmfs.device.memory import MemoryDevice
+from vmfs.device.overlay import OverlayDevice
 
-__all__ = ["BlockDevice", "FileDevice", "MemoryDevice"]
+__all__ = ["BlockDevice", "FileDevice", "MemoryDevice", "OverlayDevice"]

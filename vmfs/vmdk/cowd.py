@@ -44,7 +44,8 @@ CowdHeader = Struct(
     "gd_offset" / Int32ul,  # 20    sector of the GD (4)
     "num_gd_entries" / Int32ul,  # 24    ceil(numSectors / (4096 * grainSize))
     "free_sector" / Int32ul,  # 28    next free sector = file length in sectors
-    "parent_or_geometry" / Bytes(1024),  # 32    root: CowdRootGeometry; child: parentFileName (NUL-terminated)
+    "parent_or_geometry"
+    / Bytes(1024),  # 32    root: CowdRootGeometry; child: parentFileName (NUL-terminated)
     "parent_generation" / Int32ul,  # 1056
     "generation" / Int32ul,  # 1060
     "name" / Bytes(60),  # 1064
@@ -103,10 +104,14 @@ class CowdExtent(U32TableExtent):
         needed = gd_entries(h.num_sectors, h.grain_size)
         if h.num_gd_entries < needed:
             raise CorruptError(
-                self.name, "COWD header", f"{h.num_gd_entries} directory entries, {needed} needed for the capacity"
+                self.name,
+                "COWD header",
+                f"{h.num_gd_entries} directory entries, {needed} needed for the capacity",
             )
         if h.gd_offset < HEADER_SECTORS:
-            raise CorruptError(self.name, "COWD header", f"grain directory at sector {h.gd_offset}, inside the header")
+            raise CorruptError(
+                self.name, "COWD header", f"grain directory at sector {h.gd_offset}, inside the header"
+            )
         self.header = h
         self.capacity = h.num_sectors
         self.grain_size = h.grain_size

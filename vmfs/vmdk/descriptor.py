@@ -48,7 +48,16 @@ CREATE_TYPE_ALIASES: dict[str, str] = {
     "2GbMaxExtentSparse": "twoGbMaxExtentSparse",
     "2GbMaxExtentFlat": "twoGbMaxExtentFlat",
 }
-EXTENT_TYPES: tuple[str, ...] = ("FLAT", "SPARSE", "ZERO", "VMFS", "VMFSSPARSE", "VMFSRDM", "VMFSRAW", "SESPARSE")
+EXTENT_TYPES: tuple[str, ...] = (
+    "FLAT",
+    "SPARSE",
+    "ZERO",
+    "VMFS",
+    "VMFSSPARSE",
+    "VMFSRDM",
+    "VMFSRAW",
+    "SESPARSE",
+)
 ACCESS_MODES: tuple[str, ...] = ("RW", "RDONLY", "NOACCESS")
 
 
@@ -70,8 +79,7 @@ def new_cid() -> int:
 
 def new_uuid_text() -> str:
     """A ``ddb.uuid`` value: 16 bytes as hex pairs, a dash after the 8th, ESXi's ``60 00 C2`` start."""
-    raw = bytes([0x60, 0x00, 0xC2]) + secrets.token_bytes(13)
-    pairs = [f"{b:02x}" for b in raw]
+    pairs = ["60", "00", "C2"] + [f"{b:02x}" for b in secrets.token_bytes(13)]
     return " ".join(pairs[:8]) + "-" + " ".join(pairs[8:])
 
 
@@ -349,8 +357,12 @@ class Descriptor:
             pos = extents[-1] + 1 if extents else len(self.lines)
             self._insert(pos, ["", "# Change Tracking File"])
             return pos + 2
-        first_extent = next((i for i, line in enumerate(self.lines) if line.kind == "extent"), len(self.lines))
-        header = [i for i, line in enumerate(self.lines[:first_extent]) if line.kind == "key" and not line.is_ddb]
+        first_extent = next(
+            (i for i, line in enumerate(self.lines) if line.kind == "extent"), len(self.lines)
+        )
+        header = [
+            i for i, line in enumerate(self.lines[:first_extent]) if line.kind == "key" and not line.is_ddb
+        ]
         return header[-1] + 1 if header else 0
 
     # -- header values -----------------------------------------------------------------------------
@@ -435,7 +447,11 @@ class Descriptor:
             pos = positions[0]
         else:
             comment = next(
-                (i for i, line in enumerate(self.lines) if line.raw.strip().lower() == "# extent description"),
+                (
+                    i
+                    for i, line in enumerate(self.lines)
+                    if line.raw.strip().lower() == "# extent description"
+                ),
                 None,
             )
             pos = comment + 1 if comment is not None else self._insert_position("createType")

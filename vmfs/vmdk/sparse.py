@@ -15,7 +15,7 @@ itself and would destroy a file whose GD has zero entries (section 3.4).
 from __future__ import annotations
 
 from array import array
-from typing import Any
+from typing import Any, BinaryIO
 
 from construct import Bytes, ConstructError, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
@@ -29,8 +29,8 @@ from vmfs.vmdk.errors import (
     UnsupportedError,
 )
 from vmfs.vmdk.extent import SECTOR, read_exact
-from vmfs.vmdk.tables import U32TableExtent, roundup, sectors_for
 from vmfs.vmdk.storage import DiskStorage
+from vmfs.vmdk.tables import U32TableExtent, roundup, sectors_for
 
 MAGIC = b"KDMV"
 #: gdOffset of a stream whose real header is the footer at the end of the file (section 3.11).
@@ -147,11 +147,15 @@ def validate_header(header: Any, file: str) -> None:
         raise UnsupportedError(f"{file}: unknown incompatible flags 0x{unknown:08x}")
     gs = h.grain_size
     if gs < 1 or gs > MAX_GRAIN_SIZE or gs & (gs - 1):
-        raise CorruptError(file, "sparse header", f"grain size {gs} is not a power of two up to {MAX_GRAIN_SIZE}")
+        raise CorruptError(
+            file, "sparse header", f"grain size {gs} is not a power of two up to {MAX_GRAIN_SIZE}"
+        )
     if not 1 <= h.num_gtes_per_gt <= 65536:
         raise CorruptError(file, "sparse header", f"{h.num_gtes_per_gt} entries per grain table")
     if gd_entries(h.capacity, gs, h.num_gtes_per_gt) > 32 * 1024 * 1024:
-        raise CorruptError(file, "sparse header", f"capacity {h.capacity} needs a grain directory over 32 Mi entries")
+        raise CorruptError(
+            file, "sparse header", f"capacity {h.capacity} needs a grain directory over 32 Mi entries"
+        )
 
 
 class SparseExtent(U32TableExtent):
@@ -173,7 +177,9 @@ class SparseExtent(U32TableExtent):
     def _read_header(self) -> Any:
         header = parse_header(read_exact(self.fh, 0, SECTOR, self.name, "sparse header"), self.name)
         if header.gd_offset == GD_AT_END:
-            raise UnsupportedError(f"{self.name}: grain directory at the end (a stream: open it as streamOptimized)")
+            raise UnsupportedError(
+                f"{self.name}: grain directory at the end (a stream: open it as streamOptimized)"
+            )
         return header
 
     def _load(self) -> None:
@@ -188,7 +194,9 @@ class SparseExtent(U32TableExtent):
         self.capacity = h.capacity
         self.grain_size = h.grain_size
         self.gtes = h.num_gtes_per_gt
-        self.supports_zero_grain = self.one_reads_as_zero = bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
+        self.supports_zero_grain = self.one_reads_as_zero = (
+            bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
+        )
         self.compressed = bool(h.flags & FLAG_COMPRESSED)
         self._init_tables()
         n = gd_entries(self.capacity, self.grain_size, self.gtes)
@@ -230,15 +238,7 @@ class SparseExtent(U32TableExtent):
 
     def write_descriptor(self, data: bytes) -> None:
         """Rewrite the embedded descriptor in place (section 2.7), NUL-padded to its area."""
-        h = self.header
-        area = h.descriptor_size * SECTOR
-        if not h.descriptor_offset or not area:
-            raise UnsupportedError(f"{self.name}: extent has no embedded descriptor area")
-        text = data.split(b"\x00", 1)[0]
-        if len(text) > area:
-            raise NoSpaceError(f"{self.name}: descriptor of {len(text)} bytes does not fit its {area}-byte area")
-        self.fh.seek(h.descriptor_offset * SECTOR)
-        self.fh.write(text + bytes(area - len(text)))
+        _write_descriptor_area(self.fh, self.header, data, self.name)
 
     def grow(self, capacity: int) -> None:
         """Enlarge the extent.  When more GTs are needed, a new GD pair and the new GTs are
@@ -261,7 +261,9 @@ class SparseExtent(U32TableExtent):
                 gd_sector = pos
                 first_gt = gd_sector + gds
                 pos = first_gt + extra * self._gt_sectors
-                entries = array("I", directory) + array("I", (first_gt + i * self._gt_sectors for i in range(extra)))
+                entries = array("I", directory) + array(
+                    "I", (first_gt + i * self._gt_sectors for i in range(extra))
+                )
                 layout.append((gd_sector, entries))
             end = roundup(pos, self.grain_size)
             for gd_sector, entries in layout:
@@ -289,6 +291,25 @@ class SparseExtent(U32TableExtent):
         if not self.fh.closed:
             self.fh.flush()
             self.fh.close()
+
+
+def _write_descriptor_area(fh: BinaryIO, header: Any, data: bytes, name: str) -> None:
+    area = header.descriptor_size * SECTOR
+    if not header.descriptor_offset or not area:
+        raise UnsupportedError(f"{name}: extent has no embedded descriptor area")
+    text = data.split(b"\x00", 1)[0]
+    if len(text) > area:
+        raise NoSpaceError(f"{name}: descriptor of {len(text)} bytes does not fit its {area}-byte area")
+    fh.seek(header.descriptor_offset * SECTOR)
+    fh.write(text + bytes(area - len(text)))
+
+
+def write_embedded_descriptor(storage: DiskStorage, name: str, data: bytes) -> None:
+    """Rewrite the descriptor embedded in the KDMV file ``name`` without opening it as an extent
+    (works for read-only kinds such as stream-optimized files; only the descriptor area changes)."""
+    with storage.open(name, "r+b") as fh:
+        header = parse_header(read_exact(fh, 0, SECTOR, name, "sparse header"), name)
+        _write_descriptor_area(fh, header, data, name)
 
 
 def create_sparse(

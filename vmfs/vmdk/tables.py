@@ -131,7 +131,9 @@ class U32TableExtent(GrainedExtent):
         start = self._next
         end = start + sectors
         if end > self.max_file_sectors:
-            raise NoSpaceError(f"{self.name}: extent cannot grow past sector {self.max_file_sectors} (u32 pointers)")
+            raise NoSpaceError(
+                f"{self.name}: extent cannot grow past sector {self.max_file_sectors} (u32 pointers)"
+            )
         self._next = end
         self.file_sectors = max(self.file_sectors, end)
         return start

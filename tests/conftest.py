@@ -1,0 +1,111 @@
+"""Shared fixtures: the real ESXi samples (unpacked once per session), tool paths, mounts."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("VMFS_SHARED", REPO.parent / "shared"))
+REAL = SHARED / "fixtures" / "real"
+BIN = Path(os.environ.get("VMFS_BIN", REPO / ".venv" / "bin"))
+
+
+def tool(name: str) -> str:
+    """Path of one of our console scripts (installed in the venv by the test command)."""
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def _unpack(name: str, cache: Path) -> Path:
+    src = REAL / f"{name}.bin.gz"
+    if not src.exists():
+        pytest.fail(f"real sample {src} not present (set VMFS_SHARED to the shared/ folder)")
+    dst = cache / f"{name}.bin"
+    if not dst.exists():
+        tmp = dst.with_suffix(".part")
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        tmp.rename(dst)
+        os.chmod(dst, 0o444)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("real-samples")
+
+
+@pytest.fixture(scope="session")
+def vmfs5_image(samples_dir: Path) -> Path:
+    return _unpack("vmfs5", samples_dir)
+
+
+@pytest.fixture(scope="session")
+def vmfs6_image(samples_dir: Path) -> Path:
+    return _unpack("vmfs6", samples_dir)
+
+
+@pytest.fixture(scope="session", params=["vmfs5", "vmfs6"])
+def real_image(request: pytest.FixtureRequest, samples_dir: Path) -> Path:
+    return _unpack(request.param, samples_dir)
+
+
+def copy_image(src: Path, dst: Path) -> Path:
+    """A writable sparse copy of an image."""
+    subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+    os.chmod(dst, 0o644)
+    return dst
+
+
+class Mount:
+    """A real FUSE mount made by a command; unmounted (and waited for) on exit."""
+
+    def __init__(self, argv: list[str], mountpoint: Path, *, timeout: float = 20.0) -> None:
+        self.argv = argv
+        self.mountpoint = mountpoint
+        self.timeout = timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Path:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + self.timeout
+        while not os.path.ismount(self.mountpoint):
+            if self.proc.poll() is not None and self.proc.returncode != 0:
+                out, err = self.proc.communicate()
+                raise RuntimeError(f"mount {self.argv} failed: {err.decode()}{out.decode()}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"mount {self.argv} did not appear")
+            time.sleep(0.05)
+        return self.mountpoint
+
+    def __exit__(self, *exc: object) -> None:
+        unmount(self.mountpoint)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def unmount(mountpoint: Path) -> None:
+    for _ in range(50):
+        if not os.path.ismount(mountpoint):
+            return
+        r = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True)
+        if r.returncode == 0:
+            break
+        time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+

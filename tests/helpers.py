@@ -1,0 +1,97 @@
+"""Tree captures for comparing what different readers see of one volume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+
+def _sha(read_chunks) -> str:  # type: ignore[no-untyped-def]
+    h = hashlib.sha256()
+    for chunk in read_chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def capture_mount(root: Path, *, unreadable: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Every entry below a mounted directory: metadata, symlink targets, sha256 of file bytes."""
+    tree: dict[str, dict[str, Any]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            rel = "/" + os.path.relpath(full, root)
+            st = os.lstat(full)
+            rec: dict[str, Any] = {
+                "mode": st.st_mode,
+                "uid": st.st_uid,
+                "gid": st.st_gid,
+                "size": st.st_size,
+                "nlink": st.st_nlink,
+                "mtime": int(st.st_mtime),
+                "ctime": int(st.st_ctime),
+                "atime": int(st.st_atime),
+            }
+            if stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(full)
+            elif stat.S_ISREG(st.st_mode) and rel not in unreadable:
+                with open(full, "rb") as f:
+                    rec["sha256"] = _sha(iter(lambda f=f: f.read(1 << 20), b""))
+            tree[rel] = rec
+    return tree
+
+
+def capture_dissect(images: list[Path]) -> dict[str, dict[str, Any]]:
+    """The same tree read by dissect.vmfs (an independent reader; AGPL, tests only)."""
+    from dissect.vmfs import lvm, vmfs
+
+    handles = [open(p, "rb") for p in images]  # noqa: SIM115
+    try:
+        fs = vmfs.VMFS(lvm.LVM(handles).volumes[0].open())
+        tree: dict[str, dict[str, Any]] = {}
+        pending = ["/"]
+        while pending:
+            d = pending.pop()
+            for name, entry in sorted(fs.get(d).listdir().items()):
+                if name in (".", ".."):
+                    continue
+                path = d.rstrip("/") + "/" + name
+                fd = fs.get(path)
+                m = fd.metadata
+                rec: dict[str, Any] = {
+                    "mode": fd.mode,
+                    "uid": m.uid,
+                    "gid": m.gid,
+                    "size": fd.size,
+                    "nlink": m.linkCount,
+                    "mtime": m.mtime,
+                    "ctime": m.ctime,
+                    "atime": m.atime,
+                }
+                if fd.is_symlink():
+                    rec["target"] = fd.link
+                elif fd.is_dir():
+                    pending.append(path)
+                else:
+                    stream = fd.open()
+                    rec["sha256"] = _sha(iter(lambda s=stream: s.read(1 << 20), b""))
+                tree[path] = rec
+        return tree
+    finally:
+        for h in handles:
+            h.close()
+
+
+def diff_trees(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]]) -> list[str]:
+    problems = []
+    for path in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(path), theirs.get(path)
+        if a is None or b is None:
+            problems.append(f"{path}: only in {'theirs' if a is None else 'ours'}")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                problems.append(f"{path}: {key} ours={a.get(key)!r} theirs={b.get(key)!r}")
+    return problems

@@ -1,0 +1,163 @@
+"""vmfs-vmdk: virtual disk operations with vmkfstools' options, on host files.
+
+    vmfs-vmdk -c 10G [-d thin|zeroedthick|eagerzeroedthick|monolithicSparse|...] [-a lsilogic] disk.vmdk
+    vmfs-vmdk -i src.vmdk [-d FORMAT] dst.vmdk         clone (with format conversion)
+    vmfs-vmdk -X 20G disk.vmdk                          extend
+    vmfs-vmdk -j disk.vmdk | -k disk.vmdk | -K disk.vmdk    inflate / eager-zero / punch zeros
+    vmfs-vmdk -U disk.vmdk                              delete
+    vmfs-vmdk -E old.vmdk new.vmdk                      rename
+    vmfs-vmdk -r /dev/sdX rdm.vmdk | -z /dev/sdX rdmp.vmdk   RDM mapping files
+    vmfs-vmdk -D disk.vmdk                              lock / owner information
+    vmfs-vmdk --snapshot | --revert | --delete-snapshot | --consolidate | --info disk.vmdk
+
+Only option parsing and printing live here; every operation is one call into ``vmfs.vmdk.ops``
+or ``vmfs.vmdk.chain``.  Library errors become one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import click
+
+from vmfs.vmdk import chain, ops
+from vmfs.vmdk.errors import VmdkError
+from vmfs.vmdk.storage import HostStorage, host_device_sectors
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """vmkfstools sizes: a number with an optional k/m/g/t suffix (bytes without one)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([bkmgtBKMGT]?)\s*", text)
+    if m is None:
+        raise click.BadParameter(f"bad size {text!r} (e.g. 10G, 512M, 4096)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _where(path: str) -> tuple[HostStorage, str]:
+    directory, base = os.path.split(os.path.abspath(path))
+    return HostStorage(directory), base
+
+
+_ACTIONS = (
+    "create",
+    "clone",
+    "extend",
+    "inflate",
+    "eagerzero",
+    "punch",
+    "delete",
+    "rename",
+    "rdm",
+    "rdmp",
+    "lock",
+    "snapshot",
+    "revert",
+    "delete_snapshot",
+    "consolidate",
+    "info",
+)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--createvirtualdisk", "create", metavar="SIZE", help="create a disk of SIZE")
+@click.option("-d", "--diskformat", "disk_format", default=None, help=f"one of {', '.join(ops.DISK_FORMATS)}")
+@click.option("-a", "--adaptertype", "adapter", default=None, help="ide, buslogic, lsilogic or legacyESX")
+@click.option("-i", "--clonevirtualdisk", "clone", metavar="SRC", help="clone SRC into TARGET")
+@click.option("-X", "--extendvirtualdisk", "extend", metavar="SIZE", help="grow TARGET to SIZE")
+@click.option("-j", "--inflatedisk", "inflate", is_flag=True, help="inflate a thin disk")
+@click.option("-k", "--eagerzero", "eagerzero", is_flag=True, help="eager-zero a zeroedthick disk")
+@click.option("-K", "--punchzero", "punch", is_flag=True, help="deallocate zeroed blocks")
+@click.option("-U", "--deletevirtualdisk", "delete", is_flag=True, help="delete TARGET and its extents")
+@click.option("-E", "--renamevirtualdisk", "rename", metavar="OLD", help="rename OLD to TARGET")
+@click.option("-r", "--createrdm", "rdm", metavar="DEVICE", help="virtual-compatibility RDM of DEVICE")
+@click.option("-z", "--createrdmpassthru", "rdmp", metavar="DEVICE", help="passthrough RDM of DEVICE")
+@click.option("-D", "--lock", "lock", is_flag=True, help="print lock and owner information")
+@click.option("--snapshot", is_flag=True, help="take a snapshot of TARGET (prints the new leaf)")
+@click.option("--delta-format", default=None, help="vmfsSparse, seSparse or monolithicSparse")
+@click.option("--revert", is_flag=True, help="discard the changes held by snapshot delta TARGET")
+@click.option("--delete-snapshot", "delete_snapshot", is_flag=True, help="merge delta TARGET into its parent")
+@click.option("--consolidate", is_flag=True, help="merge every delta under TARGET into the base")
+@click.option("--info", is_flag=True, help="print the chain of TARGET")
+@click.argument("target")
+def main(
+    target: str, disk_format: str | None, adapter: str | None, delta_format: str | None, **actions: object
+) -> None:
+    """Operate on the virtual disk TARGET (a .vmdk descriptor)."""
+    chosen = [a for a in _ACTIONS if actions.get(a)]
+    if len(chosen) != 1:
+        raise click.UsageError(f"give exactly one action ({len(chosen)} given)")
+    action = chosen[0]
+    value = actions[action]
+    storage, name = _where(target)
+    try:
+        if action == "create":
+            ops.create_disk(
+                storage,
+                name,
+                parse_size(str(value)),
+                disk_format or "zeroedthick",
+                **({"adapter": adapter} if adapter else {}),
+            )
+        elif action == "clone":
+            src_storage, src = _where(str(value))
+            ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter)
+        elif action == "extend":
+            ops.extend_disk(storage, name, parse_size(str(value)))
+        elif action == "inflate":
+            ops.inflate_disk(storage, name)
+        elif action == "eagerzero":
+            ops.eager_zero(storage, name)
+        elif action == "punch":
+            click.echo(f"{ops.punch_zero(storage, name)} bytes deallocated")
+        elif action == "delete":
+            ops.delete_disk(storage, name)
+        elif action == "rename":
+            old_dir, old = os.path.split(os.path.abspath(str(value)))
+            new = os.path.relpath(os.path.abspath(target), old_dir)
+            ops.rename_disk(HostStorage(old_dir), old, new.replace(os.sep, "/"))
+        elif action in ("rdm", "rdmp"):
+            device = str(value)
+            ops.create_rdm(
+                storage,
+                name,
+                device,
+                host_device_sectors(device),
+                passthrough=action == "rdmp",
+                **({"adapter": adapter} if adapter else {}),
+            )
+        elif action == "lock":
+            for info in ops.lock_info(storage, name):
+                click.echo(info.get("file", ""))
+                for key, val in info.items():
+                    if key != "file":
+                        click.echo(f"  {key}: {val}")
+        elif action == "snapshot":
+            click.echo(chain.create_snapshot(storage, name, delta_format=delta_format))
+        elif action == "revert":
+            chain.revert_snapshot(storage, name)
+        elif action == "delete_snapshot":
+            click.echo(chain.delete_snapshot(storage, name))
+        elif action == "consolidate":
+            click.echo(chain.consolidate(storage, name))
+        elif action == "info":
+            info = ops.disk_info(storage, name)
+            click.echo(f"{info['name']}: {info['capacity']} bytes")
+            for layer in info["chain"]:  # type: ignore[attr-defined]
+                click.echo(
+                    f"  {layer['name']}  {layer['createType']}  CID={layer['CID']} "
+                    f"parentCID={layer['parentCID']}"
+                )
+                for ext in layer["extents"]:
+                    flag = " (unclean shutdown)" if ext["unclean"] else ""
+                    click.echo(f"    {ext['type']} {ext['file']} {ext['sectors']} sectors{flag}")
+    except VmdkError as exc:
+        click.echo(f"vmfs-vmdk: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

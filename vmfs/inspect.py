@@ -1,0 +1,194 @@
+"""Plain-data views of on-disk structures for ``vmfs-debug`` (text and JSON alike).
+
+Everything returned here is built from ``dict``/``list``/``int``/``str`` so a tool can print it or
+dump it as JSON without knowing construct.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from construct import Container, ListContainer
+
+from vmfs import address as A
+from vmfs.filedesc import TYPE_NAMES, ZLA_NAMES, BlockMap, FileDescriptor
+from vmfs.lvm import LogicalVolume
+from vmfs.ondisk import filedesc as F
+from vmfs.ondisk.common import decode_name
+from vmfs.ondisk.fsdesc import CONFIG_MODE_MASK
+from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET
+from vmfs.ondisk.lock import LOCK_FREE
+from vmfs.usage import resource_usage
+from vmfs.volume import Volume
+
+LOCK_MODE_NAMES = {0: "free", 1: "exclusive", 2: "read-only", 3: "multi-writer"}
+FS_MODE_NAMES = {0: "private", 1: "shared", 2: "public", 3: "shared"}
+
+
+def plain(obj: Any) -> Any:
+    """Construct containers to JSON-friendly data (bytes as hex, private keys dropped)."""
+    if isinstance(obj, Container):
+        return {k: plain(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, (ListContainer, list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (bytes, bytearray)):
+        return obj.hex() if any(obj) else ""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def utc(seconds: int) -> str:
+    return _dt.datetime.fromtimestamp(seconds, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fs_descriptor(volume: Volume) -> dict[str, Any]:
+    d = volume.descriptor
+    geo = volume.geometry
+    out = plain(d)
+    out["fsLabel"] = volume.label
+    out.update(
+        {
+            "version": volume.version_string,
+            "mode": FS_MODE_NAMES[d.config & CONFIG_MODE_MASK],
+            "creation": utc(d.creationTime),
+            "blockSize": geo.block_size,
+            "volumeSize": volume.device.size,
+            "mdAlignmentEffective": geo.md_size,
+            "fdcStart": geo.fdc_start,
+            "heartbeatSlots": geo.hb_slots,
+            "heartbeatSlotSize": geo.hb_slot_size,
+        }
+    )
+    return out
+
+
+def lvm_info(volume: Volume) -> dict[str, Any]:
+    lv = volume.lvm
+    if not isinstance(lv, LogicalVolume) or lv.bare is not None:
+        return {"bare": True, "size": volume.device.size}
+    devices = []
+    for d in lv.devices:
+        devices.append(
+            {
+                "device": d.device.name,
+                "size": d.device.size,
+                "header": plain(d.header),
+                "volume": {**plain(d.volume), "name": decode_name(d.volume.name)},
+                "sdNames": d.sd_names,
+                "peEntries": [{"tableOffset": off, **plain(e)} for off, e in d.pe_entries],
+            }
+        )
+    return {
+        "lvId": lv.devices[0].volume.lvId,
+        "size": lv.size,
+        "extents": len(lv.devices),
+        "devices": devices,
+        "mapping": [
+            {"volumeOffset": m.l_offset, "length": m.length, "device": m.device.device.name,
+             "deviceOffset": m.p_offset, "peId": m.pe_id}
+            for m in lv.pe_maps
+        ],
+    }
+
+
+def heartbeats(volume: Volume, *, all_slots: bool = False) -> list[dict[str, Any]]:
+    geo = volume.geometry
+    raw = volume.device.read(HEARTBEAT_REGION_OFFSET, geo.heartbeat_region_size)
+    slots = []
+    for i in range(geo.hb_slots):
+        chunk = raw[i * geo.hb_slot_size : i * geo.hb_slot_size + 512]
+        hb = geo.structs.heartbeat_slot.parse(chunk + bytes(geo.hb_slot_size - 512)).hb
+        if not all_slots and hb.state != HB_IN_USE:
+            continue
+        entry = plain(hb)
+        entry["slot"] = i
+        entry["ip"] = decode_name(hb.ip)
+        entry["inUse"] = hb.state == HB_IN_USE
+        slots.append(entry)
+    return slots
+
+
+def lock_info(lock: Any) -> dict[str, Any]:
+    out = plain(lock)
+    out["modeName"] = LOCK_MODE_NAMES.get(lock.mode, f"unknown {lock.mode}")
+    if lock.hbAddr >= HEARTBEAT_REGION_OFFSET:
+        out["hbSlot"] = None
+    return out
+
+
+def inode(volume: Volume, fd: FileDescriptor) -> dict[str, Any]:
+    meta = fd.meta
+    geo = volume.geometry
+    out = plain(meta)
+    out.update(
+        {
+            "address": fd.address,
+            "addressText": geo.codec.describe(fd.address),
+            "volumeOffset": fd.vol_offset,
+            "typeName": TYPE_NAMES.get(meta.type, str(meta.type)),
+            "zlaName": ZLA_NAMES.get(meta.zla, str(meta.zla)),
+            "tbz": meta.numTBZBlocksLo | meta.numTBZBlocksHi << 32,
+            "cow": meta.numCOWBlocksLo | meta.numCOWBlocksHi << 32,
+            "modeOctal": f"{meta.mode:o}",
+            "lock": lock_info(fd.lock),
+            "lockHeld": fd.lock.mode != LOCK_FREE,
+        }
+    )
+    if meta.zla == F.ZLA_RESIDENT:
+        out["residentBytes"] = meta.fileLength
+    elif meta.type == F.TYPE_RDM:
+        out["rdmId"] = int.from_bytes(bytes(fd.parsed.data[:4]), "little")
+    for key in ("atime", "mtime", "ctime"):
+        out[key + "Text"] = utc(meta[key])
+    return out
+
+
+def block_map(volume: Volume, fd: FileDescriptor, *, limit: int | None = None) -> dict[str, Any]:
+    """The pointer array, pointer blocks and data blocks of a file."""
+    geo = volume.geometry
+    out: dict[str, Any] = {"address": fd.address, "zla": fd.zla, "blockSize": fd.block_size, "size": fd.size}
+    if fd.is_resident:
+        out["resident"] = True
+        out["blocks"] = []
+        return out
+    bmap = BlockMap(fd)
+    count = -(-fd.size // fd.block_size) if fd.size else 0
+    if limit is not None:
+        count = min(count, limit)
+    blocks = []
+    for index in range(count):
+        addr = bmap.lookup(index)
+        if not addr:
+            continue
+        loc = volume.data_location(addr, 0, 1, fd)
+        blocks.append(
+            {"index": index, "address": addr, "text": geo.codec.describe(addr), "volumeOffset": loc}
+        )
+    out["pointerArray"] = [
+        {"slot": i, "address": p, "text": geo.codec.describe(p)} for i, p in enumerate(bmap.pointers) if p
+    ]
+    out["blocks"] = blocks
+    return out
+
+
+def resources(volume: Volume) -> list[dict[str, Any]]:
+    return resource_usage(volume)
+
+
+def describe_address(volume: Volume, address: int) -> str:
+    return volume.geometry.codec.describe(address) if address else "NULL"
+
+
+__all__ = [
+    "A",
+    "block_map",
+    "describe_address",
+    "fs_descriptor",
+    "heartbeats",
+    "inode",
+    "lvm_info",
+    "plain",
+    "resources",
+]
