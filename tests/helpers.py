@@ -54,7 +54,7 @@ def capture_dissect(images: list[Path]) -> dict[str, dict[str, Any]]:
         pending = ["/"]
         while pending:
             d = pending.pop()
-            for name, entry in sorted(fs.get(d).listdir().items()):
+            for name in sorted(fs.get(d).listdir()):
                 if name in (".", ".."):
                     continue
                 path = d.rstrip("/") + "/" + name

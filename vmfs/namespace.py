@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from vmfs.directory import DirEntry, Directory, open_directory
+from vmfs.directory import Directory, DirEntry, open_directory
 from vmfs.errors import (
     CorruptError,
     InvalidArgumentError,
@@ -60,10 +60,7 @@ class Stat:
 
 def stat_fd(fd: FileDescriptor) -> Stat:
     meta = fd.meta
-    if fd.is_resident:
-        allocated = 0
-    else:
-        allocated = meta.numBlocks * meta.blockSize
+    allocated = 0 if fd.is_resident else meta.numBlocks * meta.blockSize
     return Stat(
         ino=fd.address,
         mode=fd.st_mode,

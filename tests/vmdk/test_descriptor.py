@@ -104,9 +104,7 @@ ddb.longContentID = "0123456789abcdef01234567aa12bb34"
 
 ESX_SESPARSE_CHILD = (
     ESX_COWD_CHILD.replace("vmfsSparse", "seSparse")
-    .replace(
-        'RW 83886080 VMFSSPARSE "vm_1-000001-delta.vmdk"', 'RW 83886080 SESPARSE "vm_1-000001-sesparse.vmdk"'
-    )
+    .replace('RW 83886080 VMFSSPARSE "vm_1-000001-delta.vmdk"', 'RW 83886080 SESPARSE "vm_1-000001-sesparse.vmdk"')
     .replace("#DDB\n\n", '#DDB\n\nddb.encoding = "UTF-8"\nddb.grain = "8"\n')
 )
 
@@ -142,13 +140,11 @@ ESX_RDMP = (
 
 TWO_GB_SPARSE = QEMU_MS.replace("monolithicSparse", "twoGbMaxExtentSparse").replace(
     'RW 204800 SPARSE "ms.vmdk"\n',
-    'RW 4194304 SPARSE "tgs-s001.vmdk"\nRW 4194304 SPARSE "tgs-s002.vmdk"\n'
-    'RW 2097152 SPARSE "tgs-s003.vmdk"\n',
+    'RW 4194304 SPARSE "tgs-s001.vmdk"\nRW 4194304 SPARSE "tgs-s002.vmdk"\nRW 2097152 SPARSE "tgs-s003.vmdk"\n',
 )
 TWO_GB_FLAT = QEMU_MS.replace("monolithicSparse", "twoGbMaxExtentFlat").replace(
     'RW 204800 SPARSE "ms.vmdk"\n',
-    'RW 4194304 FLAT "tgf-f001.vmdk" 0\nRW 4194304 FLAT "tgf-f002.vmdk" 0\n'
-    'RW 2097152 FLAT "tgf-f003.vmdk" 0\n',
+    'RW 4194304 FLAT "tgf-f001.vmdk" 0\nRW 4194304 FLAT "tgf-f002.vmdk" 0\nRW 2097152 FLAT "tgf-f003.vmdk" 0\n',
 )
 MONO_FLAT = QEMU_MS.replace("monolithicSparse", "monolithicFlat").replace(
     'RW 204800 SPARSE "ms.vmdk"', 'RW 204800 FLAT "mf-flat.vmdk" 0'
@@ -336,9 +332,7 @@ def test_aliases() -> None:
     assert canonical_create_type("somethingNew") == "somethingNew"
 
 
-_values = st.text(
-    alphabet=st.characters(blacklist_characters='"\r\n\x00', blacklist_categories=("Cs",)), max_size=20
-)
+_values = st.text(alphabet=st.characters(blacklist_characters='"\r\n\x00', blacklist_categories=("Cs",)), max_size=20)
 
 
 @given(

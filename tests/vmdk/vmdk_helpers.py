@@ -31,9 +31,7 @@ def qemu_img(*args: str, cwd: Path | str, check: bool = True) -> subprocess.Comp
 
 def qemu_io(image: str, command: str, *, cwd: Path | str) -> None:
     assert QEMU_IO is not None
-    proc = subprocess.run(
-        [QEMU_IO, "-f", "vmdk", "-c", command, image], cwd=cwd, capture_output=True, text=True
-    )
+    proc = subprocess.run([QEMU_IO, "-f", "vmdk", "-c", command, image], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0 or "error" in proc.stdout.lower():
         raise AssertionError(f"qemu-io {command!r} failed: {proc.stderr}{proc.stdout}")
 

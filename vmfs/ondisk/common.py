@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import sys
 import uuid as _uuid
+from typing import ClassVar
 
 from construct import Adapter, Bytes, Construct, SizeofError, stream_read, stream_write
 
@@ -65,7 +66,7 @@ class IntArray(Construct):
     construct Array costs milliseconds each, this costs microseconds.
     """
 
-    _TYPECODES = {2: "H", 4: "I", 8: "Q"}
+    _TYPECODES: ClassVar[dict[int, str]] = {2: "H", 4: "I", 8: "Q"}
 
     def __init__(self, count: int, width: int) -> None:
         super().__init__()
