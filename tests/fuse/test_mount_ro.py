@@ -1,0 +1,106 @@
+"""vmfs-mount read-only behaviour: statfs, read sizes, write refusal, foreground + signals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Mount, tool, unmount
+
+pytestmark = pytest.mark.fuse
+
+
+def test_statfs_shows_real_size_and_free(vmfs5_image: Path, tmp_path: Path) -> None:
+    with Mount([tool("vmfs-mount"), str(vmfs5_image), str(tmp_path / "m")], tmp_path / "m") as root:
+        st = os.statvfs(root)
+        assert st.f_frsize == 1 << 20
+        assert st.f_blocks == 256 and st.f_bfree == 241  # vmfs-format.md 12.2
+        assert st.f_files == 64 and st.f_ffree == 49
+        df = subprocess.run(["df", "-k", str(root)], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"\s262144\s+15360\s+246784\s", df), df
+
+
+def test_read_only_refuses_writes(vmfs6_image: Path, tmp_path: Path) -> None:
+    with Mount([tool("vmfs-mount"), str(vmfs6_image), str(tmp_path / "m")], tmp_path / "m") as root:
+        with pytest.raises(OSError) as info:
+            open(root / "directory" / "file4", "r+b")  # noqa: SIM115
+        assert info.value.errno == errno.EROFS
+        with pytest.raises(OSError) as info:
+            (root / "new").write_bytes(b"x")
+        assert info.value.errno in (errno.EROFS, errno.ENOSYS, errno.EACCES)
+        assert (root / "directory" / "file5").read_bytes() == b"a" * 8192 + b"\n"
+
+
+def test_large_reads_per_call(vmfs6_image: Path, tmp_path: Path) -> None:
+    """With FUSE debug on, every READ of a large sequential read asks for at least 128 KiB."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [tool("vmfs-mount"), "-d", str(vmfs6_image), str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        with open(mnt / ".vh.sf", "rb") as f:
+            data = f.read()
+        assert len(data) == 7340032
+    finally:
+        unmount(mnt)
+        out, _ = proc.communicate(timeout=30)
+    sizes = [int(m) for m in re.findall(rb"read\[\d+\] (\d+) bytes from", out)]
+    assert sizes, out[-2000:]
+    assert max(sizes) >= 128 * 1024
+    assert sum(s >= 128 * 1024 for s in sizes) >= len(sizes) - 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_foreground_signal_unmounts_cleanly(vmfs5_image: Path, tmp_path: Path, sig: int) -> None:
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([tool("vmfs-mount"), "-f", str(vmfs5_image), str(mnt)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mnt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    assert (mnt / "directory" / "file4").read_bytes() == b"content\n"
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0
+    assert not os.path.ismount(mnt)
+    assert b"Traceback" not in proc.stderr.read()
+
+
+def test_background_mount_returns_and_serves(vmfs5_image: Path, tmp_path: Path) -> None:
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = subprocess.run([tool("vmfs-mount"), str(vmfs5_image), str(mnt)], timeout=30)
+    try:
+        assert r.returncode == 0
+        assert os.path.ismount(mnt)
+        assert os.readlink(mnt / "directory" / "symlink") == "file4"
+    finally:
+        unmount(mnt)
+    assert not os.path.ismount(mnt)
+
+
+def test_options_are_passed_to_fuse(vmfs5_image: Path, tmp_path: Path) -> None:
+    with Mount(
+        [tool("vmfs-mount"), "-o", "allow_other,fsname=myvmfs", str(vmfs5_image), str(tmp_path / "m")], tmp_path / "m"
+    ):
+        mounts = Path("/proc/mounts").read_text()
+        line = next(ln for ln in mounts.splitlines() if str(tmp_path / "m") in ln)
+        assert line.startswith("myvmfs ")
+        assert "allow_other" in line and "ro," in line
+
+
+def test_help_says_read_only_default() -> None:
+    out = subprocess.run([tool("vmfs-mount"), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "READ-ONLY by default" in out and "-o rw" in out
