@@ -10,6 +10,7 @@ import click
 
 from tools.common import report_errors
 from vmfs.errors import InvalidArgumentError
+from vmfs.host import HostIdentity
 from vmfs.namespace import FileSystem
 from vmfs.volume import Volume
 
@@ -42,8 +43,16 @@ def parse_options(values: tuple[str, ...]) -> dict[str, object]:
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: run in the background).")
 @click.option("-d", "--debug", is_flag=True, help="FUSE debug output (implies --foreground).")
 @click.option("-v", "--verbose", is_flag=True, help="Log library errors to stderr.")
+@click.option(
+    "--host-uuid",
+    default=None,
+    help="Host UUID for heartbeats and locks when writing (default: derived from /etc/machine-id).",
+)
 @report_errors(exit_code=1)
-def main(paths: tuple[str, ...], options: tuple[str, ...], foreground: bool, debug: bool, verbose: bool) -> None:
+def main(
+    paths: tuple[str, ...], options: tuple[str, ...], foreground: bool, debug: bool, verbose: bool,
+    host_uuid: str | None,
+) -> None:
     """Mount the VMFS volume held by IMAGE (image files or block devices; every extent of a
     spanned volume, in any order) at MOUNTPOINT.
 
@@ -62,12 +71,14 @@ def main(paths: tuple[str, ...], options: tuple[str, ...], foreground: bool, deb
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     from vmfs import fuse as vfuse
 
-    volume = Volume.open(list(images), readonly=not writable)
+    host = HostIdentity(uuid=host_uuid) if host_uuid else None
+    volume = Volume.open(list(images), readonly=not writable, host=host)
     fs = FileSystem(volume)
     if writable:
         from vmfs.fuse_rw import ReadWriteOperations
 
         ops: vfuse.VmfsOperations = ReadWriteOperations(fs)
+        opts.setdefault("big_writes", True)  # libfuse 2: writes of up to 128 KiB per call
     else:
         opts["ro"] = True
         ops = vfuse.VmfsOperations(fs)

@@ -112,7 +112,7 @@ def main(
         elif action == "eagerzero":
             ops.eager_zero(storage, name)
         elif action == "punch":
-            click.echo(f"{ops.punch_zero(storage, name)} bytes deallocated")
+            click.echo(f"{ops.punch_zero(storage, name)} bytes unallocated")
         elif action == "delete":
             ops.delete_disk(storage, name)
         elif action == "rename":
@@ -148,8 +148,7 @@ def main(
             click.echo(f"{info['name']}: {info['capacity']} bytes")
             for layer in info["chain"]:  # type: ignore[attr-defined]
                 click.echo(
-                    f"  {layer['name']}  {layer['createType']}  CID={layer['CID']} "
-                    f"parentCID={layer['parentCID']}"
+                    f"  {layer['name']}  {layer['createType']}  CID={layer['CID']} parentCID={layer['parentCID']}"
                 )
                 for ext in layer["extents"]:
                     flag = " (unclean shutdown)" if ext["unclean"] else ""

@@ -7,14 +7,16 @@ type magic present, VMFS6 signatures, counters consistent).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from construct import Container
+from construct import Construct, Container
 
 from vmfs.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.common import NULL_UUID, pack_ints
+from vmfs.ondisk.common import NULL_UUID, IntArray, encode_name, pack_ints
+from vmfs.ondisk.dirent5 import DIRENT5_NAME_SIZE, Dirent5
 from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD, MAX_HOLDERS
 
 
@@ -156,7 +158,8 @@ def cluster_meta5(cluster: int, total: int, used: set[int] | range) -> Container
         freeResources=free,
         nextFreeIdx=next_free,
         bitmap=bitmap_bytes(total, used, R.CLUSTER5_BITMAP_SIZE),
-        typeData=bytes(16),
+        createCounter=0,
+        typeData=bytes(12),
         priority=0,
         reserved=bytes(0x200 - 0x64),
     )
@@ -168,3 +171,108 @@ def cluster_header5(
     """A VMFS3/5 cluster header: lock block (type 0x10C00000 + kind + 1) + metadata."""
     lock = lock_block_bytes(geo, 0x10C00000 + kind + 1, vol_offset)
     return lock + R.ClusterMeta5.build(cluster_meta5(cluster, total, used))
+
+
+# --- repeated records: one construct build, then only the varying fields -----------------------
+
+
+def field_span(struct: Construct, *path: str) -> tuple[int, Construct]:
+    """Byte offset and declaration of the fixed-size field ``path`` inside ``struct``.
+
+    ``field_span(geo.structs.lock, "lock", "addr")`` is where a lock block keeps its own address;
+    the offset comes from the sizes of the declared fields before it, so it follows the
+    declaration instead of a copied constant.
+    """
+    offset = 0
+    current: Construct = struct
+    for name in path:
+        for sub in current.subcons:  # type: ignore[attr-defined]
+            if sub.name == name:
+                current = sub.subcon if hasattr(sub, "subcon") else sub
+                break
+            offset += sub.sizeof()
+        else:
+            raise KeyError(f"no field {name!r} in {path}")
+    return offset, current
+
+
+def stamp_column(buf: bytearray, offset: int, stride: int, field: Construct, values: Sequence[int]) -> None:
+    """Write ``values[i]`` into field ``field`` of record ``i`` of ``buf`` (records of ``stride``
+    bytes, the field at ``offset`` in each).
+
+    The values are encoded at once through an :class:`IntArray` of the field's width and spread
+    with one strided slice assignment per byte, so a run of thousands of cluster headers costs a
+    few C-level copies.  The first value is also built through ``field`` itself, which proves the
+    declaration and the array agree on the encoding (little-endian unsigned).
+    """
+    count = len(values)
+    if not count:
+        return
+    width = field.sizeof()
+    if len(buf) != count * stride or not 0 <= offset <= stride - width:
+        raise ValueError("column does not fit the records")
+    packed = IntArray(count, width).build(values)
+    if packed[:width] != field.build(values[0]):
+        raise ValueError(f"field of {width} bytes is not a little-endian unsigned integer")
+    for k in range(width):
+        buf[offset + k :: stride] = packed[k::width]
+
+
+def repeat_record(template: bytes, count: int, columns: Sequence[tuple[int, Construct, Sequence[int]]]) -> bytearray:
+    """``count`` copies of a built record with the varying fields stamped in (see
+    :func:`stamp_column`); ``columns`` holds (offset, field declaration, one value per record)."""
+    buf = bytearray(template * count)
+    for offset, field, values in columns:
+        stamp_column(buf, offset, len(template), field, values)
+    return buf
+
+
+# --- resource files, cluster headers, directory entries (VMFS3/5) ---------------------------------
+
+
+def resource_header5(
+    *, rpc: int, cpg: int, cgo: int, rsz: int, cgs: int, num_resources: int, num_groups: int
+) -> Container:
+    """A VMFS3/5 resource file header: only the first 0x20 bytes are used, the rest is zero on
+    every ESXi-made file (vmfs-format.md 6.2)."""
+    return Container(
+        resourcesPerCluster=rpc,
+        clustersPerGroup=cpg,
+        clusterGroupOffset=cgo,
+        resourceSize=rsz,
+        clusterGroupSize=cgs,
+        numResourcesLo=num_resources & 0xFFFFFFFF,
+        numClusterGroups=num_groups,
+        numResourcesHi=num_resources >> 32,
+        signature=0,
+        version=0,
+        flags=0,
+        affinityPerCluster=0,
+        affinityPerResource=0,
+        bitsPerResource=0,
+        childMetaOffset=0,
+        parentResourcesPerCluster=0,
+        parentClustersPerGroup=0,
+        parentClusterGroupSize=0,
+        unknown44=bytes(16),
+        convertedClusters=0,
+        reserved=bytes(R.RES_HEADER_SIZE - 0x58),
+    )
+
+
+def cluster_header5_with_lock(
+    geo: Geometry, lock: Container, cluster: int, total: int, used: set[int] | range
+) -> bytes:
+    """A VMFS3/5 cluster header whose lock fields the caller chose (``lock_fields(...)``)."""
+    struct = geo.structs.lock
+    extra = struct.subcons[1].sizeof()
+    return struct.build(Container(lock=lock, extra=bytes(extra))) + R.ClusterMeta5.build(
+        cluster_meta5(cluster, total, used)
+    )
+
+
+def dirent5_bytes(ftype: int, address: int, generation: int, name: str) -> bytes:
+    """One VMFS3/5 directory entry (vmfs-format.md 9.1)."""
+    return Dirent5.build(
+        Container(type=ftype, descAddr=address, generation=generation, name=encode_name(name, DIRENT5_NAME_SIZE))
+    )

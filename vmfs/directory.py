@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vmfs.errors import CorruptError, NotADirError, NotFoundError
+from vmfs.errors import (
+    CorruptError,
+    ExistsError,
+    InvalidArgumentError,
+    NameTooLongError,
+    NotADirError,
+    NotFoundError,
+    UnsupportedError,
+)
 from vmfs.namehash import hash_index, link_hash, name_hash
 from vmfs.ondisk import dirent5 as D5
 from vmfs.ondisk import dirent6 as D6
@@ -20,7 +28,23 @@ from vmfs.stream import FileReader
 
 if TYPE_CHECKING:
     from vmfs.filedesc import FileDescriptor
+    from vmfs.transaction import Transaction
     from vmfs.volume import Volume
+
+#: Longest entry name ESXi accepts: 127 bytes, so a NUL always fits (vmfs-format.md 9.1).
+NAME_MAX = 127
+
+
+def check_name(name: str) -> bytes:
+    """The on-disk bytes of a new entry name, or the POSIX error for a name that cannot be one."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not raw or name in (".", ".."):
+        raise InvalidArgumentError(f"invalid name {name!r}")
+    if b"/" in raw or b"\x00" in raw:
+        raise InvalidArgumentError(f"invalid name {name!r}")
+    if len(raw) > NAME_MAX:
+        raise NameTooLongError(f"name of {len(raw)} bytes is longer than {NAME_MAX}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,20 @@ class Directory:
     def listing(self) -> list[DirEntry]:
         return list(self.entries())
 
+    def is_empty(self) -> bool:
+        return next(iter(self.entries()), None) is None
+
+    # -- changes (VMFS3/5 only for now) ----------------------------------------------------------------
+
+    def add(self, tx: Transaction, name: str, address: int, ftype: int, generation: int) -> DirEntry:
+        raise UnsupportedError("changing this directory format is not supported")
+
+    def remove(self, tx: Transaction, name: str) -> DirEntry:
+        raise UnsupportedError("changing this directory format is not supported")
+
+    def set_parent(self, tx: Transaction, parent: int, generation: int) -> None:
+        raise UnsupportedError("changing this directory format is not supported")
+
 
 class Directory5(Directory):
     """A packed array of 140-byte entries; '.' and '..' are the first two."""
@@ -79,7 +117,7 @@ class Directory5(Directory):
         if size % D5.DIRENT5_SIZE:
             raise CorruptError(self.where, fd.vol_offset, f"length {size} is not a multiple of 140")
         raw = self.reader.read(0, size)
-        self._entries: list[DirEntry] = []
+        self.count = size // D5.DIRENT5_SIZE
         self._parent = fd.address
         self._by_name: dict[str, DirEntry] = {}
         for i in range(size // D5.DIRENT5_SIZE):
@@ -97,11 +135,10 @@ class Directory5(Directory):
             if name in self._by_name:
                 raise CorruptError(self.where, off, f"duplicate entry name {name!r}")
             de = DirEntry(name, ent.descAddr, ent.type, ent.generation, off)
-            self._entries.append(de)
             self._by_name[name] = de
 
     def entries(self) -> Iterator[DirEntry]:
-        return iter(self._entries)
+        return iter(sorted(self._by_name.values(), key=lambda e: e.offset))
 
     def lookup(self, name: str) -> DirEntry:
         try:
@@ -111,6 +148,93 @@ class Directory5(Directory):
 
     def parent_address(self) -> int:
         return self._parent
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    def _writer(self):  # type: ignore[no-untyped-def]
+        from vmfs.filewrite import FileWriter
+
+        return FileWriter(self.volume, self.fd)
+
+    def _entry_bytes(self, name: bytes, address: int, ftype: int, generation: int) -> bytes:
+        return D5.Dirent5.build(
+            {
+                "type": ftype,
+                "descAddr": address,
+                "generation": generation,
+                "name": name.ljust(D5.DIRENT5_NAME_SIZE, b"\0"),
+            }
+        )
+
+    def add(self, tx: Transaction, name: str, address: int, ftype: int, generation: int) -> DirEntry:
+        raw_name = check_name(name)
+        if name in self._by_name:
+            raise ExistsError(f"{name!r} exists")
+        offset = self.count * D5.DIRENT5_SIZE
+        self._writer().write(tx, offset, self._entry_bytes(raw_name, address, ftype, generation))
+        self.count += 1
+        entry = DirEntry(name, address, ftype, generation, offset)
+        self._by_name[name] = entry
+        return entry
+
+    def remove(self, tx: Transaction, name: str) -> DirEntry:
+        """Drop an entry: the last entry moves into its slot and the directory shrinks by one."""
+        entry = self.lookup(name)
+        last = (self.count - 1) * D5.DIRENT5_SIZE
+        writer = self._writer()
+        if entry.offset != last:
+            moved = next((e for e in self._by_name.values() if e.offset == last), None)
+            raw_last = self.reader_tx(tx, last, D5.DIRENT5_SIZE)
+            writer.write(tx, entry.offset, raw_last)
+            if moved is not None:
+                self._by_name[moved.name] = DirEntry(
+                    moved.name, moved.address, moved.type, moved.generation, entry.offset, moved.hash32
+                )
+        writer.truncate(tx, last)
+        self.count -= 1
+        del self._by_name[name]
+        return entry
+
+    def rename(self, tx: Transaction, old: str, new: str) -> DirEntry:
+        """Change an entry's name in place."""
+        raw_name = check_name(new)
+        entry = self.lookup(old)
+        if new in self._by_name:
+            raise ExistsError(f"{new!r} exists")
+        self._writer().write(tx, entry.offset, self._entry_bytes(raw_name, entry.address, entry.type, entry.generation))
+        del self._by_name[old]
+        renamed = DirEntry(new, entry.address, entry.type, entry.generation, entry.offset)
+        self._by_name[new] = renamed
+        return renamed
+
+    def set_parent(self, tx: Transaction, parent: int, generation: int) -> None:
+        """Point '..' (the second entry) at a new parent directory."""
+        offset = D5.DIRENT5_SIZE
+        self._writer().write(tx, offset, self._entry_bytes(b"..", parent, 2, generation))
+        self._parent = parent
+
+    def reader_tx(self, tx: Transaction, offset: int, length: int) -> bytes:
+        """Directory bytes as the transaction sees them."""
+        from vmfs.filewrite import FileWriter
+
+        w = FileWriter(self.volume, self.fd)
+        bs = self.fd.block_size
+        index = offset // bs
+        addr = w.get(tx, index)
+        if not addr:
+            return bytes(length)
+        loc = self.volume.data_location(addr, offset - index * bs, length, self.fd)
+        return tx.read(loc, length) if loc is not None else bytes(length)
+
+
+def new_directory5_data(self_addr: int, self_gen: int, parent_addr: int, parent_gen: int) -> bytes:
+    """The '.' and '..' entries of a new VMFS3/5 directory."""
+    def one(name: bytes, addr: int, gen: int) -> bytes:
+        return D5.Dirent5.build(
+            {"type": 2, "descAddr": addr, "generation": gen, "name": name.ljust(D5.DIRENT5_NAME_SIZE, b"\0")}
+        )
+
+    return one(b".", self_addr, self_gen) + one(b"..", parent_addr, parent_gen)
 
 
 class Directory6(Directory):
@@ -229,5 +353,11 @@ class Directory6(Directory):
 
 
 def open_directory(volume: Volume, fd: FileDescriptor) -> Directory:
+    """The directory object of ``fd``, cached while the FD object stays the same."""
+    cached = volume._dir_cache.get(fd.address)
+    if cached is not None and cached.fd is fd:
+        return cached
     cls = Directory6 if volume.geometry.vmfs6 else Directory5
-    return cls(volume, fd)
+    directory = cls(volume, fd)
+    volume._dir_cache.put(fd.address, directory)
+    return directory

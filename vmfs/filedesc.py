@@ -59,6 +59,7 @@ class FileDescriptor:
         self.parsed = geo.structs.file_descriptor.parse(raw)
         self.meta = self.parsed.meta
         self.lock = self.parsed.lockBlock.lock
+        self._pointers = None
         self._validate()
 
     def _validate(self) -> None:
@@ -146,14 +147,41 @@ class FileDescriptor:
 
     @property
     def pointers(self):  # type: ignore[no-untyped-def]
-        """The FD's block pointer array (meaningless for resident files)."""
-        geo = self.volume.geometry
-        start = geo.ptr_array_offset - geo.fd_data_offset
-        return unpack_ints(self.parsed.data[start : start + geo.ptr_count * geo.addr_width], geo.addr_width)
+        """The FD's block pointer array (meaningless for resident files).  One array per FD object,
+        changed in place by the write path, so every reader sees the current map."""
+        if self._pointers is None:
+            geo = self.volume.geometry
+            start = geo.ptr_array_offset - geo.fd_data_offset
+            self._pointers = unpack_ints(
+                self.parsed.data[start : start + geo.ptr_count * geo.addr_width], geo.addr_width
+            )
+        return self._pointers
 
     @property
     def resident_data(self) -> bytes:
         return bytes(self.parsed.data[: self.meta.fileLength])
+
+    # -- changes (the write path) ------------------------------------------------------------------
+
+    def set_resident(self, data: bytes) -> None:
+        """Make the data area hold ``data`` as resident file content (zero padded)."""
+        size = len(self.parsed.data)
+        if len(data) > self.volume.geometry.resident_capacity:
+            raise ValueError("resident data larger than the FD data area")
+        self.parsed.data = bytes(data) + bytes(size - len(data))
+        self._pointers = None
+
+    def clear_pointers(self) -> None:
+        self.parsed.data = bytes(len(self.parsed.data))
+        self._pointers = None
+
+    def encode(self) -> bytes:
+        """The whole FD as it must be on disk (pointer array folded back into the data area)."""
+        if self._pointers is not None and not self.is_resident:
+            from vmfs.builders import pointer_array_bytes
+
+            self.parsed.data = pointer_array_bytes(self.volume.geometry, list(self._pointers))
+        return self.volume.geometry.structs.file_descriptor.build(self.parsed)
 
     def __repr__(self) -> str:
         return (

@@ -44,7 +44,8 @@ def fuse_op(method):  # type: ignore[no-untyped-def]
         except mfusepy.FuseOSError:
             raise
         except VmfsError as exc:
-            log.info("%s%r: %s", method.__name__, args[:1], exc)
+            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) else logging.INFO
+            log.log(level, "%s%r: %s", method.__name__, args[:1], exc)
             raise mfusepy.FuseOSError(exc.errno) from None
         except Exception as exc:
             log.exception("%s%r failed", method.__name__, args[:1])

@@ -23,7 +23,6 @@ class FileReader:
     def __init__(self, fd: FileDescriptor) -> None:
         self.fd = fd
         self.volume: Volume = fd.volume
-        self.map = None if fd.is_resident else BlockMap(fd)
 
     @property
     def size(self) -> int:
@@ -33,9 +32,9 @@ class FileReader:
         """Yield (file offset, length, volume offset or None for zeros) covering the range,
         merging pieces that are contiguous on the volume."""
         fd = self.fd
-        bmap = self.map
-        if bmap is None:
+        if fd.is_resident:
             raise CorruptError(f"file descriptor {fd.address:#x}", fd.vol_offset, "resident file has no extents")
+        bmap = BlockMap(fd)
         vol = self.volume
         bs = fd.block_size
         shift = bmap.shift
@@ -71,7 +70,7 @@ class FileReader:
         if offset >= size or length == 0:
             return b""
         length = min(length, size - offset)
-        if self.map is None:
+        if self.fd.is_resident:
             return self.fd.resident_data[offset : offset + length]
         parts = []
         dev = self.volume.device

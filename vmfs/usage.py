@@ -10,7 +10,7 @@ def volume_usage(volume: Volume) -> dict[str, int]:
     """Block and file totals from the resource cluster headers (cached by the volume)."""
     cached = getattr(volume, "_usage_cache", None)
     if cached is not None and not volume.usage_dirty:
-        return cached
+        return dict(cached)
     fb_total, fb_free = volume.resources[R.RES_FB].usage()
     fd_total, fd_free = volume.resources[R.RES_FD].usage()
     usage = {
@@ -22,7 +22,7 @@ def volume_usage(volume: Volume) -> dict[str, int]:
     }
     volume._usage_cache = usage  # type: ignore[attr-defined]
     volume.usage_dirty = False
-    return usage
+    return dict(usage)
 
 
 def resource_usage(volume: Volume) -> list[dict[str, object]]:

@@ -6,16 +6,19 @@ Opening follows vmfs-format.md 1.1: descriptor at 2 MiB, bootstrap of FD cluster
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from construct import ConstructError
 
 from vmfs import address as A
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
-from vmfs.errors import CorruptError, DeviceError, NotVmfsError
+from vmfs.errors import CorruptError, DeviceError, NotVmfsError, ReadOnlyError, UnsupportedError
 from vmfs.filedesc import FileDescriptor
 from vmfs.geometry import Geometry
 from vmfs.lvm import LogicalVolume, open_logical_volume
@@ -25,6 +28,9 @@ from vmfs.ondisk.common import decode_name, unpack_ints
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDescriptor
 from vmfs.resources import ResourceFile
 from vmfs.stream import FileReader
+from vmfs.transaction import Transaction
+
+log = logging.getLogger("vmfs.volume")
 
 ROOT_FD = A.make_fd(0, 0)
 SYSTEM_FDS = {
@@ -57,11 +63,19 @@ class _Lru(OrderedDict):
 class Volume:
     """An open VMFS filesystem on a logical volume (a :class:`BlockDevice` of volume offsets)."""
 
-    def __init__(self, device: BlockDevice, *, lvm: LogicalVolume | None = None) -> None:
+    def __init__(self, device: BlockDevice, *, lvm: LogicalVolume | None = None, host: object = None) -> None:
         self.device = device
         self.lvm = lvm
         self.readonly = device.readonly
         self._lock = threading.RLock()
+        #: serialises metadata changes of this host (FUSE calls arrive on several threads)
+        self.meta_lock = threading.RLock()
+        self.journal = None
+        self.heartbeat = None
+        self.allocators = None
+        self._pinned: dict[int, list] = {}
+        self._dir_cache: _Lru = _Lru(256)
+        self.closed = False
         self._fd_cache: _Lru = _Lru(_FD_CACHE)
         self._pb_cache: _Lru = _Lru(_PB_CACHE)
         #: set by every allocation change so statfs recounts
@@ -88,12 +102,25 @@ class Volume:
             raise CorruptError("volume", None, f"truncated image: {exc}") from None
         except ConstructError as exc:
             raise CorruptError("volume", None, f"unparsable metadata: {exc}") from None
+        if not self.readonly:
+            from vmfs.writable import attach_writer
+
+            try:
+                attach_writer(self, host)
+            except BaseException:
+                self.device.close()
+                raise
 
     # -- opening --------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, paths: list[str | os.PathLike[str]] | str, *, readonly: bool = True) -> Volume:
-        """Open the volume on image files or block devices (all extents of a spanned volume)."""
+    def open(
+        cls, paths: list[str | os.PathLike[str]] | str, *, readonly: bool = True, host: object = None
+    ) -> Volume:
+        """Open the volume on image files or block devices (all extents of a spanned volume).
+
+        Read-write opens claim a heartbeat slot and a journal for ``host`` (a
+        :class:`vmfs.host.HostIdentity`; default: this machine's stable identity)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         devices: list[BlockDevice] = []
@@ -101,27 +128,36 @@ class Volume:
             for p in paths:
                 devices.append(FileDevice(p, readonly=readonly))
             lv = open_logical_volume(devices)
-            return cls(lv, lvm=lv)
+            return cls(lv, lvm=lv, host=host)
         except BaseException:
             for dev in devices:
                 dev.close()
             raise
 
     @classmethod
-    def from_devices(cls, devices: list[BlockDevice]) -> Volume:
+    def from_devices(cls, devices: list[BlockDevice], *, host: object = None) -> Volume:
         """Open the volume on already-open devices (extents in any order)."""
         lv = open_logical_volume(devices)
-        return cls(lv, lvm=lv)
+        return cls(lv, lvm=lv, host=host)
+
+    def _system_fd(self, name: str) -> FileDescriptor:
+        """A system FD read straight from FD cluster 0, whose place is fixed (section 8.2): this
+        works before ``.fdc.sf`` (or the pointer blocks its map may need) is open."""
+        geo = self.geometry
+        address = SYSTEM_FDS[name]
+        offset = geo.bootstrap_fd_addr(A.fd_split(address)[1])
+        fd = FileDescriptor(self, address, offset, self.device.read(offset, geo.fd_size))
+        self._check_system_fd(fd)
+        return fd
 
     def _open_resources(self) -> None:
+        """Resource files in dependency order: pointer blocks first (a large ``.fdc.sf`` or
+        ``.sbc.sf`` maps its blocks through them), then FDs, file blocks, sub-blocks, journal."""
         geo = self.geometry
-        fdc_addr = SYSTEM_FDS[".fdc.sf"]
-        raw = self.device.read(geo.bootstrap_fd_addr(A.fd_split(fdc_addr)[1]), geo.fd_size)
-        fdc_fd = FileDescriptor(self, fdc_addr, geo.bootstrap_fd_addr(2), raw)
-        self._check_system_fd(fdc_fd)
-        self.resources[R.RES_FD] = ResourceFile(self, R.RES_FD, fdc_fd)
-        fbb = self.read_fd(SYSTEM_FDS[".fbb.sf"])
-        self._check_system_fd(fbb)
+        self.resources[R.RES_PB2] = ResourceFile(self, R.RES_PB2, self._system_fd(".pb2.sf"))
+        self.resources[R.RES_PB] = ResourceFile(self, R.RES_PB, self._system_fd(".pbc.sf"))
+        self.resources[R.RES_FD] = ResourceFile(self, R.RES_FD, self._system_fd(".fdc.sf"))
+        fbb = self._system_fd(".fbb.sf")
         if geo.vmfs6:
             lfb = ResourceFile(self, R.RES_LFB, fbb)
             self.resources[R.RES_LFB] = lfb
@@ -136,14 +172,9 @@ class Volume:
             self.resources[R.RES_FB] = sfb
         else:
             self.resources[R.RES_FB] = ResourceFile(self, R.RES_FB, fbb)
-        for name, kind in ((".pbc.sf", R.RES_PB), (".pb2.sf", R.RES_PB2), (".sbc.sf", R.RES_SB)):
-            fd = self.read_fd(SYSTEM_FDS[name])
-            self._check_system_fd(fd)
-            self.resources[kind] = ResourceFile(self, kind, fd)
+        self.resources[R.RES_SB] = ResourceFile(self, R.RES_SB, self._system_fd(".sbc.sf"))
         if geo.vmfs6:
-            jbc = self.read_fd(SYSTEM_FDS[".jbc.sf"])
-            self._check_system_fd(jbc)
-            self.resources[R.RES_JB] = ResourceFile(self, R.RES_JB, jbc)
+            self.resources[R.RES_JB] = ResourceFile(self, R.RES_JB, self._system_fd(".jbc.sf"))
 
     def _check_system_fd(self, fd: FileDescriptor) -> None:
         if fd.type != F.TYPE_SYSFILE or fd.is_resident or fd.block_size not in (
@@ -172,6 +203,9 @@ class Volume:
 
     def read_fd(self, address: int) -> FileDescriptor:
         with self._lock:
+            pinned = self._pinned.get(address)
+            if pinned is not None:
+                return pinned[0]
             cached = self._fd_cache.get(address)
             if cached is not None:
                 self._fd_cache.move_to_end(address)
@@ -272,7 +306,99 @@ class Volume:
 
     # -- life cycle -------------------------------------------------------------------------------------
 
+    def pin(self, fd: FileDescriptor) -> None:
+        """Keep ``fd`` as the one in-memory object for its address while a handle is open."""
+        with self._lock:
+            entry = self._pinned.get(fd.address)
+            if entry is None:
+                self._pinned[fd.address] = [fd, 1]
+            else:
+                entry[1] += 1
+
+    def unpin(self, fd: FileDescriptor) -> None:
+        with self._lock:
+            entry = self._pinned.get(fd.address)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._pinned[fd.address]
+                    self._fd_cache.put(fd.address, fd)
+
+    def forget_fd(self, address: int) -> None:
+        with self._lock:
+            self._fd_cache.pop(address, None)
+            self._dir_cache.pop(address, None)
+
+    def invalidate_caches(self) -> None:
+        """Drop every cached FD, pointer block and directory (after an aborted transaction, a
+        journal replay, or changes made by another host)."""
+        with self._lock:
+            self._fd_cache.clear()
+            self._pb_cache.clear()
+            self._dir_cache.clear()
+            for address, entry in list(self._pinned.items()):
+                fd = entry[0]
+                raw = self.device.read(fd.vol_offset, self.geometry.fd_size)
+                fresh = FileDescriptor(self, address, fd.vol_offset, raw)
+                entry[0] = fresh
+        if self.allocators is not None:
+            self.allocators.reset()
+        self.usage_dirty = True
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyError("volume is mounted read-only")
+        if self.closed:
+            raise ReadOnlyError("volume is closed")
+        if not self.geometry.version == 5:
+            raise UnsupportedError(f"writing {self.version_string} volumes is not supported (VMFS5 only)")
+        if self.heartbeat is not None:
+            self.heartbeat.check_writable()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Collect metadata writes; commit through the journal on success, forget them (and every
+        cache that may hold their effects) on failure."""
+        self.check_writable()
+        with self.meta_lock:
+            tx = Transaction(self.device, self.journal)
+            try:
+                yield tx
+                self.check_writable()
+                tx.commit()
+            except BaseException:
+                self.invalidate_caches()
+                raise
+
+    def put_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
+        """Record ``fd``'s metadata and data area (not its lock block) in ``tx``."""
+        md = self.geometry.md_size
+        tx.write(fd.vol_offset + md, fd.encode()[md:])
+
+    def note_usage_change(self, kind: int, delta: int) -> None:
+        cache = getattr(self, "_usage_cache", None)
+        if cache is None:
+            return
+        if kind == R.RES_FB:
+            cache["blocks_free"] += delta
+        elif kind == R.RES_FD:
+            cache["files_free"] += delta
+
     def close(self) -> None:
+        if self.closed:
+            return
+        if not self.readonly:
+            from vmfs.writable import detach_writer
+
+            try:
+                detach_writer(self)
+            finally:
+                self.closed = True
+                self.device.close()
+            return
+        self.closed = True
         self.device.close()
 
     def __enter__(self) -> Volume:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from vmdk_helpers import MIB, dissect_read, needs_qemu, pattern, qemu_check, qemu_img, qemu_io, qemu_raw
 
-from vmfs.vmdk import ops
+from vmfs.vmdk import chain, ops
 from vmfs.vmdk.disk import open_disk
 from vmfs.vmdk.storage import HostStorage
 
@@ -187,3 +187,41 @@ def test_zeroed_grain_disk_we_create(tmp_path: Path, storage: HostStorage, disk_
     expected = b"\x5a" * (64 * 1024) + bytes(128 * 1024) + b"\x5a" * (64 * 1024) + bytes(4 * MIB - 256 * 1024)
     assert qemu_raw("d.vmdk", tmp_path) == expected
     assert _read_all(storage, "d.vmdk") == expected
+
+
+@pytest.mark.parametrize(
+    ("base_format", "delta_format"),
+    [
+        pytest.param("thin", "vmfsSparse", id="vmfs+COWD"),
+        pytest.param("monolithicFlat", "vmfsSparse", id="monolithicFlat+COWD"),
+        pytest.param("thin", "seSparse", id="vmfs+seSparse"),
+        pytest.param("monolithicSparse", "monolithicSparse", id="hosted"),
+    ],
+)
+def test_snapshot_chain_read_by_oracles(
+    tmp_path: Path, storage: HostStorage, base_format: str, delta_format: str
+) -> None:
+    """Two levels of deltas we wrote (partial grains, GT seams, the last sector, zeroed ranges
+    over parent data): qemu-img check passes and qemu, dissect and we read the same bytes."""
+    size = 9 * MIB + 64 * 1024
+    ops.create_disk(storage, "b.vmdk", size, base_format)
+    model = bytearray(pattern(size, 21))
+    disk = open_disk(storage, "b.vmdk", writable=True)
+    disk.pwrite(0, bytes(model))
+    disk.close()
+    leaf = "b.vmdk"
+    rnd = random.Random(4)
+    for _level in range(2):
+        leaf = chain.create_snapshot(storage, leaf, delta_format=delta_format)
+        disk = open_disk(storage, leaf, writable=True)
+        writes = [(2 * MIB - 700, 1400), (size - 512, 512), (4 * MIB, 64 * 1024)]
+        writes += [(rnd.randrange(size - 9000), rnd.randrange(1, 9000)) for _ in range(20)]
+        for i, (offset, length) in enumerate(writes):
+            data = bytes(length) if i % 5 == 0 else rnd.randbytes(length)
+            disk.pwrite(offset, data)
+            model[offset : offset + length] = data
+        disk.close()
+    qemu_check(leaf, tmp_path)
+    assert qemu_raw(leaf, tmp_path) == model
+    assert _read_all(storage, leaf) == model
+    assert dissect_read(tmp_path / leaf) == model

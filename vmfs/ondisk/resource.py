@@ -53,7 +53,10 @@ ClusterMeta5 = Struct(
     "freeResources" / Int32ul,  # 0x08
     "nextFreeIdx" / Int32ul,  # 0x0C
     "bitmap" / Bytes(CLUSTER5_BITMAP_SIZE),  # 0x10 1 = free, LSB first
-    "typeData" / Bytes(16),  # 0x50
+    # 0x50: FD clusters count the FDs ever created in them; a new FD's generation is the new
+    # count (VMFS5 sample: 7 = generations 1..7 of /directory and its six entries) [O]
+    "createCounter" / Int32ul,  # 0x50
+    "typeData" / Bytes(12),  # 0x54
     "priority" / Int32ul,  # 0x60
     "reserved" / Bytes(0x200 - 0x64),  # 0x64
 )

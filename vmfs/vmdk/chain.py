@@ -103,9 +103,7 @@ def create_snapshot(
         else:
             delta_format = "vmfsSparse" if capacity < COWD_LIMIT_SECTORS else "seSparse"
     if delta_format not in DELTA_FORMATS:
-        raise InvalidArgumentError(
-            f"unknown delta format {delta_format!r} (use one of {', '.join(DELTA_FORMATS)})"
-        )
+        raise InvalidArgumentError(f"unknown delta format {delta_format!r} (use one of {', '.join(DELTA_FORMATS)})")
     if chain_format is not None and delta_format != chain_format:
         raise InvalidArgumentError(f"{name}: a {chain_format} chain cannot take a {delta_format} delta")
     if delta_format == "vmfsSparse" and capacity >= COWD_LIMIT_SECTORS:
@@ -146,8 +144,7 @@ def _create_delta(
             ddb = [
                 (k, v)
                 for k, v in ddb_from.ddb_items()
-                if k.lower() in ("ddb.virtualhwversion", "ddb.adaptertype")
-                or k.lower().startswith("ddb.geometry.")
+                if k.lower() in ("ddb.virtualhwversion", "ddb.adaptertype") or k.lower().startswith("ddb.geometry.")
             ]
             descriptor = Descriptor.new(
                 create_type="monolithicSparse",

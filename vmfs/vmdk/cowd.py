@@ -44,8 +44,7 @@ CowdHeader = Struct(
     "gd_offset" / Int32ul,  # 20    sector of the GD (4)
     "num_gd_entries" / Int32ul,  # 24    ceil(numSectors / (4096 * grainSize))
     "free_sector" / Int32ul,  # 28    next free sector = file length in sectors
-    "parent_or_geometry"
-    / Bytes(1024),  # 32    root: CowdRootGeometry; child: parentFileName (NUL-terminated)
+    "parent_or_geometry" / Bytes(1024),  # 32    root: CowdRootGeometry; child: parentFileName (NUL-terminated)
     "parent_generation" / Int32ul,  # 1056
     "generation" / Int32ul,  # 1060
     "name" / Bytes(60),  # 1064
@@ -109,9 +108,7 @@ class CowdExtent(U32TableExtent):
                 f"{h.num_gd_entries} directory entries, {needed} needed for the capacity",
             )
         if h.gd_offset < HEADER_SECTORS:
-            raise CorruptError(
-                self.name, "COWD header", f"grain directory at sector {h.gd_offset}, inside the header"
-            )
+            raise CorruptError(self.name, "COWD header", f"grain directory at sector {h.gd_offset}, inside the header")
         self.header = h
         self.capacity = h.num_sectors
         self.grain_size = h.grain_size
@@ -121,7 +118,7 @@ class CowdExtent(U32TableExtent):
         self.gd_sector = h.gd_offset
         self.gd = self._read_directory(h.gd_offset, h.num_gd_entries, "grain directory")
         self.rgd = None
-        self._next = self.file_sectors
+        self._next = self._opened_end = self.file_sectors
 
     # -- header fields -----------------------------------------------------------------------------
 
@@ -145,7 +142,9 @@ class CowdExtent(U32TableExtent):
             self.write_header()
 
     def _sync_free_sector(self) -> bool:
-        if self.header.free_sector != self._next:
+        # Only a delta we grew gets its freeSector rewritten: a file we merely opened (perhaps a
+        # damaged one) must stay byte for byte as it was.
+        if self._next != self._opened_end and self.header.free_sector != self._next:
             self.header.free_sector = self._next
             return True
         return False

@@ -357,12 +357,8 @@ class Descriptor:
             pos = extents[-1] + 1 if extents else len(self.lines)
             self._insert(pos, ["", "# Change Tracking File"])
             return pos + 2
-        first_extent = next(
-            (i for i, line in enumerate(self.lines) if line.kind == "extent"), len(self.lines)
-        )
-        header = [
-            i for i, line in enumerate(self.lines[:first_extent]) if line.kind == "key" and not line.is_ddb
-        ]
+        first_extent = next((i for i, line in enumerate(self.lines) if line.kind == "extent"), len(self.lines))
+        header = [i for i, line in enumerate(self.lines[:first_extent]) if line.kind == "key" and not line.is_ddb]
         return header[-1] + 1 if header else 0
 
     # -- header values -----------------------------------------------------------------------------
@@ -427,9 +423,7 @@ class Descriptor:
     @property
     def extents(self) -> list[ExtentLine]:
         """Extent lines in disk order (copies: change them through :meth:`set_extents`)."""
-        return [
-            ExtentLine(**vars(line.extent)) for line in self.lines if line.kind == "extent" and line.extent
-        ]
+        return [ExtentLine(**vars(line.extent)) for line in self.lines if line.kind == "extent" and line.extent]
 
     @property
     def capacity(self) -> int:
@@ -447,11 +441,7 @@ class Descriptor:
             pos = positions[0]
         else:
             comment = next(
-                (
-                    i
-                    for i, line in enumerate(self.lines)
-                    if line.raw.strip().lower() == "# extent description"
-                ),
+                (i for i, line in enumerate(self.lines) if line.raw.strip().lower() == "# extent description"),
                 None,
             )
             pos = comment + 1 if comment is not None else self._insert_position("createType")

@@ -103,9 +103,7 @@ class Disk(io.RawIOBase):
 
     def read_sectors(self, sector: int, count: int) -> bytes:
         if sector < 0 or count < 0 or sector + count > self.sectors:
-            raise OutOfRangeError(
-                f"{self.name}: read of sectors {sector}..{sector + count} beyond {self.sectors}"
-            )
+            raise OutOfRangeError(f"{self.name}: read of sectors {sector}..{sector + count} beyond {self.sectors}")
         return bytes(self._read_from(0, sector, count))
 
     def parent_reader(self) -> Any:
@@ -121,9 +119,7 @@ class Disk(io.RawIOBase):
             raise OutOfRangeError(f"{self.name}: sector write of {len(data)} bytes")
         count = len(data) // SECTOR
         if sector < 0 or sector + count > self.sectors:
-            raise OutOfRangeError(
-                f"{self.name}: write of sectors {sector}..{sector + count} beyond {self.sectors}"
-            )
+            raise OutOfRangeError(f"{self.name}: write of sectors {sector}..{sector + count} beyond {self.sectors}")
         self.top.write(sector, data, self.parent_reader())
 
     # -- byte I/O --------------------------------------------------------------------------------------
@@ -248,9 +244,7 @@ def open_disk(storage: DiskStorage, name: str, *, writable: bool = False, check_
         current = name
         while True:
             if current in seen or len(layers) >= MAX_CHAIN_DEPTH:
-                raise ChainError(
-                    f"{name}: parent chain loops or is deeper than {MAX_CHAIN_DEPTH} ({current})"
-                )
+                raise ChainError(f"{name}: parent chain loops or is deeper than {MAX_CHAIN_DEPTH} ({current})")
             seen.add(current)
             layer = open_layer(storage, current, writable=writable and not layers)
             if layers:

@@ -40,9 +40,7 @@ def geometry_for(capacity: int, adapter: str, style: GeometryStyle = "vmware") -
     if capacity < 0:
         raise InvalidArgumentError(f"negative capacity {capacity}")
     if adapter not in ADAPTER_TYPES:
-        raise InvalidArgumentError(
-            f"unknown adapter type {adapter!r} (use one of {', '.join(ADAPTER_TYPES)})"
-        )
+        raise InvalidArgumentError(f"unknown adapter type {adapter!r} (use one of {', '.join(ADAPTER_TYPES)})")
     if style == "qemu":
         heads, sectors = (16, 63) if adapter == "ide" else (255, 63)
         return Geometry(capacity // (heads * sectors), heads, sectors)

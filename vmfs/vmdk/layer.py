@@ -150,7 +150,7 @@ class Layer:
             if fill is not None:
                 delta = lsec - inner
                 ext_fill = (lambda s, c, d=delta: fill(s + d, c)) if delta else fill
-            ext.write(inner, bytes(chunk), ext_fill)
+            ext.write(inner, bytes(chunk), None)
 
     def allocated(self) -> Iterator[tuple[int, int, bool]]:
         """Ranges this layer defines itself, in layer sectors."""
@@ -209,9 +209,7 @@ class Layer:
             raise errors[0]
 
 
-def _open_extent(
-    storage: DiskStorage, directory: str, line: ExtentLine, writable: bool, desc_name: str
-) -> Extent:
+def _open_extent(storage: DiskStorage, directory: str, line: ExtentLine, writable: bool, desc_name: str) -> Extent:
     writable = writable and line.access == "RW"
     if line.access == "NOACCESS":
         raise UnsupportedError(f"{desc_name}: NOACCESS extent lines are not supported")
@@ -241,14 +239,25 @@ def open_layer(storage: DiskStorage, name: str, *, writable: bool = False) -> La
     except MissingExtentError:
         raise MissingExtentError(f"{name}: no such disk") from None
     with storage.open(name, "rb") as fh:
-        head = fh.read(min(size, MAX_DESCRIPTOR_BYTES)) or b""
-    if head[:4] == KDMV_MAGIC:
-        return _open_monolithic(storage, name, writable)
-    if head[:4] == COWD_MAGIC or head[:8] == SESPARSE_MAGIC:
-        raise NotVmdkError(f"{name}: is a delta extent; open the descriptor that names it")
-    if size > MAX_DESCRIPTOR_BYTES or not is_descriptor_text(head):
+        head = fh.read(8) or b""
+        if head[:4] == KDMV_MAGIC:
+            fh.close()
+            return _open_monolithic(storage, name, writable)
+        if head[:4] == COWD_MAGIC or head[:8] == SESPARSE_MAGIC:
+            raise NotVmdkError(f"{name}: is a delta extent; open the descriptor that names it")
+        if size > MAX_DESCRIPTOR_BYTES:
+            raise NotVmdkError(f"{name}: {size} bytes: too big for a descriptor, and not a sparse extent")
+        head += fh.read(size) or b""
+    if not is_descriptor_text(head):
         raise NotVmdkError(f"{name}: neither a VMDK descriptor nor a sparse extent")
     descriptor = Descriptor.parse(head, source=name)
+    if writable and descriptor.change_track_path is not None:
+        # Writes would have to be recorded in the -ctk file, whose format is not public; a stale
+        # CTK makes incremental backups silently miss data, so refuse instead.
+        raise UnsupportedError(
+            f"{name}: changed-block tracking is enabled ({descriptor.change_track_path}); "
+            "writes are refused because the CTK file cannot be kept up to date"
+        )
     extents: list[Extent] = []
     try:
         for line in descriptor.extents:

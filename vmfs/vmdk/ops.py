@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 from vmfs.vmdk.chain import remove_disk_files, write_descriptor_file
 from vmfs.vmdk.cowd import create_cowd
@@ -40,11 +39,12 @@ from vmfs.vmdk.errors import ExistsError, InvalidArgumentError, UnsupportedError
 from vmfs.vmdk.extent import SECTOR, is_zero
 from vmfs.vmdk.flat import FlatExtent
 from vmfs.vmdk.geometry import ADAPTER_TYPES, geometry_for
-from vmfs.vmdk.layer import Layer, open_layer
+from vmfs.vmdk.layer import open_layer
 from vmfs.vmdk.sesparse import create_sesparse
 from vmfs.vmdk.sparse import DEFAULT_GRAIN_SIZE, SparseExtent, create_sparse, write_embedded_descriptor
-from vmfs.vmdk.storage import DiskStorage, ThinStorage, join, parent_dir
+from vmfs.vmdk.storage import DiskStorage, join, parent_dir
 from vmfs.vmdk.stream_optimized import export_stream
+from vmfs.vmdk.thin import eager_zero, inflate_disk, provisioning_of, punch_zero, single_layer
 
 #: ``-d`` words and the createType / provisioning they mean.  Hosted and ESX delta formats are
 #: accepted under their createType names.
@@ -75,16 +75,6 @@ COPY_SECTORS = 2048
 DEFAULT_ADAPTER = "lsilogic"
 DEFAULT_HW_VERSION_VMFS = "13"
 DEFAULT_HW_VERSION_HOSTED = "4"
-#: granularity of zero detection for ``punch_zero`` (a host file system block)
-PUNCH_BLOCK = 4096
-
-
-@runtime_checkable
-class ProvisioningStorage(Protocol):
-    """Optional: change how an existing file is allocated, natively (VMFS: allocate and zero
-    blocks, clear to-be-zeroed flags).  Without it, holes are filled by writing zeros."""
-
-    def set_provisioning(self, name: str, provisioning: str) -> None: ...
 
 
 def normalize_format(disk_format: str) -> str:
@@ -178,9 +168,7 @@ def create_disk(
     """Create a new, zero-filled disk of ``size`` bytes (rounded up to whole sectors)."""
     fmt = normalize_format(disk_format)
     if adapter not in ADAPTER_TYPES:
-        raise InvalidArgumentError(
-            f"unknown adapter type {adapter!r} (use one of {', '.join(ADAPTER_TYPES)})"
-        )
+        raise InvalidArgumentError(f"unknown adapter type {adapter!r} (use one of {', '.join(ADAPTER_TYPES)})")
     capacity = _sectors(size)
     directory, stem = _stem(name)
     undo = _Undo(storage)
@@ -191,10 +179,8 @@ def create_disk(
             create_type, provisioning = VMFS_FORMATS[fmt]
             flat = f"{stem}-flat.vmdk"
             undo.check_free(join(directory, flat))
-            storage.create(undo.add(join(directory, flat)), capacity * SECTOR, provisioning)  # type: ignore[arg-type]
-            ddb = _ddb(
-                capacity, adapter, hwversion or DEFAULT_HW_VERSION_VMFS, thin=provisioning == "thin", cid=cid
-            )
+            storage.create(undo.add(join(directory, flat)), capacity * SECTOR, provisioning)
+            ddb = _ddb(capacity, adapter, hwversion or DEFAULT_HW_VERSION_VMFS, thin=provisioning == "thin", cid=cid)
             desc = Descriptor.new(
                 create_type=create_type, extents=[ExtentLine("RW", capacity, "VMFS", flat)], cid=cid, ddb=ddb
             )
@@ -218,9 +204,7 @@ def create_disk(
                     zeroed_grain=zeroed_grain,
                 )
             else:
-                export_stream(
-                    lambda s, n: bytes(n * SECTOR), storage, name, capacity, descriptor=desc.to_bytes()
-                )
+                export_stream(lambda s, n: bytes(n * SECTOR), storage, name, capacity, descriptor=desc.to_bytes())
         elif fmt in ("monolithicFlat", "twoGbMaxExtentFlat", "twoGbMaxExtentSparse"):
             sizes = [capacity] if fmt == "monolithicFlat" else _split(capacity)
             lines = []
@@ -232,12 +216,10 @@ def create_disk(
                 undo.check_free(join(directory, ext))
                 undo.add(join(directory, ext))
                 if fmt == "twoGbMaxExtentSparse":
-                    create_sparse(
-                        storage, join(directory, ext), n, grain_size=grain_size, zeroed_grain=zeroed_grain
-                    )
+                    create_sparse(storage, join(directory, ext), n, grain_size=grain_size, zeroed_grain=zeroed_grain)
                     lines.append(ExtentLine("RW", n, "SPARSE", ext))
                 else:
-                    storage.create(join(directory, ext), n * SECTOR, hosted_provisioning)  # type: ignore[arg-type]
+                    storage.create(join(directory, ext), n * SECTOR, hosted_provisioning)
                     lines.append(ExtentLine("RW", n, "FLAT", ext, 0))
             desc = Descriptor.new(
                 create_type=fmt,
@@ -348,43 +330,30 @@ def clone_disk(
         source.close()
 
 
-def _single_layer(storage: DiskStorage, name: str, *, writable: bool) -> Layer:
-    layer = open_layer(storage, name, writable=writable)
-    if layer.descriptor.has_parent:
-        layer.close()
-        raise UnsupportedError(f"{name}: disk is a snapshot delta (consolidate its snapshots first)")
-    return layer
-
-
-def _provisioning(desc: Descriptor) -> str:
-    if desc.thin_provisioned or desc.create_type == "vmfsThin":
-        return "thin"
-    if desc.create_type == "vmfsEagerZeroedThick":
-        return "eagerzeroedthick"
-    return "zeroedthick"
-
-
-def extend_disk(storage: DiskStorage, name: str, size: int) -> None:
+def extend_disk(storage: DiskStorage, name: str, size: int, *, provisioning: str | None = None) -> None:
     """Grow a disk to ``size`` bytes (``vmkfstools -X``).  Deltas, streams and RDMs cannot grow,
-    and a disk cannot shrink."""
+    and a disk cannot shrink.  New flat space is allocated per ``provisioning`` (default: thin
+    for thin disks, zeroedthick otherwise)."""
     capacity = _sectors(size)
-    layer = _single_layer(storage, name, writable=True)
+    probe = single_layer(storage, name, writable=False)  # refuse before opening for writing
     try:
-        desc = layer.descriptor
-        ctype = desc.create_type
-        if capacity < layer.capacity:
-            raise InvalidArgumentError(
-                f"{name}: new size {capacity} sectors is smaller than {layer.capacity}"
-            )
-        if capacity == layer.capacity:
+        ctype = probe.descriptor.create_type
+        lines = probe.descriptor.extents
+        if capacity < probe.capacity:
+            raise InvalidArgumentError(f"{name}: new size {capacity} sectors is smaller than {probe.capacity}")
+        if capacity == probe.capacity:
             return
-        lines = desc.extents
-        if ctype in ("streamOptimized",) or ctype.startswith("vmfsRaw") or ctype in DELTA_FORMATS:
+        if ctype == "streamOptimized" or ctype.startswith("vmfsRaw") or ctype in DELTA_FORMATS:
             raise UnsupportedError(f"{name}: a {ctype} disk cannot be extended")
         if any(line.type not in ("FLAT", "VMFS", "SPARSE") for line in lines):
-            raise UnsupportedError(
-                f"{name}: extents of type {', '.join({x.type for x in lines})} cannot grow"
-            )
+            raise UnsupportedError(f"{name}: extents of type {', '.join({x.type for x in lines})} cannot grow")
+    finally:
+        probe.close()
+    layer = open_layer(storage, name, writable=True)
+    try:
+        desc = layer.descriptor
+        lines = desc.extents
+        prov = provisioning or provisioning_of(desc)
         layer.mark_modified()  # new CID and unclean marks, before anything changes
         grow = capacity - layer.capacity
         directory, stem = _stem(name)
@@ -396,11 +365,8 @@ def extend_disk(storage: DiskStorage, name: str, size: int) -> None:
             if isinstance(last_ext, SparseExtent):
                 last_ext.grow(last_ext.capacity + add)
             elif isinstance(last_ext, FlatExtent):
-                storage.resize(
-                    last_ext.name,
-                    (last_ext.offset + last_ext.capacity + add) * SECTOR,
-                    _provisioning(desc),  # type: ignore[arg-type]
-                )
+                end = (last_ext.offset + last_ext.capacity + add) * SECTOR
+                storage.resize(last_ext.name, end, prov)
             lines[-1].sectors += add
             grow -= add
         index = len(lines)
@@ -409,129 +375,19 @@ def extend_disk(storage: DiskStorage, name: str, size: int) -> None:
             sparse = lines[-1].type == "SPARSE"
             ext = f"{stem}-{'s' if sparse else 'f'}{index:03d}.vmdk"
             if sparse:
-                create_sparse(
-                    storage, join(directory, ext), n, grain_size=getattr(last_ext, "grain_size", 128)
-                )
+                create_sparse(storage, join(directory, ext), n, grain_size=getattr(last_ext, "grain_size", 128))
                 lines.append(ExtentLine("RW", n, "SPARSE", ext))
             else:
-                storage.create(join(directory, ext), n * SECTOR, _provisioning(desc))  # type: ignore[arg-type]
+                storage.create(join(directory, ext), n * SECTOR, prov)
                 lines.append(ExtentLine("RW", n, "FLAT", ext, 0))
         desc.set_extents(lines)
         geo = desc.geometry
         adapter = desc.adapter_type
         if geo is not None and adapter in ADAPTER_TYPES:
-            style = "vmware" if ctype.startswith("vmfs") else "qemu"
-            desc.geometry = geometry_for(capacity, adapter, style)  # type: ignore[arg-type]
+            desc.geometry = geometry_for(capacity, adapter)
         layer.save_descriptor()
     finally:
         layer.close()
-
-
-def _flat_extents(layer: Layer, what: str) -> list[FlatExtent]:
-    exts = [e for e in layer.extents if isinstance(e, FlatExtent)]
-    if len(exts) != len(layer.extents) or layer.descriptor.create_type.startswith("vmfsRaw"):
-        raise UnsupportedError(f"{layer.name}: {what} applies to flat (VMFS) disks only")
-    return exts
-
-
-def _fill_holes(storage: DiskStorage, ext: FlatExtent, provisioning: str) -> None:
-    if isinstance(storage, ProvisioningStorage):
-        storage.set_provisioning(ext.name, provisioning)
-        return
-    if not isinstance(storage, ThinStorage):
-        return  # nothing is known to be unallocated
-    end = (ext.offset + ext.capacity) * SECTOR
-    pos = ext.offset * SECTOR
-    holes = []
-    for start, length in storage.allocated_ranges(ext.name):
-        if start > pos:
-            holes.append((pos, min(start, end) - pos))
-        pos = max(pos, start + length)
-    if pos < end:
-        holes.append((pos, end - pos))
-    with storage.open(ext.name, "r+b") as fh:
-        for start, length in holes:
-            fh.seek(start)
-            while length > 0:
-                n = min(length, 1 << 20)
-                fh.write(bytes(n))
-                length -= n
-
-
-def inflate_disk(storage: DiskStorage, name: str) -> None:
-    """Allocate every block of a thin disk; it becomes eager-zeroed thick (``vmkfstools -j``)."""
-    layer = _single_layer(storage, name, writable=True)
-    try:
-        desc = layer.descriptor
-        if _provisioning(desc) != "thin":
-            raise InvalidArgumentError(f"{name}: disk is not thin provisioned")
-        for ext in _flat_extents(layer, "inflating"):
-            _fill_holes(storage, ext, "eagerzeroedthick")
-        desc.remove("ddb.thinProvisioned")
-        if desc.create_type == "vmfsThin":
-            desc.set("createType", "vmfsEagerZeroedThick")
-        layer.save_descriptor()
-    finally:
-        layer.close()
-
-
-def eager_zero(storage: DiskStorage, name: str) -> None:
-    """Zero every block not yet zeroed in a zeroedthick disk (``vmkfstools -k``).  On a host file
-    system, preallocated blocks already read as zeros; only holes need writing."""
-    layer = _single_layer(storage, name, writable=True)
-    try:
-        if _provisioning(layer.descriptor) == "thin":
-            raise InvalidArgumentError(f"{name}: disk is thin provisioned (inflate it with -j)")
-        for ext in _flat_extents(layer, "eager zeroing"):
-            _fill_holes(storage, ext, "eagerzeroedthick")
-        if layer.descriptor.create_type in ("vmfsPreallocated",):
-            layer.descriptor.set("createType", "vmfsEagerZeroedThick")
-            layer.save_descriptor()
-    finally:
-        layer.close()
-
-
-def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK) -> int:
-    """Deallocate all-zero blocks of a flat disk, which becomes thin (``vmkfstools -K``).
-    Returns the number of bytes given back."""
-    if not isinstance(storage, ThinStorage):
-        raise UnsupportedError(f"{name}: the storage cannot deallocate blocks")
-    layer = _single_layer(storage, name, writable=True)
-    punched = 0
-    try:
-        zero_block = bytes(block)
-        for ext in _flat_extents(layer, "punching zeros"):
-            base = ext.offset * SECTOR
-            end = base + ext.capacity * SECTOR
-            runs: list[tuple[int, int]] = []
-            with storage.open(ext.name, "rb") as fh:
-                for start, length in storage.allocated_ranges(ext.name):
-                    lo = max(start, base) // block * block
-                    hi = min(start + length, end)
-                    pos = lo
-                    while pos < hi:
-                        fh.seek(pos)
-                        chunk = fh.read(min(1 << 20, hi - pos)) or b""
-                        if not chunk:
-                            break
-                        for off in range(0, len(chunk), block):
-                            piece = chunk[off : off + block]
-                            if piece == zero_block[: len(piece)] and pos + off >= base:
-                                if runs and runs[-1][0] + runs[-1][1] == pos + off:
-                                    runs[-1] = (runs[-1][0], runs[-1][1] + len(piece))
-                                else:
-                                    runs.append((pos + off, len(piece)))
-                        pos += len(chunk)
-            for start, length in runs:
-                storage.punch_zero(ext.name, start, length)
-                punched += length
-        desc = layer.descriptor
-        if desc.create_type.startswith("vmfs") and not desc.thin_provisioned:
-            desc.set("ddb.thinProvisioned", "1")
-            layer.save_descriptor()
-    finally:
-        layer.close()
-    return punched
 
 
 def delete_disk(storage: DiskStorage, name: str) -> list[str]:
@@ -662,3 +518,21 @@ def disk_info(storage: DiskStorage, name: str) -> dict[str, object]:
         return disk.info()
     finally:
         disk.close()
+
+
+__all__ = [
+    "DISK_FORMATS",
+    "clone_disk",
+    "copy_disk",
+    "create_disk",
+    "create_rdm",
+    "delete_disk",
+    "disk_info",
+    "eager_zero",
+    "extend_disk",
+    "inflate_disk",
+    "lock_info",
+    "normalize_format",
+    "punch_zero",
+    "rename_disk",
+]

@@ -133,12 +133,8 @@ class SeSparseExtent(GrainedExtent):
         gd_count = h.grain_dir_size * SECTOR // 8
         needed = -(-h.capacity // (GTES_PER_GT * GRAIN_SIZE))
         if gd_count < needed:
-            raise CorruptError(
-                self.name, what, f"{gd_count} directory entries, {needed} needed for the capacity"
-            )
-        raw = read_exact(
-            self.fh, h.volatile_header_offset * SECTOR, SECTOR, self.name, "seSparse volatile header"
-        )
+            raise CorruptError(self.name, what, f"{gd_count} directory entries, {needed} needed for the capacity")
+        raw = read_exact(self.fh, h.volatile_header_offset * SECTOR, SECTOR, self.name, "seSparse volatile header")
         v = SeSparseVolatileHeader.parse(raw)
         if v.magic != VOLATILE_MAGIC:
             raise CorruptError(
@@ -157,23 +153,19 @@ class SeSparseExtent(GrainedExtent):
         if end > self.file_sectors:
             raise CorruptError(self.name, "seSparse grain directory", "runs past the end of the file")
         self.gd = self._gd_struct.parse(
-            read_exact(
-                self.fh, h.grain_dir_offset * SECTOR, self._gd_struct.sizeof(), self.name, "seSparse GD"
-            )
+            read_exact(self.fh, h.grain_dir_offset * SECTOR, self._gd_struct.sizeof(), self.name, "seSparse GD")
         )
         self._gts: dict[int, array] = {}
         self._gt_pool = h.grain_tables_size // GT_SECTORS if h.grain_tables_size else 0
         used = [self._gt_index(i, e) for i, e in enumerate(self.gd) if e]
-        self._next_gt = max(used) + 1 if used else 0
+        self._next_gt = self._opened_gts = max(used) + 1 if used else 0
         self._next_grain = max(0, -(-(self.file_sectors - h.grains_offset) // GRAIN_SIZE))
 
     # -- tables --------------------------------------------------------------------------------------
 
     def _gt_index(self, gdi: int, entry: int) -> int:
         if entry & GD_TYPE_MASK != GD_ALLOCATED:
-            raise CorruptError(
-                self.name, "seSparse grain directory", f"entry {gdi} = 0x{entry:016x} is malformed"
-            )
+            raise CorruptError(self.name, "seSparse grain directory", f"entry {gdi} = 0x{entry:016x} is malformed")
         return entry & 0xFFFFFFFF
 
     def _load_gt(self, gdi: int) -> array | None:
@@ -187,12 +179,8 @@ class SeSparseExtent(GrainedExtent):
         sector = self.header.grain_tables_offset + index * GT_SECTORS
         what = f"seSparse grain table {gdi}"
         if sector + GT_SECTORS > self.file_sectors:
-            raise CorruptError(
-                self.name, what, "table is truncated by the end of the file", offset=sector * SECTOR
-            )
-        gt = self._gt_struct.parse(
-            read_exact(self.fh, sector * SECTOR, self._gt_struct.sizeof(), self.name, what)
-        )
+            raise CorruptError(self.name, what, "table is truncated by the end of the file", offset=sector * SECTOR)
+        gt = self._gt_struct.parse(read_exact(self.fh, sector * SECTOR, self._gt_struct.sizeof(), self.name, what))
         for i, value in enumerate(gt):
             if value:
                 self._decode(gdi * GTES_PER_GT + i, value, what)
@@ -294,7 +282,8 @@ class SeSparseExtent(GrainedExtent):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if self.writable and not self.fh.closed and self.volatile.free_gt_number != self._next_gt:
+        grew = self._next_gt != self._opened_gts
+        if self.writable and not self.fh.closed and grew and self.volatile.free_gt_number != self._next_gt:
             self.volatile.free_gt_number = self._next_gt
             self.fh.seek(self.header.volatile_header_offset * SECTOR)
             self.fh.write(SeSparseVolatileHeader.build(self.volatile))

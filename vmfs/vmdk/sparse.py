@@ -147,15 +147,11 @@ def validate_header(header: Any, file: str) -> None:
         raise UnsupportedError(f"{file}: unknown incompatible flags 0x{unknown:08x}")
     gs = h.grain_size
     if gs < 1 or gs > MAX_GRAIN_SIZE or gs & (gs - 1):
-        raise CorruptError(
-            file, "sparse header", f"grain size {gs} is not a power of two up to {MAX_GRAIN_SIZE}"
-        )
+        raise CorruptError(file, "sparse header", f"grain size {gs} is not a power of two up to {MAX_GRAIN_SIZE}")
     if not 1 <= h.num_gtes_per_gt <= 65536:
         raise CorruptError(file, "sparse header", f"{h.num_gtes_per_gt} entries per grain table")
     if gd_entries(h.capacity, gs, h.num_gtes_per_gt) > 32 * 1024 * 1024:
-        raise CorruptError(
-            file, "sparse header", f"capacity {h.capacity} needs a grain directory over 32 Mi entries"
-        )
+        raise CorruptError(file, "sparse header", f"capacity {h.capacity} needs a grain directory over 32 Mi entries")
 
 
 class SparseExtent(U32TableExtent):
@@ -177,9 +173,7 @@ class SparseExtent(U32TableExtent):
     def _read_header(self) -> Any:
         header = parse_header(read_exact(self.fh, 0, SECTOR, self.name, "sparse header"), self.name)
         if header.gd_offset == GD_AT_END:
-            raise UnsupportedError(
-                f"{self.name}: grain directory at the end (a stream: open it as streamOptimized)"
-            )
+            raise UnsupportedError(f"{self.name}: grain directory at the end (a stream: open it as streamOptimized)")
         return header
 
     def _load(self) -> None:
@@ -194,9 +188,7 @@ class SparseExtent(U32TableExtent):
         self.capacity = h.capacity
         self.grain_size = h.grain_size
         self.gtes = h.num_gtes_per_gt
-        self.supports_zero_grain = self.one_reads_as_zero = (
-            bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
-        )
+        self.supports_zero_grain = self.one_reads_as_zero = bool(h.flags & FLAG_ZEROED_GRAIN) and h.version >= 2
         self.compressed = bool(h.flags & FLAG_COMPRESSED)
         self._init_tables()
         n = gd_entries(self.capacity, self.grain_size, self.gtes)
@@ -261,9 +253,7 @@ class SparseExtent(U32TableExtent):
                 gd_sector = pos
                 first_gt = gd_sector + gds
                 pos = first_gt + extra * self._gt_sectors
-                entries = array("I", directory) + array(
-                    "I", (first_gt + i * self._gt_sectors for i in range(extra))
-                )
+                entries = array("I", directory) + array("I", (first_gt + i * self._gt_sectors for i in range(extra)))
                 layout.append((gd_sector, entries))
             end = roundup(pos, self.grain_size)
             for gd_sector, entries in layout:

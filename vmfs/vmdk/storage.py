@@ -60,11 +60,11 @@ class DiskStorage(Protocol):
         """Length of the file in bytes."""
         ...
 
-    def create(self, name: str, size: int, provisioning: Provisioning) -> None:
+    def create(self, name: str, size: int, provisioning: str) -> None:
         """Create ``name`` (which must not exist) with ``size`` bytes reading as zeros."""
         ...
 
-    def resize(self, name: str, size: int, provisioning: Provisioning) -> None:
+    def resize(self, name: str, size: int, provisioning: str) -> None:
         """Grow or shrink; new bytes read as zeros and are allocated per ``provisioning``."""
         ...
 
@@ -85,6 +85,15 @@ class ThinStorage(Protocol):
     def allocated_ranges(self, name: str) -> list[tuple[int, int]]:
         """Sorted ``(offset, length)`` ranges that hold storage; the rest reads as zeros."""
         ...
+
+
+@runtime_checkable
+class ProvisioningStorage(Protocol):
+    """Optional: change how an existing file is allocated, natively.  ``eagerzeroedthick``
+    allocates every hole and zeroes every to-be-zeroed block (VMFS: clears TBZ); ``thin`` may give
+    nothing back.  Without it, operations fill holes by writing zeros."""
+
+    def set_provisioning(self, name: str, provisioning: str) -> None: ...
 
 
 def parent_dir(name: str) -> str:
@@ -194,7 +203,7 @@ class HostStorage:
         except FileNotFoundError:
             raise MissingExtentError(f"{name}: no such file") from None
 
-    def create(self, name: str, size: int, provisioning: Provisioning) -> None:
+    def create(self, name: str, size: int, provisioning: str) -> None:
         _check_provisioning(provisioning)
         try:
             fd = os.open(self.path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -205,7 +214,7 @@ class HostStorage:
         with os.fdopen(fd, "r+b", buffering=0) as fh:
             self._grow(fh, 0, size, provisioning)
 
-    def resize(self, name: str, size: int, provisioning: Provisioning) -> None:
+    def resize(self, name: str, size: int, provisioning: str) -> None:
         _check_provisioning(provisioning)
         with self.open(name, "r+b") as fh:
             old = fh.seek(0, os.SEEK_END)
@@ -241,6 +250,21 @@ class HostStorage:
         else:
             info["hosted lock"] = "no .lck directory"
         return info
+
+    def set_provisioning(self, name: str, provisioning: str) -> None:
+        """Thick: preallocate the whole file (holes become allocated blocks reading as zeros; data
+        is untouched).  Thin: nothing to do on a host file."""
+        _check_provisioning(provisioning)
+        if provisioning == "thin":
+            return
+        with self.open(name, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, size)
+                except (AttributeError, OSError):
+                    for start, length in _holes(fh.fileno(), size):
+                        _write_zeros(fh, start, length)
 
     # -- thin helpers --------------------------------------------------------------------------------
 
@@ -301,6 +325,16 @@ def _data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
         end = os.lseek(fd, start, seek_hole)
         yield (start, min(end, size) - start)
         pos = end
+
+
+def _holes(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    pos = 0
+    for start, length in list(_data_ranges(fd, size)):
+        if start > pos:
+            yield (pos, start - pos)
+        pos = start + length
+    if pos < size:
+        yield (pos, size - pos)
 
 
 def host_device_sectors(path: str | os.PathLike[str]) -> int:

@@ -75,9 +75,7 @@ class StreamOptimizedExtent(SparseExtent):
         # The real header is the footer: the last three sectors are footer marker, footer, EOS.
         size = self.fh.seek(0, 2)
         if size < 3 * SECTOR:
-            raise CorruptError(
-                self.name, "stream footer", "file too short for footer and end-of-stream marker"
-            )
+            raise CorruptError(self.name, "stream footer", "file too short for footer and end-of-stream marker")
         tail = read_exact(self.fh, size - 3 * SECTOR, 3 * SECTOR, self.name, "stream footer")
         marker = MetadataMarker.parse(tail[:SECTOR])
         eos = MetadataMarker.parse(tail[2 * SECTOR :])
@@ -87,9 +85,7 @@ class StreamOptimizedExtent(SparseExtent):
             raise CorruptError(self.name, "stream footer", "no end-of-stream marker", offset=size - SECTOR)
         footer = parse_header(tail[SECTOR : 2 * SECTOR], self.name)
         if footer.gd_offset == GD_AT_END:
-            raise CorruptError(
-                self.name, "stream footer", "footer has no grain directory", offset=size - 2 * SECTOR
-            )
+            raise CorruptError(self.name, "stream footer", "footer has no grain directory", offset=size - 2 * SECTOR)
         return footer
 
     def _read_compressed(self, grain: int, value: int) -> bytes:
@@ -98,9 +94,7 @@ class StreamOptimizedExtent(SparseExtent):
         grain_bytes = self.grain_size * SECTOR
         offset = value * SECTOR
         if self.header.flags & FLAG_MARKERS:
-            record = GrainRecordHeader.parse(
-                read_exact(self.fh, offset, 12, self.name, f"grain {grain} record")
-            )
+            record = GrainRecordHeader.parse(read_exact(self.fh, offset, 12, self.name, f"grain {grain} record"))
             if record.size == 0:
                 raise CorruptError(self.name, f"grain {grain} record", "points at a marker", offset=offset)
             if record.lba != grain * self.grain_size:
@@ -119,9 +113,7 @@ class StreamOptimizedExtent(SparseExtent):
             inflater = zlib.decompressobj()
             data = inflater.decompress(compressed, grain_bytes)
         except zlib.error as exc:
-            raise CorruptError(
-                self.name, f"grain {grain} data", f"bad deflate stream: {exc}", offset=offset
-            ) from None
+            raise CorruptError(self.name, f"grain {grain} data", f"bad deflate stream: {exc}", offset=offset) from None
         if len(data) < grain_bytes:  # the last grain may hold only the part inside the capacity
             data += bytes(grain_bytes - len(data))
         self._cache = (grain, data)

@@ -62,9 +62,7 @@ class U32TableExtent(GrainedExtent):
         struct = IntArray(entries, 4)
         end = sector + sectors_for(struct.sizeof())
         if sector == 0 or end > self.file_sectors:
-            raise CorruptError(
-                self.name, what, f"{entries} entries at sector {sector} run past the end of the file"
-            )
+            raise CorruptError(self.name, what, f"{entries} entries at sector {sector} run past the end of the file")
         return struct.parse(read_exact(self.fh, sector * SECTOR, struct.sizeof(), self.name, what))
 
     def _load_gt(self, gdi: int) -> array | None:
@@ -131,9 +129,7 @@ class U32TableExtent(GrainedExtent):
         start = self._next
         end = start + sectors
         if end > self.max_file_sectors:
-            raise NoSpaceError(
-                f"{self.name}: extent cannot grow past sector {self.max_file_sectors} (u32 pointers)"
-            )
+            raise NoSpaceError(f"{self.name}: extent cannot grow past sector {self.max_file_sectors} (u32 pointers)")
         self._next = end
         self.file_sectors = max(self.file_sectors, end)
         return start

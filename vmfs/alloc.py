@@ -1,0 +1,149 @@
+"""Allocation from the resource bitmaps (vmfs-format.md 6.3, 6.7).
+
+Allocating or freeing a resource rewrites the metadata sector of its cluster header (bitmap,
+free count, next-free index) inside the caller's transaction, so the bitmap change commits
+atomically with the pointer that uses it.  Clusters are scanned from a cursor that moves
+forward; a total free count kept in memory answers ENOSPC without a scan.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vmfs.errors import CorruptError, NoSpaceError, UnsupportedError
+from vmfs.ondisk import resource as R
+from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
+
+if TYPE_CHECKING:
+    from vmfs.transaction import Transaction
+    from vmfs.volume import Volume
+
+
+class ResourceAllocator:
+    def __init__(self, volume: Volume, res: ResourceFile) -> None:
+        if res.bits != 1 or res.parent is not None:
+            raise UnsupportedError(f"allocation in {res.name} ({res.bits}-bit resources) is not supported")
+        self.volume = volume
+        self.res = res
+        self.cursor = 0
+        self._free: int | None = None
+        self.kind = res.kind
+
+    # -- cluster I/O through the transaction ------------------------------------------------------
+
+    def _header_offset(self, cluster: int) -> int:
+        return self.res.reader.volume_offset(self.res.cluster_header_offset(cluster))
+
+    def read_cluster(self, tx: Transaction | None, cluster: int) -> tuple[Cluster, int]:
+        off = self._header_offset(cluster)
+        raw = tx.read(off, self.res.ch) if tx is not None else self.volume.device.read(off, self.res.ch)
+        cl = self.res.read_cluster(cluster, raw)
+        if cl.meta.clusterNum != cluster or cl.total > self.res.rpc:
+            raise CorruptError(f"{self.res.name} cluster {cluster} header", off, "inconsistent cluster header")
+        return cl, off
+
+    def _write_meta(self, tx: Transaction, cl: Cluster, header_off: int, bitmap: bytearray) -> None:
+        free = sum(bin(b).count("1") for b in bitmap)
+        meta = cl.meta
+        meta.bitmap = bytes(bitmap)
+        meta.freeResources = free
+        meta.nextFreeIdx = _first_set(bitmap, cl.total) if 0 < free < cl.total else 0
+        md = self.res.ch // 2
+        tx.write(header_off + md, self.res.meta_struct.build(meta))
+
+    # -- accounting -----------------------------------------------------------------------------
+
+    @property
+    def free_count(self) -> int:
+        if self._free is None:
+            self._free = self.res.usage()[1]
+        return self._free
+
+    def _adjust(self, delta: int) -> None:
+        if self._free is not None:
+            self._free += delta
+        self.volume.note_usage_change(self.kind, delta)
+
+    # -- allocate / free ----------------------------------------------------------------------------
+
+    def allocate(self, tx: Transaction, count: int = 1) -> list[tuple[int, int]]:
+        """``count`` free resources as (cluster, resource), marked used in ``tx``."""
+        if count <= 0:
+            return []
+        if self.free_count < count:
+            raise NoSpaceError(
+                f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted, {self.free_count} free"
+            )
+        got: list[tuple[int, int]] = []
+        clusters = self.res.num_clusters
+        tried = 0
+        c = self.cursor
+        while len(got) < count and tried < clusters:
+            cl, off = self.read_cluster(tx, c)
+            if cl.free:
+                bitmap = bytearray(cl.bitmap)
+                taken = 0
+                for r in range(cl.total):
+                    if bitmap[r >> 3] >> (r & 7) & 1:
+                        bitmap[r >> 3] &= ~(1 << (r & 7))
+                        got.append((c, r))
+                        taken += 1
+                        if len(got) == count:
+                            break
+                if taken:
+                    self._write_meta(tx, cl, off, bitmap)
+            if len(got) < count:
+                c = (c + 1) % clusters
+                tried += 1
+        self.cursor = c
+        if len(got) < count:
+            raise CorruptError(self.res.name, None, "free counts promise space the bitmaps do not hold")
+        self._adjust(-count)
+        return got
+
+    def free(self, tx: Transaction, items: list[tuple[int, int]]) -> None:
+        by_cluster: dict[int, list[int]] = {}
+        for c, r in items:
+            self.res.check(c, r)
+            by_cluster.setdefault(c, []).append(r)
+        for c, resources in sorted(by_cluster.items()):
+            cl, off = self.read_cluster(tx, c)
+            bitmap = bytearray(cl.bitmap)
+            for r in resources:
+                if bitmap[r >> 3] >> (r & 7) & 1:
+                    raise CorruptError(f"{self.res.name} cluster {c}", off, f"resource {r} freed twice")
+                bitmap[r >> 3] |= 1 << (r & 7)
+            self._write_meta(tx, cl, off, bitmap)
+        self._adjust(len(items))
+
+    def is_free(self, tx: Transaction | None, cluster: int, resource: int) -> bool:
+        cl, _ = self.read_cluster(tx, cluster)
+        return cl.is_free(resource)
+
+
+def _first_set(bitmap: bytearray, total: int) -> int:
+    for i in range(total):
+        if bitmap[i >> 3] >> (i & 7) & 1:
+            return i
+    return 0
+
+
+class Allocators:
+    """One allocator per writable resource type of a volume."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+        self._by_kind: dict[int, ResourceAllocator] = {}
+
+    def __getitem__(self, kind: int) -> ResourceAllocator:
+        alloc = self._by_kind.get(kind)
+        if alloc is None:
+            alloc = self._by_kind[kind] = ResourceAllocator(self.volume, self.volume.resources[kind])
+        return alloc
+
+    def reset(self) -> None:
+        """Forget cached counts (after an aborted transaction or another host's changes)."""
+        self._by_kind.clear()
+
+
+__all__ = ["Allocators", "R", "ResourceAllocator"]

@@ -1,0 +1,215 @@
+"""Host heartbeats (vmfs-format.md 4, esx-design.md 1.3).
+
+A host that mounts a volume read-write claims one slot of the heartbeat region with an atomic
+test-and-set, renews the slot's ``stamp`` every period (again with ATS, comparing against the
+image it last wrote), and releases it on clean unmount.  A renewal that miscompares means another
+host cleared or took the slot (it judged us dead): from then on this host must not write.  A
+host that cannot renew within the lease stops writing too; both show up as ``VolumeLostError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from construct import Container
+
+from vmfs.errors import BusyError, NoSpaceError, VolumeLostError
+from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, encode_name
+from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
+
+if TYPE_CHECKING:
+    from vmfs.host import HostIdentity
+    from vmfs.volume import Volume
+
+log = logging.getLogger("vmfs.heartbeat")
+
+#: lockImpl value ESXi writes (both samples); meaning unknown (vmfs-format.md 4.2)
+LOCK_IMPL = 3
+
+
+@dataclass
+class SlotView:
+    slot: int
+    addr: int
+    raw: bytes
+    hb: Container
+
+    @property
+    def in_use(self) -> bool:
+        return self.hb.state == HB_IN_USE
+
+    @property
+    def owner(self) -> str:
+        return self.hb.owner
+
+    @property
+    def journal_vol_addr(self) -> int:
+        return self.hb.journalVolAddr
+
+    @property
+    def ip(self) -> str:
+        return decode_name(self.hb.ip)
+
+
+def read_slot(volume: Volume, slot: int) -> SlotView:
+    addr = volume.geometry.hb_slot_addr(slot)
+    raw = volume.device.read(addr, SECTOR)
+    return SlotView(slot, addr, raw, Heartbeat.parse(raw))
+
+
+def read_slots(volume: Volume) -> list[SlotView]:
+    geo = volume.geometry
+    raw = volume.device.read(HEARTBEAT_REGION_OFFSET, geo.heartbeat_region_size)
+    views = []
+    for i in range(geo.hb_slots):
+        chunk = raw[i * geo.hb_slot_size : i * geo.hb_slot_size + SECTOR]
+        views.append(SlotView(i, geo.hb_slot_addr(i), chunk, Heartbeat.parse(chunk)))
+    return views
+
+
+class HeartbeatManager:
+    def __init__(self, volume: Volume, host: HostIdentity) -> None:
+        self.volume = volume
+        self.host = host
+        self.slot: int | None = None
+        self.addr = 0
+        self.generation = 0
+        self._image = b""
+        self._last_renew_us = 0
+        self._lost: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> str | None:
+        """Why this host may no longer write, or None."""
+        if self._lost is None and self.slot is not None:
+            age = (self.host.clock.monotonic_us() - self._last_renew_us) / 1e6
+            if age > self.host.lease:
+                self._lost = f"heartbeat not renewed for {age:.1f} s (lease {self.host.lease:g} s)"
+        return self._lost
+
+    def check_writable(self) -> None:
+        reason = self.lost
+        if reason is not None:
+            raise VolumeLostError(f"volume lost: {reason}; this host stopped writing")
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def _image_for(self, old: Container, *, state: int, gen: int, journal: tuple[int, int] | None) -> bytes:
+        d = self.volume.descriptor
+        hb = Container(old)
+        hb.state = state
+        hb.addr = old.addr
+        hb.hbGen = gen
+        hb.stamp = self.host.clock.monotonic_us()
+        if state == HB_IN_USE:
+            hb.owner = self.host.uuid
+            hb.driverMajor = d.majorVersion
+            hb.driverMinor = d.minorVersion
+            hb.lockImpl = LOCK_IMPL
+            hb.ip = encode_name(self.host.ip[:45], 46)
+            if journal is not None:
+                hb.journalAddr, hb.journalVolAddr = journal
+        else:
+            hb.owner = NULL_UUID
+            hb.journalAddr = 0
+            hb.journalVolAddr = 0
+        hb.replayHost = NULL_UUID
+        hb.replayHostHb = 0
+        hb.replayHostHbGen = 0
+        return Heartbeat.build(hb)
+
+    # -- claim / renew / release -------------------------------------------------------------------------
+
+    def claim(self, *, reuse_own: bool = True) -> SlotView | None:
+        """Take a slot.  Returns the previous view of our own stale slot when one was reused (its
+        journal must be replayed by the caller), else None."""
+        views = read_slots(self.volume)
+        own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
+        candidates = own + [v for v in views if not v.in_use and v.hb.addr == v.addr]
+        if not candidates:
+            candidates = [v for v in views if not v.in_use]
+        for view in candidates:
+            new = self._image_for(view.hb, state=HB_IN_USE, gen=view.hb.hbGen + 1, journal=None)
+            if self.volume.device.compare_and_write(view.addr, view.raw, new):
+                with self._lock:
+                    self.slot = view.slot
+                    self.addr = view.addr
+                    self.generation = view.hb.hbGen + 1
+                    self._image = new
+                    self._last_renew_us = self.host.clock.monotonic_us()
+                    self._lost = None
+                log.info("claimed heartbeat slot %d (gen %d)", view.slot, self.generation)
+                return view if view in own else None
+        if any(v.in_use for v in views) and all(v.in_use for v in views):
+            raise NoSpaceError("every heartbeat slot is in use")
+        raise BusyError("heartbeat slots changed under us; try again")
+
+    def set_journal(self, journal_addr: int, journal_vol_addr: int) -> None:
+        with self._lock:
+            self.check_writable()
+            old = Heartbeat.parse(self._image)
+            new = self._image_for(old, state=HB_IN_USE, gen=self.generation, journal=(journal_addr, journal_vol_addr))
+            self._swap(new)
+
+    def _swap(self, new: bytes) -> None:
+        if not self.volume.device.compare_and_write(self.addr, self._image, new):
+            self._lost = "our heartbeat slot was changed by another host"
+            raise VolumeLostError(f"volume lost: {self._lost}")
+        self._image = new
+        self._last_renew_us = self.host.clock.monotonic_us()
+
+    def renew(self) -> None:
+        with self._lock:
+            if self.slot is None:
+                return
+            self.check_writable()
+            old = Heartbeat.parse(self._image)
+            old.stamp = self.host.clock.monotonic_us()
+            self._swap(Heartbeat.build(old))
+
+    def release(self) -> None:
+        self.stop()
+        with self._lock:
+            if self.slot is None:
+                return
+            if self._lost is None:
+                old = Heartbeat.parse(self._image)
+                new = self._image_for(old, state=HB_FREE, gen=self.generation + 1, journal=None)
+                try:
+                    self._swap(new)
+                except VolumeLostError:
+                    log.warning("heartbeat slot %d was taken over before release", self.slot)
+            self.slot = None
+
+    # -- renewal thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="vmfs-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.host.heartbeat_period):
+            try:
+                self.renew()
+            except VolumeLostError as exc:
+                log.error("%s", exc)
+                return
+            except Exception:  # pragma: no cover - keep the renewal alive through transient I/O errors
+                log.exception("heartbeat renewal failed")

@@ -1,0 +1,47 @@
+"""VMware virtual disks (VMDK): descriptors, extent formats, snapshot chains and vmkfstools-style
+operations, independent of where the files live.
+
+Layout of the package (one module per on-disk format, see vmdk-format.md):
+
+* ``descriptor``: the text descriptor (section 2), ``geometry``: CHS from capacity (2.6);
+* ``flat``, ``sparse`` (hosted KDMV, 3), ``stream_optimized`` (3.11), ``cowd`` (ESX vmfsSparse, 4),
+  ``sesparse`` (5): one extent format each; ``extent`` and ``tables`` hold what they share;
+* ``layer``: one descriptor and its extents; ``disk``: a chain of layers with copy-on-write (6);
+* ``chain``: snapshots (take, revert, delete/consolidate); ``ops`` and ``thin``: vmkfstools verbs;
+* ``storage``: the :class:`DiskStorage` seam (host files now, VMFS volumes later);
+* ``errors``: :class:`VmdkError` and its subclasses, each with an errno.
+
+The library never prints or exits; ``tools/vmdk.py`` is the command-line front-end.
+"""
+
+from vmfs.vmdk.chain import consolidate, create_snapshot, delete_snapshot, revert_snapshot
+from vmfs.vmdk.descriptor import Descriptor, ExtentLine
+from vmfs.vmdk.disk import Disk, open_disk
+from vmfs.vmdk.errors import (
+    ChainError,
+    CorruptError,
+    InvalidArgumentError,
+    MissingExtentError,
+    UnsupportedError,
+    VmdkError,
+)
+from vmfs.vmdk.storage import DiskStorage, HostStorage
+
+__all__ = [
+    "ChainError",
+    "CorruptError",
+    "Descriptor",
+    "Disk",
+    "DiskStorage",
+    "ExtentLine",
+    "HostStorage",
+    "InvalidArgumentError",
+    "MissingExtentError",
+    "UnsupportedError",
+    "VmdkError",
+    "consolidate",
+    "create_snapshot",
+    "delete_snapshot",
+    "open_disk",
+    "revert_snapshot",
+]

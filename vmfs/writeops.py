@@ -1,0 +1,468 @@
+"""POSIX write operations on a read-write volume (VMFS5).
+
+Each operation is one transaction (or, for a file whose blocks do not fit one journal block, a
+series of transactions each of which leaves the volume consistent: a large file shrinks step by
+step before its entry disappears).  Errors carry the errno a POSIX filesystem returns.
+
+Length and time changes caused by plain overwrites and appends inside already allocated blocks are
+*deferred*: kept in memory and written with the next transaction touching the FD, on fsync, on
+close, or at unmount.  That saves one journal commit per write call without breaking the on-disk
+invariant that no block is allocated past the end of a file.
+"""
+
+from __future__ import annotations
+
+import stat as _stat
+from typing import TYPE_CHECKING
+
+from vmfs import address as A
+from vmfs import builders
+from vmfs.directory import Directory, check_name, new_directory5_data
+from vmfs.errors import (
+    BusyError,
+    ExistsError,
+    InvalidArgumentError,
+    IsADirError,
+    NotADirError,
+    NotEmptyError,
+    NotFoundError,
+)
+from vmfs.filedesc import FileDescriptor
+from vmfs.filewrite import FileWriter
+from vmfs.namespace import FileSystem
+from vmfs.ondisk import filedesc as F
+from vmfs.ondisk import resource as R
+from vmfs.ondisk.lock import LOCK_TYPE_FD
+
+if TYPE_CHECKING:
+    from vmfs.transaction import Transaction
+    from vmfs.volume import Volume
+
+#: bytes of file data written per transaction by one write call
+WRITE_CHUNK = 64 << 20
+_DEFERRED = ("fileLength", "mtime", "ctime", "atime")
+
+
+class WritableFileSystem(FileSystem):
+    def __init__(self, volume: Volume) -> None:
+        super().__init__(volume)
+        volume.check_writable()
+        #: FD address -> metadata fields changed in memory but not yet on disk
+        self.deferred: dict[int, dict[str, int]] = {}
+        volume.flush_hooks.append(self.flush_all)  # type: ignore[attr-defined]
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def now(self) -> int:
+        return self.volume.host.clock.wall()  # type: ignore[attr-defined]
+
+    def _split(self, path: str) -> tuple[FileDescriptor, str]:
+        path = path.rstrip("/") or "/"
+        parent_path, _, name = path.rpartition("/")
+        if not name:
+            raise ExistsError("/ exists")
+        parent = self.resolve(parent_path or "/")
+        if not parent.is_dir:
+            raise NotADirError(f"{parent_path}: not a directory")
+        return parent, name
+
+    def _dir(self, fd: FileDescriptor) -> Directory:
+        return self.directory(fd)
+
+    def _fd(self, address: int) -> FileDescriptor:
+        return self.volume.read_fd(address)
+
+    def _put(self, tx: Transaction, fd: FileDescriptor) -> None:
+        self.volume.put_fd(tx, fd)
+        self.deferred.pop(fd.address, None)
+
+    def _touch(self, fd: FileDescriptor, *, modify: bool = True) -> None:
+        t = self.now()
+        fd.meta.ctime = t
+        if modify:
+            fd.meta.mtime = t
+
+    def _allocate_fd(self, tx: Transaction) -> tuple[int, int, int]:
+        """A free FD slot: (address, volume offset, generation).  The generation comes from the
+        cluster's creation counter (meta +0x50), as ESXi numbers FDs."""
+        alloc = self.volume.allocators[R.RES_FD]
+        ((c, r),) = alloc.allocate(tx, 1)
+        cl, off = alloc.read_cluster(tx, c)
+        cl.meta.createCounter = (cl.meta.createCounter + 1) & 0xFFFFFFFF or 1
+        tx.write(off + alloc.res.ch // 2, alloc.res.meta_struct.build(cl.meta))
+        return A.make_fd(c, r), alloc.res.volume_offset(c, r), cl.meta.createCounter
+
+    def _new_fd(
+        self, tx: Transaction, *, ftype: int, mode: int, uid: int, gid: int, links: int, zla: int, block_size: int,
+        tbz_shift: int | None = None,
+    ) -> FileDescriptor:
+        geo = self.volume.geometry
+        address, vol_offset, generation = self._allocate_fd(tx)
+        meta = builders.file_metadata(
+            geo, address=address, generation=generation, ftype=ftype, mode=mode & 0o7777, now=self.now(),
+            uid=uid, gid=gid, links=links, zla=zla, block_size=block_size, tbz_shift=tbz_shift,
+        )
+        lock = builders.lock_fields(LOCK_TYPE_FD, vol_offset)
+        hb = self.volume.heartbeat
+        if hb is not None:
+            lock.hbAddr = hb.addr
+            lock.hbGen = hb.generation
+        lock.token = 1
+        raw = builders.fd_bytes(geo, vol_offset, meta, lock=lock)
+        tx.write(vol_offset, raw)
+        fd = FileDescriptor(self.volume, address, vol_offset, raw)
+        self.volume._fd_cache.put(address, fd)
+        return fd
+
+    def _release_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
+        """Free an FD slot: all-zero again, as ESXi leaves unused slots (vmfs-format.md 8)."""
+        c, r = A.fd_split(fd.address)
+        self.volume.allocators[R.RES_FD].free(tx, [(c, r)])
+        tx.write(fd.vol_offset, bytes(self.volume.geometry.fd_size))
+        self.volume.forget_fd(fd.address)
+        self.deferred.pop(fd.address, None)
+
+    def _drain(self, fd: FileDescriptor) -> None:
+        """Free a large file's blocks in as many transactions as needed, keeping it consistent."""
+        while fd.meta.numBlocks > 1024 or fd.meta.numPointerBlocks > 64:
+            with self.volume.transaction() as tx:
+                fd = self._fd(fd.address)
+                done = FileWriter(self.volume, fd).truncate(tx, 0)
+                self._put(tx, fd)
+            if done:
+                break
+
+    # -- creation ---------------------------------------------------------------------------------------
+
+    def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> FileDescriptor:
+        """A new empty regular file (resident, as ESXi creates them)."""
+        with self.volume.transaction() as tx:
+            parent, name = self._split(path)
+            d = self._dir(parent)
+            check_name(name)
+            if self._maybe(d, name) is not None:
+                raise ExistsError(f"{path}: file exists")
+            fd = self._new_fd(
+                tx, ftype=F.TYPE_REGFILE, mode=mode, uid=uid, gid=gid, links=1, zla=F.ZLA_RESIDENT,
+                block_size=self.volume.geometry.sub_block_size,
+            )
+            d.add(tx, name, fd.address, F.TYPE_REGFILE, fd.generation)
+            self._touch(parent)
+            self._put(tx, parent)
+            return fd
+
+    @staticmethod
+    def _maybe(d: Directory, name: str):  # type: ignore[no-untyped-def]
+        try:
+            return d.lookup(name)
+        except NotFoundError:
+            return None
+
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> FileDescriptor:
+        geo = self.volume.geometry
+        with self.volume.transaction() as tx:
+            parent, name = self._split(path)
+            d = self._dir(parent)
+            check_name(name)
+            if self._maybe(d, name) is not None:
+                raise ExistsError(f"{path}: file exists")
+            fd = self._new_fd(
+                tx, ftype=F.TYPE_DIRECTORY, mode=mode, uid=uid, gid=gid, links=2, zla=F.ZLA_SUB_BLOCKS,
+                block_size=geo.sub_block_size, tbz_shift=geo.sub_block_size.bit_length() - 1,
+            )
+            data = new_directory5_data(fd.address, fd.generation, parent.address, parent.generation)
+            FileWriter(self.volume, fd).write(tx, 0, data)
+            self._put(tx, fd)
+            d.add(tx, name, fd.address, F.TYPE_DIRECTORY, fd.generation)
+            parent.meta.linkCount += 1
+            self._touch(parent)
+            self._put(tx, parent)
+            return fd
+
+    def symlink(self, target: str, path: str, uid: int = 0, gid: int = 0) -> FileDescriptor:
+        raw = target.encode("utf-8", "surrogateescape")
+        if not raw:
+            raise NotFoundError("empty symbolic link target")
+        if len(raw) > 4095:
+            from vmfs.errors import NameTooLongError
+
+            raise NameTooLongError("symbolic link target longer than 4095 bytes")
+        geo = self.volume.geometry
+        with self.volume.transaction() as tx:
+            parent, name = self._split(path)
+            d = self._dir(parent)
+            check_name(name)
+            if self._maybe(d, name) is not None:
+                raise ExistsError(f"{path}: file exists")
+            fd = self._new_fd(
+                tx, ftype=F.TYPE_SYMLINK, mode=0o777, uid=uid, gid=gid, links=1, zla=F.ZLA_SUB_BLOCKS,
+                block_size=geo.sub_block_size,
+            )
+            FileWriter(self.volume, fd).write(tx, 0, raw)
+            self._put(tx, fd)
+            d.add(tx, name, fd.address, F.TYPE_SYMLINK, fd.generation)
+            self._touch(parent)
+            self._put(tx, parent)
+            return fd
+
+    # -- removal ---------------------------------------------------------------------------------------------
+
+    def unlink(self, path: str) -> None:
+        parent, name = self._split(path)
+        entry = self._dir(parent).lookup(name)
+        fd = self._fd(entry.address)
+        if fd.is_dir:
+            raise IsADirError(f"{path}: is a directory")
+        self.flush_fd(fd)
+        self._drain(fd)
+        with self.volume.transaction() as tx:
+            parent, name = self._split(path)
+            d = self._dir(parent)
+            entry = d.lookup(name)
+            fd = self._fd(entry.address)
+            self._remove_file(tx, d, parent, name, fd)
+            self._touch(parent)
+            self._put(tx, parent)
+
+    def _remove_file(
+        self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor
+    ) -> None:
+        d.remove(tx, name)
+        fd.meta.linkCount = max(fd.meta.linkCount - 1, 0)
+        if fd.meta.linkCount == 0:
+            writer = FileWriter(self.volume, fd)
+            if not writer.truncate(tx, 0, limit=1 << 62):
+                raise InvalidArgumentError("internal: truncate did not finish")
+            self._release_fd(tx, fd)
+        else:
+            self._touch(fd, modify=False)
+            self._put(tx, fd)
+
+    def rmdir(self, path: str) -> None:
+        with self.volume.transaction() as tx:
+            parent, name = self._split(path)
+            d = self._dir(parent)
+            entry = d.lookup(name)
+            fd = self._fd(entry.address)
+            if not fd.is_dir:
+                raise NotADirError(f"{path}: not a directory")
+            if fd.address == self.volume.root_address or fd.type == F.TYPE_SYSFILE:
+                raise BusyError(f"{path}: cannot remove a system directory")
+            if not self._dir(fd).is_empty():
+                raise NotEmptyError(f"{path}: directory not empty")
+            self._remove_dir(tx, d, parent, name, fd)
+            self._touch(parent)
+            self._put(tx, parent)
+
+    def _remove_dir(
+        self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor
+    ) -> None:
+        d.remove(tx, name)
+        parent.meta.linkCount = max(parent.meta.linkCount - 1, 1)
+        FileWriter(self.volume, fd).release_all(tx)
+        self._release_fd(tx, fd)
+
+    # -- rename ----------------------------------------------------------------------------------------------
+
+    def _is_ancestor(self, ancestor: int, fd: FileDescriptor) -> bool:
+        seen = set()
+        cur = fd
+        while cur.address not in seen:
+            if cur.address == ancestor:
+                return True
+            seen.add(cur.address)
+            if cur.address == self.volume.root_address:
+                return False
+            cur = self._fd(self._dir(cur).parent_address())
+        return False
+
+    def rename(self, old: str, new: str) -> None:
+        src_parent, src_name = self._split(old)
+        src_entry = self._dir(src_parent).lookup(src_name)
+        dst_parent, dst_name = self._split(new)
+        check_name(dst_name)
+        existing = self._maybe(self._dir(dst_parent), dst_name)
+        if existing is not None and existing.address == src_entry.address:
+            return
+        src_fd = self._fd(src_entry.address)
+        if src_fd.type == F.TYPE_SYSFILE:
+            raise BusyError(f"{old}: cannot move a system file")
+        if src_fd.is_dir and self._is_ancestor(src_fd.address, dst_parent):
+            raise InvalidArgumentError(f"cannot move {old} into its own subtree {new}")
+        if existing is not None:
+            dst_fd = self._fd(existing.address)
+            if dst_fd.type == F.TYPE_SYSFILE:
+                raise BusyError(f"{new}: cannot replace a system file")
+            if src_fd.is_dir and not dst_fd.is_dir:
+                raise NotADirError(f"{new}: not a directory")
+            if not src_fd.is_dir and dst_fd.is_dir:
+                raise IsADirError(f"{new}: is a directory")
+            if dst_fd.is_dir and not self._dir(dst_fd).is_empty():
+                raise NotEmptyError(f"{new}: directory not empty")
+            if not dst_fd.is_dir:
+                self.flush_fd(dst_fd)
+                self._drain(dst_fd)
+        self.flush_fd(src_fd)
+        with self.volume.transaction() as tx:
+            src_parent, src_name = self._split(old)
+            dst_parent, dst_name = self._split(new)
+            sd = self._dir(src_parent)
+            dd = self._dir(dst_parent)
+            src_entry = sd.lookup(src_name)
+            src_fd = self._fd(src_entry.address)
+            existing = self._maybe(dd, dst_name)
+            if existing is not None:
+                victim = self._fd(existing.address)
+                if victim.is_dir:
+                    self._remove_dir(tx, dd, dst_parent, dst_name, victim)
+                else:
+                    self._remove_file(tx, dd, dst_parent, dst_name, victim)
+            if src_parent.address == dst_parent.address:
+                sd.rename(tx, src_name, dst_name)
+            else:
+                sd.remove(tx, src_name)
+                dd.add(tx, dst_name, src_fd.address, src_entry.type, src_entry.generation)
+                if src_fd.is_dir:
+                    self._dir(src_fd).set_parent(tx, dst_parent.address, dst_parent.generation)
+                    src_parent.meta.linkCount = max(src_parent.meta.linkCount - 1, 1)
+                    dst_parent.meta.linkCount += 1
+                    self._put(tx, src_fd)
+                self._touch(dst_parent)
+                self._put(tx, dst_parent)
+            self._touch(src_fd, modify=False)
+            self._put(tx, src_fd)
+            self._touch(src_parent)
+            self._put(tx, src_parent)
+
+    # -- attributes -------------------------------------------------------------------------------------------
+
+    def _change(self, path: str, apply, *, follow: bool = False) -> None:  # type: ignore[no-untyped-def]
+        with self.volume.transaction() as tx:
+            fd = self.resolve(path, follow=follow)
+            apply(fd.meta)
+            fd.meta.ctime = self.now()
+            self._put(tx, fd)
+
+    def chmod(self, path: str, mode: int) -> None:
+        def apply(m):  # type: ignore[no-untyped-def]
+            m.mode = (m.mode & _stat.S_IFMT(m.mode)) | (mode & 0o7777)
+
+        self._change(path, apply, follow=True)
+
+    def chown(self, path: str, uid: int, gid: int, *, follow: bool = True) -> None:
+        def apply(m):  # type: ignore[no-untyped-def]
+            if uid != -1:
+                m.uid = uid & 0xFFFFFFFF
+            if gid != -1:
+                m.gid = gid & 0xFFFFFFFF
+
+        self._change(path, apply, follow=follow)
+
+    def utimens(self, path: str, atime: int | None, mtime: int | None, *, follow: bool = True) -> None:
+        def apply(m):  # type: ignore[no-untyped-def]
+            if atime is not None:
+                m.atime = atime & 0xFFFFFFFF
+            if mtime is not None:
+                m.mtime = mtime & 0xFFFFFFFF
+
+        self._change(path, apply, follow=follow)
+
+    # -- data ------------------------------------------------------------------------------------------------
+
+    def open_fd(self, path: str) -> FileDescriptor:
+        fd = self.resolve(path)
+        if fd.is_dir:
+            raise IsADirError(f"{path}: is a directory")
+        return fd
+
+    def write(self, address: int, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` of the file whose FD is ``address``; returns bytes written."""
+        done = 0
+        while done < len(data) or not data:
+            chunk = data[done : done + WRITE_CHUNK]
+            try:
+                with self.volume.transaction() as tx:
+                    fd = self._fd(address)
+                    if fd.is_dir:
+                        raise IsADirError("cannot write a directory")
+                    changed = FileWriter(self.volume, fd).write(tx, offset + done, chunk)
+                    self._touch(fd)
+                    if changed:
+                        self._put(tx, fd)
+                    else:
+                        self.deferred[address] = {k: fd.meta[k] for k in _DEFERRED}
+            except Exception:
+                self._restore_deferred()
+                if done:
+                    return done
+                raise
+            done += len(chunk)
+            if not data:
+                break
+        return done
+
+    def truncate(self, address: int, size: int) -> None:
+        while True:
+            try:
+                with self.volume.transaction() as tx:
+                    fd = self._fd(address)
+                    if fd.is_dir:
+                        raise IsADirError("cannot truncate a directory")
+                    done = FileWriter(self.volume, fd).truncate(tx, size)
+                    self._touch(fd)
+                    self._put(tx, fd)
+            except Exception:
+                self._restore_deferred()
+                raise
+            if done:
+                return
+
+    def allocate(self, address: int, size: int, *, eager: bool) -> None:
+        """Thick provisioning: lazily zeroed (TBZ blocks) or eagerly zeroed blocks for ``size``."""
+        start: int | None = 0
+        while start is not None:
+            try:
+                with self.volume.transaction() as tx:
+                    fd = self._fd(address)
+                    start = FileWriter(self.volume, fd).allocate_thick(tx, size, eager=eager, start=start)
+                    self._touch(fd)
+                    self._put(tx, fd)
+            except Exception:
+                self._restore_deferred()
+                raise
+
+    def flush_fd(self, fd: FileDescriptor) -> None:
+        if fd.address in self.deferred:
+            with self.volume.transaction() as tx:
+                fd = self._fd(fd.address)
+                self._put(tx, fd)
+
+    def flush_all(self) -> None:
+        for address in list(self.deferred):
+            self.flush_fd(self._fd(address))
+
+    def fsync(self, address: int) -> None:
+        self.flush_fd(self._fd(address))
+        self.volume.device.flush()
+
+    def _restore_deferred(self) -> None:
+        """After an aborted transaction the caches were reloaded from disk: put back the length
+        and times of writes that were done but not yet recorded."""
+        for address, fields in list(self.deferred.items()):
+            fd = self._fd(address)
+            for key, value in fields.items():
+                if key != "fileLength" or value > fd.meta[key]:
+                    fd.meta[key] = value
+
+    # -- convenience for tools and tests -------------------------------------------------------------------
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> FileDescriptor:
+        try:
+            fd = self.resolve(path)
+            self.truncate(fd.address, 0)
+        except NotFoundError:
+            fd = self.create(path, mode)
+        if data:
+            self.write(fd.address, 0, data)
+        self.flush_fd(self._fd(fd.address))
+        return self._fd(fd.address)
