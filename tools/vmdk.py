@@ -156,6 +156,9 @@ def main(
     except VmdkError as exc:
         click.echo(f"vmfs-vmdk: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the host itself failed (disk full, permissions) during file I/O
+        click.echo(f"vmfs-vmdk: {target}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

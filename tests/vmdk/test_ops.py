@@ -147,6 +147,17 @@ def test_clone_chain_flattens(storage: HostStorage, tmp_path: Path, target: str)
     assert not open_disk(storage, "c.vmdk").top.descriptor.has_parent
 
 
+@pytest.mark.parametrize("target", ["monolithicSparse", "thin"])
+def test_clone_from_stream(storage: HostStorage, target: str) -> None:
+    ops.create_disk(storage, "b.vmdk", 4 * MIB, "thin")
+    data = pattern(4 * MIB, 8)
+    _write(storage, "b.vmdk", 0, data)
+    ops.clone_disk(storage, "b.vmdk", storage, "s.vmdk", "streamOptimized")
+    ops.clone_disk(storage, "s.vmdk", storage, "c.vmdk", target)
+    assert _read(storage, "s.vmdk") == data
+    assert _read(storage, "c.vmdk") == data
+
+
 def test_clone_keeps_zero_grains_sparse(storage: HostStorage, tmp_path: Path) -> None:
     ops.create_disk(storage, "b.vmdk", 8 * MIB, "thin")
     _write(storage, "b.vmdk", 3 * MIB, b"\x01" * 4096)
@@ -340,6 +351,12 @@ def test_rdm(storage: HostStorage, tmp_path: Path, passthrough: bool) -> None:
             chain.create_snapshot(storage, "r.vmdk")
     else:
         assert chain.create_snapshot(storage, "r.vmdk") == "r-000001.vmdk"
+
+
+def test_lock_info_damaged_disk(storage: HostStorage, tmp_path: Path) -> None:
+    ops.create_disk(storage, "d.vmdk", 4 * MIB, "twoGbMaxExtentSparse")
+    (tmp_path / "d-s001.vmdk").write_bytes(b"garbage")
+    assert [i["file"] for i in ops.lock_info(storage, "d.vmdk")] == ["d.vmdk", "d-s001.vmdk"]
 
 
 def test_lock_info(storage: HostStorage, tmp_path: Path) -> None:

@@ -316,20 +316,23 @@ def consolidate(storage: DiskStorage, name: str) -> str:
         current = delete_snapshot(storage, current)
 
 
-def remove_disk_files(storage: DiskStorage, name: str) -> list[str]:
-    """Remove a disk's descriptor and extents (not its parents); return the names removed.  A
-    descriptor whose extents are already gone is still removed."""
+def disk_files(storage: DiskStorage, name: str) -> list[str]:
+    """The files of disk ``name`` (its parents excluded): extents, then the descriptor.  A
+    descriptor whose extents cannot be opened still yields the names its extent lines give."""
     try:
         files = extent_files(storage, name)
     except VmdkError:
         files = _named_extents(storage, name)
+    return [f for f in files if f != name] + [name]
+
+
+def remove_disk_files(storage: DiskStorage, name: str) -> list[str]:
+    """Remove a disk's descriptor and extents (not its parents); return the names removed."""
     removed = []
-    for f in files:
-        if f != name and storage.exists(f):
+    for f in disk_files(storage, name):
+        if storage.exists(f):
             storage.remove(f)
             removed.append(f)
-    storage.remove(name)
-    removed.append(name)
     return removed
 
 

@@ -15,7 +15,6 @@ refused with :class:`~vmfs.vmdk.errors.ChainError` before anything is read or wr
 from __future__ import annotations
 
 import io
-import os
 import posixpath
 from typing import Any
 
@@ -177,8 +176,8 @@ class Disk(io.RawIOBase):
         self._pos += len(data)
         return len(data)
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
             raise OutOfRangeError(f"{self.name}: negative seek position")
         self._pos = base + offset

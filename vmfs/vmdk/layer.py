@@ -150,7 +150,7 @@ class Layer:
             if fill is not None:
                 delta = lsec - inner
                 ext_fill = (lambda s, c, d=delta: fill(s + d, c)) if delta else fill
-            ext.write(inner, bytes(chunk), None)
+            ext.write(inner, bytes(chunk), ext_fill)
 
     def allocated(self) -> Iterator[tuple[int, int, bool]]:
         """Ranges this layer defines itself, in layer sectors."""

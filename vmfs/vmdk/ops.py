@@ -24,7 +24,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable
 
-from vmfs.vmdk.chain import remove_disk_files, write_descriptor_file
+from vmfs.vmdk.chain import disk_files, remove_disk_files, write_descriptor_file
 from vmfs.vmdk.cowd import create_cowd
 from vmfs.vmdk.descriptor import (
     Descriptor,
@@ -35,7 +35,7 @@ from vmfs.vmdk.descriptor import (
     new_uuid_text,
 )
 from vmfs.vmdk.disk import Disk, open_disk
-from vmfs.vmdk.errors import ExistsError, InvalidArgumentError, UnsupportedError
+from vmfs.vmdk.errors import ExistsError, InvalidArgumentError, MissingExtentError, UnsupportedError
 from vmfs.vmdk.extent import SECTOR, is_zero
 from vmfs.vmdk.flat import FlatExtent
 from vmfs.vmdk.geometry import ADAPTER_TYPES, geometry_for
@@ -497,17 +497,11 @@ def create_rdm(
 
 
 def lock_info(storage: DiskStorage, name: str) -> list[dict[str, str]]:
-    """``describe_lock`` of the descriptor and of every extent file (``vmkfstools -D``)."""
-    files = [name]
-    try:
-        layer = open_layer(storage, name)
-    except UnsupportedError:
-        layer = None
-    if layer is not None:
-        try:
-            files += [e.name for e in layer.extents if e.name != name and storage.exists(e.name)]
-        finally:
-            layer.close()
+    """``describe_lock`` of the descriptor and of every extent file that exists (``vmkfstools
+    -D``).  Works on damaged disks too: the extent names then come from the descriptor text."""
+    if not storage.exists(name):
+        raise MissingExtentError(f"{name}: no such disk")
+    files = [name] + [f for f in disk_files(storage, name) if f != name and storage.exists(f)]
     return [storage.describe_lock(f) for f in files]
 
 
