@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
+#: files up to this size are hashed whole; larger (sparse) ones through fixed probes
+FULL_HASH_LIMIT = 64 << 20
+PROBE = 1 << 20
+
+
 def _sha(read_chunks) -> str:  # type: ignore[no-untyped-def]
     h = hashlib.sha256()
     for chunk in read_chunks:
@@ -16,7 +21,36 @@ def _sha(read_chunks) -> str:  # type: ignore[no-untyped-def]
     return h.hexdigest()
 
 
-def capture_mount(root: Path, *, unreadable: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+def digest(read_at, size: int) -> str:  # type: ignore[no-untyped-def]
+    """sha256 of a file, or for a huge (sparse) one of its first and last MiB and 64 probes in
+    between: every reader is sampled at the same offsets, so the digests stay comparable."""
+    h = hashlib.sha256()
+    if size <= FULL_HASH_LIMIT:
+        pos = 0
+        while pos < size:
+            chunk = read_at(pos, min(1 << 20, size - pos))
+            if not chunk:
+                break
+            h.update(chunk)
+            pos += len(chunk)
+        return h.hexdigest()
+    offsets = sorted({0, size - PROBE, *(i * (size // 64) for i in range(64))})
+    for off in offsets:
+        h.update(read_at(off, min(PROBE, size - off)))
+    return "probe:" + h.hexdigest()
+
+
+def _file_reader(f):  # type: ignore[no-untyped-def]
+    def read_at(off: int, n: int) -> bytes:
+        f.seek(off)
+        return f.read(n)
+
+    return read_at
+
+
+def capture_mount(
+    root: Path, *, unreadable: frozenset[str] = frozenset(), skip_content: frozenset[str] = frozenset()
+) -> dict[str, dict[str, Any]]:
     """Every entry below a mounted directory: metadata, symlink targets, sha256 of file bytes."""
     tree: dict[str, dict[str, Any]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -36,9 +70,9 @@ def capture_mount(root: Path, *, unreadable: frozenset[str] = frozenset()) -> di
             }
             if stat.S_ISLNK(st.st_mode):
                 rec["target"] = os.readlink(full)
-            elif stat.S_ISREG(st.st_mode) and rel not in unreadable:
+            elif stat.S_ISREG(st.st_mode) and rel not in unreadable and rel not in skip_content:
                 with open(full, "rb") as f:
-                    rec["sha256"] = _sha(iter(lambda f=f: f.read(1 << 20), b""))
+                    rec["sha256"] = digest(_file_reader(f), st.st_size)
             tree[rel] = rec
     return tree
 
@@ -75,8 +109,7 @@ def capture_dissect(images: list[Path]) -> dict[str, dict[str, Any]]:
                 elif fd.is_dir():
                     pending.append(path)
                 else:
-                    stream = fd.open()
-                    rec["sha256"] = _sha(iter(lambda s=stream: s.read(1 << 20), b""))
+                    rec["sha256"] = digest(_file_reader(fd.open()), fd.size)
                 tree[path] = rec
         return tree
     finally:

@@ -254,6 +254,38 @@ class BlockMap:
     def top_level_addresses(self) -> list[int]:
         return [p for p in self.pointers if p]
 
+    def references(self):  # type: ignore[no-untyped-def]
+        """Every non-null address the map holds, as (file block index or None, address, is_pointer_block).
+
+        Pointer blocks come before the entries they hold; absent ranges cost nothing, so this is
+        cheap for sparse files of any size."""
+        n = self.n
+        zla = self.zla
+        if zla in (F.ZLA_FILE_BLOCKS, F.ZLA_SUB_BLOCKS):
+            for i, a in enumerate(self.pointers):
+                if a:
+                    yield i, a, False
+        elif zla in (F.ZLA_POINTER_BLOCKS, F.ZLA_POINTER2_BLOCKS):
+            for top, pb in enumerate(self.pointers):
+                if not pb:
+                    continue
+                yield None, pb, True
+                for j, a in enumerate(self.volume.pointer_block(pb, self.fd)):
+                    if a:
+                        yield top * n + j, a, False
+        elif zla == F.ZLA_DOUBLE_INDIRECT:
+            for top, pb1 in enumerate(self.pointers):
+                if not pb1:
+                    continue
+                yield None, pb1, True
+                for mid, pb2 in enumerate(self.volume.pointer_block(pb1, self.fd)):
+                    if not pb2:
+                        continue
+                    yield None, pb2, True
+                    for j, a in enumerate(self.volume.pointer_block(pb2, self.fd)):
+                        if a:
+                            yield (top * n + mid) * n + j, a, False
+
 
 def data_kind_ok(kind: int) -> bool:
     return kind in (A.ADDR_FB, A.ADDR_SB, A.ADDR_LFB)

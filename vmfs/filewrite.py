@@ -478,7 +478,9 @@ class FileWriter:
             return False
         m.fileLength = size
         target = self.mode_for(size)
-        if ORDER[target] < ORDER[m.zla]:
+        # Directories keep their mode when they shrink (ESXi's root stays in a file block even
+        # when nearly empty; vmfs-tools cannot read a root that moved to a sub-block).
+        if ORDER[target] < ORDER[m.zla] and self.fd.type != F.TYPE_DIRECTORY:
             self._convert(tx, target, size)
         return True
 

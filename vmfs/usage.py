@@ -50,3 +50,56 @@ def resource_usage(volume: Volume) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+def referenced_resources(volume: Volume) -> dict[int, set[tuple[int, int]]]:
+    """(cluster, resource) of every resource reachable from the root, the system files and the
+    journals of in-use heartbeat slots, per resource type.  On a consistent volume this equals
+    the set of resources the bitmaps mark used."""
+    from vmfs import address as A
+    from vmfs.directory import open_directory
+    from vmfs.filedesc import BlockMap
+    from vmfs.heartbeat import read_slots
+
+    geo = volume.geometry
+    codec = geo.codec
+    fb_rpc = volume.resources[R.RES_FB].rpc
+    refs: dict[int, set[tuple[int, int]]] = {k: set() for k in volume.resources}
+    kind_of = {A.ADDR_SB: R.RES_SB, A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_FD: R.RES_FD}
+
+    def add(address: int) -> None:
+        k = address & 7
+        if k == A.ADDR_FB:
+            refs[R.RES_FB].add(divmod(codec.fb_block(address), fb_rpc))
+        elif k in kind_of:
+            _, c, r = codec.split(address)
+            refs[kind_of[k]].add((c, r))
+
+    seen: set[int] = set()
+    pending = [volume.root_address]
+    while pending:
+        address = pending.pop()
+        if address in seen:
+            continue
+        seen.add(address)
+        add(address)
+        fd = volume.read_fd(address)
+        if not fd.is_resident:
+            for _, a, _ in BlockMap(fd).references():
+                add(a)
+        if fd.is_dir:
+            pending.extend(e.address for e in open_directory(volume, fd).entries())
+    for slot in read_slots(volume):
+        if slot.in_use and slot.hb.journalAddr:
+            add(slot.hb.journalAddr)
+    return refs
+
+
+def marked_used(volume: Volume) -> dict[int, set[tuple[int, int]]]:
+    """(cluster, resource) of every resource the cluster bitmaps mark used (1-bit resources)."""
+    used: dict[int, set[tuple[int, int]]] = {}
+    for kind, res in volume.resources.items():
+        if res.bits != 1:
+            continue
+        used[kind] = {(cl.number, r) for cl in res.iter_clusters() for r in cl.used_resources()}
+    return used

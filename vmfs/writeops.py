@@ -291,6 +291,8 @@ class WritableFileSystem(FileSystem):
             raise InvalidArgumentError(f"cannot move {old} into its own subtree {new}")
         if existing is not None:
             dst_fd = self._fd(existing.address)
+            if dst_fd.is_dir and self._is_ancestor(dst_fd.address, src_parent):
+                raise NotEmptyError(f"{new}: is an ancestor of {old}")
             if dst_fd.type == F.TYPE_SYSFILE:
                 raise BusyError(f"{new}: cannot replace a system file")
             if src_fd.is_dir and not dst_fd.is_dir:
@@ -377,8 +379,12 @@ class WritableFileSystem(FileSystem):
 
     def write(self, address: int, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` of the file whose FD is ``address``; returns bytes written."""
+        if offset < 0:
+            raise InvalidArgumentError("negative offset")
+        if not data:
+            return 0  # POSIX: writing nothing changes nothing, not even the length
         done = 0
-        while done < len(data) or not data:
+        while done < len(data):
             chunk = data[done : done + WRITE_CHUNK]
             try:
                 with self.volume.transaction() as tx:
@@ -397,8 +403,6 @@ class WritableFileSystem(FileSystem):
                     return done
                 raise
             done += len(chunk)
-            if not data:
-                break
         return done
 
     def truncate(self, address: int, size: int) -> None:
