@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-
 #: files up to this size are hashed whole; larger (sparse) ones through fixed probes
 FULL_HASH_LIMIT = 64 << 20
 PROBE = 1 << 20

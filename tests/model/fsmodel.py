@@ -10,7 +10,6 @@ import errno
 import posixpath
 from dataclasses import dataclass, field
 
-
 CHUNK = 1 << 20
 
 
@@ -185,7 +184,8 @@ class Model:
             self.files.pop(dst, None)
             self.links.pop(dst, None)
             self.dirs.discard(dst)
-        moves = [p for p in list(self.files) + list(self.links) + list(self.dirs) if p == src or p.startswith(src + "/")]
+        everything = list(self.files) + list(self.links) + list(self.dirs)
+        moves = [p for p in everything if p == src or p.startswith(src + "/")]
         for p in moves:
             q = dst + p[len(src) :]
             if p in self.files:
