@@ -8,9 +8,10 @@ forward; a total free count kept in memory answers ENOSPC without a scan.
 
 from __future__ import annotations
 
+import zlib
 from typing import TYPE_CHECKING
 
-from vmfs.errors import CorruptError, NoSpaceError, UnsupportedError
+from vmfs.errors import BusyError, CorruptError, NoSpaceError, UnsupportedError
 from vmfs.ondisk import resource as R
 from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
 
@@ -25,7 +26,9 @@ class ResourceAllocator:
             raise UnsupportedError(f"allocation in {res.name} ({res.bits}-bit resources) is not supported")
         self.volume = volume
         self.res = res
-        self.cursor = 0
+        # hosts start their search in different clusters so they rarely contend for one lock
+        host = getattr(volume, "host", None)
+        self.cursor = zlib.crc32(host.uuid.encode()) % max(res.num_clusters, 1) if host is not None else 0
         self._free: int | None = None
         self.kind = res.kind
 
@@ -66,21 +69,38 @@ class ResourceAllocator:
 
     # -- allocate / free ----------------------------------------------------------------------------
 
+    def _lock(self, tx: Transaction, cluster: int, *, wait: float | None) -> bool:
+        """Lock a cluster header for the transaction (one cluster at a time per host, so hosts
+        allocate from different clusters in parallel).  False when another host holds it."""
+        try:
+            tx.lock(self._header_offset(cluster), wait=wait)
+        except BusyError:
+            return False
+        return True
+
     def allocate(self, tx: Transaction, count: int = 1) -> list[tuple[int, int]]:
         """``count`` free resources as (cluster, resource), marked used in ``tx``."""
         if count <= 0:
             return []
         if self.free_count < count:
-            raise NoSpaceError(
-                f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted, {self.free_count} free"
-            )
+            self._free = None  # other hosts may have freed some: count again
+            if self.free_count < count:
+                raise NoSpaceError(
+                    f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted, {self.free_count} free"
+                )
         got: list[tuple[int, int]] = []
         clusters = self.res.num_clusters
         tried = 0
+        busy = 0
         c = self.cursor
         while len(got) < count and tried < clusters:
             cl, off = self.read_cluster(tx, c)
-            if cl.free:
+            if cl.free and not self._lock(tx, c, wait=0):
+                busy += 1
+                cl = None
+            elif cl.free:
+                cl, off = self.read_cluster(tx, c)  # fresh, under the lock
+            if cl is not None and cl.free:
                 bitmap = bytearray(cl.bitmap)
                 taken = 0
                 for r in range(cl.total):
@@ -97,7 +117,9 @@ class ResourceAllocator:
                 tried += 1
         self.cursor = c
         if len(got) < count:
-            raise CorruptError(self.res.name, None, "free counts promise space the bitmaps do not hold")
+            if busy:
+                raise BusyError(f"{self.res.name}: every cluster with free space is locked by another host")
+            raise NoSpaceError(f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted")
         self._adjust(-count)
         return got
 
@@ -107,6 +129,7 @@ class ResourceAllocator:
             self.res.check(c, r)
             by_cluster.setdefault(c, []).append(r)
         for c, resources in sorted(by_cluster.items()):
+            self._lock(tx, c, wait=None) or self._busy(c)
             cl, off = self.read_cluster(tx, c)
             bitmap = bytearray(cl.bitmap)
             for r in resources:
@@ -115,6 +138,9 @@ class ResourceAllocator:
                 bitmap[r >> 3] |= 1 << (r & 7)
             self._write_meta(tx, cl, off, bitmap)
         self._adjust(len(items))
+
+    def _busy(self, cluster: int) -> None:
+        raise BusyError(f"{self.res.name} cluster {cluster} is locked by another host")
 
     def is_free(self, tx: Transaction | None, cluster: int, resource: int) -> bool:
         cl, _ = self.read_cluster(tx, cluster)

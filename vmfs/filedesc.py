@@ -55,12 +55,22 @@ class FileDescriptor:
         self.volume = volume
         self.address = address
         self.vol_offset = vol_offset
-        geo = volume.geometry
-        self.parsed = geo.structs.file_descriptor.parse(raw)
+        #: monotonic microseconds of the last check against the on-disk lock token
+        self.validated_us = 0
+        self.reload(raw)
+
+    def reload(self, raw: bytes) -> None:
+        """Parse ``raw`` into this object (kept, so every holder of it sees the fresh state)."""
+        self.parsed = self.volume.geometry.structs.file_descriptor.parse(raw)
         self.meta = self.parsed.meta
         self.lock = self.parsed.lockBlock.lock
         self._pointers = None
         self._validate()
+
+    def set_lock(self, lock) -> None:  # type: ignore[no-untyped-def]
+        """Record the lock image we wrote (the token we now expect on disk)."""
+        self.parsed.lockBlock.lock = lock
+        self.lock = lock
 
     def _validate(self) -> None:
         meta = self.meta

@@ -31,42 +31,47 @@ class ReadWriteOperations(VmfsOperations):
 
     # -- handles: the FD address, pinned so one object carries deferred changes -----------------------
 
-    def _pin(self, address: int) -> int:
-        fd = self.volume.read_fd(address)
-        self.volume.pin(fd)
-        return self._new_handle(address)
+    def _open(self, address: int, write: bool) -> int:
+        self.wfs.open_file(address, write=write)
+        return self._new_handle((address, write))
 
     @fuse_op
     def open(self, path: str, flags: int) -> int:
         fd = self.wfs.resolve(path)
-        if flags & (os.O_WRONLY | os.O_RDWR) and fd.is_dir:
+        write = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if write and fd.is_dir:
             raise mfusepy.FuseOSError(errno.EISDIR)
-        if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+        handle = self._open(fd.address, write)
+        if flags & os.O_TRUNC and write:
             self.wfs.truncate(fd.address, 0)
-        return self._pin(fd.address)
+        return handle
 
     @fuse_op
     def create(self, path: str, mode: int, fi=None) -> int:  # type: ignore[no-untyped-def]
         uid, gid = _caller()
         fd = self.wfs.create(path, mode, uid, gid)
-        return self._pin(fd.address)
+        return self._open(fd.address, True)
+
+    def _address(self, fh: int | None) -> int | None:
+        entry = self._handles.get(fh) if fh is not None else None
+        return entry[0] if entry is not None else None
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        address = self._handles.get(fh)
+        address = self._address(fh)
         fd = self.volume.read_fd(address) if address is not None else self.wfs.resolve(path)
         return self.wfs.volume.reader(fd).read(offset, size)
 
     @fuse_op
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        address = self._handles.get(fh)
+        address = self._address(fh)
         if address is None:
             address = self.wfs.resolve(path).address
         return self.wfs.write(address, offset, bytes(data))
 
     @fuse_op
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-        address = self._handles.get(fh) if fh is not None else None
+        address = self._address(fh)
         if address is None:
             address = self.wfs.resolve(path).address
         self.wfs.truncate(address, length)
@@ -74,14 +79,14 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def flush(self, path: str, fh: int) -> int:
-        address = self._handles.get(fh)
+        address = self._address(fh)
         if address is not None:
             self.wfs.flush_fd(self.volume.read_fd(address))
         return 0
 
     @fuse_op
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        address = self._handles.get(fh)
+        address = self._address(fh)
         if address is None:
             address = self.wfs.resolve(path).address
         self.wfs.fsync(address)
@@ -90,16 +95,10 @@ class ReadWriteOperations(VmfsOperations):
     @fuse_op
     def release(self, path: str, fh: int) -> int:
         with self._handles_lock:
-            address = self._handles.pop(fh, None)
-        if address is not None:
-            try:
-                fd = self.volume.read_fd(address)
-            except Exception:
-                return 0
-            try:
-                self.wfs.flush_fd(fd)
-            finally:
-                self.volume.unpin(fd)
+            entry = self._handles.pop(fh, None)
+        if entry is not None:
+            address, write = entry
+            self.wfs.close_file(address, write=write)
         return 0
 
     # -- namespace --------------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ class HeartbeatManager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: called after every renewal: watches other hosts and recovers dead ones
+        self.reaper = None
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -192,7 +194,7 @@ class HeartbeatManager:
     # -- renewal thread ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None or self.host.heartbeat_period <= 0:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="vmfs-heartbeat", daemon=True)
@@ -206,8 +208,12 @@ class HeartbeatManager:
 
     def _run(self) -> None:
         while not self._stop.wait(self.host.heartbeat_period):
+            if self.volume.closed:
+                return
             try:
                 self.renew()
+                if self.reaper is not None:
+                    self.reaper()
             except VolumeLostError as exc:
                 log.error("%s", exc)
                 return

@@ -9,17 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vmfs.journal import Journal
+from vmfs.ondisk.lock import LOCK_EXCLUSIVE
 
 if TYPE_CHECKING:
     from vmfs.device.base import BlockDevice
+    from vmfs.locks import LockManager
 
 SECTOR = 512
 
 
 class Transaction:
-    def __init__(self, device: BlockDevice, journal: Journal | None) -> None:
+    def __init__(self, device: BlockDevice, journal: Journal | None, locks: LockManager | None = None) -> None:
         self.device = device
         self.journal = journal
+        self.locks = locks
+        self._locked: list[int] = []
         self._sectors: dict[int, bytes] = {}
         #: callbacks run after a successful commit (e.g. freeing in-memory reservations)
         self.after_commit: list = []
@@ -79,7 +83,38 @@ class Transaction:
             runs.append((start * SECTOR, bytes(buf)))
         return runs
 
+    # -- on-disk locks held for the life of the transaction -----------------------------------------------
+
+    def lock(self, offset: int, mode: int = LOCK_EXCLUSIVE, *, wait: float | None = None):  # type: ignore[no-untyped-def]
+        """Take the on-disk lock at ``offset`` until the transaction ends.  Returns (held lock,
+        token seen before), or None when no lock manager is in use (single-host tools)."""
+        if self.locks is None:
+            return None
+        held, previous = self.locks.acquire(offset, mode, wait=wait)
+        self._locked.append(offset)
+        return held, previous
+
+    def forget_lock(self, offset: int) -> None:
+        """The locked object was freed and its lock block overwritten: nothing to release."""
+        if self.locks is not None:
+            while offset in self._locked:
+                self._locked.remove(offset)
+                self.locks.forget(offset)
+
+    def release_locks(self) -> None:
+        if self.locks is None:
+            return
+        for offset in reversed(self._locked):
+            self.locks.release(offset)
+        self._locked.clear()
+
     def commit(self) -> None:
+        try:
+            self._commit()
+        finally:
+            self.release_locks()
+
+    def _commit(self) -> None:
         records = self.records()
         if records:
             if self.journal is not None:

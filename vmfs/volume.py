@@ -76,6 +76,11 @@ class Volume:
         self._pinned: dict[int, list] = {}
         self._dir_cache: _Lru = _Lru(256)
         self.closed = False
+        self.locks = None
+        #: seconds a cached FD is trusted before its on-disk lock token is checked again (another
+        #: host may have changed it); None = never (this host is known to be the only writer)
+        self.revalidate_interval: float | None = 1.0
+        self._clock = None
         self._fd_cache: _Lru = _Lru(_FD_CACHE)
         self._pb_cache: _Lru = _Lru(_PB_CACHE)
         #: set by every allocation change so statfs recounts
@@ -201,15 +206,69 @@ class Volume:
 
     # -- file descriptors -----------------------------------------------------------------------------
 
+    def _now_us(self) -> int:
+        clock = getattr(getattr(self, "host", None), "clock", None)
+        if clock is not None:
+            return clock.monotonic_us()
+        import time
+
+        return time.monotonic_ns() // 1000
+
+    def revalidate(self, fd: FileDescriptor, *, force: bool = False) -> FileDescriptor:
+        """Reload ``fd`` if another host changed it: its on-disk lock token moved (section 5)."""
+        interval = self.revalidate_interval
+        if interval is None and not force:
+            return fd
+        if self.locks is not None and self.locks.holds(fd.vol_offset) is not None:
+            return fd  # we hold its lock: nobody else can have changed it
+        now = self._now_us()
+        if not force and now - fd.validated_us < (interval or 0) * 1_000_000:
+            return fd
+        from vmfs.locks import parse_lock
+
+        lock = parse_lock(self.device.read(fd.vol_offset, 512))
+        if lock.token != fd.lock.token or lock.mode != fd.lock.mode or lock.type != fd.lock.type:
+            self._reload(fd)
+        fd.validated_us = now
+        return fd
+
+    def _reload(self, fd: FileDescriptor) -> None:
+        raw = self.device.read(fd.vol_offset, self.geometry.fd_size)
+        with self._lock:
+            try:
+                fd.reload(raw)
+            except CorruptError:
+                self._fd_cache.pop(fd.address, None)
+                self._dir_cache.pop(fd.address, None)
+                raise
+            self._dir_cache.pop(fd.address, None)
+            self._pb_cache.clear()
+
+    def lock_fd(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
+        """Take ``fd``'s on-disk lock for the transaction and make sure our copy is current."""
+        got = tx.lock(fd.vol_offset)
+        if got is None:
+            return fd
+        held, previous = got
+        if previous != fd.lock.token:
+            self._reload(fd)
+        from vmfs.locks import parse_lock
+
+        fd.set_lock(parse_lock(held.image))
+        fd.validated_us = self._now_us()
+        return fd
+
     def read_fd(self, address: int) -> FileDescriptor:
         with self._lock:
             pinned = self._pinned.get(address)
             if pinned is not None:
-                return pinned[0]
-            cached = self._fd_cache.get(address)
-            if cached is not None:
-                self._fd_cache.move_to_end(address)
-                return cached
+                cached = pinned[0]
+            else:
+                cached = self._fd_cache.get(address)
+                if cached is not None:
+                    self._fd_cache.move_to_end(address)
+        if cached is not None:
+            return self.revalidate(cached)
         if A.kind(address) != A.ADDR_FD:
             raise CorruptError("directory entry", None, f"0x{address:x} is not an FD address")
         cluster, resource = A.fd_split(address)
@@ -218,6 +277,7 @@ class Volume:
         vol_offset = fdc.volume_offset(cluster, resource)
         raw = self.device.read(vol_offset, self.geometry.fd_size)
         fd = FileDescriptor(self, address, vol_offset, raw)
+        fd.validated_us = self._now_us()
         with self._lock:
             self._fd_cache.put(address, fd)
         return fd
@@ -363,14 +423,25 @@ class Volume:
         cache that may hold their effects) on failure."""
         self.check_writable()
         with self.meta_lock:
-            tx = Transaction(self.device, self.journal)
+            tx = Transaction(self.device, self.journal, self.locks)
             try:
                 yield tx
                 self.check_writable()
                 tx.commit()
             except BaseException:
+                tx.release_locks()
                 self.invalidate_caches()
                 raise
+
+    def free_foreign_journal(self, journal_addr: int) -> None:
+        """Return a dead host's journal block to the free pool (after its replay)."""
+        rpc = self.resources[R.RES_FB].rpc
+        block = self.geometry.codec.fb_block(journal_addr)
+        with self.transaction() as tx:
+            alloc = self.allocators[R.RES_FB]
+            c, r = divmod(block, rpc)
+            if not alloc.is_free(tx, c, r):
+                alloc.free(tx, [(c, r)])
 
     def put_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
         """Record ``fd``'s metadata and data area (not its lock block) in ``tx``."""

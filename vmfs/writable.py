@@ -41,6 +41,10 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
     previous = hb.claim()
     geo = volume.geometry
     codec = geo.codec
+    from vmfs.locks import LockManager
+
+    volume.locks = LockManager(volume)
+    hb.reaper = volume.locks.reap
     try:
         journal_addr = 0
         if previous is not None and previous.hb.journalAddr:
@@ -51,7 +55,7 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
                 log.warning("replayed %d records of our own journal after an unclean stop", applied)
                 volume.invalidate_caches()
         if not journal_addr:
-            tx = Transaction(volume.device, None)
+            tx = Transaction(volume.device, None, volume.locks)
             ((c, r),) = volume.allocators[R.RES_FB].allocate(tx, 1)
             tx.commit()
             journal_addr = codec.make_fb(c * volume.resources[R.RES_FB].rpc + r)
@@ -81,13 +85,16 @@ def _release(volume: Volume, hb: HeartbeatManager) -> None:
     """Empty the journal, give back the slot, then free the journal block (a crash in between
     leaks at most that one block)."""
     lost = hb.lost
+    if volume.locks is not None:
+        volume.locks.release_all()
     if volume.journal is not None and lost is None:
         volume.journal.clear()
-    hb.release()
+    hb.stop()
     journal_addr = getattr(volume, "journal_addr", 0)
     if journal_addr and lost is None:
-        tx = Transaction(volume.device, None)
+        tx = Transaction(volume.device, None, volume.locks)
         rpc = volume.resources[R.RES_FB].rpc
         volume.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(journal_addr), rpc)])
         tx.commit()
+    hb.release()
     volume.device.flush()

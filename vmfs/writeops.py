@@ -12,7 +12,10 @@ invariant that no block is allocated past the end of a file.
 
 from __future__ import annotations
 
+import functools
+import random
 import stat as _stat
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from vmfs import address as A
@@ -32,7 +35,7 @@ from vmfs.filewrite import FileWriter
 from vmfs.namespace import FileSystem
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.lock import LOCK_TYPE_FD
+from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
 
 if TYPE_CHECKING:
     from vmfs.transaction import Transaction
@@ -41,6 +44,31 @@ if TYPE_CHECKING:
 #: bytes of file data written per transaction by one write call
 WRITE_CHUNK = 64 << 20
 _DEFERRED = ("fileLength", "mtime", "ctime", "atime")
+#: seconds an operation keeps retrying while other hosts hold the locks it needs
+BUSY_TIMEOUT = 10.0
+
+
+def retrying(method):  # type: ignore[no-untyped-def]
+    """Run an operation again (from scratch, with fresh metadata) while another host holds a lock
+    it needs, with random back-off, up to BUSY_TIMEOUT; then the EBUSY reaches the caller.
+    Each attempt takes its locks inside one transaction, so a retry never holds a lock while
+    waiting: hosts cannot deadlock."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        clock = self.volume.host.clock
+        deadline = clock.monotonic_us() + int(self.busy_timeout * 1_000_000)
+        delay = 0.005
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except BusyError:
+                if clock.monotonic_us() >= deadline or self.volume.locks is None:
+                    raise
+                clock.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
+
+    return wrapper
 
 
 class WritableFileSystem(FileSystem):
@@ -49,6 +77,10 @@ class WritableFileSystem(FileSystem):
         volume.check_writable()
         #: FD address -> metadata fields changed in memory but not yet on disk
         self.deferred: dict[int, dict[str, int]] = {}
+        #: FD address -> open-for-write count (we hold the FD's exclusive lock while > 0)
+        self.writers: Counter[int] = Counter()
+        self.readers: Counter[int] = Counter()
+        self.busy_timeout = BUSY_TIMEOUT
         volume.flush_hooks.append(self.flush_all)  # type: ignore[attr-defined]
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -71,6 +103,14 @@ class WritableFileSystem(FileSystem):
 
     def _fd(self, address: int) -> FileDescriptor:
         return self.volume.read_fd(address)
+
+    def _lock(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
+        return self.volume.lock_fd(tx, fd)
+
+    def _lock_dirs(self, tx: Transaction, *fds: FileDescriptor) -> None:
+        """Lock several directories in volume-offset order (fewer collisions between hosts)."""
+        for fd in sorted({f.address: f for f in fds}.values(), key=lambda f: f.vol_offset):
+            self._lock(tx, fd)
 
     def _put(self, tx: Transaction, fd: FileDescriptor) -> None:
         self.volume.put_fd(tx, fd)
@@ -119,6 +159,7 @@ class WritableFileSystem(FileSystem):
         c, r = A.fd_split(fd.address)
         self.volume.allocators[R.RES_FD].free(tx, [(c, r)])
         tx.write(fd.vol_offset, bytes(self.volume.geometry.fd_size))
+        tx.forget_lock(fd.vol_offset)
         self.volume.forget_fd(fd.address)
         self.deferred.pop(fd.address, None)
 
@@ -126,7 +167,7 @@ class WritableFileSystem(FileSystem):
         """Free a large file's blocks in as many transactions as needed, keeping it consistent."""
         while fd.meta.numBlocks > 1024 or fd.meta.numPointerBlocks > 64:
             with self.volume.transaction() as tx:
-                fd = self._fd(fd.address)
+                fd = self._lock(tx, self._fd(fd.address))
                 done = FileWriter(self.volume, fd).truncate(tx, 0)
                 self._put(tx, fd)
             if done:
@@ -134,12 +175,14 @@ class WritableFileSystem(FileSystem):
 
     # -- creation ---------------------------------------------------------------------------------------
 
+    @retrying
     def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> FileDescriptor:
         """A new empty regular file (resident, as ESXi creates them)."""
         with self.volume.transaction() as tx:
             parent, name = self._split(path)
-            d = self._dir(parent)
             check_name(name)
+            parent = self._lock(tx, parent)
+            d = self._dir(parent)
             if self._maybe(d, name) is not None:
                 raise ExistsError(f"{path}: file exists")
             fd = self._new_fd(
@@ -158,12 +201,14 @@ class WritableFileSystem(FileSystem):
         except NotFoundError:
             return None
 
+    @retrying
     def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> FileDescriptor:
         geo = self.volume.geometry
         with self.volume.transaction() as tx:
             parent, name = self._split(path)
-            d = self._dir(parent)
             check_name(name)
+            parent = self._lock(tx, parent)
+            d = self._dir(parent)
             if self._maybe(d, name) is not None:
                 raise ExistsError(f"{path}: file exists")
             fd = self._new_fd(
@@ -179,6 +224,7 @@ class WritableFileSystem(FileSystem):
             self._put(tx, parent)
             return fd
 
+    @retrying
     def symlink(self, target: str, path: str, uid: int = 0, gid: int = 0) -> FileDescriptor:
         raw = target.encode("utf-8", "surrogateescape")
         if not raw:
@@ -190,8 +236,9 @@ class WritableFileSystem(FileSystem):
         geo = self.volume.geometry
         with self.volume.transaction() as tx:
             parent, name = self._split(path)
-            d = self._dir(parent)
             check_name(name)
+            parent = self._lock(tx, parent)
+            d = self._dir(parent)
             if self._maybe(d, name) is not None:
                 raise ExistsError(f"{path}: file exists")
             fd = self._new_fd(
@@ -207,6 +254,7 @@ class WritableFileSystem(FileSystem):
 
     # -- removal ---------------------------------------------------------------------------------------------
 
+    @retrying
     def unlink(self, path: str) -> None:
         parent, name = self._split(path)
         entry = self._dir(parent).lookup(name)
@@ -217,9 +265,12 @@ class WritableFileSystem(FileSystem):
         self._drain(fd)
         with self.volume.transaction() as tx:
             parent, name = self._split(path)
+            parent = self._lock(tx, parent)
             d = self._dir(parent)
             entry = d.lookup(name)
-            fd = self._fd(entry.address)
+            fd = self._lock(tx, self._fd(entry.address))
+            if fd.is_dir:
+                raise IsADirError(f"{path}: is a directory")
             self._remove_file(tx, d, parent, name, fd)
             self._touch(parent)
             self._put(tx, parent)
@@ -238,12 +289,14 @@ class WritableFileSystem(FileSystem):
             self._touch(fd, modify=False)
             self._put(tx, fd)
 
+    @retrying
     def rmdir(self, path: str) -> None:
         with self.volume.transaction() as tx:
             parent, name = self._split(path)
+            parent = self._lock(tx, parent)
             d = self._dir(parent)
             entry = d.lookup(name)
-            fd = self._fd(entry.address)
+            fd = self._lock(tx, self._fd(entry.address))
             if not fd.is_dir:
                 raise NotADirError(f"{path}: not a directory")
             if fd.address == self.volume.root_address or fd.type == F.TYPE_SYSFILE:
@@ -276,6 +329,7 @@ class WritableFileSystem(FileSystem):
             cur = self._fd(self._dir(cur).parent_address())
         return False
 
+    @retrying
     def rename(self, old: str, new: str) -> None:
         src_parent, src_name = self._split(old)
         src_entry = self._dir(src_parent).lookup(src_name)
@@ -308,13 +362,20 @@ class WritableFileSystem(FileSystem):
         with self.volume.transaction() as tx:
             src_parent, src_name = self._split(old)
             dst_parent, dst_name = self._split(new)
+            self._lock_dirs(tx, src_parent, dst_parent)
             sd = self._dir(src_parent)
             dd = self._dir(dst_parent)
             src_entry = sd.lookup(src_name)
-            src_fd = self._fd(src_entry.address)
+            src_fd = self._lock(tx, self._fd(src_entry.address))
+            if src_fd.is_dir and self._is_ancestor(src_fd.address, dst_parent):
+                raise InvalidArgumentError(f"cannot move {old} into its own subtree {new}")
             existing = self._maybe(dd, dst_name)
+            if existing is not None and existing.address == src_fd.address:
+                return
             if existing is not None:
-                victim = self._fd(existing.address)
+                victim = self._lock(tx, self._fd(existing.address))
+                if victim.is_dir != src_fd.is_dir or (victim.is_dir and not self._dir(victim).is_empty()):
+                    raise BusyError(f"{new} changed while renaming; retrying")
                 if victim.is_dir:
                     self._remove_dir(tx, dd, dst_parent, dst_name, victim)
                 else:
@@ -338,9 +399,10 @@ class WritableFileSystem(FileSystem):
 
     # -- attributes -------------------------------------------------------------------------------------------
 
+    @retrying
     def _change(self, path: str, apply, *, follow: bool = False) -> None:  # type: ignore[no-untyped-def]
         with self.volume.transaction() as tx:
-            fd = self.resolve(path, follow=follow)
+            fd = self._lock(tx, self.resolve(path, follow=follow))
             apply(fd.meta)
             fd.meta.ctime = self.now()
             self._put(tx, fd)
@@ -388,12 +450,12 @@ class WritableFileSystem(FileSystem):
             chunk = data[done : done + WRITE_CHUNK]
             try:
                 with self.volume.transaction() as tx:
-                    fd = self._fd(address)
+                    fd = self._lock(tx, self._fd(address))
                     if fd.is_dir:
                         raise IsADirError("cannot write a directory")
                     changed = FileWriter(self.volume, fd).write(tx, offset + done, chunk)
                     self._touch(fd)
-                    if changed:
+                    if changed or not self._may_defer(address):
                         self._put(tx, fd)
                     else:
                         self.deferred[address] = {k: fd.meta[k] for k in _DEFERRED}
@@ -405,11 +467,17 @@ class WritableFileSystem(FileSystem):
             done += len(chunk)
         return done
 
+    def _may_defer(self, address: int) -> bool:
+        """Length/time updates may wait only while no other host can touch the FD: we hold its
+        exclusive lock for an open-for-write (or there are no on-disk locks at all)."""
+        return self.volume.locks is None or self.writers[address] > 0
+
+    @retrying
     def truncate(self, address: int, size: int) -> None:
         while True:
             try:
                 with self.volume.transaction() as tx:
-                    fd = self._fd(address)
+                    fd = self._lock(tx, self._fd(address))
                     if fd.is_dir:
                         raise IsADirError("cannot truncate a directory")
                     done = FileWriter(self.volume, fd).truncate(tx, size)
@@ -427,7 +495,7 @@ class WritableFileSystem(FileSystem):
         while start is not None:
             try:
                 with self.volume.transaction() as tx:
-                    fd = self._fd(address)
+                    fd = self._lock(tx, self._fd(address))
                     start = FileWriter(self.volume, fd).allocate_thick(tx, size, eager=eager, start=start)
                     self._touch(fd)
                     self._put(tx, fd)
@@ -438,8 +506,43 @@ class WritableFileSystem(FileSystem):
     def flush_fd(self, fd: FileDescriptor) -> None:
         if fd.address in self.deferred:
             with self.volume.transaction() as tx:
-                fd = self._fd(fd.address)
+                fd = self._lock(tx, self._fd(fd.address))
                 self._put(tx, fd)
+
+    # -- long-term locks of open files ------------------------------------------------------------------
+
+    @retrying
+    def open_file(self, address: int, *, write: bool) -> FileDescriptor:
+        """An open handle: exclusive lock for writing, a shared read-only lock for reading, held
+        on disk until :meth:`close_file`; another host's conflicting open gets EBUSY."""
+        fd = self._fd(address)
+        locks = self.volume.locks
+        if locks is not None:
+            held, previous = locks.acquire(fd.vol_offset, LOCK_EXCLUSIVE if write else LOCK_READ_ONLY, wait=0.5)
+            if previous != fd.lock.token:
+                self.volume._reload(fd)
+            from vmfs.locks import parse_lock
+
+            fd.set_lock(parse_lock(held.image))
+        if write:
+            self.writers[address] += 1
+        else:
+            self.readers[address] += 1
+        self.volume.pin(fd)
+        return fd
+
+    def close_file(self, address: int, *, write: bool) -> None:
+        fd = self._fd(address)
+        try:
+            self.flush_fd(fd)
+        finally:
+            counter = self.writers if write else self.readers
+            counter[address] -= 1
+            if counter[address] <= 0:
+                del counter[address]
+            self.volume.unpin(fd)
+            if self.volume.locks is not None:
+                self.volume.locks.release(fd.vol_offset)
 
     def flush_all(self) -> None:
         for address in list(self.deferred):

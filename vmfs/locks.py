@@ -1,0 +1,360 @@
+"""On-disk locks (vmfs-format.md 5, esx-design.md 1.4-1.7), taken and released with ATS.
+
+Every lockable object (an FD, a resource cluster) starts with a lock block.  A host takes a lock
+by an atomic test-and-set of the block's first sector: the image it read, with mode, owner, its
+heartbeat slot address and generation, and ``token + 1``, replaces the old image only if nobody
+changed it in between.  Modes: exclusive (one host), read-only and multi-writer (up to eight
+holders in ``holders[]``).
+
+A lock held by another host is *stale* when the holder's heartbeat slot no longer shows that
+holder's incarnation (slot free, other owner, other generation), or when the slot's stamp has not
+moved for a whole lease.  A stale lock is broken only after the dead host's journal has been
+replayed and its slot cleared (:meth:`LockManager.recover_host`); a live owner's lock is never
+broken, however long we wait (then the caller gets EBUSY, never a hang).
+
+The lock ``token`` doubles as a generation number for cached metadata: it moves on every
+acquisition, so a host that finds a token different from the one it cached knows the object may
+have changed and reads it again (optimistic locking).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from construct import Container
+
+from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
+from vmfs.heartbeat import SlotView, read_slot
+from vmfs.journal import JournalArea, replay_area
+from vmfs.ondisk.common import NULL_UUID, SECTOR
+from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
+from vmfs.ondisk.lock import (
+    LOCK_EXCLUSIVE,
+    LOCK_FREE,
+    LOCK_MULTI_WRITER,
+    LOCK_READ_ONLY,
+    MAX_HOLDERS,
+    LockBlock,
+)
+
+if TYPE_CHECKING:
+    from vmfs.volume import Volume
+
+log = logging.getLogger("vmfs.locks")
+
+SHARED_MODES = (LOCK_READ_ONLY, LOCK_MULTI_WRITER)
+
+
+@dataclass
+class Held:
+    offset: int
+    mode: int
+    image: bytes  # the sector we last wrote
+    token: int
+    count: int = 1
+
+
+def parse_lock(raw: bytes) -> Container:
+    return LockBlock.parse(raw[:SECTOR]).lock
+
+
+def build_lock(lock: Container, raw: bytes) -> bytes:
+    parsed = LockBlock.parse(raw[:SECTOR])
+    parsed.lock = lock
+    return LockBlock.build(parsed)
+
+
+class LockManager:
+    def __init__(self, volume: Volume, *, wait: float = 5.0) -> None:
+        self.volume = volume
+        self.hb = volume.heartbeat
+        self.host = volume.host  # type: ignore[attr-defined]
+        self.wait = wait
+        self.held: dict[int, Held] = {}
+        self._watch: dict[int, tuple[int, int, int]] = {}  # slot addr -> (stamp, gen, first seen us)
+        self._mutex = threading.RLock()
+        #: called with the volume offset of every lock whose token moved under us
+        self.on_stale_cache = None
+
+    # -- identity -----------------------------------------------------------------------------------
+
+    def _me(self) -> tuple[int, int, str]:
+        assert self.hb is not None
+        return self.hb.addr, self.hb.generation, self.host.uuid
+
+    def _is_me(self, hb_addr: int, hb_gen: int, owner: str) -> bool:
+        addr, gen, uuid = self._me()
+        return owner == uuid and hb_addr == addr and hb_gen == gen
+
+    # -- liveness of other hosts -------------------------------------------------------------------------
+
+    def holder_state(self, hb_addr: int, hb_gen: int, owner: str) -> str:
+        """'self', 'alive', 'gone' (its incarnation left the slot) or 'dead' (lease expired)."""
+        if self._is_me(hb_addr, hb_gen, owner):
+            return "self"
+        geo = self.volume.geometry
+        region_end = HEARTBEAT_REGION_OFFSET + geo.heartbeat_region_size
+        misplaced = (hb_addr - HEARTBEAT_REGION_OFFSET) % geo.hb_slot_size
+        if not HEARTBEAT_REGION_OFFSET <= hb_addr < region_end or misplaced:
+            return "gone"  # the lock names no heartbeat slot: nobody can be holding it
+        slot = read_slot(self.volume, (hb_addr - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size)
+        hb = slot.hb
+        if hb.state != HB_IN_USE or hb.owner != owner or hb.hbGen != hb_gen:
+            return "gone"
+        return self._watch_slot(slot)
+
+    def _watch_slot(self, slot: SlotView) -> str:
+        now = self.host.clock.monotonic_us()
+        seen = self._watch.get(slot.addr)
+        if seen is None or seen[0] != slot.hb.stamp or seen[1] != slot.hb.hbGen:
+            self._watch[slot.addr] = (slot.hb.stamp, slot.hb.hbGen, now)
+            return "alive"
+        if now - seen[2] >= self.host.lease * 1_000_000:
+            return "dead"
+        return "alive"
+
+    def recover_host(self, slot: SlotView) -> None:
+        """A dead host: replay its journal, clear its slot (generation + 1), free its journal
+        block.  Its locks are then stale and may be broken (esx-design.md 1.7)."""
+        hb = slot.hb
+        log.warning("host %s (slot %d) is dead: replaying its journal and clearing its slot", hb.owner, slot.slot)
+        # mark the slot as being replayed by us (ATS, so two rescuers never both replay)
+        addr, gen, uuid = self._me()
+        replaying = Container(hb)
+        replaying.replayHost = uuid
+        replaying.replayHostHb = addr
+        replaying.replayHostHbGen = gen
+        image = Heartbeat.build(replaying)
+        if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
+            return  # someone else is on it (or the host came back): look again later
+        if hb.journalVolAddr:
+            area = JournalArea(hb.journalVolAddr, self.volume.geometry.block_size)
+            if not journal_is_ours_or_empty(self.volume, area):
+                raise UnsupportedError(
+                    f"host {hb.owner} left a journal at 0x{hb.journalVolAddr:x} in a format we cannot replay"
+                )
+            applied = replay_area(self.volume.device, area)
+            if applied:
+                log.warning("replayed %d journal records of host %s", applied, hb.owner)
+            self.volume.invalidate_caches()
+        cleared = Container(replaying)
+        cleared.state = HB_FREE
+        cleared.hbGen = hb.hbGen + 1
+        cleared.owner = NULL_UUID
+        cleared.journalAddr = 0
+        cleared.journalVolAddr = 0
+        cleared.replayHost = NULL_UUID
+        cleared.replayHostHb = 0
+        cleared.replayHostHbGen = 0
+        if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):
+            raise VolumeLostError(f"heartbeat slot {slot.slot} changed while we replayed it")
+        self._watch.pop(slot.addr, None)
+        if hb.journalAddr:
+            self.volume.free_foreign_journal(hb.journalAddr)
+
+    def reap(self) -> list[int]:
+        """Look at every other host's heartbeat; recover those whose lease ran out (their
+        journal replayed, their slot cleared).  Returns the slots recovered."""
+        from vmfs.heartbeat import read_slots
+
+        recovered = []
+        for slot in read_slots(self.volume):
+            if not slot.in_use or self._is_me(slot.addr, slot.hb.hbGen, slot.hb.owner):
+                continue
+            if self._watch_slot(slot) == "dead":
+                try:
+                    with self.volume.meta_lock:
+                        self.recover_host(slot)
+                    recovered.append(slot.slot)
+                except UnsupportedError as exc:
+                    log.error("cannot recover slot %d: %s", slot.slot, exc)
+        return recovered
+
+    # -- acquire / release -------------------------------------------------------------------------------
+
+    def acquire(self, offset: int, mode: int = LOCK_EXCLUSIVE, *, wait: float | None = None) -> tuple[Held, int]:
+        """Take the lock at volume ``offset``; returns (held lock, token seen before we took it).
+
+        Waits up to ``wait`` seconds (default: the manager's) for other hosts, breaking locks of
+        dead ones, then raises BusyError."""
+        if self.hb is not None:
+            self.hb.check_writable()
+        with self._mutex:
+            held = self.held.get(offset)
+            if held is not None:
+                if held.mode == LOCK_EXCLUSIVE or held.mode == mode:
+                    held.count += 1
+                    return held, held.token
+                if held.mode in SHARED_MODES and mode == LOCK_EXCLUSIVE:
+                    return self._upgrade(held, wait)
+        limit = self.wait if wait is None else wait
+        clock = self.host.clock
+        deadline = clock.monotonic_us() + int(limit * 1_000_000)
+        delay = 0.01
+        while True:
+            got = self._try(offset, mode)
+            if isinstance(got, tuple):
+                return got
+            if got == "retry":
+                continue
+            if clock.monotonic_us() >= deadline:
+                raise BusyError(f"lock at 0x{offset:x} is held by another host ({got})")
+            clock.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+    def _try(self, offset: int, mode: int):  # type: ignore[no-untyped-def]
+        dev = self.volume.device
+        raw = dev.read(offset, SECTOR)
+        lock = parse_lock(raw)
+        if lock.type >> 20 != 0x10C:
+            raise CorruptError("lock block", offset, f"bad lock type 0x{lock.type:08x}")
+        holders = self._holders(lock)
+        blocking = [h for h in holders if not self._is_me(*h)]
+        if blocking and not (mode in SHARED_MODES and lock.mode == mode):
+            for h in blocking:
+                state = self.holder_state(*h)
+                if state == "dead":
+                    geo = self.volume.geometry
+                    self.recover_host(read_slot(self.volume, (h[0] - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size))
+                    return "retry"
+                if state == "alive":
+                    return f"mode {lock.mode}, owner {h[2]}"
+            # every holder is gone: the lock is stale and is broken below
+            lock = self._cleared(lock)
+        elif blocking and mode in SHARED_MODES:
+            live = [h for h in blocking if self.holder_state(*h) != "gone"]
+            if len(live) >= MAX_HOLDERS:
+                return f"{len(live)} hosts share it"
+            lock = self._with_holders(lock, live)
+        new = self._taken(lock, mode)
+        image = build_lock(new, raw)
+        if not dev.compare_and_write(offset, raw, image):
+            return "retry"
+        held = Held(offset, mode, image, new.token)
+        with self._mutex:
+            self.held[offset] = held
+        return held, parse_lock(raw).token
+
+    def _upgrade(self, held: Held, wait: float | None) -> tuple[Held, int]:
+        raw = self.volume.device.read(held.offset, SECTOR)
+        lock = parse_lock(raw)
+        others = [h for h in self._holders(lock) if not self._is_me(*h) and self.holder_state(*h) != "gone"]
+        if others:
+            raise BusyError(f"lock at 0x{held.offset:x} is shared with other hosts")
+        new = self._taken(self._cleared(lock), LOCK_EXCLUSIVE)
+        image = build_lock(new, raw)
+        if not self.volume.device.compare_and_write(held.offset, raw, image):
+            raise BusyError(f"lock at 0x{held.offset:x} changed while upgrading")
+        held.mode = LOCK_EXCLUSIVE
+        held.image = image
+        held.token = new.token
+        held.count += 1
+        return held, lock.token
+
+    def release(self, offset: int) -> None:
+        with self._mutex:
+            held = self.held.get(offset)
+            if held is None:
+                return
+            held.count -= 1
+            if held.count > 0:
+                return
+            del self.held[offset]
+        raw = self.volume.device.read(offset, SECTOR)
+        if raw != held.image:
+            if self.hb is not None and self.hb.lost is not None:
+                return
+            log.error("lock at 0x%x was changed by another host while we held it", offset)
+            return
+        lock = parse_lock(raw)
+        if held.mode in SHARED_MODES:
+            remaining = [h for h in self._holders(lock) if not self._is_me(*h)]
+            new = self._with_holders(lock, remaining) if remaining else self._cleared(lock)
+        else:
+            new = self._cleared(lock)
+            # ESXi keeps the last holder's heartbeat address, generation and token (section 5)
+            new.hbAddr, new.hbGen, new.token = lock.hbAddr, lock.hbGen, lock.token
+        self.volume.device.compare_and_write(offset, raw, build_lock(new, raw))
+
+    def forget(self, offset: int) -> None:
+        """The object under this lock was freed (its whole block rewritten): nothing to release."""
+        with self._mutex:
+            self.held.pop(offset, None)
+
+    def holds(self, offset: int) -> int | None:
+        held = self.held.get(offset)
+        return held.mode if held is not None else None
+
+    def release_all(self) -> None:
+        for offset in list(self.held):
+            held = self.held.get(offset)
+            if held is not None:
+                held.count = 1
+                self.release(offset)
+
+    # -- images ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _holders(lock: Container) -> list[tuple[int, int, str]]:
+        if lock.mode == LOCK_FREE:
+            return []
+        if lock.mode in SHARED_MODES:
+            n = min(lock.numHolders, MAX_HOLDERS)
+            return [(h.hbAddr, h.hbGen, h.owner) for h in lock.holders[:n]]
+        return [(lock.hbAddr, lock.hbGen, lock.owner)]
+
+    @staticmethod
+    def _cleared(lock: Container) -> Container:
+        new = Container(lock)
+        new.mode = LOCK_FREE
+        new.owner = NULL_UUID
+        new.numHolders = 0
+        new.holders = [Container(hbAddr=0, hbGen=0, owner=NULL_UUID) for _ in range(MAX_HOLDERS)]
+        return new
+
+    def _with_holders(self, lock: Container, holders: list[tuple[int, int, str]]) -> Container:
+        new = Container(lock)
+        slots = [Container(hbAddr=a, hbGen=g, owner=o) for a, g, o in holders]
+        new.numHolders = len(slots)
+        new.holders = slots + [Container(hbAddr=0, hbGen=0, owner=NULL_UUID)] * (MAX_HOLDERS - len(slots))
+        return new
+
+    def _taken(self, lock: Container, mode: int) -> Container:
+        addr, gen, uuid = self._me()
+        new = Container(lock)
+        new.token = (lock.token + 1) & 0xFFFFFFFFFFFFFFFF
+        new.hbAddr = addr
+        new.hbGen = gen
+        new.mtime = (lock.mtime + 1) & 0xFFFFFFFFFFFFFFFF
+        if mode in SHARED_MODES:
+            holders = self._holders(lock) if lock.mode == mode else []
+            holders = [h for h in holders if not self._is_me(*h)] + [(addr, gen, uuid)]
+            new = self._with_holders(new, holders)
+            new.mode = mode
+            new.owner = NULL_UUID
+        else:
+            new.mode = LOCK_EXCLUSIVE
+            new.owner = uuid
+            new.numHolders = 0
+        return new
+
+
+def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
+    """True when the journal at ``area`` is in our format or holds no committed transaction.
+
+    ESXi's VMFS5 journal (docs/SPEC.md "ESXi journal") starts its records at 0x350 after a header
+    area that is all zero once the transaction has been applied: such a journal has nothing to
+    replay."""
+    from vmfs.ondisk.journal import JOURNAL_MAGIC
+
+    head = volume.device.read(area.offset, 0x350)
+    if int.from_bytes(head[:8], "little") == JOURNAL_MAGIC:
+        return True
+    return not any(head)
+
+
+__all__ = ["LOCK_EXCLUSIVE", "LOCK_MULTI_WRITER", "LOCK_READ_ONLY", "Held", "LockManager"]
