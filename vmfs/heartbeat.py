@@ -193,7 +193,26 @@ class HeartbeatManager:
 
     # -- renewal thread ----------------------------------------------------------------------------------
 
+    def tick(self) -> None:
+        """Renew when a period has passed (simulated time drives this instead of a thread)."""
+        if self.slot is None or self._lost is not None:
+            return
+        period_us = int(self.host.heartbeat_period * 1_000_000)
+        if self.host.clock.monotonic_us() - self._last_renew_us >= period_us:
+            try:
+                self.renew()
+                if self.reaper is not None:
+                    self.reaper()
+            except VolumeLostError as exc:
+                log.error("%s", exc)
+
     def start(self) -> None:
+        from vmfs.host import ManualClock
+
+        if isinstance(self.host.clock, ManualClock):
+            if self.tick not in self.host.clock.listeners:
+                self.host.clock.listeners.append(self.tick)
+            return
         if self._thread is not None or self.host.heartbeat_period <= 0:
             return
         self._stop.clear()
@@ -201,6 +220,10 @@ class HeartbeatManager:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop renewing (the slot stays claimed until released)."""
+        listeners = getattr(self.host.clock, "listeners", None)
+        if listeners is not None and self.tick in listeners:
+            listeners.remove(self.tick)
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)

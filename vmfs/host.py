@@ -35,6 +35,8 @@ class ManualClock(Clock):
     def __init__(self, start_us: int = 1_000_000, wall: int = 1_700_000_000) -> None:
         self.now_us = start_us
         self.wall_s = wall
+        #: called after every step of simulated time (live hosts renew their heartbeats here)
+        self.listeners: list = []
 
     def monotonic_us(self) -> int:
         return self.now_us
@@ -46,7 +48,14 @@ class ManualClock(Clock):
         self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
-        self.now_us += int(seconds * 1_000_000)
+        """Move time forward in steps of at most 0.5 s, letting every listener react."""
+        remaining = int(seconds * 1_000_000)
+        while remaining > 0:
+            step = min(remaining, 500_000)
+            self.now_us += step
+            remaining -= step
+            for listener in list(self.listeners):
+                listener()
 
 
 def _machine_id() -> bytes:

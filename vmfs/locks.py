@@ -264,6 +264,9 @@ class LockManager:
             if held.count > 0:
                 return
             del self.held[offset]
+        if held.mode in SHARED_MODES:
+            self._leave_shared(offset)
+            return
         raw = self.volume.device.read(offset, SECTOR)
         if raw != held.image:
             if self.hb is not None and self.hb.lost is not None:
@@ -271,14 +274,25 @@ class LockManager:
             log.error("lock at 0x%x was changed by another host while we held it", offset)
             return
         lock = parse_lock(raw)
-        if held.mode in SHARED_MODES:
-            remaining = [h for h in self._holders(lock) if not self._is_me(*h)]
-            new = self._with_holders(lock, remaining) if remaining else self._cleared(lock)
-        else:
-            new = self._cleared(lock)
-            # ESXi keeps the last holder's heartbeat address, generation and token (section 5)
-            new.hbAddr, new.hbGen, new.token = lock.hbAddr, lock.hbGen, lock.token
+        new = self._cleared(lock)
+        # ESXi keeps the last holder's heartbeat address, generation and token (section 5)
+        new.hbAddr, new.hbGen, new.token = lock.hbAddr, lock.hbGen, lock.token
         self.volume.device.compare_and_write(offset, raw, build_lock(new, raw))
+
+    def _leave_shared(self, offset: int) -> None:
+        """Drop ourselves from a shared lock's holders; other holders may change it meanwhile,
+        so retry the test-and-set on the current image."""
+        for _ in range(100):
+            raw = self.volume.device.read(offset, SECTOR)
+            lock = parse_lock(raw)
+            holders = self._holders(lock)
+            if not any(self._is_me(*h) for h in holders):
+                return
+            remaining = [h for h in holders if not self._is_me(*h)]
+            new = self._with_holders(lock, remaining) if remaining else self._cleared(lock)
+            if self.volume.device.compare_and_write(offset, raw, build_lock(new, raw)):
+                return
+        log.error("could not leave the shared lock at 0x%x", offset)
 
     def forget(self, offset: int) -> None:
         """The object under this lock was freed (its whole block rewritten): nothing to release."""

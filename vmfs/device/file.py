@@ -18,6 +18,9 @@ import threading
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError, NotFoundError
 
+_ATS_LOCKS: dict[tuple[int, int], threading.Lock] = {}
+_ATS_LOCKS_GUARD = threading.Lock()
+
 
 class FileDevice(BlockDevice):
     """A regular file (image) or a block device node."""
@@ -39,7 +42,10 @@ class FileDevice(BlockDevice):
             os.close(self._fd)
             raise DeviceError(f"{self.path}: neither an image file nor a block device", errno=errno.EINVAL)
         self._size = os.lseek(self._fd, 0, os.SEEK_END) if self.is_block_device else st.st_size
-        self._ats_lock = threading.Lock()
+        # POSIX record locks do not exclude two descriptors of one process, so every FileDevice
+        # of the same file in this process shares one thread lock for ATS
+        with _ATS_LOCKS_GUARD:
+            self._ats_lock = _ATS_LOCKS.setdefault((st.st_dev, st.st_ino), threading.Lock())
 
     @property
     def size(self) -> int:

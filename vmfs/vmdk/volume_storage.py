@@ -34,11 +34,12 @@ from typing import Any, BinaryIO
 from vmfs import address as A
 from vmfs import errors as E
 from vmfs.filedesc import BlockMap, FileDescriptor
-from vmfs.heartbeat import read_slots
+from vmfs.heartbeat import read_slot
 from vmfs.inspect import LOCK_MODE_NAMES
 from vmfs.namespace import FileSystem
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.heartbeat import HEARTBEAT_REGION_OFFSET
+from vmfs.ondisk.lock import LockBlock
 from vmfs.stream import FileReader
 from vmfs.vmdk.errors import (
     ExistsError,
@@ -59,7 +60,6 @@ PUNCH_BATCH = 4096
 _TYPE_WORDS = {
     F.TYPE_DIRECTORY: "dir",
     F.TYPE_REGFILE: "reg",
-    F.TYPE_SYMLINK: "sym",
     F.TYPE_SYSFILE: "sys",
     F.TYPE_RDM: "rdm",
 }
@@ -433,9 +433,11 @@ class VolumeStorage:
         what the heartbeat slot named by the lock holds now and the file's allocation."""
         fd = self._resolve(name)
         with _translated(name):
-            lock = fd.lock
+            # the lock as it is on disk now: another host (or this one, since the FD was cached)
+            # may have taken or released it
+            lock = LockBlock.parse(self.volume.device.read(fd.vol_offset, LockBlock.sizeof())).lock
             meta = fd.meta
-            text = vmkfstools_d(fd)
+            text = vmkfstools_d(fd, lock)
             info = {
                 "file": name,
                 "vmkfstools -D": text,
@@ -458,7 +460,7 @@ class VolumeStorage:
         if not HEARTBEAT_REGION_OFFSET <= hb_addr < HEARTBEAT_REGION_OFFSET + geo.heartbeat_region_size:
             return f"offset {hb_addr}: outside the heartbeat region"
         slot = (hb_addr - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size
-        view = read_slots(self.volume)[slot]
+        view = read_slot(self.volume, slot)
         hb = view.hb
         if not view.in_use:
             state = "free now (the lock holder is gone)"
@@ -469,26 +471,36 @@ class VolumeStorage:
         return f"slot {slot} at offset {hb_addr}, generation {hb_gen}: {state}"
 
 
-def vmkfstools_d(fd: FileDescriptor) -> str:
-    """An FD as ESXi 5.5+ ``vmkfstools -D`` prints it: the lock (type, own offset, version
-    (token), heartbeat offset and generation, mode, owner, mtime, holder counts), then the
-    ``Addr <kind, cluster, resource>`` line and the allocation line."""
-    lock = fd.lock
+def vmkfstools_d(fd: FileDescriptor, lock: Any = None) -> str:
+    """An FD as ESXi 6.x ``vmkfstools -D`` prints it (the layout dissect.vmfs's ``debug()`` mimics):
+    the lock (type, own offset, version = token, heartbeat offset and generation, mode, owner,
+    mtime, holder counts), the ``Addr <kind, cluster, resource>`` line, the allocation line, then
+    affinity/parent FDs and the remaining counters.  ``lock`` defaults to the one parsed with the
+    FD.  ESXi 5.x printed only the first five lines."""
+    lock = fd.lock if lock is None else lock
     meta = fd.meta
-    cluster, resource = A.fd_split(fd.address)
-    ftype = _TYPE_WORDS.get(meta.type, str(meta.type))
+    ftype = _TYPE_WORDS.get(meta.type, "oth")
     tbz = meta.numTBZBlocksLo | meta.numTBZBlocksHi << 32
     cow = meta.numCOWBlocksLo | meta.numCOWBlocksHi << 32
     new = meta.newSinceEpochLo | meta.newSinceEpochHi << 32
+
+    def fd_text(address: int, sep: str) -> str:
+        cluster, resource = A.fd_split(address)
+        return f"<{address & 7}{sep}{cluster}{sep}{resource}>"
+
     return "\n".join(
         [
             f"Lock [type {lock.type:x} offset {lock.addr} v {lock.token}, hb offset {lock.hbAddr}",
             f"gen {lock.hbGen}, mode {lock.mode}, owner {lock.owner} mtime {lock.mtime}",
             f"num {lock.numHolders} gblnum {lock.gblNumHolders} gblgen {lock.gblGen} gblbrk {lock.gblBrk}]",
-            f"Addr <{A.kind(fd.address)}, {cluster}, {resource}>, gen {meta.generation}, links {meta.linkCount}, "
-            f"type {ftype}, flags {meta.flags}, uid {meta.uid}, gid {meta.gid}, mode {meta.mode & 0o7777:o}",
+            f"Addr {fd_text(fd.address, ', ')}, gen {meta.generation}, links {meta.linkCount}, type {ftype}, "
+            f"flags {meta.flags}, uid {meta.uid}, gid {meta.gid}, mode {meta.mode & 0o7777:o}",
             f"len {meta.fileLength}, nb {meta.numBlocks} tbz {tbz}, cow {cow}, newSinceEpoch {new}, "
             f"zla {meta.zla}, bs {meta.blockSize}",
+            f"affinityFD {fd_text(meta.affinityFD, ',')}, parentFD {fd_text(meta.parentFD, ',')}, "
+            f"tbzGranularityShift {meta.tbzGranularityShift}, numLFB {meta.numLFB}",
+            f"lastSFBClusterNum {meta.lastSFBClusterNum}, numPreAllocBlocks {meta.numPreAllocBlocks}, "
+            f"numPointerBlocks {meta.numPointerBlocks}",
         ]
     )
 

@@ -1,0 +1,149 @@
+"""Lock semantics between hosts sharing one volume; time is injected (no real lease waits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import host, mount
+from vmfs.errors import BusyError, VolumeLostError
+from vmfs.heartbeat import read_slot
+from vmfs.host import ManualClock
+from vmfs.locks import parse_lock
+from vmfs.ondisk.heartbeat import HB_FREE
+from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_FREE, LOCK_READ_ONLY
+from vmfs.usage import marked_used, referenced_resources
+from vmfs.writeops import WritableFileSystem
+
+
+def lock_of(vol, address: int):  # type: ignore[no-untyped-def]
+    fd = vol.read_fd(address)
+    return parse_lock(vol.device.read(fd.vol_offset, 512))
+
+
+@pytest.fixture
+def two_hosts(image: Path):  # type: ignore[no-untyped-def]
+    clock = ManualClock()
+    a = mount(image, host(1, clock))
+    b = mount(image, host(2, clock))
+    fa, fb = WritableFileSystem(a), WritableFileSystem(b)
+    yield fa, fb, clock, clock
+    for fs in (fa, fb):
+        if not fs.volume.closed:
+            try:
+                fs.volume.close()
+            except VolumeLostError:
+                pass
+
+
+def test_two_writers_one_gets_ebusy(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    f = fa.write_file("/shared", b"from A")
+    fa.open_file(f.address, write=True)
+    lock = lock_of(fb.volume, f.address)
+    assert lock.mode == LOCK_EXCLUSIVE and lock.owner == fa.volume.host.uuid
+    with pytest.raises(BusyError) as info:
+        fb.open_file(f.address, write=True)
+    assert info.value.errno == 16  # EBUSY, and it came back: no hang
+    with pytest.raises(BusyError):
+        fb.open_file(f.address, write=False)  # an exclusive lock admits no reader
+    fa.close_file(f.address, write=True)
+    assert lock_of(fb.volume, f.address).mode == LOCK_FREE
+    fb.open_file(f.address, write=True)  # now free
+    fb.write(f.address, 0, b"from B")
+    fb.close_file(f.address, write=True)
+    assert fa.volume.reader(fa.resolve("/shared")).read(0, 10) == b"from B"
+
+
+def test_read_only_sharing(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    f = fa.write_file("/base.vmdk", b"parent disk")
+    fa.open_file(f.address, write=False)
+    fb.open_file(f.address, write=False)
+    lock = lock_of(fa.volume, f.address)
+    assert lock.mode == LOCK_READ_ONLY and lock.numHolders == 2
+    with pytest.raises(BusyError):
+        fb.open_file(f.address, write=True)  # upgrade refused while A reads
+    with pytest.raises(BusyError):
+        fb.unlink("/base.vmdk")
+    fa.close_file(f.address, write=False)
+    assert lock_of(fa.volume, f.address).numHolders == 1
+    fb.close_file(f.address, write=False)
+    assert lock_of(fa.volume, f.address).mode == LOCK_FREE
+
+
+def test_live_owner_keeps_its_lock(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    f = fa.write_file("/vm.vmdk", b"x")
+    fa.open_file(f.address, write=True)
+    gen = fa.volume.heartbeat.generation
+    for _ in range(20):  # 60 s of B retrying while A's heartbeat renews every 3 s
+        ca.advance(3)
+        with pytest.raises(BusyError):
+            fb.open_file(f.address, write=True)
+        assert fb.volume.locks.reap() == []
+    assert fa.volume.heartbeat.generation == gen
+    assert read_slot(fa.volume, fa.volume.heartbeat.slot).hb.hbGen == gen
+    fa.write(f.address, 0, b"A still writes")
+
+
+def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    f = fa.write_file("/vm.vmdk", b"A's data")
+    fa.open_file(f.address, write=True)
+    fa.write(f.address, 8, b" more")
+    fa.fsync(f.address)
+    slot_a = fa.volume.heartbeat.slot
+    gen_a = fa.volume.heartbeat.generation
+    # A dies: no more renewals, nothing released
+    fa.volume.heartbeat.stop()
+    fb.busy_timeout = 0  # one attempt per call, so the test controls the time
+    start = cb.now_us
+    while cb.now_us - start < 14_000_000:  # < lease: always refused
+        with pytest.raises(BusyError):
+            fb.open_file(f.address, write=True)
+        cb.advance(1)
+    cb.advance(3)  # now more than 16 s without a change of A's stamp: B's reaper recovers A
+    fb.open_file(f.address, write=True)
+    slot = read_slot(fb.volume, slot_a)
+    assert slot.hb.state == HB_FREE and slot.hb.hbGen == gen_a + 1
+    assert lock_of(fb.volume, f.address).owner == fb.volume.host.uuid
+    assert fb.volume.reader(fb.resolve("/vm.vmdk")).read(0, 20) == b"A's data more"
+    fb.close_file(f.address, write=True)
+    # A's journal block went back to the free pool: nothing leaked or shared
+    refs, used = referenced_resources(fb.volume), marked_used(fb.volume)
+    assert all(refs[k] == used[k] for k in used)
+    # and A, should it wake up, finds its slot taken away and stops writing
+    fa.volume.heartbeat._last_renew_us = ca.now_us
+    with pytest.raises(VolumeLostError):
+        fa.volume.heartbeat.renew()
+    with pytest.raises(VolumeLostError):
+        fa.write(f.address, 0, b"zombie")
+
+
+def test_own_lease_expiry_stops_writes(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    fa.write_file("/before", b"ok")
+    fa.volume.heartbeat.stop()  # A's renewals stall (e.g. its storage path hangs)
+    ca.advance(17)
+    with pytest.raises(VolumeLostError):
+        fa.write_file("/after", b"no")
+    assert fb.resolve("/before")
+
+
+def test_shared_directory_creates_from_both(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    fa, fb, ca, cb = two_hosts
+    fa.mkdir("/shared")
+    for i in range(30):
+        fa.write_file(f"/shared/a{i}", b"A" * i)
+        fb.write_file(f"/shared/b{i}", b"B" * i)
+    names_a = sorted(e.name for e in fa.listdir("/shared"))
+    fa.volume.revalidate_interval = 0
+    fb.volume.revalidate_interval = 0
+    names_a = sorted(e.name for e in fa.listdir("/shared"))
+    names_b = sorted(e.name for e in fb.listdir("/shared"))
+    assert names_a == names_b and len(names_a) == 60
+    assert fb.volume.reader(fb.resolve("/shared/a29")).read(0, 100) == b"A" * 29
+    refs, used = referenced_resources(fa.volume), marked_used(fa.volume)
+    assert all(refs[k] == used[k] for k in used)
