@@ -1,4 +1,5 @@
-"""vmfs-vmdk: virtual disk operations with vmkfstools' options, on host files.
+"""vmfs-vmdk: virtual disk operations with vmkfstools' options, on host files or inside a VMFS
+volume without mounting it.
 
     vmfs-vmdk -c 10G [-d thin|zeroedthick|eagerzeroedthick|monolithicSparse|...] [-a lsilogic] disk.vmdk
     vmfs-vmdk -i src.vmdk [-d FORMAT] dst.vmdk         clone (with format conversion)
@@ -10,21 +11,38 @@
     vmfs-vmdk -D disk.vmdk                              lock / owner information
     vmfs-vmdk --snapshot | --revert | --delete-snapshot | --consolidate | --info disk.vmdk
 
+With ``--volume IMAGE[,IMAGE...]`` every disk path is a path inside that VMFS volume (``-p``
+creates missing directories); ``host:PATH`` still names a host file, so ``-i`` clones between the
+host and the volume in either direction:
+
+    vmfs-vmdk --volume ds.img -c 4G -d thin /vms/vm1/disk.vmdk
+    vmfs-vmdk --volume ds.img -i host:/tmp/src.vmdk -d thin /vms/vm1/disk.vmdk
+    vmfs-vmdk --volume ds.img -i /vms/vm1/disk.vmdk -d streamOptimized host:/tmp/out.vmdk
+
+The volume is opened read-write only when the command writes into it (``-D``, ``--info`` and
+cloning out of it open it read-only).
+
 Only option parsing and printing live here; every operation is one call into ``vmfs.vmdk.ops``
-or ``vmfs.vmdk.chain``.  Library errors become one line on stderr and exit status 1.
+or ``vmfs.vmdk.chain`` (``vmfs.vmdk.volume_storage`` opens the volume).  Library errors become one
+line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import re
 import sys
 
 import click
 
+from vmfs.errors import VmfsError
+from vmfs.host import HostIdentity
 from vmfs.vmdk import chain, ops
 from vmfs.vmdk.errors import VmdkError
-from vmfs.vmdk.storage import HostStorage, host_device_sectors
+from vmfs.vmdk.storage import DiskStorage, HostStorage, host_device_sectors
+from vmfs.vmdk.volume_storage import VolumeStorage, open_volume_storage
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -37,9 +55,39 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
-def _where(path: str) -> tuple[HostStorage, str]:
-    directory, base = os.path.split(os.path.abspath(path))
-    return HostStorage(directory), base
+HOST_PREFIX = "host:"
+
+
+class _Places:
+    """Where disk paths live: host files, or (with ``--volume``) paths inside one VMFS volume,
+    opened once, read-write only if the command writes there."""
+
+    def __init__(self, stack: contextlib.ExitStack, images: list[str], host: HostIdentity | None) -> None:
+        self.stack = stack
+        self.images = images
+        self.host = host
+        self.root: VolumeStorage | None = None
+
+    def on_volume(self, path: str) -> bool:
+        return bool(self.images) and not path.startswith(HOST_PREFIX)
+
+    def open(self, writable: bool) -> None:
+        if self.images and self.root is None:
+            opened = open_volume_storage(self.images, "/", writable=writable, host=self.host)
+            self.root = self.stack.enter_context(opened)
+
+    def split(self, path: str) -> tuple[str, str]:
+        """(directory, base name): a host directory, or a directory of the volume."""
+        if not self.on_volume(path):
+            return os.path.split(os.path.abspath(path.removeprefix(HOST_PREFIX)))
+        return posixpath.split(posixpath.normpath("/" + path.lstrip("/")))
+
+    def where(self, path: str) -> tuple[DiskStorage, str]:
+        directory, base = self.split(path)
+        if not self.on_volume(path):
+            return HostStorage(directory), base
+        assert self.root is not None
+        return VolumeStorage(self.root.fs, directory), base
 
 
 _ACTIONS = (
@@ -82,9 +130,26 @@ _ACTIONS = (
 @click.option("--delete-snapshot", "delete_snapshot", is_flag=True, help="merge delta TARGET into its parent")
 @click.option("--consolidate", is_flag=True, help="merge every delta under TARGET into the base")
 @click.option("--info", is_flag=True, help="print the chain of TARGET")
+@click.option(
+    "--volume",
+    "volume",
+    metavar="IMAGE[,IMAGE...]",
+    default=None,
+    help="work inside this VMFS volume (every extent, comma separated): disk paths are volume paths, "
+    "host:PATH names a host file",
+)
+@click.option("-p", "--parents", is_flag=True, help="create TARGET's missing directories inside the volume")
+@click.option("--host-uuid", default=None, help="host UUID for the volume's heartbeat when writing")
 @click.argument("target")
 def main(
-    target: str, disk_format: str | None, adapter: str | None, delta_format: str | None, **actions: object
+    target: str,
+    disk_format: str | None,
+    adapter: str | None,
+    delta_format: str | None,
+    volume: str | None,
+    parents: bool,
+    host_uuid: str | None,
+    **actions: object,
 ) -> None:
     """Operate on the virtual disk TARGET (a .vmdk descriptor)."""
     chosen = [a for a in _ACTIONS if actions.get(a)]
@@ -92,73 +157,101 @@ def main(
         raise click.UsageError(f"give exactly one action ({len(chosen)} given)")
     action = chosen[0]
     value = actions[action]
-    storage, name = _where(target)
+    images = [p for p in (volume or "").split(",") if p]
+    if parents and not images:
+        raise click.UsageError("-p applies to --volume paths only")
     try:
-        if action == "create":
-            ops.create_disk(
-                storage,
-                name,
-                parse_size(str(value)),
-                disk_format or "zeroedthick",
-                **({"adapter": adapter} if adapter else {}),
-            )
-        elif action == "clone":
-            src_storage, src = _where(str(value))
-            ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter)
-        elif action == "extend":
-            ops.extend_disk(storage, name, parse_size(str(value)))
-        elif action == "inflate":
-            ops.inflate_disk(storage, name)
-        elif action == "eagerzero":
-            ops.eager_zero(storage, name)
-        elif action == "punch":
-            click.echo(f"{ops.punch_zero(storage, name)} bytes unallocated")
-        elif action == "delete":
-            ops.delete_disk(storage, name)
-        elif action == "rename":
-            old_dir, old = os.path.split(os.path.abspath(str(value)))
-            new = os.path.relpath(os.path.abspath(target), old_dir)
-            ops.rename_disk(HostStorage(old_dir), old, new.replace(os.sep, "/"))
-        elif action in ("rdm", "rdmp"):
-            device = str(value)
-            ops.create_rdm(
-                storage,
-                name,
-                device,
-                host_device_sectors(device),
-                passthrough=action == "rdmp",
-                **({"adapter": adapter} if adapter else {}),
-            )
-        elif action == "lock":
-            for info in ops.lock_info(storage, name):
-                click.echo(info.get("file", ""))
-                for key, val in info.items():
-                    if key != "file":
-                        click.echo(f"  {key}: {val}")
-        elif action == "snapshot":
-            click.echo(chain.create_snapshot(storage, name, delta_format=delta_format))
-        elif action == "revert":
-            chain.revert_snapshot(storage, name)
-        elif action == "delete_snapshot":
-            click.echo(chain.delete_snapshot(storage, name))
-        elif action == "consolidate":
-            click.echo(chain.consolidate(storage, name))
-        elif action == "info":
-            info = ops.disk_info(storage, name)
-            click.echo(f"{info['name']}: {info['capacity']} bytes")
-            for layer in info["chain"]:  # type: ignore[attr-defined]
-                click.echo(
-                    f"  {layer['name']}  {layer['createType']}  CID={layer['CID']} parentCID={layer['parentCID']}"
-                )
-                for ext in layer["extents"]:
-                    flag = " (unclean shutdown)" if ext["unclean"] else ""
-                    click.echo(f"    {ext['type']} {ext['file']} {ext['sectors']} sectors{flag}")
-    except VmdkError as exc:
+        with contextlib.ExitStack() as stack:
+            places = _Places(stack, images, HostIdentity(uuid=host_uuid) if host_uuid else None)
+            if action == "rename" and places.on_volume(str(value)) != places.on_volume(target):
+                raise click.UsageError("-E renames inside one place: both on the host or both in the volume")
+            writes = action not in ("lock", "info", "clone") or (action == "clone" and places.on_volume(target))
+            places.open(writable=writes)
+            if parents and places.on_volume(target):
+                storage, _ = places.where(target)
+                assert isinstance(storage, VolumeStorage)
+                storage.makedirs(storage.directory)
+            _run(places, action, value, target, disk_format, adapter, delta_format)
+    except (VmdkError, VmfsError) as exc:
         click.echo(f"vmfs-vmdk: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:  # the host itself failed (disk full, permissions) during file I/O
         click.echo(f"vmfs-vmdk: {target}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+def _run(
+    places: _Places,
+    action: str,
+    value: object,
+    target: str,
+    disk_format: str | None,
+    adapter: str | None,
+    delta_format: str | None,
+) -> None:
+    storage, name = places.where(target)
+    if action == "create":
+        ops.create_disk(
+            storage,
+            name,
+            parse_size(str(value)),
+            disk_format or "zeroedthick",
+            **({"adapter": adapter} if adapter else {}),
+        )
+    elif action == "clone":
+        src_storage, src = places.where(str(value))
+        ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter)
+    elif action == "extend":
+        ops.extend_disk(storage, name, parse_size(str(value)))
+    elif action == "inflate":
+        ops.inflate_disk(storage, name)
+    elif action == "eagerzero":
+        ops.eager_zero(storage, name)
+    elif action == "punch":
+        click.echo(f"{ops.punch_zero(storage, name)} bytes unallocated")
+    elif action == "delete":
+        ops.delete_disk(storage, name)
+    elif action == "rename":
+        old_storage, old = places.where(str(value))
+        new_dir, _ = places.split(target)
+        new = posixpath.relpath(posixpath.join(new_dir, name), places.split(str(value))[0])
+        ops.rename_disk(old_storage, old, new)
+    elif action in ("rdm", "rdmp"):
+        device = str(value)
+        ops.create_rdm(
+            storage,
+            name,
+            device,
+            host_device_sectors(device),
+            passthrough=action == "rdmp",
+            **({"adapter": adapter} if adapter else {}),
+        )
+    elif action == "lock":
+        for info in ops.lock_info(storage, name):
+            click.echo(info.get("file", ""))
+            for key, val in info.items():
+                if "\n" in val:  # a text block in another tool's layout (vmkfstools -D)
+                    click.echo(val)
+                elif key != "file":
+                    click.echo(f"  {key}: {val}")
+    elif action == "snapshot":
+        click.echo(chain.create_snapshot(storage, name, delta_format=delta_format))
+    elif action == "revert":
+        chain.revert_snapshot(storage, name)
+    elif action == "delete_snapshot":
+        click.echo(chain.delete_snapshot(storage, name))
+    elif action == "consolidate":
+        click.echo(chain.consolidate(storage, name))
+    elif action == "info":
+        info = ops.disk_info(storage, name)
+        click.echo(f"{info['name']}: {info['capacity']} bytes")
+        for layer in info["chain"]:  # type: ignore[attr-defined]
+            click.echo(
+                f"  {layer['name']}  {layer['createType']}  CID={layer['CID']} parentCID={layer['parentCID']}"
+            )
+            for ext in layer["extents"]:
+                flag = " (unclean shutdown)" if ext["unclean"] else ""
+                click.echo(f"    {ext['type']} {ext['file']} {ext['sectors']} sectors{flag}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,7 @@ def two_hosts(image: Path):  # type: ignore[no-untyped-def]
 
 
 def test_two_writers_one_gets_ebusy(two_hosts) -> None:  # type: ignore[no-untyped-def]
-    fa, fb, ca, cb = two_hosts
+    fa, fb, _ca, _cb = two_hosts
     f = fa.write_file("/shared", b"from A")
     fa.open_file(f.address, write=True)
     lock = lock_of(fb.volume, f.address)
@@ -57,7 +57,7 @@ def test_two_writers_one_gets_ebusy(two_hosts) -> None:  # type: ignore[no-untyp
 
 
 def test_read_only_sharing(two_hosts) -> None:  # type: ignore[no-untyped-def]
-    fa, fb, ca, cb = two_hosts
+    fa, fb, _ca, _cb = two_hosts
     f = fa.write_file("/base.vmdk", b"parent disk")
     fa.open_file(f.address, write=False)
     fb.open_file(f.address, write=False)
@@ -74,7 +74,7 @@ def test_read_only_sharing(two_hosts) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_live_owner_keeps_its_lock(two_hosts) -> None:  # type: ignore[no-untyped-def]
-    fa, fb, ca, cb = two_hosts
+    fa, fb, ca, _cb = two_hosts
     f = fa.write_file("/vm.vmdk", b"x")
     fa.open_file(f.address, write=True)
     gen = fa.volume.heartbeat.generation
@@ -123,7 +123,7 @@ def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: 
 
 
 def test_own_lease_expiry_stops_writes(two_hosts) -> None:  # type: ignore[no-untyped-def]
-    fa, fb, ca, cb = two_hosts
+    fa, fb, ca, _cb = two_hosts
     fa.write_file("/before", b"ok")
     fa.volume.heartbeat.stop()  # A's renewals stall (e.g. its storage path hangs)
     ca.advance(17)
@@ -133,7 +133,7 @@ def test_own_lease_expiry_stops_writes(two_hosts) -> None:  # type: ignore[no-un
 
 
 def test_shared_directory_creates_from_both(two_hosts) -> None:  # type: ignore[no-untyped-def]
-    fa, fb, ca, cb = two_hosts
+    fa, fb, _ca, _cb = two_hosts
     fa.mkdir("/shared")
     for i in range(30):
         fa.write_file(f"/shared/a{i}", b"A" * i)
