@@ -142,6 +142,14 @@ class ResourceAllocator:
     def _busy(self, cluster: int) -> None:
         raise BusyError(f"{self.res.name} cluster {cluster} is locked by another host")
 
+    def free_if_used(self, tx: Transaction, cluster: int, resource: int) -> bool:
+        """Free one resource unless it is already free (recovery of a half-done allocation)."""
+        self._lock(tx, cluster, wait=None) or self._busy(cluster)
+        if self.is_free(tx, cluster, resource):
+            return False
+        self.free(tx, [(cluster, resource)])
+        return True
+
     def is_free(self, tx: Transaction | None, cluster: int, resource: int) -> bool:
         cl, _ = self.read_cluster(tx, cluster)
         return cl.is_free(resource)

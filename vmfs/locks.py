@@ -77,6 +77,9 @@ class LockManager:
         self.held: dict[int, Held] = {}
         self._watch: dict[int, tuple[int, int, int]] = {}  # slot addr -> (stamp, gen, first seen us)
         self._mutex = threading.RLock()
+        #: (slot address, generation, owner) of hosts whose recovery we are running: their locks
+        #: count as stale from the moment we decided they are dead
+        self._recovering: set[tuple[int, int, str]] = set()
         #: called with the volume offset of every lock whose token moved under us
         self.on_stale_cache = None
 
@@ -96,6 +99,8 @@ class LockManager:
         """'self', 'alive', 'gone' (its incarnation left the slot) or 'dead' (lease expired)."""
         if self._is_me(hb_addr, hb_gen, owner):
             return "self"
+        if (hb_addr, hb_gen, owner) in self._recovering:
+            return "gone"
         geo = self.volume.geometry
         region_end = HEARTBEAT_REGION_OFFSET + geo.heartbeat_region_size
         misplaced = (hb_addr - HEARTBEAT_REGION_OFFSET) % geo.hb_slot_size
@@ -131,30 +136,47 @@ class LockManager:
         image = Heartbeat.build(replaying)
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
             return  # someone else is on it (or the host came back): look again later
-        if hb.journalVolAddr:
-            area = JournalArea(hb.journalVolAddr, self.volume.geometry.block_size)
-            if not journal_is_ours_or_empty(self.volume, area):
-                raise UnsupportedError(
-                    f"host {hb.owner} left a journal at 0x{hb.journalVolAddr:x} in a format we cannot replay"
-                )
-            applied = replay_area(self.volume.device, area)
-            if applied:
-                log.warning("replayed %d journal records of host %s", applied, hb.owner)
-            self.volume.invalidate_caches()
-        cleared = Container(replaying)
-        cleared.state = HB_FREE
-        cleared.hbGen = hb.hbGen + 1
-        cleared.owner = NULL_UUID
-        cleared.journalAddr = 0
-        cleared.journalVolAddr = 0
-        cleared.replayHost = NULL_UUID
-        cleared.replayHostHb = 0
-        cleared.replayHostHbGen = 0
-        if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):
-            raise VolumeLostError(f"heartbeat slot {slot.slot} changed while we replayed it")
-        self._watch.pop(slot.addr, None)
-        if hb.journalAddr:
-            self.volume.free_foreign_journal(hb.journalAddr)
+        from vmfs.ondisk import resource as R
+        from vmfs.transaction import Transaction
+
+        # Hold the journal block's cluster from the replay until the slot is clear: nobody can
+        # take the block while some slot still names it.
+        tx = Transaction(self.volume.device, None, self)
+        dead = (slot.addr, hb.hbGen, hb.owner)
+        self._recovering.add(dead)
+        try:
+            if hb.journalAddr:
+                fbs = self.volume.allocators[R.RES_FB]
+                c, r = divmod(self.volume.geometry.codec.fb_block(hb.journalAddr), fbs.res.rpc)
+                fbs._lock(tx, c, wait=None) or fbs._busy(c)
+            if hb.journalVolAddr:
+                area = JournalArea(hb.journalVolAddr, self.volume.geometry.block_size)
+                if not journal_is_ours_or_empty(self.volume, area):
+                    raise UnsupportedError(
+                        f"host {hb.owner} left a journal at 0x{hb.journalVolAddr:x} in a format we cannot replay"
+                    )
+                applied = replay_area(self.volume.device, area)
+                if applied:
+                    log.warning("replayed %d journal records of host %s", applied, hb.owner)
+                self.volume.invalidate_caches()
+            if hb.journalAddr:
+                self.volume.allocators[R.RES_FB].free_if_used(tx, c, r)
+                tx.commit(release=False)
+            cleared = Container(replaying)
+            cleared.state = HB_FREE
+            cleared.hbGen = hb.hbGen + 1
+            cleared.owner = NULL_UUID
+            cleared.journalAddr = 0
+            cleared.journalVolAddr = 0
+            cleared.replayHost = NULL_UUID
+            cleared.replayHostHb = 0
+            cleared.replayHostHbGen = 0
+            if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):
+                raise VolumeLostError(f"heartbeat slot {slot.slot} changed while we replayed it")
+            self._watch.pop(slot.addr, None)
+        finally:
+            tx.release_locks()
+            self._recovering.discard(dead)
 
     def reap(self) -> list[int]:
         """Look at every other host's heartbeat; recover those whose lease ran out (their
@@ -360,12 +382,12 @@ class LockManager:
 def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
     """True when the journal at ``area`` is in our format or holds no committed transaction.
 
-    ESXi's VMFS5 journal (docs/SPEC.md "ESXi journal") starts its records at 0x350 after a header
-    area that is all zero once the transaction has been applied: such a journal has nothing to
-    replay."""
+    An all-zero first sector means "nothing committed" in both formats: ours clears its header on
+    every clean unmount, and ESXi's VMFS5 journal (docs/SPEC.md "ESXi journal") keeps its
+    records from 0x350 on behind a header area that is zero once they have been applied."""
     from vmfs.ondisk.journal import JOURNAL_MAGIC
 
-    head = volume.device.read(area.offset, 0x350)
+    head = volume.device.read(area.offset, 512)
     if int.from_bytes(head[:8], "little") == JOURNAL_MAGIC:
         return True
     return not any(head)

@@ -108,11 +108,14 @@ class Transaction:
             self.locks.release(offset)
         self._locked.clear()
 
-    def commit(self) -> None:
+    def commit(self, *, release: bool = True) -> None:
+        """Journal, then home writes; then give back the locks (unless the caller still needs
+        them to order a following step, in which case it calls :meth:`release_locks`)."""
         try:
             self._commit()
         finally:
-            self.release_locks()
+            if release:
+                self.release_locks()
 
     def _commit(self) -> None:
         records = self.records()

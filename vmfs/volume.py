@@ -433,16 +433,6 @@ class Volume:
                 self.invalidate_caches()
                 raise
 
-    def free_foreign_journal(self, journal_addr: int) -> None:
-        """Return a dead host's journal block to the free pool (after its replay)."""
-        rpc = self.resources[R.RES_FB].rpc
-        block = self.geometry.codec.fb_block(journal_addr)
-        with self.transaction() as tx:
-            alloc = self.allocators[R.RES_FB]
-            c, r = divmod(block, rpc)
-            if not alloc.is_free(tx, c, r):
-                alloc.free(tx, [(c, r)])
-
     def put_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
         """Record ``fd``'s metadata and data area (not its lock block) in ``tx``."""
         md = self.geometry.md_size

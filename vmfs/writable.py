@@ -54,15 +54,26 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
             if applied:
                 log.warning("replayed %d records of our own journal after an unclean stop", applied)
                 volume.invalidate_caches()
-        if not journal_addr:
+        if journal_addr:
+            block = codec.fb_block(journal_addr)
+            area = JournalArea(block * geo.block_size, geo.block_size)
+            volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
+            hb.set_journal(journal_addr, area.offset)
+        else:
+            # Under the FB cluster's lock: pick the block, empty it, name it in our slot, and only
+            # then mark it used.  A crash in between leaves a slot naming a free block (recovery
+            # frees only what is used), never a used block nobody names.
             tx = Transaction(volume.device, None, volume.locks)
             ((c, r),) = volume.allocators[R.RES_FB].allocate(tx, 1)
-            tx.commit()
             journal_addr = codec.make_fb(c * volume.resources[R.RES_FB].rpc + r)
-        block = codec.fb_block(journal_addr)
-        area = JournalArea(block * geo.block_size, geo.block_size)
-        volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
-        hb.set_journal(journal_addr, area.offset)
+            block = codec.fb_block(journal_addr)
+            area = JournalArea(block * geo.block_size, geo.block_size)
+            try:
+                volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
+                hb.set_journal(journal_addr, area.offset)
+                tx.commit()
+            finally:
+                tx.release_locks()
         volume.journal = Journal(volume.device, area, host.uuid)
         volume.journal_addr = journal_addr  # type: ignore[attr-defined]
         hb.start()
@@ -82,8 +93,9 @@ def detach_writer(volume: Volume) -> None:
 
 
 def _release(volume: Volume, hb: HeartbeatManager) -> None:
-    """Empty the journal, give back the slot, then free the journal block (a crash in between
-    leaks at most that one block)."""
+    """Empty the journal; under the FB cluster's lock free the journal block, then give back the
+    slot.  A crash in between leaves a slot naming a free block, which recovery handles; nobody
+    can take the block meanwhile because the cluster stays locked until the slot is free."""
     lost = hb.lost
     if volume.locks is not None:
         volume.locks.release_all()
@@ -91,10 +103,15 @@ def _release(volume: Volume, hb: HeartbeatManager) -> None:
         volume.journal.clear()
     hb.stop()
     journal_addr = getattr(volume, "journal_addr", 0)
-    if journal_addr and lost is None:
-        tx = Transaction(volume.device, None, volume.locks)
-        rpc = volume.resources[R.RES_FB].rpc
-        volume.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(journal_addr), rpc)])
-        tx.commit()
-    hb.release()
+    tx = None
+    try:
+        if journal_addr and lost is None:
+            tx = Transaction(volume.device, None, volume.locks)
+            rpc = volume.resources[R.RES_FB].rpc
+            volume.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(journal_addr), rpc)])
+            tx.commit(release=False)
+        hb.release()
+    finally:
+        if tx is not None:
+            tx.release_locks()
     volume.device.flush()

@@ -1,7 +1,8 @@
 """A fault-injecting device: traces I/O and cuts the power after N writes.
 
-The write that hits the cut may be *torn*: only some of its sectors (and possibly part of one
-sector) reach the device.  Every later write, and every read, fails, as for a host that died.
+The write that hits the cut may be *torn*: only its first sectors reach the device.  A single
+sector is never torn: disks write a sector atomically, and the format relies on that
+(heartbeat slots, lock blocks and cluster metadata are each one sector).  Every later write, and every read, fails, as for a host that died.
 Atomic test-and-set stays atomic (a SCSI COMPARE AND WRITE either happens or not), but it counts
 as a write and can be the one the power is cut before.
 """
@@ -51,8 +52,9 @@ class FaultDevice(BlockDevice):
     def _write(self, offset: int, data: bytes) -> None:
         self._check()
         if self._next_write_cuts():
-            if self.tear and len(data) > 1:
-                keep = self.rng.randrange(0, len(data))
+            sectors = -(-len(data) // self.sector_size)
+            if self.tear and sectors > 1:
+                keep = self.rng.randrange(0, sectors) * self.sector_size
                 if keep:
                     self.base.write(offset, data[:keep])
             self.dead = True

@@ -8,7 +8,8 @@ Layout of the package (one module per on-disk format, see vmdk-format.md):
   ``sesparse`` (5): one extent format each; ``extent`` and ``tables`` hold what they share;
 * ``layer``: one descriptor and its extents; ``disk``: a chain of layers with copy-on-write (6);
 * ``chain``: snapshots (take, revert, delete/consolidate); ``ops`` and ``thin``: vmkfstools verbs;
-* ``storage``: the :class:`DiskStorage` seam (host files now, VMFS volumes later);
+* ``storage``: the :class:`DiskStorage` seam and host files; ``volume_storage``: the same inside a
+  VMFS volume, through the volume library (no mount);
 * ``errors``: :class:`VmdkError` and its subclasses, each with an errno.
 
 The library never prints or exits; ``tools/vmdk.py`` is the command-line front-end.
@@ -26,6 +27,7 @@ from vmfs.vmdk.errors import (
     VmdkError,
 )
 from vmfs.vmdk.storage import DiskStorage, HostStorage
+from vmfs.vmdk.volume_storage import VolumeStorage, open_volume_storage
 
 __all__ = [
     "ChainError",
@@ -39,9 +41,11 @@ __all__ = [
     "MissingExtentError",
     "UnsupportedError",
     "VmdkError",
+    "VolumeStorage",
     "consolidate",
     "create_snapshot",
     "delete_snapshot",
     "open_disk",
+    "open_volume_storage",
     "revert_snapshot",
 ]

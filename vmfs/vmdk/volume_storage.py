@@ -100,11 +100,13 @@ class VolumeFile(io.RawIOBase):
         #: the library's open-file call, when it has one: it takes the FD's on-disk lock
         #: (exclusive to write, read-only to read, vmdk-format.md 7.5) and pins the FD
         self._locking = storage.writable and hasattr(storage.fs, "open_file")
+        self._pinned: FileDescriptor | None = None  # set once the open succeeded (close() checks it)
         if self._locking:
-            self._pinned: FileDescriptor | None = storage.wfs.open_file(address, write=writable)  # type: ignore[attr-defined]
+            self._pinned = storage.wfs.open_file(address, write=writable)  # type: ignore[attr-defined]
         else:
-            self._pinned = self._volume.read_fd(address)
-            self._volume.pin(self._pinned)
+            fd = self._volume.read_fd(address)
+            self._volume.pin(fd)
+            self._pinned = fd
 
     def _fd(self) -> FileDescriptor:
         return self._volume.read_fd(self._address)

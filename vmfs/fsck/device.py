@@ -1,0 +1,119 @@
+"""The device under the library's :class:`~vmfs.volume.Volume` while vmfs-fsck runs.
+
+It passes every read and write through to the volume below, with two corrections in what reads
+return:
+
+* **patches**: sectors whose bytes are replaced, e.g. a resource file header that pass 1 rebuilt
+  from the cluster headers (without it the library could not even open the volume).  A write over
+  a patched range goes to the volume and becomes the patch's new content.
+* **guards** (repair only): VMFS5 cluster metadata sectors in which resources that the check found
+  in use are shown as allocated even where the on-disk bitmap says "free".  The library's
+  allocators (the journal block taken when the volume is opened read-write, blocks for clones,
+  /lost+found) then never hand out a block that a file still uses.  When an allocator writes such
+  a sector, the written image includes the correction, which is the right bitmap anyway; pass 5
+  compares the raw on-disk bitmaps, not this view.
+
+Nothing here is a repair by itself: every repair goes through the library's transactions.
+"""
+
+from __future__ import annotations
+
+from vmfs.device.base import BlockDevice
+from vmfs.ondisk import resource as R
+
+_SECTOR = 512
+
+
+class FsckDevice(BlockDevice):
+    def __init__(self, base: BlockDevice, *, readonly: bool) -> None:
+        super().__init__(readonly=readonly)
+        self.base = base
+        self.name = base.name
+        self._patches: dict[int, bytearray] = {}
+        self._guards: dict[int, frozenset[int]] = {}
+
+    @property
+    def size(self) -> int:
+        return self.base.size
+
+    # -- corrections ------------------------------------------------------------------------------
+
+    def patch(self, offset: int, data: bytes) -> None:
+        self._patches[offset] = bytearray(data)
+
+    def guard(self, meta_offset: int, resources: set[int] | frozenset[int]) -> None:
+        """Show ``resources`` of the VMFS5 cluster whose metadata sector is at ``meta_offset`` as
+        allocated."""
+        if resources:
+            self._guards[meta_offset] = frozenset(resources)
+
+    @staticmethod
+    def _guarded(sector: bytes, resources: frozenset[int]) -> bytes:
+        meta = R.ClusterMeta5.parse(sector)
+        total = meta.totalResources
+        bitmap = bytearray(meta.bitmap)
+        for r in resources:
+            if r < len(bitmap) * 8:
+                bitmap[r >> 3] &= ~(1 << (r & 7))
+        free = sum(bin(b).count("1") for b in bitmap)
+        first = next((i for i in range(min(total, len(bitmap) * 8)) if bitmap[i >> 3] >> (i & 7) & 1), 0)
+        meta.bitmap = bytes(bitmap)
+        meta.freeResources = free
+        meta.nextFreeIdx = first if 0 < free < total else 0
+        return R.ClusterMeta5.build(meta)
+
+    # -- BlockDevice --------------------------------------------------------------------------------
+
+    def _read(self, offset: int, length: int) -> bytes:
+        data = self.base.read(offset, length)
+        if not self._patches and not self._guards:
+            return data
+        end = offset + length
+        buf: bytearray | None = None
+        for start, image in self._patches.items():
+            stop = start + len(image)
+            if start < end and stop > offset:
+                if buf is None:
+                    buf = bytearray(data)
+                lo, hi = max(start, offset), min(stop, end)
+                buf[lo - offset : hi - offset] = image[lo - start : hi - start]
+        for start, resources in self._guards.items():
+            stop = start + _SECTOR
+            if start < end and stop > offset:
+                if buf is None:
+                    buf = bytearray(data)
+                if start >= offset and stop <= end:
+                    sector = bytes(buf[start - offset : stop - offset])
+                else:
+                    sector = self.base.read(start, _SECTOR)
+                fixed = self._guarded(sector, resources)
+                lo, hi = max(start, offset), min(stop, end)
+                buf[lo - offset : hi - offset] = fixed[lo - start : hi - start]
+        return bytes(buf) if buf is not None else data
+
+    def _write(self, offset: int, data: bytes) -> None:
+        self.base.write(offset, data)
+        end = offset + len(data)
+        for start, image in self._patches.items():
+            stop = start + len(image)
+            if start < end and stop > offset:
+                lo, hi = max(start, offset), min(stop, end)
+                image[lo - start : hi - start] = data[lo - offset : hi - offset]
+
+    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
+        end = offset + len(new)
+        touched = any(s < end and s + len(i) > offset for s, i in self._patches.items()) or any(
+            s < end and s + _SECTOR > offset for s in self._guards
+        )
+        if not touched:
+            return self.base.compare_and_write(offset, expected, new)
+        if self._read(offset, len(expected)) != expected:
+            return False
+        self._write(offset, new)
+        return True
+
+    def flush(self) -> None:
+        self.base.flush()
+
+    def close(self) -> None:
+        self.base.close()

@@ -1,0 +1,357 @@
+"""Pass 3: directories.
+
+Checks
+    Every directory FD that pass 2 kept (type 2, or a system file with a directory mode such as
+    ``.sdd.sf``).  VMFS5 (vmfs-format.md 9.1): the length is a whole number of 140-byte entries;
+    the first entry is '.' naming the directory itself, the second is '..'; every other entry
+    has a legal name (not empty, no '/', NUL-terminated within 128 bytes with nothing after the
+    NUL, not '.' or '..'), unique in the directory, and names an FD address of this volume whose
+    slot holds a descriptor in use (pass 2), with that descriptor's type and generation.
+    VMFS6 (9.2, check only): the header, allocation maps and dirent blocks as the library reads
+    them, the entry count and per-block free counts, each entry's own offset and name hash, the
+    hash table finding each name; then the same entry checks as VMFS5.
+
+Needs
+    ``state.fds`` from pass 2 (which FDs exist, their type and generation).
+
+Leaves
+    ``state.dirs``: each directory's entries as they are after this pass (with their slot
+    offsets), '.' and '..' targets, for pass 4.  Repairs (VMFS5), one transaction per
+    directory through :func:`vmfs.fsck.repair.rewrite_dir5`: entries are rewritten in place
+    (names, types, generations, '.', '..'), a regular entry found in the '.'/'..' slots moves to
+    the end, and removed entries are replaced by the last one, as the library removes entries.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from construct import Container
+
+from vmfs import address as A
+from vmfs.directory import Directory6, open_directory
+from vmfs.errors import VmfsError
+from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord
+from vmfs.fsck.problems import Code
+from vmfs.fsck.repair import dirent5, rewrite_dir5
+from vmfs.namehash import name_hash
+from vmfs.ondisk import dirent6 as D6
+from vmfs.ondisk import filedesc as F
+from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import decode_name
+from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
+from vmfs.stream import FileReader
+from vmfs.volume import ROOT_FD, SYSTEM_FDS
+
+LABEL = "Pass 3: Checking directories"
+
+_DIRENT = Dirent5.compile()
+NAME_MAX = 127
+TYPE_NAMES = {2: "directory", 3: "file", 4: "symlink", 5: "system file", 6: "RDM"}
+
+
+def run(ctx: Context) -> None:
+    if ctx.geometry.vmfs6:
+        _run6(ctx)
+        return
+    st = ctx.state
+    vol = ctx.volume
+    contents: dict[int, list[bytes]] = {}
+    for rec in sorted((r for r in st.fds.values() if r.is_dir), key=lambda r: r.address):
+        try:
+            fd = vol.read_fd(rec.address)
+            data = FileReader(fd).read(0, fd.size)
+        except VmfsError as exc:
+            ctx.note(f"directory {rec.address:#x}: not checked ({exc})")
+            continue
+        contents[rec.address] = [data[i : i + DIRENT5_SIZE] for i in range(0, len(data), DIRENT5_SIZE)]
+    # who names whom, and which FDs have an entry of the right generation (for '..' and generations)
+    named_by: dict[int, int] = {}
+    good_gen: Counter[int] = Counter()
+    for address, slots in contents.items():
+        for raw in slots[2:]:
+            if len(raw) < DIRENT5_SIZE:
+                continue
+            ent = _DIRENT.parse(raw)
+            target = st.fds.get(ent.descAddr)
+            if target is None:
+                continue
+            if target.is_dir and target.address != address:
+                named_by.setdefault(target.address, address)
+            if ent.generation == target.generation:
+                good_gen[target.address] += 1
+    total = len(contents)
+    for n, (address, slots) in enumerate(contents.items()):
+        _check_dir5(ctx, st.fds[address], slots, named_by, good_gen)
+        if n % 1024 == 0:
+            ctx.progress(LABEL, n, total)
+    ctx.progress(LABEL, total, total)
+
+
+def _name_defect(raw: bytes) -> tuple[str | None, str, bool]:
+    """(new name or None = remove, what is wrong, is it wrong) for a VMFS5 entry name field."""
+    end = raw.find(b"\x00")
+    detail = []
+    name = raw if end < 0 else raw[:end]
+    if end < 0:
+        name = name[:NAME_MAX]
+        detail.append("no terminating NUL")
+    elif any(raw[end:]):
+        detail.append("bytes after the terminating NUL")
+    if not name:
+        return None, "empty name", True
+    if name in (b".", b".."):
+        return None, f"'{name.decode()}' out of place", True
+    if b"/" in name:
+        name = name.replace(b"/", b".")
+        detail.append("holds '/'")
+    text = name.decode("utf-8", "surrogateescape")
+    return text, ", ".join(detail), bool(detail)
+
+
+def _check_dir5(ctx: Context, rec: FdRecord, slots: list[bytes], named_by: dict[int, int],
+                good_gen: Counter[int]) -> None:
+    st = ctx.state
+    d = f"{rec.address:#x}"
+    findings = []
+    final = list(slots)
+    partial: list[bytes] = []
+    if rec.size % DIRENT5_SIZE:
+        whole = rec.size // DIRENT5_SIZE
+        if ctx.problem(Code.DIR_BAD_SIZE, subject=d, dir=d, size=rec.size, entry=DIRENT5_SIZE,
+                       new_size=whole * DIRENT5_SIZE):
+            findings.append(ctx.last)
+        else:
+            partial = final[whole:]
+        final = final[:whole]
+    moved: list[bytes] = []
+    parsed = [_DIRENT.parse(s) for s in final]
+    dotdot_target: int | None = None
+    # '.'
+    first = parsed[0] if parsed else None
+    first_name = decode_name(first.name) if first is not None else ""
+    if first is None or first_name != "." or first.descAddr != rec.address or first.type != rec.type:
+        found = "missing" if first is None or not first.descAddr else f"'{first_name}' -> {first.descAddr:#x}"
+        if ctx.problem(Code.DIR_BAD_DOT, subject=d, dir=d, found=found):
+            findings.append(ctx.last)
+            if first is not None and first.descAddr and first_name not in (".", ".."):
+                moved.append(final[0])
+            if first is not None and first_name == "..":
+                dotdot_target = first.descAddr
+            dot = dirent5(rec.type, rec.address, rec.generation, ".")
+            if final:
+                final[0] = dot
+            else:
+                final.append(dot)
+    # '..'
+    second = parsed[1] if len(parsed) > 1 else None
+    second_name = decode_name(second.name) if second is not None else ""
+    if second is None or second_name != ".." or not second.descAddr:
+        found = "missing" if second is None or not second.descAddr else f"'{second_name}'"
+        if ctx.problem(Code.DIR_NO_DOTDOT, subject=d, dir=d, found=found):
+            findings.append(ctx.last)
+            if second is not None and second.descAddr and second_name not in (".", ".."):
+                moved.append(final[1])
+            target = dotdot_target or named_by.get(rec.address, ROOT_FD)
+            if rec.address == ROOT_FD:
+                target = ROOT_FD
+            parent = st.fds.get(target)
+            dd = dirent5(F.TYPE_DIRECTORY, target, parent.generation if parent else 1, "..")
+            if len(final) > 1:
+                final[1] = dd
+            else:
+                while len(final) < 1:
+                    final.append(dirent5(rec.type, rec.address, rec.generation, "."))
+                final.append(dd)
+    final.extend(moved)
+    # the other entries
+    seen: dict[str, int] = {}
+    remove: list[int] = []
+    for i in range(2, len(final)):
+        ent = _DIRENT.parse(final[i])
+        if not ent.descAddr:
+            continue  # an unused slot: readers skip it
+        new = _check_entry(ctx, rec, i, ent, seen, good_gen, findings)
+        if new is None:
+            remove.append(i)
+        elif new != final[i]:
+            final[i] = new
+    for i in sorted(remove, reverse=True):
+        last = final.pop()
+        if i < len(final):
+            final[i] = last
+    final.extend(partial)
+    answered = [f for f in findings if f.answer]
+    if not ctx.repairing:
+        final = slots  # nothing was changed: later passes see the directory as it is
+    elif answered and not rewrite_dir5(ctx, rec.address, slots, final, answered):
+        final = slots
+    st.dirs[rec.address] = record_from_slots(rec.address, final)
+
+
+def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, int], good_gen: Counter[int],
+                 findings: list[Any]) -> bytes | None:
+    """The entry as it must be (``None``: removed); the original bytes when nothing changes or
+    the answer was no."""
+    st = ctx.state
+    d = f"{rec.address:#x}"
+    raw = _DIRENT.build(ent)
+    name, detail, bad = _name_defect(ent.name)
+    shown = decode_name(ent.name)
+    if bad:
+        action = "Remove the entry" if name is None else f"Rename it to '{name}'"
+        if ctx.problem(Code.DIRENT_BAD_NAME, subject=f"{d}/{i}", dir=d, index=i, name=shown, detail=detail,
+                       action=action):
+            findings.append(ctx.last)
+            if name is None:
+                return None
+            ent.name = name.encode("utf-8", "surrogateescape").ljust(128, b"\x00")
+            raw = _DIRENT.build(ent)
+        elif name is None:
+            return raw
+        name = name if ctx.last.answer else shown
+    assert name is not None
+    target = st.fds.get(ent.descAddr)
+    if ent.descAddr & 7 != A.ADDR_FD or not _fd_exists(ctx, ent.descAddr):
+        if ctx.problem(Code.DIRENT_BAD_ADDRESS, subject=f"{d}/{name}", dir=d, name=name,
+                       address=f"{ent.descAddr:#x}", detail="which is no FD address of this volume"):
+            findings.append(ctx.last)
+            return None
+        return raw
+    if target is None:
+        if ctx.problem(Code.DIRENT_FREE_FD, subject=f"{d}/{name}", dir=d, name=name, fd=f"{ent.descAddr:#x}"):
+            findings.append(ctx.last)
+            return None
+        return raw
+    fd = f"{target.address:#x}"
+    if ent.type != target.type and ctx.problem(
+        Code.DIRENT_BAD_TYPE, subject=f"{d}/{name}", dir=d, name=name, type=ent.type, fd=fd,
+        fd_type=TYPE_NAMES.get(target.type, target.type),
+    ):
+        findings.append(ctx.last)
+        ent.type = target.type
+        raw = _DIRENT.build(ent)
+    if ent.generation != target.generation:
+        drop = good_gen[target.address] > 0
+        action = "Remove the entry" if drop else f"Set it to {target.generation}"
+        if ctx.problem(Code.DIRENT_BAD_GENERATION, subject=f"{d}/{name}", dir=d, name=name,
+                       generation=ent.generation, fd=fd, fd_generation=target.generation, action=action):
+            findings.append(ctx.last)
+            if drop:
+                return None
+            ent.generation = target.generation
+            good_gen[target.address] += 1
+            raw = _DIRENT.build(ent)
+    if name in seen:
+        same = seen[name] == target.address
+        k = 0
+        while f"{name}~{k}" in seen:
+            k += 1
+        newname = f"{name}~{k}"
+        action = "Remove the duplicate" if same else f"Rename it to '{newname}'"
+        if ctx.problem(Code.DIRENT_DUPLICATE, subject=f"{d}/{name}/{i}", dir=d, name=name, fd=fd, action=action):
+            findings.append(ctx.last)
+            if same:
+                return None
+            ent.name = newname.encode("utf-8", "surrogateescape")[:NAME_MAX].ljust(128, b"\x00")
+            raw = _DIRENT.build(ent)
+            name = newname
+    seen[name] = target.address
+    return raw
+
+
+def _fd_exists(ctx: Context, address: int) -> bool:
+    fdc = ctx.volume.resources[R.RES_FD]
+    c, r = A.fd_split(address)
+    return c < fdc.num_clusters and r < fdc.rpc and c * fdc.rpc + r < fdc.num_resources
+
+
+def record_from_slots(address: int, slots: list[bytes]) -> DirRecord:
+    """A directory's record from its VMFS5 entry slots."""
+    entries = []
+    dot = dotdot = None
+    for i, raw in enumerate(slots):
+        if len(raw) < DIRENT5_SIZE:
+            continue
+        ent = _DIRENT.parse(raw)
+        if not ent.descAddr:
+            continue
+        name = decode_name(ent.name)
+        if i == 0 and name == ".":
+            dot = ent.descAddr
+        elif i == 1 and name == "..":
+            dotdot = ent.descAddr
+        else:
+            entries.append(Entry(name, ent.descAddr, ent.type, ent.generation, i * DIRENT5_SIZE))
+    return DirRecord(address, entries, dot, dotdot)
+
+
+# -- VMFS6: check only ---------------------------------------------------------------------------
+
+
+def _run6(ctx: Context) -> None:
+    st = ctx.state
+    vol = ctx.volume
+    dirs = sorted((r for r in st.fds.values() if r.is_dir), key=lambda r: r.address)
+    good_gen: Counter[int] = Counter()
+    for n, rec in enumerate(dirs):
+        d = f"{rec.address:#x}"
+        try:
+            directory = open_directory(vol, vol.read_fd(rec.address))
+            assert isinstance(directory, Directory6)
+            defects = list(_dir6_defects(directory))
+            entries = list(directory.entries())
+        except VmfsError as exc:
+            ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d, detail=str(exc))
+            continue
+        for detail in defects:
+            ctx.problem(Code.DIR6_DAMAGED, subject=f"{d} {detail}", dir=d, detail=detail)
+        seen: dict[str, int] = {}
+        kept = []
+        for e in entries:
+            raw_name = e.name.encode("utf-8", "surrogateescape")[:128].ljust(128, b"\x00")
+            ent = Container(type=e.type, descAddr=e.address, generation=e.generation, name=raw_name)
+            if _check_entry(ctx, rec, e.offset, ent, seen, good_gen, []) is not None:
+                kept.append(Entry(e.name, e.address, e.type, e.generation, e.offset))
+        h = directory.header
+        st.dirs[rec.address] = DirRecord(rec.address, kept, h.selfEntry.address, h.parentEntry.address)
+        ctx.progress(LABEL, n + 1, len(dirs))
+
+
+def _dir6_defects(directory: Directory6):  # type: ignore[no-untyped-def]
+    """What the library's reader tolerates but a consistent VMFS6 directory must not hold."""
+    h = directory.header
+    fd = directory.fd
+    if h.selfEntry.address != fd.address:
+        yield f"'.' names {h.selfEntry.address:#x}"
+    used = 0
+    for block, nibble in directory.block_types():
+        if nibble & 3 != D6.BLOCK_DIRENT:
+            continue
+        bh, raw = directory.read_block(block)
+        slots = min(bh.totalSlots, directory.slots_per_block)
+        free = sum(1 for s in range(slots) if bh.bitmap[s >> 3] >> (s & 7) & 1)
+        if free != bh.freeSlots:
+            yield f"block {block} counts {bh.freeSlots} free slots, its bitmap {free}"
+        for s in range(slots):
+            if bh.bitmap[s >> 3] >> (s & 7) & 1:
+                continue
+            used += 1
+            off = D6.DIR6_BLOCK_HEADER_SIZE + s * D6.DIRENT6_SIZE
+            ent = D6.Dirent6.parse(raw[off : off + D6.DIRENT6_SIZE])
+            where = directory.block_offset(block) + off
+            name = decode_name(ent.name)
+            if ent.offset != where:
+                yield f"entry '{name}' records offset {ent.offset:#x}, it is at {where:#x}"
+            system = directory.in_root and name in SYSTEM_FDS
+            if not system and ent.hash32 != name_hash(name.encode("utf-8", "surrogateescape")) & 0xFFFFFFFF:
+                yield f"entry '{name}' has hash 0x{ent.hash32:08x}, its name hashes to another value"
+            try:
+                found = directory.lookup(name)
+                if found.offset != where:
+                    yield f"the hash table leads '{name}' to offset {found.offset:#x}, not {where:#x}"
+            except VmfsError as exc:
+                yield f"the hash table does not find '{name}' ({exc})"
+    if h.numEntries != used + 2:
+        yield f"header counts {h.numEntries} entries, the blocks hold {used} + '.' and '..'"

@@ -1,0 +1,237 @@
+"""Pass 5: resource bitmaps and counts against what is in use.
+
+Checks
+    Every cluster header of every resource file, read straight from the disk one cluster group
+    at a time (not through the repair's guarded view): lock type and own address, cluster
+    number, resource count; every bitmap bit against the resources in use (pass 2's owners: FD
+    maps, pointer blocks, the FDs themselves, the journal blocks of in-use heartbeat slots):
+    in use but marked free (a block two files may get), marked used but not in use (leaked);
+    bits past the cluster's last resource; the free count against the cluster's own bitmap.
+    VMFS6 (check only): 1-bit resources as VMFS5; SFB clusters (2 bits per block, encoding of
+    "free" unknown, vmfs-format.md 6.4) by their counts only; LFB clusters are not checked.
+
+Needs
+    ``state.owners`` (pass 2, after pass 4's clears and links), ``state.fds``, ``state.slots``.
+
+Leaves
+    ``state.guards`` (check phase: per VMFS5 cluster metadata sector, resources in use that its
+    bitmap calls free, for the repair's device), ``state.cluster_locks`` for pass 6,
+    ``state.usage`` for the summary.  Repairs (VMFS5): each cluster's metadata rewritten with the
+    right bitmap, count, number and first-free index (the library's rule) in transactions of up
+    to 256 clusters; a wrong lock type or address in its lock sector.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmfs import address as A
+from vmfs.fsck.context import Context
+from vmfs.fsck.maps import RESOURCE_LABEL, key_label
+from vmfs.fsck.problems import Code
+from vmfs.ondisk import resource as R
+from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
+
+LABEL = "Pass 5: Checking resource bitmaps and counts"
+BATCH = 256
+
+
+@dataclass
+class _Fix:
+    """What to change in one cluster header."""
+
+    res: ResourceFile
+    cluster: Cluster
+    offset: int  # volume offset of the header
+    set_used: set[int] = field(default_factory=set)
+    set_free: set[int] = field(default_factory=set)
+    meta: dict[str, int] = field(default_factory=dict)
+    lock: dict[str, int] = field(default_factory=dict)
+    clear_tail: bool = False
+    recount: bool = False
+    findings: list[Any] = field(default_factory=list)
+
+
+def _in_use(ctx: Context) -> dict[int, dict[int, set[int]]]:
+    st = ctx.state
+    vol = ctx.volume
+    used: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for (kind, c, r), owner in st.owners.items():
+        if isinstance(owner, int) and owner in st.fds:
+            used[kind][c].add(r)
+    for a in st.fds:
+        c, r = A.fd_split(a)
+        used[R.RES_FD][c].add(r)
+    fb_rpc = vol.resources[R.RES_FB].rpc
+    for rec in st.slots:
+        if not rec.in_use:
+            continue
+        if rec.journal_block is not None:
+            c, r = divmod(rec.journal_block, fb_rpc)
+            used[R.RES_FB][c].add(r)
+        elif vol.geometry.vmfs6 and rec.hb.journalAddr & 7 == A.ADDR_JB and R.RES_JB in vol.resources:
+            c, r = A.jb_split(rec.hb.journalAddr)
+            used[R.RES_JB][c].add(r)
+    return used
+
+
+def _clusters(ctx: Context, res: ResourceFile):  # type: ignore[no-untyped-def]
+    """(cluster, header volume offset) of every cluster, read from the raw disk in large reads."""
+    raw_dev = ctx.state.raw
+    ch = res.ch
+
+    def read(offset: int, length: int) -> tuple[bytes, list[int]]:
+        out = bytearray()
+        runs = list(res.reader.extents(offset, length))
+        for _, n, loc in runs:
+            out += bytes(n) if loc is None else raw_dev.read(loc, n)
+        where = []
+        for i in range(length // ch):
+            pos = offset + i * ch
+            run = next(r for r in runs if r[0] <= pos < r[0] + r[1])
+            where.append(run[2] + pos - run[0] if run[2] is not None else -1)
+        return bytes(out), where
+
+    if res.parent is not None:
+        for c in range(res.num_clusters):
+            raw, offs = read(res.cluster_header_offset(c), ch)
+            yield res.read_cluster(c, raw), offs[0]
+        return
+    for g in range(-(-res.num_clusters // res.cpg) if res.cpg else 0):
+        first = g * res.cpg
+        count = min(res.cpg, res.num_clusters - first)
+        raw, offs = read(res.cluster_header_offset(first), count * ch)
+        for i in range(count):
+            yield res.read_cluster(first + i, raw[i * ch : (i + 1) * ch]), offs[i]
+
+
+def run(ctx: Context) -> None:
+    st = ctx.state
+    vol = ctx.volume
+    used = _in_use(ctx)
+    fixes: list[_Fix] = []
+    fb_rpc = vol.resources[R.RES_FB].rpc
+    for kind, res in sorted(vol.resources.items()):
+        if kind == R.RES_LFB:
+            continue
+        name = RESOURCE_NAMES[kind]
+        missing: list[tuple[_Fix, int]] = []
+        leaked: list[tuple[_Fix, int]] = []
+        in_use_total = 0
+        for cl, offset in _clusters(ctx, res):
+            fix = _Fix(res, cl, offset)
+            want = used[kind].get(cl.number, set())
+            in_use_total += len(want)
+            _check_header(ctx, fix)
+            if cl.lock.mode:
+                st.cluster_locks.append((res.lock_type, offset, cl.lock.mode, cl.lock.owner, cl.lock.hbAddr,
+                                         cl.lock.hbGen, f"{res.name} cluster {cl.number}"))
+            total = min(res.rpc, res.num_resources - cl.number * res.rpc)
+            if res.bits != 1:
+                counted = total - len(want)
+                if cl.free != counted:
+                    ctx.problem(Code.CLUSTER_FREE_COUNT, subject=f"{res.name} {cl.number}", file=res.name,
+                                cluster=cl.number, value=cl.free, counted=counted)
+                continue
+            for r in range(total):
+                marked = not cl.is_free(r)
+                if r in want and not marked:
+                    missing.append((fix, r))
+                elif marked and r not in want:
+                    leaked.append((fix, r))
+            ones = sum(1 for r in range(min(total, len(cl.bitmap) * 8)) if cl.is_free(r))
+            tail = any(cl.is_free(r) for r in range(total, len(cl.bitmap) * 8)) if not vol.geometry.vmfs6 else False
+            if tail and ctx.problem(Code.CLUSTER_HEADER_BAD, subject=f"{res.name} {cl.number} tail", file=res.name,
+                                    cluster=cl.number, field="bitmap", value="bits set past the last resource",
+                                    expected="clear"):
+                fix.clear_tail = True
+                fix.findings.append(ctx.last)
+            if cl.free != ones and ctx.problem(Code.CLUSTER_FREE_COUNT, subject=f"{res.name} {cl.number}",
+                                               file=res.name, cluster=cl.number, value=cl.free, counted=ones):
+                fix.recount = True
+                fix.findings.append(ctx.last)
+            fixes.append(fix)
+        st.usage[kind] = (res.num_resources, in_use_total)
+        _bitmap_problems(ctx, kind, name, missing, leaked, fb_rpc)
+        if not ctx.repairing and missing and res.parent is None and res.bits == 1:
+            md = res.ch // 2
+            for fix, r in missing:
+                st.guards.setdefault(fix.offset + md, set()).add(r)
+    if ctx.repairing:
+        _apply(ctx, [f for f in fixes if f.set_used or f.set_free or f.meta or f.lock or f.clear_tail or f.recount])
+
+
+def _check_header(ctx: Context, fix: _Fix) -> None:
+    res, cl = fix.res, fix.cluster
+    total = min(res.rpc, res.num_resources - cl.number * res.rpc)
+    checks = (
+        ("lock type", cl.lock.type, res.lock_type, "lock", "type"),
+        ("lock address", cl.lock.addr, fix.offset, "lock", "addr"),
+        ("cluster number", cl.meta.clusterNum, cl.number, "meta", "clusterNum"),
+        ("resource count", cl.meta.totalResources, total, "meta", "totalResources"),
+    )
+    for label, value, want, part, key in checks:
+        if value != want and ctx.problem(Code.CLUSTER_HEADER_BAD, subject=f"{res.name} {cl.number} {label}",
+                                         file=res.name, cluster=cl.number, field=label, value=f"{value:#x}",
+                                         expected=f"{want:#x}"):
+            getattr(fix, part)[key] = want
+            fix.findings.append(ctx.last)
+
+
+def _bitmap_problems(ctx: Context, kind: int, name: str, missing: list[tuple[_Fix, int]],
+                     leaked: list[tuple[_Fix, int]], fb_rpc: int) -> None:
+    for code, items, attr in ((Code.BITMAP_USED_MARKED_FREE, missing, "set_used"),
+                              (Code.BITMAP_FREE_MARKED_USED, leaked, "set_free")):
+        if not items:
+            continue
+        labels = [key_label((kind, fix.cluster.number, r), fb_rpc) for fix, r in items[:10]]
+        text = ", ".join(labels) + (", ..." if len(items) > 10 else "")
+        if ctx.problem(code, subject=f"{RESOURCE_LABEL[kind]} {code.name}", resource=name, count=len(items),
+                       items=text):
+            for fix, r in items:
+                getattr(fix, attr).add(r)
+                if ctx.last not in fix.findings:
+                    fix.findings.append(ctx.last)
+
+
+def _apply(ctx: Context, fixes: list[_Fix]) -> None:
+    vol = ctx.volume
+    for start in range(0, len(fixes), BATCH):
+        batch = fixes[start : start + BATCH]
+        findings = list({id(f): f for fix in batch for f in fix.findings}.values())
+        with ctx.repair(*findings), vol.transaction() as tx:
+            for fix in batch:
+                _write(vol, tx, fix)
+        vol.invalidate_caches()
+
+
+def _write(vol: Any, tx: Any, fix: _Fix) -> None:
+    res, cl = fix.res, fix.cluster
+    md = res.ch // 2
+    raw = tx.read(fix.offset, res.ch)
+    cur = res.read_cluster(cl.number, raw)
+    if fix.lock:
+        block = vol.geometry.structs.lock.parse(raw[:md])
+        for k, v in fix.lock.items():
+            block.lock[k] = v
+        tx.write(fix.offset, vol.geometry.structs.lock.build(block))
+    meta = cur.meta
+    for k, v in fix.meta.items():
+        meta[k] = v
+    total = meta.totalResources
+    bitmap = bytearray(meta.bitmap)
+    for r in fix.set_used:
+        bitmap[r >> 3] &= ~(1 << (r & 7))
+    for r in fix.set_free:
+        bitmap[r >> 3] |= 1 << (r & 7)
+    if fix.clear_tail:
+        for r in range(total, len(bitmap) * 8):
+            bitmap[r >> 3] &= ~(1 << (r & 7))
+    free = sum(1 for r in range(min(total, len(bitmap) * 8)) if bitmap[r >> 3] >> (r & 7) & 1)
+    meta.bitmap = bytes(bitmap)
+    meta.freeResources = free
+    first = next((r for r in range(total) if bitmap[r >> 3] >> (r & 7) & 1), 0)
+    meta.nextFreeIdx = first if 0 < free < total else 0
+    tx.write(fix.offset + md, res.meta_struct.build(meta))
