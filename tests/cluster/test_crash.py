@@ -57,7 +57,10 @@ def workload(fs: WritableFileSystem, model: dict, done: list) -> None:
     for i in range(0, 12, 3):
         src = f"/{'ab'[i % 2]}/f{i}"
         dst = f"/a/c/moved{i}"
-        step(lambda s=src, d=dst: fs.rename(s, d), lambda t, s=src, d=dst: {**{k: v for k, v in t.items() if k != s}, d: t[s]})
+        step(
+            lambda s=src, d=dst: fs.rename(s, d),
+            lambda t, s=src, d=dst: {**{k: v for k, v in t.items() if k != s}, d: t[s]},
+        )
     for i in (1, 4, 7):
         p = f"/{'ab'[i % 2]}/f{i}"
         step(lambda p=p: fs.unlink(p), lambda t, p=p: {k: v for k, v in t.items() if k != p})
