@@ -3,8 +3,9 @@
 The write that hits the cut may be *torn*: only its first sectors reach the device.  A single
 sector is never torn: disks write a sector atomically, and the format relies on that
 (heartbeat slots, lock blocks and cluster metadata are each one sector).  Every later write,
-and every read, fails, as for a host that died.  Atomic test-and-set stays atomic (a SCSI COMPARE AND WRITE either happens or not), but it counts
-as a write and can be the one the power is cut before.
+and every read, fails, as for a host that died.  Atomic test-and-set stays atomic (a SCSI
+COMPARE AND WRITE either happens or not), but it counts as a write and can be the one the power
+is cut before.
 """
 
 from __future__ import annotations
