@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from vmfs.errors import BusyError, CorruptError, NoSpaceError, UnsupportedError
 from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import fast
 from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class ResourceAllocator:
         meta.freeResources = free
         meta.nextFreeIdx = _first_set(bitmap, cl.total) if 0 < free < cl.total else 0
         md = self.res.ch // 2
-        tx.write(header_off + md, self.res.meta_struct.build(meta))
+        tx.write(header_off + md, fast(self.res.meta_struct).build(meta))
 
     # -- accounting -----------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from vmfs.errors import (
 from vmfs.namehash import hash_index, link_hash, name_hash
 from vmfs.ondisk import dirent5 as D5
 from vmfs.ondisk import dirent6 as D6
+from vmfs.ondisk.common import fast
 from vmfs.stream import FileReader
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class Directory5(Directory):
             off = i * D5.DIRENT5_SIZE
             if raw[off + 4 : off + 8] == b"\x00\x00\x00\x00":
                 continue  # unused entry (descAddr 0): skip without a full parse
-            ent = D5.Dirent5.parse(raw[off : off + D5.DIRENT5_SIZE])
+            ent = fast(D5.Dirent5).parse(raw[off : off + D5.DIRENT5_SIZE])
             name = decode_entry_name(ent.name, self.where, off)
             if name in (".", ".."):
                 if i > 1:

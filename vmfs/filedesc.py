@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from vmfs import address as A
 from vmfs.errors import CorruptError
 from vmfs.ondisk import filedesc as F
-from vmfs.ondisk.common import unpack_ints
+from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.lock import LOCK_TYPE_FD
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class FileDescriptor:
 
     def reload(self, raw: bytes) -> None:
         """Parse ``raw`` into this object (kept, so every holder of it sees the fresh state)."""
-        self.parsed = self.volume.geometry.structs.file_descriptor.parse(raw)
+        self.parsed = fast(self.volume.geometry.structs.file_descriptor).parse(raw)
         self.meta = self.parsed.meta
         self.lock = self.parsed.lockBlock.lock
         self._pointers = None
@@ -191,7 +191,7 @@ class FileDescriptor:
             from vmfs.builders import pointer_array_bytes
 
             self.parsed.data = pointer_array_bytes(self.volume.geometry, list(self._pointers))
-        return self.volume.geometry.structs.file_descriptor.build(self.parsed)
+        return fast(self.volume.geometry.structs.file_descriptor).build(self.parsed)
 
     def __repr__(self) -> str:
         return (

@@ -14,10 +14,10 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from construct import Container
+from construct import Container, Int32ul
 
 from vmfs.errors import BusyError, NoSpaceError, VolumeLostError
-from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, encode_name
+from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, encode_name, fast
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 
 if TYPE_CHECKING:
@@ -57,16 +57,25 @@ class SlotView:
 def read_slot(volume: Volume, slot: int) -> SlotView:
     addr = volume.geometry.hb_slot_addr(slot)
     raw = volume.device.read(addr, SECTOR)
-    return SlotView(slot, addr, raw, Heartbeat.parse(raw))
+    return SlotView(slot, addr, raw, fast(Heartbeat).parse(raw))
 
 
-def read_slots(volume: Volume) -> list[SlotView]:
+_IN_USE = Int32ul.build(HB_IN_USE)
+
+
+def read_slots(volume: Volume, *, in_use_only: bool = False) -> list[SlotView]:
+    """Every heartbeat slot (or only those in use: the state word is checked before parsing, as
+    a renewal thread looks at the whole region every period)."""
     geo = volume.geometry
     raw = volume.device.read(HEARTBEAT_REGION_OFFSET, geo.heartbeat_region_size)
     views = []
+    parse = fast(Heartbeat).parse
     for i in range(geo.hb_slots):
-        chunk = raw[i * geo.hb_slot_size : i * geo.hb_slot_size + SECTOR]
-        views.append(SlotView(i, geo.hb_slot_addr(i), chunk, Heartbeat.parse(chunk)))
+        start = i * geo.hb_slot_size
+        if in_use_only and raw[start : start + 4] != _IN_USE:
+            continue
+        chunk = raw[start : start + SECTOR]
+        views.append(SlotView(i, geo.hb_slot_addr(i), chunk, parse(chunk)))
     return views
 
 
@@ -126,7 +135,7 @@ class HeartbeatManager:
         hb.replayHost = NULL_UUID
         hb.replayHostHb = 0
         hb.replayHostHbGen = 0
-        return Heartbeat.build(hb)
+        return fast(Heartbeat).build(hb)
 
     # -- claim / renew / release -------------------------------------------------------------------------
 
@@ -157,7 +166,7 @@ class HeartbeatManager:
     def set_journal(self, journal_addr: int, journal_vol_addr: int) -> None:
         with self._lock:
             self.check_writable()
-            old = Heartbeat.parse(self._image)
+            old = fast(Heartbeat).parse(self._image)
             new = self._image_for(old, state=HB_IN_USE, gen=self.generation, journal=(journal_addr, journal_vol_addr))
             self._swap(new)
 
@@ -173,9 +182,9 @@ class HeartbeatManager:
             if self.slot is None:
                 return
             self.check_writable()
-            old = Heartbeat.parse(self._image)
+            old = fast(Heartbeat).parse(self._image)
             old.stamp = self.host.clock.monotonic_us()
-            self._swap(Heartbeat.build(old))
+            self._swap(fast(Heartbeat).build(old))
 
     def release(self) -> None:
         self.stop()
@@ -183,7 +192,7 @@ class HeartbeatManager:
             if self.slot is None:
                 return
             if self._lost is None:
-                old = Heartbeat.parse(self._image)
+                old = fast(Heartbeat).parse(self._image)
                 new = self._image_for(old, state=HB_FREE, gen=self.generation + 1, journal=None)
                 try:
                     self._swap(new)

@@ -30,10 +30,11 @@ from construct import Container
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
 from vmfs.heartbeat import SlotView, read_slot
 from vmfs.journal import JournalArea, replay_area
-from vmfs.ondisk.common import NULL_UUID, SECTOR
+from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
     LOCK_EXCLUSIVE,
+    LOCK_FIELDS_SIZE,
     LOCK_FREE,
     LOCK_MULTI_WRITER,
     LOCK_READ_ONLY,
@@ -59,13 +60,11 @@ class Held:
 
 
 def parse_lock(raw: bytes) -> Container:
-    return LockBlock.parse(raw[:SECTOR]).lock
+    return fast(LockBlock).parse(raw[:SECTOR]).lock
 
 
 def build_lock(lock: Container, raw: bytes) -> bytes:
-    parsed = LockBlock.parse(raw[:SECTOR])
-    parsed.lock = lock
-    return LockBlock.build(parsed)
+    return fast(LockBlock).build(Container(lock=lock, extra=raw[LOCK_FIELDS_SIZE:SECTOR]))
 
 
 class LockManager:
@@ -184,7 +183,7 @@ class LockManager:
         from vmfs.heartbeat import read_slots
 
         recovered = []
-        for slot in read_slots(self.volume):
+        for slot in read_slots(self.volume, in_use_only=True):
             if not slot.in_use or self._is_me(slot.addr, slot.hb.hbGen, slot.hb.owner):
                 continue
             if self._watch_slot(slot) == "dead":

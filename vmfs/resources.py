@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from vmfs.errors import CorruptError
 from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import fast
 from vmfs.ondisk.lock import LOCK_TYPE_BASE
 from vmfs.stream import FileReader
 
@@ -170,8 +171,8 @@ class ResourceFile:
         where = f"{self.name} cluster {cluster} header"
         if len(raw) < self.ch:
             raise CorruptError(where, None, "beyond the end of the resource file")
-        lock = geo.structs.lock.parse(raw[:md]).lock
-        meta = self.meta_struct.parse(raw[md : md + self.meta_struct.sizeof()])
+        lock = fast(geo.structs.lock).parse(raw[:md]).lock
+        meta = fast(self.meta_struct).parse(raw[md : md + self.meta_struct.sizeof()])
         if geo.vmfs6:
             body = meta.body
             nbytes = -(-self.rpc * self.bits // 8)

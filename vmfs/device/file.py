@@ -89,7 +89,7 @@ class FileDevice(BlockDevice):
 
     def flush(self) -> None:
         if not self.readonly:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -205,7 +205,7 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
         result.seconds["1 prepare"] = time.monotonic() - start
         for i, spec in enumerate(PASSES):
             t = time.monotonic()
-            if i and not quiet:
+            if i and not quiet and spec.number != "6r":
                 _emit(options, "pass", name, spec.label)
             spec.run(ctx)
             result.seconds[spec.number] = result.seconds.get(spec.number, 0.0) + time.monotonic() - t

@@ -127,3 +127,16 @@ def encode_name(name: str, size: int) -> bytes:
     if len(raw) > size:
         raise ValueError(f"name of {len(raw)} bytes does not fit a {size}-byte field")
     return raw + b"\x00" * (size - len(raw))
+
+
+_COMPILED: dict[int, object] = {}
+
+
+def fast(struct: Construct) -> Construct:
+    """The compiled form of a declaration (construct's code generation: same bytes, ~4x faster),
+    for the hot paths: lock blocks, FDs, heartbeat slots, cluster metadata, directory entries."""
+    key = id(struct)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = struct.compile()
+    return compiled  # type: ignore[return-value]

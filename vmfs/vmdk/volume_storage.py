@@ -70,8 +70,8 @@ def _translated(name: str) -> Iterator[None]:
     """Volume errors as VMDK errors naming the storage name (same errno, matching builtin)."""
     try:
         yield
-    except E.NotFoundError:
-        raise MissingExtentError(f"{name}: no such file") from None
+    except E.NotFoundError as exc:  # the volume's message names the component that is missing
+        raise MissingExtentError(f"{name}: {exc}") from None
     except E.ExistsError:
         raise ExistsError(f"{name}: already exists") from None
     except E.ReadOnlyError as exc:
