@@ -136,20 +136,40 @@ def cmd_lvm(s: Session) -> None:
 
 @main.command("heartbeats")
 @click.option("--all", "all_slots", is_flag=True, help="Show free slots too.")
+@click.option("--watch", type=float, default=0.0, metavar="SECONDS",
+              help="Look twice, SECONDS apart, to tell renewing hosts from stopped ones (ESXi: 16 s lease).")
 @click.pass_obj
 @report_errors()
-def cmd_heartbeats(s: Session, all_slots: bool) -> None:
-    """Heartbeat slots in use: owner, generation, stamp, journal."""
-    slots = I.heartbeats(s.volume, all_slots=all_slots)
+def cmd_heartbeats(s: Session, all_slots: bool, watch: float) -> None:
+    """Heartbeat slots in use: owner, generation, stamp, journal, and with --watch their age."""
+    slots = I.watch_heartbeats(s.volume, watch) if watch > 0 else I.heartbeats(s.volume, all_slots=all_slots)
     lines = []
     for hb in slots:
         state = "in use" if hb["inUse"] else "free"
+        if hb.get("renewing") is True:
+            state += ", renewing (alive)"
+        elif hb.get("renewing") is False:
+            state += f", stamp unchanged for {hb['unchangedFor']} s"
         lines.append(
             f"slot {hb['slot']} @0x{hb['addr']:x}: {state}, gen {hb['hbGen']}, stamp {hb['stamp']}, "
             f"owner {hb['owner']}, ip {hb['ip'] or '-'}, journal 0x{hb['journalAddr']:x} "
             f"(volume 0x{hb['journalVolAddr']:x})"
         )
     s.emit(slots, "\n".join(lines) or "no heartbeat slot in use")
+
+
+@main.command("locks")
+@click.pass_obj
+@report_errors()
+def cmd_locks(s: Session) -> None:
+    """Every lock held on the volume (files and resource clusters), with owner and heartbeat."""
+    rows = I.held_locks(s.volume)
+    lines = [
+        f"{r['object']}: {r['modeName']} (mode {r['mode']}), owner {r['owner']}, "
+        f"heartbeat 0x{r['hbAddr']:x} gen {r['hbGen']}, token {r['token']}, holders {r['numHolders']}"
+        for r in rows
+    ]
+    s.emit(rows, "\n".join(lines) or "no lock is held")
 
 
 @main.command("resources")

@@ -121,6 +121,12 @@ def _restore(targets: list[Target]) -> None:
               help="File block size; VMFS5 has 1M only.")
 @click.option("--sub-block-size", default="8K", show_default=True, callback=_size_option,
               help="Sub-block size; VMFS5 has 8K only.")
+@click.option("--files", type=click.IntRange(64, 129024), default=None,
+              help="File descriptors to create (default: one per 4 MiB, as ESXi scales them).")
+@click.option("--sub-blocks", type=click.IntRange(256, 32000), default=None,
+              help="Sub-blocks (8 KiB) for small files and directories (default: one per MiB).")
+@click.option("--pointer-blocks", type=click.IntRange(1, 64512), default=None,
+              help="Pointer blocks; each maps 1 GiB of a file above 256 MiB (default: one per GiB).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite devices that hold data.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the layout; create and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the layout as JSON.")
@@ -133,6 +139,9 @@ def main(
     fs_uuid: str | None,
     block_size: int,
     sub_block_size: int,
+    files: int | None,
+    sub_blocks: int | None,
+    pointer_blocks: int | None,
     force: bool,
     dry_run: bool,
     as_json: bool,
@@ -140,6 +149,7 @@ def main(
     """Make a VMFS5 volume on DEVICE... (image files or block devices; several make a spanned
     volume, first one first).  Refuses devices that hold data unless --force is given."""
     options = MkfsOptions(label=label, fs_uuid=fs_uuid, block_size=block_size, sub_block_size=sub_block_size,
+                          num_fds=files, num_sub_blocks=sub_blocks, num_pointer_blocks=pointer_blocks,
                           force=force)
     options.validate(len(devices))
     targets = _targets(devices, size, extent_size, force)

@@ -64,6 +64,10 @@ class FileDescriptor:
         self.parsed = fast(self.volume.geometry.structs.file_descriptor).parse(raw)
         self.meta = self.parsed.meta
         self.lock = self.parsed.lockBlock.lock
+        #: the lock token under which this copy is known to be complete and current: set only
+        #: when the copy was read while nobody held the lock (a copy read while another host was
+        #: in the middle of a change may be half old, half new, and must never be trusted)
+        self.clean_token: int | None = self.lock.token if self.lock.mode == 0 else None
         self._pointers = None
         self._validate()
 
@@ -71,6 +75,7 @@ class FileDescriptor:
         """Record the lock image we wrote (the token we now expect on disk)."""
         self.parsed.lockBlock.lock = lock
         self.lock = lock
+        self.clean_token = lock.token
 
     def _validate(self) -> None:
         meta = self.meta

@@ -192,3 +192,77 @@ __all__ = [
     "plain",
     "resources",
 ]
+
+
+def watch_heartbeats(volume: Volume, seconds: float) -> list[dict[str, Any]]:
+    """Heartbeat slots in use, looked at twice ``seconds`` apart: a slot whose stamp moved is
+    renewing (its host is alive); one whose stamp stood still has that age at least."""
+    import time
+
+    from vmfs.heartbeat import read_slots
+
+    first = {s.slot: s for s in read_slots(volume, in_use_only=True)}
+    start = time.monotonic()
+    if seconds > 0:
+        time.sleep(seconds)
+    second = {s.slot: s for s in read_slots(volume, in_use_only=True)}
+    waited = time.monotonic() - start
+    rows = []
+    for slot, view in sorted(second.items()):
+        before = first.get(slot)
+        moved = before is None or before.hb.stamp != view.hb.stamp or before.hb.hbGen != view.hb.hbGen
+        entry = plain(view.hb)
+        entry.update(
+            {
+                "slot": slot,
+                "ip": view.ip,
+                "inUse": True,
+                "renewing": moved if seconds > 0 else None,
+                "unchangedFor": None if moved or seconds <= 0 else round(waited, 1),
+            }
+        )
+        rows.append(entry)
+    return rows
+
+
+def held_locks(volume: Volume) -> list[dict[str, Any]]:
+    """Every lock held on the volume (mode not free): file descriptors by path where reachable,
+    and resource clusters, like ``vmkfstools -D`` over the whole volume."""
+    from vmfs.directory import open_directory
+    from vmfs.locks import parse_lock
+    from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD
+
+    paths: dict[int, str] = {}
+    pending = [("/", volume.root_address)]
+    seen: set[int] = set()
+    while pending:
+        path, address = pending.pop()
+        if address in seen:
+            continue
+        seen.add(address)
+        paths[address] = path
+        fd = volume.read_fd(address)
+        if fd.is_dir:
+            for e in open_directory(volume, fd).entries():
+                pending.append((path.rstrip("/") + "/" + e.name, e.address))
+    rows = []
+    fdc = volume.resources[R_FD]
+    for c in range(fdc.num_clusters):
+        cl = fdc.read_cluster(c)
+        for r in cl.used_resources():
+            off = fdc.volume_offset(c, r)
+            lock = parse_lock(volume.device.read(off, 512))
+            if lock.type == LOCK_TYPE_FD and lock.mode != LOCK_FREE:
+                address = A.make_fd(c, r)
+                rows.append({"object": paths.get(address, f"FD {address:#x}"), "volumeOffset": off,
+                             **lock_info(lock)})
+    for res in volume.resources.values():
+        for c in range(res.num_clusters):
+            off = res.reader.volume_offset(res.cluster_header_offset(c))
+            lock = parse_lock(volume.device.read(off, 512))
+            if lock.mode != LOCK_FREE:
+                rows.append({"object": f"{res.name} cluster {c}", "volumeOffset": off, **lock_info(lock)})
+    return rows
+
+
+R_FD = 4

@@ -63,7 +63,9 @@ class _Lru(OrderedDict):
 class Volume:
     """An open VMFS filesystem on a logical volume (a :class:`BlockDevice` of volume offsets)."""
 
-    def __init__(self, device: BlockDevice, *, lvm: LogicalVolume | None = None, host: object = None) -> None:
+    def __init__(
+        self, device: BlockDevice, *, lvm: LogicalVolume | None = None, host: object = None, journaling: bool = True
+    ) -> None:
         self.device = device
         self.lvm = lvm
         self.readonly = device.readonly
@@ -81,6 +83,8 @@ class Volume:
         #: host may have changed it); None = never (this host is known to be the only writer)
         self.revalidate_interval: float | None = 1.0
         self._clock = None
+        #: False only for measurements: metadata then goes straight home, not crash-safe
+        self.journaling = journaling
         self._fd_cache: _Lru = _Lru(_FD_CACHE)
         self._pb_cache: _Lru = _Lru(_PB_CACHE)
         #: set by every allocation change so statfs recounts
@@ -120,7 +124,12 @@ class Volume:
 
     @classmethod
     def open(
-        cls, paths: list[str | os.PathLike[str]] | str, *, readonly: bool = True, host: object = None
+        cls,
+        paths: list[str | os.PathLike[str]] | str,
+        *,
+        readonly: bool = True,
+        host: object = None,
+        journaling: bool = True,
     ) -> Volume:
         """Open the volume on image files or block devices (all extents of a spanned volume).
 
@@ -133,7 +142,7 @@ class Volume:
             for p in paths:
                 devices.append(FileDevice(p, readonly=readonly))
             lv = open_logical_volume(devices)
-            return cls(lv, lvm=lv, host=host)
+            return cls(lv, lvm=lv, host=host, journaling=journaling)
         except BaseException:
             for dev in devices:
                 dev.close()
@@ -227,7 +236,7 @@ class Volume:
         from vmfs.locks import parse_lock
 
         lock = parse_lock(self.device.read(fd.vol_offset, 512))
-        if lock.token != fd.lock.token or lock.mode != fd.lock.mode or lock.type != fd.lock.type:
+        if lock.mode != 0 or lock.token != fd.clean_token or lock.type != fd.lock.type:
             self._reload(fd)
         fd.validated_us = now
         return fd
@@ -250,7 +259,7 @@ class Volume:
         if got is None:
             return fd
         held, previous = got
-        if previous != fd.lock.token:
+        if fd.clean_token is None or previous != fd.clean_token:
             self._reload(fd)
         from vmfs.locks import parse_lock
 
@@ -423,7 +432,7 @@ class Volume:
         cache that may hold their effects) on failure."""
         self.check_writable()
         with self.meta_lock:
-            tx = Transaction(self.device, self.journal, self.locks)
+            tx = Transaction(self.device, self.journal if self.journaling else None, self.locks)
             try:
                 yield tx
                 self.check_writable()

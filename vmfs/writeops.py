@@ -519,7 +519,7 @@ class WritableFileSystem(FileSystem):
         locks = self.volume.locks
         if locks is not None:
             held, previous = locks.acquire(fd.vol_offset, LOCK_EXCLUSIVE if write else LOCK_READ_ONLY, wait=0.5)
-            if previous != fd.lock.token:
+            if fd.clean_token is None or previous != fd.clean_token:
                 self.volume._reload(fd)
             from vmfs.locks import parse_lock
 

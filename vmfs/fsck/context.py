@@ -177,6 +177,12 @@ class CheckState:
     owners: dict[ResKey, int | str] = field(default_factory=dict)
     dirs: dict[int, DirRecord] = field(default_factory=dict)
     reachable: set[int] = field(default_factory=set)
+    #: pass 4: orphans not connected (and what they hold): left out of link counts
+    detached: set[int] = field(default_factory=set)
+    #: pass 4: directory -> (parent, entry offset) that stays its parent
+    keepers: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: pass 4: the FD named by each entry along the tree (files: every name), for link counts
+    tree_entries: list[int] = field(default_factory=list)
     parent: dict[int, int] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
     #: pass 5 of the check: volume offset of a VMFS5 cluster metadata sector -> resources in use

@@ -30,7 +30,7 @@ from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord, Finding
 from vmfs.fsck.pass3_directories import TYPE_NAMES, record_from_slots
 from vmfs.fsck.problems import Code
-from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, rewrite_dir5
+from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, refresh, rewrite_dir5
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
 from vmfs.stream import FileReader
@@ -45,6 +45,7 @@ def run(ctx: Context) -> None:
     if ROOT_FD not in st.dirs:
         ctx.note("the root directory could not be read: connectivity not checked")
         return
+    st.keepers = _keepers(ctx)
     _walk(ctx, ROOT_FD, "/")
     _system_files(ctx)
     _dotdot(ctx)
@@ -52,9 +53,30 @@ def run(ctx: Context) -> None:
     _link_counts(ctx)
 
 
-def _walk(ctx: Context, start: int, path: str) -> None:
-    """Mark what ``start`` leads to; entries giving a directory a second parent are reported."""
+def _keepers(ctx: Context) -> dict[int, tuple[int, int]]:
+    """For every directory named by entries: the (parent, entry offset) that stays its parent.
+    The entry in the directory its '..' names wins; else the first (lowest parent, offset)."""
     st = ctx.state
+    namers: dict[int, list[tuple[int, int]]] = {}
+    for d in sorted(st.dirs):
+        for e in st.dirs[d].entries:
+            target = st.fds.get(e.address)
+            if target is not None and target.is_dir and e.address != ROOT_FD:
+                namers.setdefault(e.address, []).append((d, e.offset))
+    keep = {}
+    for t, options in namers.items():
+        dotdot = st.dirs[t].dotdot if t in st.dirs else None
+        keep[t] = next((o for o in options if o[0] == dotdot), options[0])
+    return keep
+
+
+def _walk(ctx: Context, start: int, path: str, *, attached: bool = True) -> None:
+    """Mark what ``start`` leads to; entries giving a directory a second parent are reported.
+    A subtree left unattached (an orphan not connected) is marked but left out of link counts."""
+    st = ctx.state
+    keep = st.keepers
+    before = set(st.reachable)
+    entries_before = len(st.tree_entries)
     st.reachable.add(start)
     st.paths.setdefault(start, path)
     if start == ROOT_FD:
@@ -72,15 +94,19 @@ def _walk(ctx: Context, start: int, path: str) -> None:
                 continue
             child = st.paths[d].rstrip("/") + "/" + e.name
             if not target.is_dir:
+                st.tree_entries.append(e.address)
                 if e.address not in st.reachable:
                     st.reachable.add(e.address)
                     st.paths[e.address] = child
                 continue
-            if e.address in st.reachable:
+            if keep.get(e.address) != (d, e.offset) or e.address in st.reachable:
+                first = keep.get(e.address, (ROOT_FD, 0))[0]
                 if ctx.problem(Code.DIR_MULTIPLE_PARENTS, subject=f"{d:#x}/{e.name}", fd=f"{e.address:#x}",
-                               path=st.paths.get(e.address, "?"), name=e.name, dir=st.paths[d]):
+                               path=st.paths.get(e.address, f"an entry of FD {first:#x}"), name=e.name,
+                               dir=st.paths[d]):
                     doomed.setdefault(d, []).append((e, ctx.last))
                 continue
+            st.tree_entries.append(e.address)
             st.reachable.add(e.address)
             st.parent[e.address] = d
             st.paths[e.address] = child
@@ -95,6 +121,9 @@ def _walk(ctx: Context, start: int, path: str) -> None:
                     slots[off // DIRENT5_SIZE] = last
 
         _edit_dir(ctx, d, drop, [f for _, f in items])
+    if not attached:
+        st.detached |= st.reachable - before
+        del st.tree_entries[entries_before:]
 
 
 def _slots(ctx: Context, address: int) -> list[bytes]:
@@ -132,8 +161,10 @@ def _system_files(ctx: Context) -> None:
         rec = st.fds.get(address)
         if rec is None or address in named or rec.type != F.TYPE_SYSFILE:
             continue
-        if ctx.problem(Code.SYSTEM_FILE_UNLINKED, subject=name, name=name, fd=f"{address:#x}"):
-            _append(ctx, ROOT_FD, name, rec, ctx.last)
+        if ctx.problem(Code.SYSTEM_FILE_UNLINKED, subject=name, name=name, fd=f"{address:#x}") and _append(
+            ctx, ROOT_FD, name, rec, ctx.last
+        ):
+            st.tree_entries.append(address)
         if address not in st.reachable:
             _walk(ctx, address, "/" + name)
             st.parent[address] = ROOT_FD
@@ -184,16 +215,19 @@ def _orphans(ctx: Context) -> None:
             connect = ctx.problem(code, subject=fd, type=kind, fd=fd, size=rec.size)
             finding = ctx.last
             orphans.discard(a)
-            if not connect:
-                continue
-            if lost_found is None:
+            if connect and lost_found is None:
                 lost_found = _lost_found(ctx)
                 if lost_found is None:
                     finding.error = "no /lost+found directory could be made"
-                    continue
-            name = _free_name(st.dirs[lost_found], f"#{a:x}")
-            if not _append(ctx, lost_found, name, rec, finding):
+            name = _free_name(st.dirs[lost_found], f"#{a:x}") if connect and lost_found is not None else ""
+            if not name or not _append(ctx, lost_found, name, rec, finding):
+                before = set(st.reachable)
+                _walk(ctx, a, f"(FD {a:#x})", attached=False)
+                orphans -= st.reachable - before
                 continue
+            st.tree_entries.append(a)
+            entry = next(e for e in st.dirs[lost_found].entries if e.name == name)
+            st.keepers[a] = (lost_found, entry.offset)
             path = f"/{LOST_FOUND}/{name}"
             if rec.is_dir:
                 st.parent[a] = lost_found
@@ -246,9 +280,12 @@ def _lost_found(ctx: Context) -> int | None:
     m = fd.meta
     st.fds[fd.address] = FdRecord(fd.address, fd.vol_offset, m.type, m.zla, m.fileLength, m.blockSize, m.generation,
                                   m.linkCount, m.mode, True, True)
+    refresh(ctx, fd.address)
+    refresh(ctx, ROOT_FD)
     st.dirs[fd.address] = record_from_slots(fd.address, _slots(ctx, fd.address))
     st.dirs[ROOT_FD] = record_from_slots(ROOT_FD, _slots(ctx, ROOT_FD))
     st.reachable.add(fd.address)
+    st.tree_entries.append(fd.address)
     st.parent[fd.address] = ROOT_FD
     st.paths[fd.address] = "/" + LOST_FOUND
     ctx.note(f"made /{LOST_FOUND} (FD {fd.address:#x})")
@@ -256,20 +293,16 @@ def _lost_found(ctx: Context) -> int | None:
 
 
 def _link_counts(ctx: Context) -> None:
+    """Links as the tree has them: a directory's '.', its '..' in each subdirectory (whatever the
+    '..' entry says: pass 3 and ``DIR_BAD_DOTDOT`` deal with those), and every entry that names
+    the FD along the tree (an entry that gives a directory a second parent does not count)."""
     st = ctx.state
-    counted: Counter[int] = Counter()
-    for d in st.reachable:
-        rec = st.dirs.get(d)
-        if rec is None:
-            continue
-        if rec.dot == d:
+    counted: Counter[int] = Counter(st.tree_entries)
+    for d in st.reachable - st.detached:
+        if d in st.dirs:
             counted[d] += 1
-        if rec.dotdot is not None:
-            counted[rec.dotdot] += 1
-        for e in rec.entries:
-            if e.address in st.fds:
-                counted[e.address] += 1
-    for a in sorted(st.reachable):
+            counted[st.parent.get(d, ROOT_FD)] += 1
+    for a in sorted(st.reachable - st.detached):
         rec = st.fds.get(a)
         if rec is None or rec.links == counted[a]:
             continue

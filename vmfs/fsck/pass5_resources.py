@@ -27,14 +27,20 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from construct import Struct
+
 from vmfs import address as A
 from vmfs.fsck.context import Context
 from vmfs.fsck.maps import RESOURCE_LABEL, key_label
 from vmfs.fsck.problems import Code
 from vmfs.ondisk import resource as R
+from vmfs.ondisk.lock import LockFields
 from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
 
 LABEL = "Pass 5: Checking resource bitmaps and counts"
+#: the lock fields up to the owner and the VMFS5 cluster metadata, compiled (see pass 2)
+_LOCK_HEAD = Struct(*LockFields.subcons[:7]).compile()
+_META5 = R.ClusterMeta5.compile()
 BATCH = 256
 
 
@@ -99,12 +105,23 @@ def _clusters(ctx: Context, res: ResourceFile):  # type: ignore[no-untyped-def]
             raw, offs = read(res.cluster_header_offset(c), ch)
             yield res.read_cluster(c, raw), offs[0]
         return
-    for g in range(-(-res.num_clusters // res.cpg) if res.cpg else 0):
+    fast = not ctx.geometry.vmfs6
+    md = ch // 2
+    groups = -(-res.num_clusters // res.cpg) if res.cpg else 0
+    for g in range(groups):
         first = g * res.cpg
         count = min(res.cpg, res.num_clusters - first)
         raw, offs = read(res.cluster_header_offset(first), count * ch)
         for i in range(count):
-            yield res.read_cluster(first + i, raw[i * ch : (i + 1) * ch]), offs[i]
+            chunk = raw[i * ch : (i + 1) * ch]
+            if fast:  # compiled parsers: a 64 TiB volume has 335,545 file-block clusters
+                lock = _LOCK_HEAD.parse(chunk)
+                meta = _META5.parse(chunk[md:])
+                yield Cluster(first + i, 0, lock, meta, meta.totalResources, meta.freeResources,
+                              bytes(meta.bitmap), 1), offs[i]
+            else:
+                yield res.read_cluster(first + i, chunk), offs[i]
+        ctx.progress(f"{LABEL} ({res.name})", g + 1, groups)
 
 
 def run(ctx: Context) -> None:
@@ -135,14 +152,19 @@ def run(ctx: Context) -> None:
                     ctx.problem(Code.CLUSTER_FREE_COUNT, subject=f"{res.name} {cl.number}", file=res.name,
                                 cluster=cl.number, value=cl.free, counted=counted)
                 continue
-            for r in range(total):
-                marked = not cl.is_free(r)
-                if r in want and not marked:
-                    missing.append((fix, r))
-                elif marked and r not in want:
-                    leaked.append((fix, r))
-            ones = sum(1 for r in range(min(total, len(cl.bitmap) * 8)) if cl.is_free(r))
-            tail = any(cl.is_free(r) for r in range(total, len(cl.bitmap) * 8)) if not vol.geometry.vmfs6 else False
+            # bit arithmetic on the whole bitmap (1 = free): a resource per bit, LSB first
+            bits = int.from_bytes(cl.bitmap, "little")
+            everything = (1 << total) - 1
+            free_mask = bits & everything
+            want_mask = 0
+            for r in want:
+                want_mask |= 1 << r
+            missing_mask = want_mask & free_mask
+            leaked_mask = ~free_mask & everything & ~want_mask
+            missing += [(fix, r) for r in _set_bits(missing_mask)]
+            leaked += [(fix, r) for r in _set_bits(leaked_mask)]
+            ones = free_mask.bit_count()
+            tail = bool(bits >> total) and not vol.geometry.vmfs6
             if tail and ctx.problem(Code.CLUSTER_HEADER_BAD, subject=f"{res.name} {cl.number} tail", file=res.name,
                                     cluster=cl.number, field="bitmap", value="bits set past the last resource",
                                     expected="clear"):
@@ -161,6 +183,15 @@ def run(ctx: Context) -> None:
                 st.guards.setdefault(fix.offset + md, set()).add(r)
     if ctx.repairing:
         _apply(ctx, [f for f in fixes if f.set_used or f.set_free or f.meta or f.lock or f.clear_tail or f.recount])
+
+
+def _set_bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 def _check_header(ctx: Context, fix: _Fix) -> None:

@@ -3,19 +3,21 @@
 This pass has two entry points, because a journal must be replayed before anything else looks
 at the metadata it rewrites (e2fsck replays its journal before pass 1 for the same reason):
 
-:func:`recover`, run right after pass 1
+:func:`recover`, run right after pass 1: the hosts that are gone
     For every heartbeat slot pass 1 found stale, a journal in pyvmfs's format
     (vmfs/ondisk/journal.py) holding a committed transaction is replayed with
     :func:`vmfs.journal.replay_area` and then emptied, so it is never replayed twice.  In the
     check phase the replay goes to the in-memory overlay, so that the check sees the volume as
     the repair will.  A journal without our magic (ESXi's VMFS5 journal, as in the real sample's
     slot 984 at FB 13: its record format is not known, vmfs-format.md 10) is never replayed.
+    Then the slot is cleared (an ATS write of the free image, generation + 1, as the library
+    releases its own slot) and its journal block freed through the allocator in a transaction.
+    Clearing early means the library's lock manager, during the repairs of passes 2-5, sees
+    that host's locks as what they are: held by nobody.
 
 :func:`run`, after pass 5
     Reports in-use slots of live or unwatched hosts as notes ("in use by host X, journal at
-    FB 13"), which is not an error.  A stale slot is cleared (an ATS write of the free image,
-    generation + 1, as the library releases its own slot) and its journal block freed through
-    the allocator in a transaction.  Every lock held (mode != 0: FDs from pass 2, cluster
+    FB 13"), which is not an error.  Every lock held (mode != 0: FDs from pass 2, cluster
     headers from pass 5) is judged by its holder's heartbeat: held by a host whose slot is
     free, has another generation or owner, or is stale, it is released (mode 0, no owner; the
     holder's slot address, generation and token stay, as an unlock by ESXi leaves them).
@@ -43,38 +45,39 @@ RECOVER_LABEL = "Replaying journals of hosts that are gone"
 
 
 def recover(ctx: Context) -> None:
+    for rec in ctx.state.slots:
+        if rec.liveness == "stale":
+            _replay(ctx, rec)
+            _stale_slot(ctx, rec)
+
+
+def _replay(ctx: Context, rec: SlotRecord) -> None:
     st = ctx.state
     vol = ctx.volume
-    for rec in st.slots:
-        if rec.liveness != "stale" or rec.journal_state != "committed" or rec.journal_offset is None:
-            continue
-        area = JournalArea(rec.journal_offset, vol.geometry.block_size)
-        answer = ctx.problem(Code.JOURNAL_REPLAY, subject=f"slot {rec.slot}", slot=rec.slot, owner=rec.hb.owner,
-                             journal=rec.journal, records=rec.journal_records)
-        if ctx.repairing:
-            if answer:
-                with ctx.repair():
-                    replay_area(vol.device, area)
-                    vol.device.write(rec.journal_offset, bytes(JOURNAL_HEADER_SIZE))
-                    vol.device.flush()
-                rec.journal_state = "empty"
-        else:
-            # the check looks at the volume as the replay leaves it (in memory only)
-            replay_area(st.raw, area)
-            ctx.note(f"checking the volume as the replay of slot {rec.slot}'s journal leaves it (in memory)")
-        vol.invalidate_caches()
+    if rec.journal_state != "committed" or rec.journal_offset is None:
+        return
+    area = JournalArea(rec.journal_offset, vol.geometry.block_size)
+    answer = ctx.problem(Code.JOURNAL_REPLAY, subject=f"slot {rec.slot}", slot=rec.slot, owner=rec.hb.owner,
+                         journal=rec.journal, records=rec.journal_records)
+    if ctx.repairing:
+        if answer:
+            with ctx.repair():
+                replay_area(vol.device, area)
+                vol.device.write(rec.journal_offset, bytes(JOURNAL_HEADER_SIZE))  # never replayed twice
+                vol.device.flush()
+            rec.journal_state = "empty"
+    else:
+        # the check looks at the volume as the replay leaves it (in memory only)
+        replay_area(st.raw, area)
+        ctx.note(f"checking the volume as the replay of slot {rec.slot}'s journal leaves it (in memory)")
+    vol.invalidate_caches()
 
 
 def run(ctx: Context) -> None:
-    st = ctx.state
-    for rec in st.slots:
-        if not rec.in_use:
-            continue
-        if rec.liveness in ("in use", "live"):
+    for rec in ctx.state.slots:
+        if rec.in_use and rec.liveness in ("in use", "live"):
             why = f" ({rec.reason})" if rec.reason else ""
             ctx.note(describe_slot(rec) + why)
-        elif rec.liveness == "stale":
-            _stale_slot(ctx, rec)
     _locks(ctx)
 
 
@@ -123,7 +126,8 @@ def _holder(ctx: Context, hb_addr: int, hb_gen: int, owner: str) -> tuple[str, s
     if hb_addr < HEARTBEAT_REGION_OFFSET or rest or index >= len(st.slots):
         return "gone", f"its heartbeat address 0x{hb_addr:x} is no slot"
     slot = st.slots[index]
-    if vol.heartbeat is not None and index == vol.heartbeat.slot:
+    hb = vol.heartbeat
+    if hb is not None and index == hb.slot and hb_gen == hb.generation and owner == slot.hb.owner:
         return "ours", ""
     if not slot.in_use:
         return "gone", f"heartbeat slot {index} is free"

@@ -182,6 +182,15 @@ def check_header(
     if end > probe.file_size:
         bad.append(f"{num} resources need {end} bytes, the file has {probe.file_size}")
         return bad
+    def at(c: int) -> tuple[int, int] | None:
+        group, index = divmod(c, cpg)
+        return probe.header(cgo + group * cgs + index * ch)
+
+    last = clusters - 1
+    after = at(clusters)
+    if (at(0) == (0, rpc if clusters > 1 else num) and at(last) == (last, num - last * rpc)
+            and (after is None or after[0] != clusters)):
+        return bad  # the first and last cluster headers agree; pass 5 checks those in between
     totals = probe.walk_loose(shape, clusters + 1)
     if not totals:
         bad.append(f"no cluster header at clusterGroupOffset 0x{cgo:x}")

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from vmfs import address as A
 from vmfs import builders
+from vmfs.errors import VmfsError
+from vmfs.filedesc import BlockMap
 from vmfs.filewrite import FileWriter
 from vmfs.fsck.maps import DATA, POINTERS, RES_OF_KIND, Levels, MapRules
 from vmfs.ondisk import filedesc as F
@@ -86,7 +88,35 @@ def apply_fd_edit(ctx: Context, edit: FdEdit, rules: MapRules | None = None) -> 
                 tx.write(edit.vol_offset + md, built[md:])  # what Volume.put_fd writes
         ok = True
     vol.invalidate_caches()
+    if ok and not edit.zero:
+        refresh(ctx, edit.address)
     return ok
+
+
+def refresh(ctx: Context, address: int) -> None:
+    """After a repair rewrote FD ``address`` (or a library call grew or shrank it): its record
+    and the resources it owns, as they are now (pass 5 compares the bitmaps with the owners)."""
+    st = ctx.state
+    vol = ctx.volume
+    try:
+        fd = vol.read_fd(address)
+        keys = set()
+        if not fd.is_resident:
+            rules = MapRules(vol)
+            for _, a, _ in BlockMap(fd).references():
+                key = rules.key(a)
+                if key is not None:
+                    keys.add(key)
+    except VmfsError:
+        return
+    for key in [k for k, owner in st.owners.items() if owner == address and k not in keys]:
+        del st.owners[key]
+    for key in keys:
+        st.owners.setdefault(key, address)
+    rec = st.fds.get(address)
+    if rec is not None:
+        m = fd.meta
+        rec.size, rec.links, rec.zla, rec.block_size, rec.mode = m.fileLength, m.linkCount, m.zla, m.blockSize, m.mode
 
 
 class Cloner:
@@ -184,6 +214,8 @@ def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes],
             vol.put_fd(tx, fd)
         ok = True
     vol.invalidate_caches()
+    if ok:
+        refresh(ctx, address)
     return ok
 
 

@@ -1,0 +1,22 @@
+"""Fixtures for the vmfs-fsck tests: one populated volume per session, copied per case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fsck import volumes
+
+
+@pytest.fixture(scope="session")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly formatted and populated VMFS5 volume (read it, never change it: copy it)."""
+    path = volumes.make_volume(tmp_path_factory.mktemp("fsck-base") / "populated.img")
+    path.chmod(0o444)
+    return path
+
+
+@pytest.fixture(scope="session")
+def populated_tree(populated: Path) -> dict[str, dict[str, object]]:
+    return volumes.capture(populated)
