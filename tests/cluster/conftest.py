@@ -10,12 +10,12 @@ from vmfs.mkfs import MkfsOptions, format_volume
 from vmfs.volume import Volume
 
 
-def make_volume(path: Path, size: int = 2 << 30) -> Path:
+def make_volume(path: Path, size: int = 2 << 30, **options: object) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
     dev = FileDevice(path, readonly=False)
     try:
-        format_volume([dev], MkfsOptions(label="cluster", creation_time_us=1_700_000_000_000_000))
+        format_volume([dev], MkfsOptions(label="cluster", creation_time_us=1_700_000_000_000_000, **options))
     finally:
         dev.close()
     return path

@@ -70,7 +70,7 @@ def run(image: str, n: int, ops: int, seed: int, workdir: str, hosts: int, journ
                 buf[off : off + len(data)] = data
             elif kind == "rename":
                 p = rng.choice(mine)
-                q = f"{rng.choice(sorted(dirs) + ['/shared'])}/h{n}-r{i}"
+                q = f"{rng.choice([*sorted(dirs), '/shared'])}/h{n}-r{i}"
                 fs.rename(p, q)
                 model[q] = model.pop(p)
             elif kind == "unlink":
