@@ -180,7 +180,7 @@ def bench_volume(directory: Path, size: int, ops_count: int) -> None:
         fh.truncate(((2 * size + (512 << 20)) // (256 << 20) + 1) * (256 << 20) + (17 << 20))
     dev = FileDevice(image, readonly=False)
     try:
-        format_volume([dev], MkfsOptions(label="bench"))
+        format_volume([dev], MkfsOptions(label="bench", num_pointer_blocks=64))  # disks > 256 MiB need PBs
     finally:
         dev.close()
     host = HostIdentity(uuid="5f000000-be0c4be0-0000-000000000001")

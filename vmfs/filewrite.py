@@ -484,6 +484,26 @@ class FileWriter:
             self._convert(tx, target, size)
         return True
 
+    def free_range(self, tx: Transaction, first: int, last: int, *, limit: int = BULK_BLOCKS) -> int | None:
+        """Free the data blocks with indexes in [first, last) (a hole punched; the length stays).
+        Returns the index to continue from in a new transaction, or None when done."""
+        if self.fd.is_resident:
+            return None
+        doomed: list[tuple[int, int]] = []
+        resume = None
+        for index, address in self.allocated(tx, first):
+            if index >= last:
+                break
+            if len(doomed) >= limit:
+                resume = index
+                break
+            doomed.append((index, address))
+        for index, _ in reversed(doomed):
+            self.set(tx, index, 0)
+        if doomed:
+            self._free_data(tx, [a for _, a in doomed])
+        return resume
+
     def release_all(self, tx: Transaction) -> None:
         """Free every data and pointer block (the FD itself is the caller's)."""
         if self.fd.is_resident:

@@ -57,6 +57,14 @@ class Held:
     image: bytes  # the sector we last wrote
     token: int
     count: int = 1
+    _lock: Container | None = None
+
+    @property
+    def lock(self) -> Container:
+        """The lock fields we wrote (parsed once)."""
+        if self._lock is None:
+            self._lock = parse_lock(self.image)
+        return self._lock
 
 
 def parse_lock(raw: bytes) -> Container:
@@ -273,6 +281,7 @@ class LockManager:
         held.mode = LOCK_EXCLUSIVE
         held.image = image
         held.token = new.token
+        held._lock = None
         held.count += 1
         return held, lock.token
 

@@ -261,9 +261,8 @@ class Volume:
         held, previous = got
         if fd.clean_token is None or previous != fd.clean_token:
             self._reload(fd)
-        from vmfs.locks import parse_lock
-
-        fd.set_lock(parse_lock(held.image))
+        if fd.lock is not held.lock:
+            fd.set_lock(held.lock)
         fd.validated_us = self._now_us()
         return fd
 

@@ -503,6 +503,35 @@ class WritableFileSystem(FileSystem):
                 self._restore_deferred()
                 raise
 
+    @retrying
+    def punch_hole(self, address: int, offset: int, length: int) -> None:
+        """Free the whole blocks inside [offset, offset + length): they read as zeros again and
+        go back to the free pool; partial blocks at the edges are zeroed; the length stays."""
+        fd = self._fd(address)
+        if fd.is_dir:
+            raise IsADirError("cannot punch a hole in a directory")
+        end = min(offset + length, fd.size)
+        if end <= offset:
+            return
+        if fd.is_resident:
+            self.write(address, offset, bytes(end - offset))
+            return
+        bs = fd.block_size
+        first = -(-offset // bs)
+        last = end // bs if end < fd.size else -(-end // bs)
+        for start, stop in ((offset, min(first * bs, end)), (max(last * bs, offset), end)):
+            if stop > start:
+                for pos, n, loc in list(self.volume.reader(self._fd(address)).extents(start, stop - start)):
+                    if loc is not None:
+                        self.write(address, pos, bytes(n))
+        index: int | None = first
+        while index is not None and index < last:
+            with self.volume.transaction() as tx:
+                fd = self._lock(tx, self._fd(address))
+                index = FileWriter(self.volume, fd).free_range(tx, index, last)
+                self._touch(fd)
+                self._put(tx, fd)
+
     def flush_fd(self, fd: FileDescriptor) -> None:
         if fd.address in self.deferred:
             with self.volume.transaction() as tx:
@@ -521,9 +550,7 @@ class WritableFileSystem(FileSystem):
             held, previous = locks.acquire(fd.vol_offset, LOCK_EXCLUSIVE if write else LOCK_READ_ONLY, wait=0.5)
             if fd.clean_token is None or previous != fd.clean_token:
                 self.volume._reload(fd)
-            from vmfs.locks import parse_lock
-
-            fd.set_lock(parse_lock(held.image))
+            fd.set_lock(held.lock)
         if write:
             self.writers[address] += 1
         else:

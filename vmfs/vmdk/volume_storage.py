@@ -413,11 +413,7 @@ class VolumeStorage:
                 return
             self._zero_data(address, offset, first * bs)
             self._zero_data(address, last * bs, end)
-            punch = getattr(wfs, "punch_hole", None)
-            if punch is not None:
-                punch(address, first * bs, (last - first) * bs)
-            else:
-                _free_block_range(wfs, address, first, last)
+            wfs.punch_hole(address, first * bs, (last - first) * bs)
 
     def _zero_data(self, address: int, start: int, end: int) -> None:
         """Write zeros over the data blocks of ``[start, end)`` (holes and TBZ blocks untouched)."""
@@ -519,36 +515,6 @@ def _merge(ranges: list[tuple[int, int]], start: int, length: int) -> None:
 def _check_provisioning(provisioning: str) -> None:
     if provisioning not in PROVISIONINGS:
         raise InvalidArgumentError(f"unknown provisioning {provisioning!r} (use one of {PROVISIONINGS})")
-
-
-def _free_block_range(wfs: WritableFileSystem, address: int, first: int, last: int) -> None:
-    """Free file blocks ``first .. last-1`` (pointer blocks left empty go too); the length stays.
-
-    Stand-in until :mod:`vmfs.writeops` offers ``WritableFileSystem.punch_hole(address, offset,
-    length)`` (used instead when present): it reaches into :class:`vmfs.filewrite.FileWriter`,
-    whose ``set`` keeps the map and pointer blocks right and whose ``_free_data`` returns the
-    blocks to their resource and fixes ``numBlocks``/``numTBZBlocks``."""
-    from vmfs.filewrite import FileWriter
-
-    volume = wfs.volume
-    index = first
-    while index < last:
-        with volume.transaction() as tx:
-            fd = volume.read_fd(address)
-            writer = FileWriter(volume, fd)
-            doomed: list[int] = []
-            for i, addr in list(writer.allocated(tx, index)):
-                if i >= last or len(doomed) >= PUNCH_BATCH:
-                    index = i if i < last else last
-                    break
-                writer.set(tx, i, 0)
-                doomed.append(addr)
-            else:
-                index = last
-            if doomed:
-                writer._free_data(tx, doomed)
-                volume.put_fd(tx, fd)
-                wfs.deferred.pop(address, None)
 
 
 @contextlib.contextmanager
