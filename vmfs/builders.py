@@ -17,7 +17,7 @@ from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import NULL_UUID, IntArray, encode_name, pack_ints
 from vmfs.ondisk.dirent5 import DIRENT5_NAME_SIZE, Dirent5
-from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD, MAX_HOLDERS
+from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD, NO_HOLDERS
 
 
 def lock_fields(lock_type: int, addr: int, **overrides: Any) -> Container:
@@ -31,7 +31,7 @@ def lock_fields(lock_type: int, addr: int, **overrides: Any) -> Container:
         owner=NULL_UUID,
         mtime=0,
         numHolders=0,
-        holders=[Container(hbAddr=0, hbGen=0, owner=NULL_UUID) for _ in range(MAX_HOLDERS)],
+        holders=NO_HOLDERS,
         unknown144=bytes(32),
         gblNumHolders=0,
         gblGen=0,

@@ -39,7 +39,9 @@ from vmfs.ondisk.lock import (
     LOCK_MULTI_WRITER,
     LOCK_READ_ONLY,
     MAX_HOLDERS,
+    NO_HOLDERS,
     LockBlock,
+    LockHolders,
 )
 
 if TYPE_CHECKING:
@@ -348,7 +350,7 @@ class LockManager:
             return []
         if lock.mode in SHARED_MODES:
             n = min(lock.numHolders, MAX_HOLDERS)
-            return [(h.hbAddr, h.hbGen, h.owner) for h in lock.holders[:n]]
+            return [(h.hbAddr, h.hbGen, h.owner) for h in fast(LockHolders).parse(lock.holders)[:n]]
         return [(lock.hbAddr, lock.hbGen, lock.owner)]
 
     @staticmethod
@@ -357,14 +359,15 @@ class LockManager:
         new.mode = LOCK_FREE
         new.owner = NULL_UUID
         new.numHolders = 0
-        new.holders = [Container(hbAddr=0, hbGen=0, owner=NULL_UUID) for _ in range(MAX_HOLDERS)]
+        new.holders = NO_HOLDERS
         return new
 
     def _with_holders(self, lock: Container, holders: list[tuple[int, int, str]]) -> Container:
         new = Container(lock)
         slots = [Container(hbAddr=a, hbGen=g, owner=o) for a, g, o in holders]
         new.numHolders = len(slots)
-        new.holders = slots + [Container(hbAddr=0, hbGen=0, owner=NULL_UUID)] * (MAX_HOLDERS - len(slots))
+        padding = [Container(hbAddr=0, hbGen=0, owner=NULL_UUID)] * (MAX_HOLDERS - len(slots))
+        new.holders = fast(LockHolders).build(slots + padding)
         return new
 
     def _taken(self, lock: Container, mode: int) -> Container:

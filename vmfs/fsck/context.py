@@ -169,6 +169,9 @@ class CheckState:
     volume: Volume | None = None
     #: volume offset -> corrected bytes presented to the library (rebuilt resource headers)
     header_patches: dict[int, bytes] = field(default_factory=dict)
+    #: volume offset -> corrected lock (and FD metadata) sectors: lock blocks whose type or own
+    #: address is damaged, shown corrected to the library (it validates and takes locks on them)
+    lock_patches: dict[int, bytes] = field(default_factory=dict)
     #: pass 1: per resource file, what is wrong with its header and the rebuilt header
     header_findings: list[dict[str, Any]] = field(default_factory=list)
     slots: list[SlotRecord] = field(default_factory=list)
@@ -195,6 +198,14 @@ class CheckState:
     #: resource usage summary for the final line: kind -> (total, used)
     usage: dict[int, tuple[int, int]] = field(default_factory=dict)
     fatal: bool = False
+
+    def patch(self, offset: int, image: bytes) -> None:
+        """Show the library ``image`` at ``offset`` from now on (and in the repair phase)."""
+        self.lock_patches[offset] = image
+        if self.device is not None:
+            self.device.patch(offset, image)
+        if self.volume is not None:
+            self.volume.invalidate_caches()
 
 
 class Context:

@@ -17,7 +17,9 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import unpack_ints
 
 if TYPE_CHECKING:
+    from vmfs.device.base import BlockDevice
     from vmfs.fsck.context import ResKey
+    from vmfs.stream import FileReader
     from vmfs.volume import Volume
 
 RES_OF_KIND = {A.ADDR_SB: R.RES_SB, A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_FD: R.RES_FD}
@@ -132,6 +134,28 @@ class MapRules:
         if kind == A.ADDR_LFB:
             return ((address >> 15) & 0x7FFFFFFF) * geo.lfb_size, geo.lfb_size
         return self.codec.fb_block(address) * geo.block_size, geo.block_size
+
+
+Runs = list[tuple[int, int, "int | None"]]
+
+
+def read_raw(reader: FileReader, raw: BlockDevice, offset: int, length: int) -> tuple[bytes, Runs]:
+    """Bytes [offset, offset+length) of a (system) file as they are on disk, not as the library's
+    patched view shows them; with the runs (file offset, length, volume offset or None)."""
+    length = max(0, min(length, reader.size - offset))
+    runs = list(reader.extents(offset, length)) if length else []
+    out = bytearray()
+    for _, n, loc in runs:
+        out += bytes(n) if loc is None else raw.read(loc, n)
+    return bytes(out), runs
+
+
+def run_offset(runs: Runs, pos: int) -> int | None:
+    """Volume offset of file offset ``pos`` within ``runs`` (None: a hole)."""
+    for start, n, loc in runs:
+        if start <= pos < start + n:
+            return None if loc is None else loc + pos - start
+    return None
 
 
 def key_label(key: ResKey, fb_rpc: int) -> str:

@@ -115,8 +115,14 @@ def _system_fds(ctx: Context) -> dict[str, tuple[Container, list[int]]]:
         lock = fd.lockBlock.lock
         want_type = F.TYPE_DIRECTORY if address == ROOT_FD else F.TYPE_SYSFILE
         problems = []
-        if lock.type != LOCK_TYPE_FD or meta.descAddr != address:
-            problems.append(f"lock type 0x{lock.type:08x}, descAddr 0x{meta.descAddr:x}")
+        signals = (lock.type == LOCK_TYPE_FD, lock.addr == offset, meta.descAddr == address)
+        if sum(signals) < 2:
+            problems.append(f"lock type 0x{lock.type:08x}, lock address 0x{lock.addr:x}, descAddr 0x{meta.descAddr:x}")
+        elif not all(signals):
+            # one of the three damaged: salvageable (pass 2 repairs it); show the library the fix
+            from vmfs.fsck.pass2_descriptors import salvaged
+
+            st.patch(offset, salvaged(geo, st.raw.read(offset, geo.fd_size), address, offset))
         if meta.type != want_type:
             problems.append(f"type {meta.type}, expected {want_type}")
         if meta.zla == F.ZLA_RESIDENT or meta.blockSize not in (geo.block_size, geo.sub_block_size):

@@ -33,7 +33,7 @@ from construct import Struct
 from vmfs import address as A
 from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, FdRecord
-from vmfs.fsck.maps import DATA, POINTERS, MapRules, key_label
+from vmfs.fsck.maps import DATA, POINTERS, MapRules, key_label, read_raw
 from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import FdEdit, apply_fd_edit
 from vmfs.ondisk import filedesc as F
@@ -60,6 +60,7 @@ def run(ctx: Context) -> None:
     st = ctx.state
     vol = ctx.volume
     rules = MapRules(vol)
+    st = ctx.state
     for rec in st.slots:
         if rec.in_use and rec.journal_block is not None:
             key = (R.RES_FB, *divmod(rec.journal_block, vol.resources[R.RES_FB].rpc))
@@ -72,7 +73,7 @@ def run(ctx: Context) -> None:
         first = g * fdc.cpg
         count = min(fdc.cpg, fdc.num_clusters - first)
         base = fdc.cluster_header_offset(first)
-        raw = fdc.reader.read(base, fdc.cpg * ch + count * fdc.rpc * fdc.rsz)
+        raw, _ = read_raw(fdc.reader, st.raw, base, fdc.cpg * ch + count * fdc.rpc * fdc.rsz)
         for i in range(count):
             c = first + i
             cluster = fdc.read_cluster(c, raw[i * ch : (i + 1) * ch])
@@ -113,6 +114,8 @@ def _examine(ctx: Context, rules: MapRules, address: int, vol_offset: int, slot:
                 edit.meta["descAddr"] = address
             else:
                 edit.lock["type" if name == "lock type" else "addr"] = expected
+    if wrong:
+        st.patch(vol_offset, salvaged(geo, slot, address, vol_offset))
     for name, value, known in (("type", meta.type, KNOWN_TYPES), ("address mode (ZLA)", meta.zla, KNOWN_ZLA)):
         if value not in known:
             if ctx.problem(Code.FD_BAD_KIND, subject=fd, fd=fd, field=name, value=value):
@@ -133,6 +136,16 @@ def _examine(ctx: Context, rules: MapRules, address: int, vol_offset: int, slot:
     if edit:
         apply_fd_edit(ctx, edit, rules)
     st.fds[address] = rec
+
+
+def salvaged(geo: Any, slot: bytes, address: int, vol_offset: int) -> bytes:
+    """An FD's lock and metadata sectors with its type, own address and ``descAddr`` put right:
+    what the library is shown (it validates all three) until the repair writes them."""
+    fd = geo.structs.file_descriptor.parse(slot)
+    fd.lockBlock.lock.type = LOCK_TYPE_FD
+    fd.lockBlock.lock.addr = vol_offset
+    fd.meta.descAddr = address
+    return geo.structs.file_descriptor.build(fd)[: geo.md_size + FILE_METADATA_SIZE]
 
 
 def _check_fields(ctx: Context, rec: FdRecord, meta: Any, edit: FdEdit) -> None:

@@ -31,7 +31,7 @@ from construct import Struct
 
 from vmfs import address as A
 from vmfs.fsck.context import Context
-from vmfs.fsck.maps import RESOURCE_LABEL, key_label
+from vmfs.fsck.maps import RESOURCE_LABEL, key_label, read_raw, run_offset
 from vmfs.fsck.problems import Code
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LockFields
@@ -89,16 +89,9 @@ def _clusters(ctx: Context, res: ResourceFile):  # type: ignore[no-untyped-def]
     ch = res.ch
 
     def read(offset: int, length: int) -> tuple[bytes, list[int]]:
-        out = bytearray()
-        runs = list(res.reader.extents(offset, length))
-        for _, n, loc in runs:
-            out += bytes(n) if loc is None else raw_dev.read(loc, n)
-        where = []
-        for i in range(length // ch):
-            pos = offset + i * ch
-            run = next(r for r in runs if r[0] <= pos < r[0] + r[1])
-            where.append(run[2] + pos - run[0] if run[2] is not None else -1)
-        return bytes(out), where
+        data, runs = read_raw(res.reader, raw_dev, offset, length)
+        where = [run_offset(runs, offset + i * ch) for i in range(length // ch)]
+        return data, [-1 if w is None else w for w in where]
 
     if res.parent is not None:
         for c in range(res.num_clusters):
@@ -203,12 +196,23 @@ def _check_header(ctx: Context, fix: _Fix) -> None:
         ("cluster number", cl.meta.clusterNum, cl.number, "meta", "clusterNum"),
         ("resource count", cl.meta.totalResources, total, "meta", "totalResources"),
     )
+    lock_fix = {}
     for label, value, want, part, key in checks:
-        if value != want and ctx.problem(Code.CLUSTER_HEADER_BAD, subject=f"{res.name} {cl.number} {label}",
-                                         file=res.name, cluster=cl.number, field=label, value=f"{value:#x}",
-                                         expected=f"{want:#x}"):
+        if value == want:
+            continue
+        if part == "lock":
+            lock_fix[key] = want
+        if ctx.problem(Code.CLUSTER_HEADER_BAD, subject=f"{res.name} {cl.number} {label}", file=res.name,
+                       cluster=cl.number, field=label, value=f"{value:#x}", expected=f"{want:#x}"):
             getattr(fix, part)[key] = want
             fix.findings.append(ctx.last)
+    if lock_fix and fix.offset >= 0:
+        # the library locks clusters it allocates from: show it a valid lock block from now on
+        geo = ctx.geometry
+        block = geo.structs.lock.parse(ctx.state.raw.read(fix.offset, geo.md_size))
+        for k, v in lock_fix.items():
+            block.lock[k] = v
+        ctx.state.patch(fix.offset, geo.structs.lock.build(block))
 
 
 def _bitmap_problems(ctx: Context, kind: int, name: str, missing: list[tuple[_Fix, int]],

@@ -178,7 +178,11 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
             return result
         for offset, image in state.header_patches.items():
             device.patch(offset, image)
+        for offset, image in list(state.lock_patches.items()):
+            device.patch(offset, image)
         if carried is not None:
+            for offset, image in carried.lock_patches.items():
+                state.patch(offset, image)
             for offset, resources in carried.guards.items():
                 device.guard(offset, resources)
             state.carried_stale = {(s.slot, s.hb.hbGen, s.hb.stamp): s.reason

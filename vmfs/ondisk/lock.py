@@ -23,6 +23,9 @@ LockHolder = Struct(
     "owner" / Uuid,
 )
 
+LockHolders = Array(MAX_HOLDERS, LockHolder)
+NO_HOLDERS = bytes(MAX_HOLDERS * 32)
+
 LockFields = Struct(
     "type" / Int32ul,  # 0x00 0x10C00000 + resource type + 1, 0x10C00001 for an FD
     "addr" / Int64ul,  # 0x04 own volume offset
@@ -33,7 +36,9 @@ LockFields = Struct(
     "owner" / Uuid,  # 0x28
     "mtime" / Int64ul,  # 0x38
     "numHolders" / Int32ul,  # 0x40
-    "holders" / Array(MAX_HOLDERS, LockHolder),  # 0x44
+    # 0x44: MAX_HOLDERS x LockHolder, kept as bytes here (parsed by LockHolders only for shared
+    # locks: every lock operation parses this block, and the holders are rarely needed)
+    "holders" / Bytes(MAX_HOLDERS * 32),  # 0x44
     "unknown144" / Bytes(32),  # 0x144
     "gblNumHolders" / Int32ul,  # 0x164
     "gblGen" / Int64ul,  # 0x168
