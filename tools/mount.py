@@ -78,7 +78,10 @@ def main(
         from vmfs.fuse_rw import ReadWriteOperations
 
         ops: vfuse.VmfsOperations = ReadWriteOperations(fs)
-        opts.setdefault("big_writes", True)  # libfuse 2: writes of up to 128 KiB per call
+        import mfusepy
+
+        if mfusepy.fuse_version_major == 2:
+            opts.setdefault("big_writes", True)  # libfuse 2: writes of up to 128 KiB per call
     else:
         opts["ro"] = True
         ops = vfuse.VmfsOperations(fs)
@@ -87,6 +90,8 @@ def main(
     try:
         vfuse.mount(fs, mountpoint, foreground=foreground or debug, options=opts, operations=ops, debug=debug)
     except RuntimeError as exc:
+        if ops.destroyed:
+            return  # a signal ended the loop after a clean unmount
         raise InvalidArgumentError(f"{mountpoint}: mount failed ({exc})") from None
 
 

@@ -12,9 +12,15 @@ import functools
 import logging
 import os
 import threading
+from ctypes.util import find_library
 from typing import Any
 
-import mfusepy
+# libfuse 3 when installed: 1 MiB writes per call instead of libfuse 2's 128 KiB (measured 2.7x
+# faster sequential writes, same reads); FUSE_LIBRARY_NAME=fuse selects libfuse 2.
+if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+
+import mfusepy  # noqa: E402
 
 from vmfs.errors import VmfsError
 from vmfs.namespace import FileSystem
@@ -63,6 +69,9 @@ class VmfsOperations(mfusepy.Operations):
         self.fs = fs
         self.volume = fs.volume
         self._handles: dict[int, Any] = {}
+        #: set once the volume was closed after a clean unmount (libfuse 3 returns a non-zero
+        #: status from its loop when a signal ended it, which is not an error for us)
+        self.destroyed = False
         self._next_handle = 1
         self._handles_lock = threading.Lock()
 
@@ -141,7 +150,11 @@ class VmfsOperations(mfusepy.Operations):
         return 0
 
     def destroy(self, path: str) -> None:
-        self.volume.close()
+        """Unmount (fusermount -u, SIGINT, SIGTERM): close the volume cleanly."""
+        try:
+            self.volume.close()
+        finally:
+            self.destroyed = True
 
 
 def mount(
