@@ -20,7 +20,7 @@ from typing import Any
 if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
     os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
 
-import mfusepy  # noqa: E402
+import mfusepy
 
 from vmfs.errors import VmfsError
 from vmfs.namespace import FileSystem

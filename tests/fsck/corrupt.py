@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.fsck import volumes
 from vmfs import address as A
 from vmfs.device.file import FileDevice
 from vmfs.directory import open_directory
@@ -26,8 +27,6 @@ from vmfs.ondisk.heartbeat import Heartbeat
 from vmfs.stream import FileReader
 from vmfs.volume import SYSTEM_FDS, Volume
 from vmfs.writeops import WritableFileSystem
-
-from tests.fsck import volumes
 
 RESOURCES = {"FB": R.RES_FB, "SB": R.RES_SB, "PB": R.RES_PB, "FD": R.RES_FD, "PB2": R.RES_PB2}
 

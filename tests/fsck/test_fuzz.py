@@ -41,7 +41,7 @@ def metadata_regions(image: Path) -> list[tuple[str, int, int]]:
         geo = vol.geometry
         fs = FileSystem(vol)
         out.append(("heartbeats", HEARTBEAT_REGION_OFFSET, 16 * geo.hb_slot_size))
-        for kind, res in vol.resources.items():
+        for _kind, res in vol.resources.items():
             out.append((f"{res.name} header", res.reader.volume_offset(0), R.RES_HEADER_SIZE))
             for c in range(min(res.num_clusters, 4)):
                 off = res.reader.volume_offset(res.cluster_header_offset(c))
@@ -75,7 +75,7 @@ def regions(populated: Path) -> list[tuple[str, int, int]]:
 
 
 mutation = st.tuples(st.integers(min_value=0, max_value=1 << 30), st.integers(min_value=0, max_value=1 << 30),
-                     st.binary(min_size=1, max_size=4))
+                     st.binary(min_size=1, max_size=16))
 
 
 @settings(max_examples=int(os.environ.get("FSCK_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
