@@ -206,10 +206,10 @@ def check_oracles(image: Path, tmp: Path) -> None:
 
 TestLibraryModel = VmfsMachine.TestCase
 TestLibraryModel.settings = settings(
-    max_examples=25, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
 )
 
 TestFuseModel = pytest.mark.fuse(FuseMachine.TestCase)
 FuseMachine.TestCase.settings = settings(
-    max_examples=8, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=15, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
 )

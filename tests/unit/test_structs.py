@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmfs.ondisk import dirent5, dirent6, filedesc, fsdesc, heartbeat, lock, lvm, resource
+from vmfs.ondisk import dirent5, dirent6, filedesc, fsdesc, heartbeat, journal, lock, lvm, resource
 from vmfs.ondisk.structset import structset
 from vmfs.volume import Volume
 
@@ -23,6 +23,9 @@ SIZES = [
     (fsdesc.FsDescriptor, 512),
     (heartbeat.Heartbeat, 512),
     (lock.LockFields, 0x174),
+    (lock.LockHolders, 256),
+    (journal.JournalHeader, 512),
+    (journal.RecordHeader, 16),
     (lock.LockBlock, 512),
     (resource.ResourceHeader, 512),
     (resource.ClusterMeta5, 512),
