@@ -104,3 +104,33 @@ def test_options_are_passed_to_fuse(vmfs5_image: Path, tmp_path: Path) -> None:
 def test_help_says_read_only_default() -> None:
     out = subprocess.run([tool("vmfs-mount"), "--help"], capture_output=True, text=True, check=True).stdout
     assert "READ-ONLY by default" in out and "-o rw" in out
+
+
+def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM on a read-write mount: files flushed, journal emptied, heartbeat released."""
+    from vmfs.heartbeat import read_slots
+    from vmfs.usage import marked_used, referenced_resources
+    from vmfs.volume import Volume
+
+    image = tmp_path / "rw.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mnt):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    (mnt / "d").mkdir()
+    with open(mnt / "d" / "f", "wb") as f:
+        f.write(b"x" * 3_000_000)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert b"Traceback" not in proc.stderr.read()
+    with Volume.open(image) as vol:
+        assert not any(s.in_use for s in read_slots(vol))
+        refs, used = referenced_resources(vol), marked_used(vol)
+        assert all(refs[k] == used[k] for k in used)
+        from vmfs.namespace import FileSystem
+
+        assert FileSystem(vol).stat("/d/f").size == 3_000_000

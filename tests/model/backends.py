@@ -117,6 +117,9 @@ class LibraryBackend:
     def _rename(self, a: str, b: str) -> None:
         self.fs.rename(a, b)
 
+    def _chmod(self, p: str, mode: int) -> None:
+        self.fs.chmod(p, mode)
+
     def remount(self) -> None:
         self.close()
         oracle_lists(self.image)
@@ -130,12 +133,13 @@ class LibraryBackend:
                 if is_system(p):
                     continue
                 fd = self.volume.read_fd(e.address)
+                mode = fd.meta.mode & 0o7777
                 if fd.type == F.TYPE_DIRECTORY:
-                    out[p] = ("dir",)
+                    out[p] = ("dir", None, mode)
                 elif fd.type == F.TYPE_SYMLINK:
                     out[p] = ("link", self.fs.read_link_fd(fd))
                 else:
-                    out[p] = ("file", LibraryFile(self.volume.reader(fd)))
+                    out[p] = ("file", LibraryFile(self.volume.reader(fd)), mode)
         return out
 
     def accounting(self) -> list[str]:
@@ -218,6 +222,9 @@ class FuseBackend:
     def _rename(self, a: str, b: str) -> None:
         os.rename(self._p(a), self._p(b))
 
+    def _chmod(self, p: str, mode: int) -> None:
+        os.chmod(self._p(p), mode)
+
     def remount(self) -> None:
         self.close()
         oracle_lists(self.image)
@@ -231,21 +238,20 @@ class FuseBackend:
                 p = "/" + os.path.relpath(full, self.mnt)
                 if is_system(p):
                     continue
+                mode = os.lstat(full).st_mode & 0o7777
                 if os.path.islink(full):
                     out[p] = ("link", os.readlink(full))
                 elif os.path.isdir(full):
-                    out[p] = ("dir",)
+                    out[p] = ("dir", None, mode)
                 else:
-                    out[p] = ("file", MountedFile(full))
+                    out[p] = ("file", MountedFile(full), mode)
         return out
 
     def accounting(self) -> list[str]:
-        self.close()
-        try:
-            with Volume.open(self.image) as vol:
-                return accounting_problems(vol)
-        finally:
-            self.open()
+        """Read the image while it stays mounted (every operation has completed and closed its
+        files, so the on-disk state is whole)."""
+        with Volume.open(self.image) as vol:
+            return accounting_problems(vol)
 
 
 __all__ = ["FuseBackend", "LibraryBackend", "errno"]

@@ -70,6 +70,8 @@ class Model:
     files: dict[str, SparseData] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=lambda: {"/"})
     links: dict[str, str] = field(default_factory=dict)
+    #: permission bits of files and directories (symlinks are always 0777)
+    modes: dict[str, int] = field(default_factory=dict)
 
     def exists(self, p: str) -> bool:
         return p in self.files or p in self.dirs or p in self.links
@@ -105,6 +107,7 @@ class Model:
         if self.exists(p):
             return errno.EEXIST
         self.files[p] = SparseData()
+        self.modes[p] = 0o644
         return None
 
     def mkdir(self, p: str) -> int | None:
@@ -114,7 +117,14 @@ class Model:
         if self.exists(p):
             return errno.EEXIST
         self.dirs.add(p)
+        self.modes[p] = 0o755
         return None
+
+    def chmod(self, p: str, mode: int) -> int | None:
+        if p in self.files or p in self.dirs:
+            self.modes[p] = mode
+            return None
+        return errno.ENOENT
 
     def symlink(self, target: str, p: str) -> int | None:
         e = self.parent_errno(p)
@@ -141,6 +151,7 @@ class Model:
             return errno.EISDIR
         if p in self.files:
             del self.files[p]
+            self.modes.pop(p, None)
         elif p in self.links:
             del self.links[p]
         else:
@@ -158,6 +169,7 @@ class Model:
         if self.children(p):
             return errno.ENOTEMPTY
         self.dirs.discard(p)
+        self.modes.pop(p, None)
         return None
 
     def rename(self, src: str, dst: str) -> int | None:
@@ -184,10 +196,13 @@ class Model:
             self.files.pop(dst, None)
             self.links.pop(dst, None)
             self.dirs.discard(dst)
+            self.modes.pop(dst, None)
         everything = list(self.files) + list(self.links) + list(self.dirs)
         moves = [p for p in everything if p == src or p.startswith(src + "/")]
         for p in moves:
             q = dst + p[len(src) :]
+            if p in self.modes:
+                self.modes[q] = self.modes.pop(p)
             if p in self.files:
                 self.files[q] = self.files.pop(p)
             elif p in self.links:
@@ -200,10 +215,10 @@ class Model:
     def tree(self) -> dict[str, tuple]:
         out: dict[str, tuple] = {}
         for p, data in self.files.items():
-            out[p] = ("file", data)
+            out[p] = ("file", data, self.modes[p])
         for p in self.dirs:
             if p != "/":
-                out[p] = ("dir",)
+                out[p] = ("dir", None, self.modes[p])
         for p, t in self.links.items():
             out[p] = ("link", t)
         return out
