@@ -79,6 +79,21 @@ def read_slots(volume: Volume, *, in_use_only: bool = False) -> list[SlotView]:
     return views
 
 
+def freed_slot(hb: Container, generation: int) -> Container:
+    """A slot given back: free state, new generation, no owner, no journal, nobody replaying;
+    stamp, IP and driver version stay (as ESXi leaves a released slot, vmfs-format.md 4.2)."""
+    new = Container(hb)
+    new.state = HB_FREE
+    new.hbGen = generation
+    new.owner = NULL_UUID
+    new.journalAddr = 0
+    new.journalVolAddr = 0
+    new.replayHost = NULL_UUID
+    new.replayHostHb = 0
+    new.replayHostHbGen = 0
+    return new
+
+
 class HeartbeatManager:
     def __init__(self, volume: Volume, host: HostIdentity) -> None:
         self.volume = volume
@@ -129,9 +144,7 @@ class HeartbeatManager:
             if journal is not None:
                 hb.journalAddr, hb.journalVolAddr = journal
         else:
-            hb.owner = NULL_UUID
-            hb.journalAddr = 0
-            hb.journalVolAddr = 0
+            hb = freed_slot(hb, gen)
         hb.replayHost = NULL_UUID
         hb.replayHostHb = 0
         hb.replayHostHbGen = 0
@@ -208,12 +221,18 @@ class HeartbeatManager:
             return
         period_us = int(self.host.heartbeat_period * 1_000_000)
         if self.host.clock.monotonic_us() - self._last_renew_us >= period_us:
-            try:
-                self.renew()
-                if self.reaper is not None:
-                    self.reaper()
-            except VolumeLostError as exc:
-                log.error("%s", exc)
+            self._beat()
+
+    def _beat(self) -> bool:
+        """One period: renew our slot, then look after the other hosts.  False once lost."""
+        try:
+            self.renew()
+            if self.reaper is not None:
+                self.reaper()
+        except VolumeLostError as exc:
+            log.error("%s", exc)
+            return False
+        return True
 
     def start(self) -> None:
         from vmfs.host import ManualClock
@@ -243,11 +262,7 @@ class HeartbeatManager:
             if self.volume.closed:
                 return
             try:
-                self.renew()
-                if self.reaper is not None:
-                    self.reaper()
-            except VolumeLostError as exc:
-                log.error("%s", exc)
-                return
+                if not self._beat():
+                    return
             except Exception:  # pragma: no cover - keep the renewal alive through transient I/O errors
                 log.exception("heartbeat renewal failed")

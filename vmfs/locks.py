@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 from construct import Container
 
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
-from vmfs.heartbeat import SlotView, read_slot
+from vmfs.heartbeat import SlotView, freed_slot, read_slot
 from vmfs.journal import JournalArea, replay_area
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
-from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
+from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
     LOCK_EXCLUSIVE,
     LOCK_FIELDS_SIZE,
@@ -171,15 +171,7 @@ class LockManager:
             if hb.journalAddr:
                 self.volume.allocators[R.RES_FB].free_if_used(tx, c, r)
                 tx.commit(release=False)
-            cleared = Container(replaying)
-            cleared.state = HB_FREE
-            cleared.hbGen = hb.hbGen + 1
-            cleared.owner = NULL_UUID
-            cleared.journalAddr = 0
-            cleared.journalVolAddr = 0
-            cleared.replayHost = NULL_UUID
-            cleared.replayHostHb = 0
-            cleared.replayHostHbGen = 0
+            cleared = freed_slot(replaying, hb.hbGen + 1)
             if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):
                 raise VolumeLostError(f"heartbeat slot {slot.slot} changed while we replayed it")
             self._watch.pop(slot.addr, None)

@@ -107,18 +107,8 @@ class FileStream(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self.reader.size + offset
-        else:
-            raise InvalidArgumentError(f"bad whence {whence}")
-        if pos < 0:
-            raise InvalidArgumentError("negative seek position")
-        self._pos = pos
-        return pos
+        self._pos = seek_position(self._pos, offset, whence, self.reader.size)
+        return self._pos
 
     def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
         data = self.reader.read(self._pos, len(buffer))
@@ -131,6 +121,21 @@ class FileStream(io.RawIOBase):
         data = self.reader.read(self._pos, max(self.reader.size - self._pos, 0))
         self._pos += len(data)
         return data
+
+
+def seek_position(current: int, offset: int, whence: int, size: int) -> int:
+    """The new position of a seek (io semantics; seeking past the end is allowed)."""
+    if whence == io.SEEK_SET:
+        pos = offset
+    elif whence == io.SEEK_CUR:
+        pos = current + offset
+    elif whence == io.SEEK_END:
+        pos = size + offset
+    else:
+        raise InvalidArgumentError(f"bad whence {whence}")
+    if pos < 0:
+        raise InvalidArgumentError("negative seek position")
+    return pos
 
 
 def is_data_address(address: int) -> bool:

@@ -179,12 +179,7 @@ class WritableFileSystem(FileSystem):
     def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> FileDescriptor:
         """A new empty regular file (resident, as ESXi creates them)."""
         with self.volume.transaction() as tx:
-            parent, name = self._split(path)
-            check_name(name)
-            parent = self._lock(tx, parent)
-            d = self._dir(parent)
-            if self._maybe(d, name) is not None:
-                raise ExistsError(f"{path}: file exists")
+            parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_REGFILE, mode=mode, uid=uid, gid=gid, links=1, zla=F.ZLA_RESIDENT,
                 block_size=self.volume.geometry.sub_block_size,
@@ -193,6 +188,24 @@ class WritableFileSystem(FileSystem):
             self._touch(parent)
             self._put(tx, parent)
             return fd
+
+    def _locked_new(self, tx: Transaction, path: str) -> tuple[FileDescriptor, Directory, str]:
+        """(locked parent, its directory, name) for a name that must not exist yet."""
+        parent, name = self._split(path)
+        check_name(name)
+        parent = self._lock(tx, parent)
+        d = self._dir(parent)
+        if self._maybe(d, name) is not None:
+            raise ExistsError(f"{path}: file exists")
+        return parent, d, name
+
+    def _locked_entry(self, tx: Transaction, path: str) -> tuple[FileDescriptor, Directory, str, FileDescriptor]:
+        """(locked parent, its directory, name, locked FD) of an existing entry."""
+        parent, name = self._split(path)
+        parent = self._lock(tx, parent)
+        d = self._dir(parent)
+        entry = d.lookup(name)
+        return parent, d, name, self._lock(tx, self._fd(entry.address))
 
     @staticmethod
     def _maybe(d: Directory, name: str):  # type: ignore[no-untyped-def]
@@ -205,12 +218,7 @@ class WritableFileSystem(FileSystem):
     def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> FileDescriptor:
         geo = self.volume.geometry
         with self.volume.transaction() as tx:
-            parent, name = self._split(path)
-            check_name(name)
-            parent = self._lock(tx, parent)
-            d = self._dir(parent)
-            if self._maybe(d, name) is not None:
-                raise ExistsError(f"{path}: file exists")
+            parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_DIRECTORY, mode=mode, uid=uid, gid=gid, links=2, zla=F.ZLA_SUB_BLOCKS,
                 block_size=geo.sub_block_size, tbz_shift=geo.sub_block_size.bit_length() - 1,
@@ -235,12 +243,7 @@ class WritableFileSystem(FileSystem):
             raise NameTooLongError("symbolic link target longer than 4095 bytes")
         geo = self.volume.geometry
         with self.volume.transaction() as tx:
-            parent, name = self._split(path)
-            check_name(name)
-            parent = self._lock(tx, parent)
-            d = self._dir(parent)
-            if self._maybe(d, name) is not None:
-                raise ExistsError(f"{path}: file exists")
+            parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_SYMLINK, mode=0o777, uid=uid, gid=gid, links=1, zla=F.ZLA_SUB_BLOCKS,
                 block_size=geo.sub_block_size,
@@ -264,11 +267,7 @@ class WritableFileSystem(FileSystem):
         self.flush_fd(fd)
         self._drain(fd)
         with self.volume.transaction() as tx:
-            parent, name = self._split(path)
-            parent = self._lock(tx, parent)
-            d = self._dir(parent)
-            entry = d.lookup(name)
-            fd = self._lock(tx, self._fd(entry.address))
+            parent, d, name, fd = self._locked_entry(tx, path)
             if fd.is_dir:
                 raise IsADirError(f"{path}: is a directory")
             self._remove_file(tx, d, parent, name, fd)
@@ -292,11 +291,7 @@ class WritableFileSystem(FileSystem):
     @retrying
     def rmdir(self, path: str) -> None:
         with self.volume.transaction() as tx:
-            parent, name = self._split(path)
-            parent = self._lock(tx, parent)
-            d = self._dir(parent)
-            entry = d.lookup(name)
-            fd = self._lock(tx, self._fd(entry.address))
+            parent, d, name, fd = self._locked_entry(tx, path)
             if not fd.is_dir:
                 raise NotADirError(f"{path}: not a directory")
             if fd.address == self.volume.root_address or fd.type == F.TYPE_SYSFILE:

@@ -40,7 +40,7 @@ from vmfs.namespace import FileSystem
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.heartbeat import HEARTBEAT_REGION_OFFSET
 from vmfs.ondisk.lock import LockBlock
-from vmfs.stream import FileReader
+from vmfs.stream import FileReader, seek_position
 from vmfs.vmdk.errors import (
     ExistsError,
     InvalidArgumentError,
@@ -124,18 +124,8 @@ class VolumeFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._fd().size + offset
-        else:
-            raise InvalidArgumentError(f"{self.name}: bad whence {whence}")
-        if pos < 0:
-            raise InvalidArgumentError(f"{self.name}: negative seek position")
-        self._pos = pos
-        return pos
+        self._pos = seek_position(self._pos, offset, whence, self._fd().size)
+        return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
