@@ -3,7 +3,8 @@
 Every metadata change of one operation (an FD, a directory block, cluster headers of the
 resource bitmaps, a pointer block) is collected in a :class:`Transaction`.  Commit writes the
 whole transaction to the host's journal in one write, makes it durable, then writes each record
-to its home location.  A crash before the journal write completes leaves the home locations
+to its home location and makes those durable too (before the next transaction may overwrite the
+journal, and before the transaction's locks go back to other hosts).  A crash before the journal write completes leaves the home locations
 untouched; a crash after it is repaired by replaying the journal, which rewrites the same bytes
 (idempotent).  The journal holds at most one transaction: the next commit overwrites it.
 
@@ -124,6 +125,10 @@ class Journal:
             self.device.flush()
         for offset, data in writes:
             self.device.write(offset, data)
+        if self.barriers:
+            # The home copies must be durable before the next transaction overwrites this one in
+            # the journal, and before our locks are released to another host.
+            self.device.flush()
         self.sequence += 1
 
     def replay(self) -> int:
