@@ -188,9 +188,10 @@ class CheckState:
     tree_entries: list[int] = field(default_factory=list)
     parent: dict[int, int] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
-    #: pass 5 of the check: volume offset of a VMFS5 cluster metadata sector -> resources in use
-    #: that its bitmap calls free; the repair's device shows them allocated (module docstring)
-    guards: dict[int, set[int]] = field(default_factory=dict)
+    #: pass 5 of the check: volume offset of a VMFS5 cluster metadata sector -> (resources in use
+    #: that its bitmap calls free, header fields to put right); the repair's device shows them so
+    #: (module docstring)
+    guards: dict[int, tuple[set[int], dict[str, int]]] = field(default_factory=dict)
     #: the repair trusts the check's verdict on watched slots: (slot, hbGen, stamp) -> reason
     carried_stale: dict[tuple[int, int, int], str] | None = None
     #: (lock type, volume offset, mode, owner, hbAddr, hbGen, label) of cluster locks held

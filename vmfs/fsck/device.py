@@ -30,7 +30,7 @@ class FsckDevice(BlockDevice):
         self.base = base
         self.name = base.name
         self._patches: dict[int, bytearray] = {}
-        self._guards: dict[int, frozenset[int]] = {}
+        self._guards: dict[int, tuple[frozenset[int], tuple[tuple[str, int], ...]]] = {}
 
     @property
     def size(self) -> int:
@@ -41,20 +41,28 @@ class FsckDevice(BlockDevice):
     def patch(self, offset: int, data: bytes) -> None:
         self._patches[offset] = bytearray(data)
 
-    def guard(self, meta_offset: int, resources: set[int] | frozenset[int]) -> None:
+    def guard(
+        self, meta_offset: int, resources: set[int] | frozenset[int], fields: dict[str, int] | None = None
+    ) -> None:
         """Show ``resources`` of the VMFS5 cluster whose metadata sector is at ``meta_offset`` as
-        allocated."""
-        if resources:
-            self._guards[meta_offset] = frozenset(resources)
+        allocated, with ``fields`` (cluster number, resource count) put right and the free count
+        and first-free index recomputed, so that the library's allocators accept the cluster."""
+        if resources or fields:
+            self._guards[meta_offset] = (frozenset(resources), tuple(sorted((fields or {}).items())))
 
     @staticmethod
-    def _guarded(sector: bytes, resources: frozenset[int]) -> bytes:
+    def _guarded(sector: bytes, guard: tuple[frozenset[int], tuple[tuple[str, int], ...]]) -> bytes:
+        resources, fields = guard
         meta = R.ClusterMeta5.parse(sector)
+        for k, v in fields:
+            meta[k] = v
         total = meta.totalResources
         bitmap = bytearray(meta.bitmap)
         for r in resources:
             if r < len(bitmap) * 8:
                 bitmap[r >> 3] &= ~(1 << (r & 7))
+        for r in range(total, len(bitmap) * 8):
+            bitmap[r >> 3] &= ~(1 << (r & 7))
         free = sum(bin(b).count("1") for b in bitmap)
         first = next((i for i in range(min(total, len(bitmap) * 8)) if bitmap[i >> 3] >> (i & 7) & 1), 0)
         meta.bitmap = bytes(bitmap)
@@ -77,7 +85,7 @@ class FsckDevice(BlockDevice):
                     buf = bytearray(data)
                 lo, hi = max(start, offset), min(stop, end)
                 buf[lo - offset : hi - offset] = image[lo - start : hi - start]
-        for start, resources in self._guards.items():
+        for start, guard in self._guards.items():
             stop = start + _SECTOR
             if start < end and stop > offset:
                 if buf is None:
@@ -86,7 +94,7 @@ class FsckDevice(BlockDevice):
                     sector = bytes(buf[start - offset : stop - offset])
                 else:
                     sector = self.base.read(start, _SECTOR)
-                fixed = self._guarded(sector, resources)
+                fixed = self._guarded(sector, guard)
                 lo, hi = max(start, offset), min(stop, end)
                 buf[lo - offset : hi - offset] = fixed[lo - start : hi - start]
         return bytes(buf) if buf is not None else data

@@ -26,6 +26,7 @@ Leaves
 from __future__ import annotations
 
 import stat as _stat
+from collections import namedtuple
 from typing import Any
 
 from construct import Struct
@@ -33,21 +34,28 @@ from construct import Struct
 from vmfs import address as A
 from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, FdRecord
-from vmfs.fsck.maps import DATA, POINTERS, MapRules, key_label, read_raw
+from vmfs.fsck.maps import DATA, POINTERS, MapRules, key_label, read_raw, run_offset
 from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import FdEdit, apply_fd_edit
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.common import unpack_ints
+from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.filedesc import FILE_METADATA_SIZE, FileMetadata
 from vmfs.ondisk.lock import LOCK_TYPE_FD, LockFields
 
 LABEL = "Pass 2: Checking file descriptors and their block maps"
 
-#: The lock fields up to the owner (type, addr, hbAddr, hbGen, token, mode, owner), compiled once:
-#: construct's compiled parsers are ~5x faster, which matters for 100,000s of FDs.
-_LOCK_HEAD = Struct(*LockFields.subcons[:7]).compile()
-_META = FileMetadata.compile()
+#: The lock fields up to the mode (type, addr, hbAddr, hbGen, token, mode), the owner only when
+#: the lock is held, and the metadata fields up to numPointerBlocks: declarations cut from the
+#: ondisk ones and compiled (construct's code generation), because a volume has 100,000s of FDs.
+_LOCK_HEAD = fast(Struct(*LockFields.subcons[:6]))
+_LOCK_OWNER = fast(Struct(*LockFields.subcons[:7]))
+_META_FIELDS = FileMetadata.subcons[: [c.name for c in FileMetadata.subcons].index("numPointerBlocks") + 1]
+_META = fast(Struct(*_META_FIELDS))
+_META_SIZE = _META.sizeof()
+#: parsed values as named tuples: attribute access on a construct Container costs ~0.5 us
+_Head = namedtuple("_Head", [c.name for c in LockFields.subcons[:6]])  # type: ignore[misc]
+_Meta = namedtuple("_Meta", [c.name for c in _META_FIELDS])  # type: ignore[misc]
 
 KNOWN_TYPES = {F.TYPE_DIRECTORY, F.TYPE_REGFILE, F.TYPE_SYMLINK, F.TYPE_SYSFILE, F.TYPE_RDM}
 KNOWN_ZLA = {F.ZLA_FILE_BLOCKS, F.ZLA_SUB_BLOCKS, F.ZLA_POINTER_BLOCKS, F.ZLA_POINTER2_BLOCKS,
@@ -73,7 +81,7 @@ def run(ctx: Context) -> None:
         first = g * fdc.cpg
         count = min(fdc.cpg, fdc.num_clusters - first)
         base = fdc.cluster_header_offset(first)
-        raw, _ = read_raw(fdc.reader, st.raw, base, fdc.cpg * ch + count * fdc.rpc * fdc.rsz)
+        raw, runs = read_raw(fdc.reader, st.raw, base, fdc.cpg * ch + count * fdc.rpc * fdc.rsz)
         for i in range(count):
             c = first + i
             cluster = fdc.read_cluster(c, raw[i * ch : (i + 1) * ch])
@@ -84,7 +92,9 @@ def run(ctx: Context) -> None:
                 if slot == zero or len(slot) < fdc.rsz:
                     continue
                 marked = r < cluster.total and not cluster.is_free(r)
-                _examine(ctx, rules, A.make_fd(c, r), fdc.volume_offset(c, r), slot, marked)
+                where = run_offset(runs, base + off)
+                if where is not None:
+                    _examine(ctx, rules, A.make_fd(c, r), where, slot, marked)
         ctx.progress(LABEL, g + 1, groups)
 
 
@@ -92,39 +102,40 @@ def _examine(ctx: Context, rules: MapRules, address: int, vol_offset: int, slot:
     st = ctx.state
     geo = rules.geo
     md = geo.md_size
-    head = _LOCK_HEAD.parse(slot)
-    meta = _META.parse(slot[md : md + FILE_METADATA_SIZE])
-    signals = {
-        "lock type": (head.type, LOCK_TYPE_FD),
-        "lock address": (head.addr, vol_offset),
-        "descAddr": (meta.descAddr, address),
-    }
-    wrong = [(k, v, e) for k, (v, e) in signals.items() if v != e]
+    head = _Head._make(_LOCK_HEAD.parse(slot).values())
+    meta = _Meta._make(_META.parse(slot[md : md + _META_SIZE]).values())
     fd = f"{address:#x}"
     edit = FdEdit(address, vol_offset)
-    if len(wrong) >= 2:
-        if ctx.problem(Code.FD_SLOT_GARBAGE, subject=fd, fd=fd, bit="marked in use" if marked else "free"):
-            apply_fd_edit(ctx, FdEdit(address, vol_offset, zero=True, findings=[ctx.last]))
-        return
-    for name, value, expected in wrong:
-        if ctx.problem(Code.FD_HEADER_DAMAGED, subject=fd, fd=fd, field=name, value=f"{value:#x}",
-                       expected=f"{expected:#x}"):
-            edit.findings.append(ctx.last)
-            if name == "descAddr":
-                edit.meta["descAddr"] = address
-            else:
-                edit.lock["type" if name == "lock type" else "addr"] = expected
-    if wrong:
+    if head.type != LOCK_TYPE_FD or head.addr != vol_offset or meta.descAddr != address:
+        signals = {
+            "lock type": (head.type, LOCK_TYPE_FD),
+            "lock address": (head.addr, vol_offset),
+            "descAddr": (meta.descAddr, address),
+        }
+        wrong = [(k, v, e) for k, (v, e) in signals.items() if v != e]
+        if len(wrong) >= 2:
+            if ctx.problem(Code.FD_SLOT_GARBAGE, subject=fd, fd=fd, bit="marked in use" if marked else "free"):
+                apply_fd_edit(ctx, FdEdit(address, vol_offset, zero=True, findings=[ctx.last]))
+            return
+        for name, value, expected in wrong:
+            if ctx.problem(Code.FD_HEADER_DAMAGED, subject=fd, fd=fd, field=name, value=f"{value:#x}",
+                           expected=f"{expected:#x}"):
+                edit.findings.append(ctx.last)
+                if name == "descAddr":
+                    edit.meta["descAddr"] = address
+                else:
+                    edit.lock["type" if name == "lock type" else "addr"] = expected
         st.patch(vol_offset, salvaged(geo, slot, address, vol_offset))
     for name, value, known in (("type", meta.type, KNOWN_TYPES), ("address mode (ZLA)", meta.zla, KNOWN_ZLA)):
         if value not in known:
             if ctx.problem(Code.FD_BAD_KIND, subject=fd, fd=fd, field=name, value=value):
                 apply_fd_edit(ctx, FdEdit(address, vol_offset, zero=True, findings=[ctx.last]))
             return
+    owner = _LOCK_OWNER.parse(slot).owner if head.mode else ""
     rec = FdRecord(
         address, vol_offset, meta.type, meta.zla, meta.fileLength, meta.blockSize, meta.generation, meta.linkCount,
         meta.mode, meta.type == F.TYPE_DIRECTORY or (meta.type == F.TYPE_SYSFILE and _stat.S_ISDIR(meta.mode)),
-        marked, head.mode, head.owner, head.hbAddr, head.hbGen,
+        marked, head.mode, owner, head.hbAddr, head.hbGen,
     )
     _check_fields(ctx, rec, meta, edit)
     if meta.zla == F.ZLA_RESIDENT:

@@ -24,10 +24,9 @@ Leaves
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, namedtuple
+from dataclasses import dataclass
 from typing import Any
-
-from construct import Container
 
 from vmfs import address as A
 from vmfs.directory import Directory6, open_directory
@@ -39,14 +38,16 @@ from vmfs.namehash import name_hash
 from vmfs.ondisk import dirent6 as D6
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.common import decode_name
+from vmfs.ondisk.common import decode_name, fast
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
 from vmfs.stream import FileReader
 from vmfs.volume import ROOT_FD, SYSTEM_FDS
 
 LABEL = "Pass 3: Checking directories"
 
-_DIRENT = Dirent5.compile()
+_DIRENT = fast(Dirent5)
+_DOT = b".".ljust(128, b"\x00")
+_DOTDOT = b"..".ljust(128, b"\x00")
 NAME_MAX = 127
 TYPE_NAMES = {2: "directory", 3: "file", 4: "symlink", 5: "system file", 6: "RDM"}
 
@@ -57,7 +58,7 @@ def run(ctx: Context) -> None:
         return
     st = ctx.state
     vol = ctx.volume
-    contents: dict[int, list[bytes]] = {}
+    contents: dict[int, list[_Slot]] = {}
     for rec in sorted((r for r in st.fds.values() if r.is_dir), key=lambda r: r.address):
         try:
             fd = vol.read_fd(rec.address)
@@ -65,15 +66,15 @@ def run(ctx: Context) -> None:
         except VmfsError as exc:
             ctx.note(f"directory {rec.address:#x}: not checked ({exc})")
             continue
-        contents[rec.address] = [data[i : i + DIRENT5_SIZE] for i in range(0, len(data), DIRENT5_SIZE)]
+        contents[rec.address] = [_Slot.of(data[i : i + DIRENT5_SIZE]) for i in range(0, len(data), DIRENT5_SIZE)]
     # who names whom, and which FDs have an entry of the right generation (for '..' and generations)
     named_by: dict[int, int] = {}
     good_gen: Counter[int] = Counter()
     for address, slots in contents.items():
-        for raw in slots[2:]:
-            if len(raw) < DIRENT5_SIZE:
+        for slot in slots[2:]:
+            ent = slot.ent
+            if ent is None:
                 continue
-            ent = _DIRENT.parse(raw)
             target = st.fds.get(ent.descAddr)
             if target is None:
                 continue
@@ -87,6 +88,27 @@ def run(ctx: Context) -> None:
         if n % 1024 == 0:
             ctx.progress(LABEL, n, total)
     ctx.progress(LABEL, total, total)
+
+
+#: a parsed entry as a named tuple (attribute access on a construct Container is slow)
+_Ent = namedtuple("_Ent", [c.name for c in Dirent5.subcons])  # type: ignore[misc]
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One 140-byte slot of a VMFS5 directory: its bytes, parsed (None when cut short)."""
+
+    raw: bytes
+    ent: Any
+
+    @classmethod
+    def of(cls, raw: bytes) -> _Slot:
+        return cls(raw, _Ent._make(_DIRENT.parse(raw).values()) if len(raw) == DIRENT5_SIZE else None)
+
+    @classmethod
+    def edited(cls, ent: Any) -> _Slot:
+        """An entry changed by a repair, with the bytes that go to disk."""
+        return cls(_DIRENT.build(ent._asdict()), ent)
 
 
 def _name_defect(raw: bytes) -> tuple[str | None, str, bool]:
@@ -110,13 +132,13 @@ def _name_defect(raw: bytes) -> tuple[str | None, str, bool]:
     return text, ", ".join(detail), bool(detail)
 
 
-def _check_dir5(ctx: Context, rec: FdRecord, slots: list[bytes], named_by: dict[int, int],
+def _check_dir5(ctx: Context, rec: FdRecord, slots: list[_Slot], named_by: dict[int, int],
                 good_gen: Counter[int]) -> None:
     st = ctx.state
     d = f"{rec.address:#x}"
     findings = []
     final = list(slots)
-    partial: list[bytes] = []
+    partial: list[_Slot] = []
     if rec.size % DIRENT5_SIZE:
         whole = rec.size // DIRENT5_SIZE
         if ctx.problem(Code.DIR_BAD_SIZE, subject=d, dir=d, size=rec.size, entry=DIRENT5_SIZE,
@@ -125,58 +147,60 @@ def _check_dir5(ctx: Context, rec: FdRecord, slots: list[bytes], named_by: dict[
         else:
             partial = final[whole:]
         final = final[:whole]
-    moved: list[bytes] = []
-    parsed = [_DIRENT.parse(s) for s in final]
+    moved: list[_Slot] = []
     dotdot_target: int | None = None
     # '.'
-    first = parsed[0] if parsed else None
+    first = final[0].ent if final else None
     first_name = decode_name(first.name) if first is not None else ""
-    if first is None or first_name != "." or first.descAddr != rec.address or first.type != rec.type:
+    if (first is None or first.name != _DOT or first.descAddr != rec.address or first.type != rec.type):
         found = "missing" if first is None or not first.descAddr else f"'{first_name}' -> {first.descAddr:#x}"
+        if first is not None and first_name == "." and first.name != _DOT:
+            found = "'.' with stray bytes after its name"
         if ctx.problem(Code.DIR_BAD_DOT, subject=d, dir=d, found=found):
             findings.append(ctx.last)
             if first is not None and first.descAddr and first_name not in (".", ".."):
                 moved.append(final[0])
             if first is not None and first_name == "..":
                 dotdot_target = first.descAddr
-            dot = dirent5(rec.type, rec.address, rec.generation, ".")
+            dot = _Slot.of(dirent5(rec.type, rec.address, rec.generation, "."))
             if final:
                 final[0] = dot
             else:
                 final.append(dot)
     # '..'
-    second = parsed[1] if len(parsed) > 1 else None
+    second = final[1].ent if len(final) > 1 else None
     second_name = decode_name(second.name) if second is not None else ""
-    if second is None or second_name != ".." or not second.descAddr:
+    if second is None or second.name != _DOTDOT or not second.descAddr:
         found = "missing" if second is None or not second.descAddr else f"'{second_name}'"
+        if second is not None and second_name == ".." and second.descAddr:
+            found = "'..' with stray bytes after its name"
+            dotdot_target = second.descAddr
         if ctx.problem(Code.DIR_NO_DOTDOT, subject=d, dir=d, found=found):
             findings.append(ctx.last)
             if second is not None and second.descAddr and second_name not in (".", ".."):
                 moved.append(final[1])
-            target = dotdot_target or named_by.get(rec.address, ROOT_FD)
-            if rec.address == ROOT_FD:
-                target = ROOT_FD
+            target = ROOT_FD if rec.address == ROOT_FD else dotdot_target or named_by.get(rec.address, ROOT_FD)
             parent = st.fds.get(target)
-            dd = dirent5(F.TYPE_DIRECTORY, target, parent.generation if parent else 1, "..")
+            dd = _Slot.of(dirent5(F.TYPE_DIRECTORY, target, parent.generation if parent else 1, ".."))
             if len(final) > 1:
                 final[1] = dd
             else:
-                while len(final) < 1:
-                    final.append(dirent5(rec.type, rec.address, rec.generation, "."))
+                if not final:
+                    final.append(_Slot.of(dirent5(rec.type, rec.address, rec.generation, ".")))
                 final.append(dd)
     final.extend(moved)
     # the other entries
     seen: dict[str, int] = {}
     remove: list[int] = []
     for i in range(2, len(final)):
-        ent = _DIRENT.parse(final[i])
-        if not ent.descAddr:
+        slot = final[i]
+        if slot.ent is None or not slot.ent.descAddr:
             continue  # an unused slot: readers skip it
-        new = _check_entry(ctx, rec, i, ent, seen, good_gen, findings)
-        if new is None:
+        ent = _check_entry(ctx, rec, i, slot.ent, seen, good_gen, findings)
+        if ent is None:
             remove.append(i)
-        elif new != final[i]:
-            final[i] = new
+        elif ent is not slot.ent:
+            final[i] = _Slot.edited(ent)
     for i in sorted(remove, reverse=True):
         last = final.pop()
         if i < len(final):
@@ -185,18 +209,18 @@ def _check_dir5(ctx: Context, rec: FdRecord, slots: list[bytes], named_by: dict[
     answered = [f for f in findings if f.answer]
     if not ctx.repairing:
         final = slots  # nothing was changed: later passes see the directory as it is
-    elif answered and not rewrite_dir5(ctx, rec.address, slots, final, answered):
+    elif answered and not rewrite_dir5(ctx, rec.address, [s.raw for s in slots], [s.raw for s in final],
+                                       answered):
         final = slots
-    st.dirs[rec.address] = record_from_slots(rec.address, final)
+    st.dirs[rec.address] = _record(rec.address, final)
 
 
 def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, int], good_gen: Counter[int],
-                 findings: list[Any]) -> bytes | None:
-    """The entry as it must be (``None``: removed); the original bytes when nothing changes or
-    the answer was no."""
+                 findings: list[Any]) -> Any:
+    """Check one entry (a named tuple of Dirent5's fields): None = remove it; else the entry as it
+    must be (the same object when nothing changes or every answer was no)."""
     st = ctx.state
     d = f"{rec.address:#x}"
-    raw = _DIRENT.build(ent)
     name, detail, bad = _name_defect(ent.name)
     shown = decode_name(ent.name)
     if bad:
@@ -206,10 +230,9 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
             findings.append(ctx.last)
             if name is None:
                 return None
-            ent.name = name.encode("utf-8", "surrogateescape").ljust(128, b"\x00")
-            raw = _DIRENT.build(ent)
+            ent = ent._replace(name=name.encode("utf-8", "surrogateescape").ljust(128, b"\x00"))
         elif name is None:
-            return raw
+            return ent
         name = name if ctx.last.answer else shown
     assert name is not None
     target = st.fds.get(ent.descAddr)
@@ -218,20 +241,19 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
                        address=f"{ent.descAddr:#x}", detail="which is no FD address of this volume"):
             findings.append(ctx.last)
             return None
-        return raw
+        return ent
     if target is None:
         if ctx.problem(Code.DIRENT_FREE_FD, subject=f"{d}/{name}", dir=d, name=name, fd=f"{ent.descAddr:#x}"):
             findings.append(ctx.last)
             return None
-        return raw
+        return ent
     fd = f"{target.address:#x}"
     if ent.type != target.type and ctx.problem(
         Code.DIRENT_BAD_TYPE, subject=f"{d}/{name}", dir=d, name=name, type=ent.type, fd=fd,
         fd_type=TYPE_NAMES.get(target.type, target.type),
     ):
         findings.append(ctx.last)
-        ent.type = target.type
-        raw = _DIRENT.build(ent)
+        ent = ent._replace(type=target.type)
     if ent.generation != target.generation:
         drop = good_gen[target.address] > 0
         action = "Remove the entry" if drop else f"Set it to {target.generation}"
@@ -240,9 +262,8 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
             findings.append(ctx.last)
             if drop:
                 return None
-            ent.generation = target.generation
+            ent = ent._replace(generation=target.generation)
             good_gen[target.address] += 1
-            raw = _DIRENT.build(ent)
     if name in seen:
         same = seen[name] == target.address
         k = 0
@@ -254,11 +275,10 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
             findings.append(ctx.last)
             if same:
                 return None
-            ent.name = newname.encode("utf-8", "surrogateescape")[:NAME_MAX].ljust(128, b"\x00")
-            raw = _DIRENT.build(ent)
+            ent = ent._replace(name=newname.encode("utf-8", "surrogateescape")[:NAME_MAX].ljust(128, b"\x00"))
             name = newname
     seen[name] = target.address
-    return raw
+    return ent
 
 
 def _fd_exists(ctx: Context, address: int) -> bool:
@@ -269,13 +289,15 @@ def _fd_exists(ctx: Context, address: int) -> bool:
 
 def record_from_slots(address: int, slots: list[bytes]) -> DirRecord:
     """A directory's record from its VMFS5 entry slots."""
+    return _record(address, [_Slot.of(s) for s in slots])
+
+
+def _record(address: int, slots: list[_Slot]) -> DirRecord:
     entries = []
     dot = dotdot = None
-    for i, raw in enumerate(slots):
-        if len(raw) < DIRENT5_SIZE:
-            continue
-        ent = _DIRENT.parse(raw)
-        if not ent.descAddr:
+    for i, slot in enumerate(slots):
+        ent = slot.ent
+        if ent is None or not ent.descAddr:
             continue
         name = decode_name(ent.name)
         if i == 0 and name == ".":
@@ -311,7 +333,7 @@ def _run6(ctx: Context) -> None:
         kept = []
         for e in entries:
             raw_name = e.name.encode("utf-8", "surrogateescape")[:128].ljust(128, b"\x00")
-            ent = Container(type=e.type, descAddr=e.address, generation=e.generation, name=raw_name)
+            ent = _Ent(type=e.type, descAddr=e.address, generation=e.generation, name=raw_name)
             if _check_entry(ctx, rec, e.offset, ent, seen, good_gen, []) is not None:
                 kept.append(Entry(e.name, e.address, e.type, e.generation, e.offset))
         h = directory.header

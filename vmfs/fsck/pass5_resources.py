@@ -129,6 +129,7 @@ def run(ctx: Context) -> None:
         name = RESOURCE_NAMES[kind]
         missing: list[tuple[_Fix, int]] = []
         leaked: list[tuple[_Fix, int]] = []
+        fixes_of_kind: list[tuple[_Fix, bool]] = []
         in_use_total = 0
         for cl, offset in _clusters(ctx, res):
             fix = _Fix(res, cl, offset)
@@ -168,14 +169,31 @@ def run(ctx: Context) -> None:
                 fix.recount = True
                 fix.findings.append(ctx.last)
             fixes.append(fix)
+            odd = tail or cl.free != ones or cl.meta.clusterNum != cl.number or cl.meta.totalResources != total
+            fixes_of_kind.append((fix, odd))
         st.usage[kind] = (res.num_resources, in_use_total)
         _bitmap_problems(ctx, kind, name, missing, leaked, fb_rpc)
-        if not ctx.repairing and missing and res.parent is None and res.bits == 1:
-            md = res.ch // 2
-            for fix, r in missing:
-                st.guards.setdefault(fix.offset + md, set()).add(r)
+        if not ctx.repairing and res.parent is None and res.bits == 1 and not vol.geometry.vmfs6:
+            _guards(ctx, res, fixes_of_kind, missing)
     if ctx.repairing:
         _apply(ctx, [f for f in fixes if f.set_used or f.set_free or f.meta or f.lock or f.clear_tail or f.recount])
+
+
+def _guards(ctx: Context, res: ResourceFile, fixes: list[tuple[_Fix, bool]], missing: list[tuple[_Fix, int]]) -> None:
+    """What the repair's device must show of this resource's clusters (see vmfs.fsck.device):
+    resources in use as allocated, and a sound cluster number, resource count and free count,
+    so that the library's allocators neither hand out a used block nor refuse a cluster."""
+    st = ctx.state
+    md = res.ch // 2
+    used_free: dict[int, set[int]] = {}
+    for fix, r in missing:
+        used_free.setdefault(fix.offset, set()).add(r)
+    for fix, odd in fixes:
+        if fix.offset < 0 or not (odd or fix.offset in used_free):
+            continue
+        total = min(res.rpc, res.num_resources - fix.cluster.number * res.rpc)
+        st.guards[fix.offset + md] = (used_free.get(fix.offset, set()),
+                                     {"clusterNum": fix.cluster.number, "totalResources": total})
 
 
 def _set_bits(mask: int) -> list[int]:

@@ -107,21 +107,43 @@ class ClusterProbe:
         self._cache[offset] = found
         return found
 
-    def walk(self, shape: Shape) -> list[int] | None:
-        """Resource counts of the clusters ``shape`` predicts, or None when it does not fit."""
+    def walk(self, shape: Shape) -> list[int]:
+        """Resource counts of the clusters at the places ``shape`` gives: a place counts when
+        its header carries the right number and part of a right lock block, or a wholly right
+        lock block (then its counts may be damaged: -1 stands for "unknown")."""
         totals: list[int] = []
         c = 0
         while c < MAX_CLUSTERS:
             group, index = divmod(c, shape.cpg)
             off = shape.cgo + group * shape.cgs + index * self.ch
             got = self.header(off)
-            if got is None or got[0] != c or off not in self.partly:
+            if got is None or not ((got[0] == c and off in self.partly) or off in self.sound):
                 break
-            totals.append(got[1])
+            totals.append(got[1] if got[0] == c and 0 < got[1] <= shape.rpc else -1)
             c += 1
-        if not totals or any(t != shape.rpc for t in totals[:-1]) or not 0 < totals[-1] <= shape.rpc:
-            return None
         return totals
+
+
+def counts(geo: Geometry, kind: int, shape: Shape, totals: list[int], file_size: int, volume_blocks: int) -> list[int]:
+    """Resource counts that fit ``totals`` (full clusters, then the last one): from the cluster
+    headers when they all tell it, else from the witness of :func:`witness`."""
+    out = []
+    rpc, n = shape.rpc, len(totals)
+    if not n or not all(t in (rpc, -1) for t in totals[:-1]):
+        return []
+    if totals[-1] > 0:  # clusters before the last are full; an unknown count there is rpc
+        out.append((n - 1) * rpc + totals[-1])
+    if kind == R.RES_FB:
+        out.append(volume_blocks)
+    elif kind != R.RES_FD and shape.rsz:
+        # the file ends right after the last resource: solve for the count
+        for num in range((n - 1) * rpc + 1, n * rpc + 1):
+            if witness(geo, kind, Shape(rpc, shape.cpg, shape.cgo, shape.rsz, shape.cgs, num, 0), file_size,
+                       volume_blocks):
+                out.append(num)
+                break
+    out.append(n * rpc)  # the last resort: the last cluster full too
+    return [m for m in _unique(out) if -(-m // rpc) == n]
 
 
 def witness(geo: Geometry, kind: int, shape: Shape, file_size: int, volume_blocks: int) -> bool | None:
@@ -227,14 +249,14 @@ def rebuild_header(
     old = (h.resourcesPerCluster, h.clustersPerGroup, h.clusterGroupOffset, h.resourceSize, h.clusterGroupSize,
            h.numResourcesLo | h.numResourcesHi << 32, h.numClusterGroups)
     for cgo in cgos:
-        if cgo < R.RES_HEADER_SIZE or probe.header(cgo) is None or cgo not in probe.partly:
+        if cgo < R.RES_HEADER_SIZE or probe.header(cgo) is None or cgo not in probe.partly | probe.sound:
             continue
         run = 0
-        while (run < MAX_CLUSTERS and (got := probe.header(cgo + run * ch)) is not None and got[0] == run
-               and cgo + run * ch in probe.partly):
+        while (run < MAX_CLUSTERS and (got := probe.header(cgo + run * ch)) is not None
+               and ((got[0] == run and cgo + run * ch in probe.partly) or cgo + run * ch in probe.sound)):
             run += 1
         first_total = probe.header(cgo)[1]  # type: ignore[index]
-        rpcs = _unique([h.resourcesPerCluster, first_total, DEFAULT_RPC[kind]])
+        rpcs = _unique([r for r in (h.resourcesPerCluster, first_total, DEFAULT_RPC[kind]) if 0 < r <= limit])
         cpgs = _unique([fdc[1]] if fdc else [h.clustersPerGroup, DEFAULT_CPG, run])
         for rpc, cpg in itertools.product(rpcs, cpgs):
             if not 0 < rpc <= limit or cpg <= 0 or (rsz and run > cpg):
@@ -242,20 +264,18 @@ def rebuild_header(
             cgs = cpg * ch + cpg * rpc * rsz
             trial = Shape(rpc, cpg, cgo, rsz, cgs, 0, 0)
             totals = probe.walk(trial)
-            if totals is None:
-                continue
-            num = sum(totals)
-            shape = Shape(rpc, cpg, cgo, rsz, cgs, num, -(-len(totals) // cpg))
-            last = divmod(num - 1, rpc)
-            end = cgo + (last[0] // cpg) * cgs + cpg * ch + ((last[0] % cpg) * rpc + last[1]) * rsz + rsz
-            if max(end, cgo + (len(totals) - 1) // cpg * cgs + cpg * ch) > probe.file_size:
-                continue
-            new = (rpc, cpg, cgo, rsz, cgs, num, shape.num_groups)
-            score = sum(a == b for a, b in zip(old, new, strict=True)) * 2 + (rpc == DEFAULT_RPC[kind])
-            if witness(geo, kind, shape, probe.file_size, volume_blocks):
-                score += 100
-            if best is None or score > best[0]:
-                best = (score, shape)
+            for num in counts(geo, kind, trial, totals, probe.file_size, volume_blocks):
+                shape = Shape(rpc, cpg, cgo, rsz, cgs, num, -(-len(totals) // cpg))
+                last = divmod(num - 1, rpc)
+                end = cgo + (last[0] // cpg) * cgs + cpg * ch + ((last[0] % cpg) * rpc + last[1]) * rsz + rsz
+                if max(end, cgo + (len(totals) - 1) // cpg * cgs + cpg * ch) > probe.file_size:
+                    continue
+                new = (rpc, cpg, cgo, rsz, cgs, num, shape.num_groups)
+                score = sum(a == b for a, b in zip(old, new, strict=True)) * 2 + (rpc == DEFAULT_RPC[kind])
+                if witness(geo, kind, shape, probe.file_size, volume_blocks):
+                    score += 100
+                if best is None or score > best[0]:
+                    best = (score, shape)
     return best[1] if best else None
 
 

@@ -183,8 +183,8 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
         if carried is not None:
             for offset, image in carried.lock_patches.items():
                 state.patch(offset, image)
-            for offset, resources in carried.guards.items():
-                device.guard(offset, resources)
+            for offset, (resources, fields) in carried.guards.items():
+                device.guard(offset, resources, fields)
             state.carried_stale = {(s.slot, s.hb.hbGen, s.hb.stamp): s.reason
                                    for s in carried.slots if s.liveness == "stale"}
         try:
