@@ -60,9 +60,10 @@ class _Progress:
 
 
 class _Printer:
-    def __init__(self, image: str, mode: Mode, verbose: bool, progress: _Progress) -> None:
+    def __init__(self, image: str, policy: Policy, verbose: bool, progress: _Progress) -> None:
         self.image = image
-        self.mode = mode
+        self.policy = policy
+        self.mode = policy.mode
         self.verbose = verbose
         self.progress = progress
 
@@ -80,6 +81,9 @@ class _Printer:
             f = event.finding
             if f.phase == "repair" and not self.verbose:
                 return
+            asked = self.policy.repairable and f.fix and not f.problem.flags & (Flag.FATAL | Flag.NO_FIX)
+            if self.mode is Mode.ASK and f.phase == "check" and asked:
+                return  # the question showed it
             click.echo(_problem_line(self.image, f.problem, f.message, f.fix, f.answer, self.mode))
 
 
@@ -92,8 +96,8 @@ def _problem_line(image: str, problem: Problem, message: str, fix: str, answer: 
     return f"{text}.  {fix}? {'yes' if answer else 'no'}"
 
 
-def _ask(problem: Problem, subject: str, message: str) -> bool:
-    return click.confirm("  Fix?", default=True)
+def _ask(problem: Problem, subject: str, question: str) -> bool:
+    return click.confirm(question[0].upper() + question[1:] + "?", default=True)
 
 
 def _summary(report: Report) -> list[str]:
@@ -140,7 +144,8 @@ def _summary(report: Report) -> list[str]:
               help="Treat the in-use heartbeat slots of this host (or of all hosts) as stale.")
 @click.option("--force-live", is_flag=True, help="Repair even beside hosts whose heartbeat is live or unknown.")
 @click.option("--host-uuid", default=None, metavar="UUID",
-              help="This host's UUID (default: derived from /etc/machine-id, as vmfs-mount does).")
+              help="The host UUID vmfs-fsck writes with (default: derived from /etc/machine-id, not the "
+                   "one vmfs-mount uses).")
 def cli(images: tuple[str, ...], no: bool, yes: bool, preen: bool, force: bool, verbose: bool,
         progress_fd: int | None, as_json: bool, watch: bool, lease: float | None, stale_host: tuple[str, ...],
         force_live: bool, host_uuid: str | None) -> int:
@@ -169,9 +174,10 @@ def cli(images: tuple[str, ...], no: bool, yes: bool, preen: bool, force: bool, 
             click.echo(f"{PROG}: need a terminal for interactive repairs (give -n, -y or -p)", err=True)
             return ExitCode.OPERATIONAL
     progress = _Progress(None if as_json else progress_fd)
-    printer = None if as_json else _Printer(images[0], mode, verbose, progress)
+    policy = Policy(mode, ask=_ask)
+    printer = None if as_json else _Printer(images[0], policy, verbose, progress)
     options = FsckOptions(
-        policy=Policy(mode, ask=_ask),
+        policy=policy,
         watch=watch,
         lease=lease,
         stale_hosts=frozenset(stale),

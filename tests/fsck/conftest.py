@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.fsck import volumes
+from tests.mkfs.conftest import huge_dir  # noqa: F401 - a folder that holds a 64 TiB sparse file
 
 
 @pytest.fixture(scope="session")

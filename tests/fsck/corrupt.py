@@ -336,9 +336,9 @@ def apply(path: Path, steps: list[dict[str, Any]]) -> None:
         step = dict(step)
         op = step.pop("op")
         if op == "crash_writer":
-            from vmfs.host import stable_host_uuid
+            from vmfs.fsck.context import fsck_identity
 
-            uuid = stable_host_uuid() if step["host"] == "this machine" else step["host"]
+            uuid = fsck_identity().uuid if step["host"] == "vmfs-fsck" else step["host"]
             crash_writer(path, uuid, step["write"])
             continue
         img = Image(path)

@@ -123,3 +123,31 @@ def test_volume_after_a_write_workload_is_clean(tmp_path: Path, populated: Path)
         fs.symlink("/vmfs/volumes/fsck test/again/n1", "/abs")
     rc, report = run_fsck(image, "-n")
     assert (rc, codes(report)) == (0, []), report
+
+
+@pytest.mark.slow
+def test_huge_vmfs_mkfs_volume_is_clean(huge_dir: Path) -> None:
+    """60 TiB: .fbb.sf is mapped through pointer blocks (ZLA 3), 314,572 file-block clusters."""
+    image = huge_dir / "huge.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "60T", str(image)], check=True, capture_output=True)
+    try:
+        rc, report = run_fsck(image, "-n")
+        assert (rc, codes(report)) == (0, [])
+        assert report["summary"]["blocks"]["total"] == 62914304
+    finally:
+        image.unlink()
+
+
+@pytest.mark.fuse
+def test_volume_written_through_a_read_write_mount_is_clean(tmp_path: Path) -> None:
+    """vmfs-mkfs, then the interop tree (renames, deletes, a 300 GiB sparse file...) written through
+    vmfs-mount -o rw."""
+    from tests.conftest import Mount
+    from tests.interop.test_write_interop import write_tree
+
+    image = tmp_path / "vol.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "4G", "-L", "interop", str(image)], check=True, capture_output=True)
+    with Mount([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(tmp_path / "rw")], tmp_path / "rw") as root:
+        write_tree(root)
+    rc, report = run_fsck(image, "-n")
+    assert (rc, codes(report)) == (0, []), report

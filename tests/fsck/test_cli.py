@@ -121,9 +121,13 @@ def test_refuses_to_repair_beside_a_live_host(tmp_path: Path, vmfs5_image: Path)
 
 def test_vmfs6_is_checked_not_repaired(tmp_path: Path, vmfs6_image: Path) -> None:
     image = copy_image(vmfs6_image, tmp_path / "v6.img")
-    corrupt.apply(image, [{"op": "dirent6_hash", "dir": "/directory", "name": "file2"}])
+    corrupt.apply(image, [{"op": "dirent6_hash", "dir": "/directory", "name": "file2"},
+                          {"op": "fd", "path": "/directory/file4", "field": "linkCount", "value": 7}])
+    before = volumes.sparse_digest(image)
     rc, report = run_fsck(image, "-y")
     assert rc == 4 and "VMFS6" in report["refused"]
+    assert codes(report) == ["0x03000a DIR6_DAMAGED", "0x040007 LINK_COUNT_WRONG"]
+    assert volumes.sparse_digest(image) == before
 
 
 @pytest.mark.parametrize("answer", [False, True])

@@ -75,11 +75,12 @@ def regions(populated: Path) -> list[tuple[str, int, int]]:
 
 
 mutation = st.tuples(st.integers(min_value=0, max_value=1 << 30), st.integers(min_value=0, max_value=1 << 30),
-                     st.binary(min_size=1, max_size=16))
+                     st.binary(min_size=1, max_size=256))
 
 
-@settings(max_examples=int(os.environ.get("FSCK_FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(mutations=st.lists(mutation, min_size=1, max_size=6))
+@settings(max_examples=int(os.environ.get("FSCK_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=12))
 def test_random_metadata_damage(mutations, regions, populated: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     image = volumes.copy(populated, tmp_path / "fuzz.img")
     image.chmod(0o644)

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 #: (resource type, cluster, resource): one resource of a resource file (VMFS5 file blocks too)
 ResKey = tuple[int, int, int]
 
-#: how the report calls each phase
-PHASES = ("check", "repair", "verify")
-
 
 @dataclass
 class FsckOptions:
@@ -46,13 +43,23 @@ class FsckOptions:
     stale_hosts: frozenset[str] = frozenset()
     #: repair even though other hosts' heartbeats are live or unknown
     force_live: bool = False
-    #: identity of this host (its own in-use slots are leftovers of an unclean stop)
+    #: the identity vmfs-fsck writes with (default: :func:`fsck_identity`); its own in-use slots
+    #: are leftovers of an interrupted run
     host: HostIdentity | None = None
     verbose: bool = False
     #: called with each :class:`Event` as it happens (the tool prints them)
     on_event: Callable[[Event], None] | None = None
     #: called with (pass label, done, total) while a pass walks a large structure
     on_progress: Callable[[str, int, int], None] | None = None
+
+
+def fsck_identity() -> HostIdentity:
+    """vmfs-fsck's own host identity on this machine: stable across runs (an interrupted repair's
+    slot and journal are found again), but not the one vmfs-mount uses, so a check never takes a
+    slot of a mount of this machine for a leftover of its own."""
+    from vmfs.host import HostIdentity
+
+    return HostIdentity.for_process("vmfs-fsck")
 
 
 @dataclass
@@ -242,7 +249,7 @@ class Context:
         facts.setdefault("path", "")
         message = problem.format(facts)
         fix = problem.format_fix(facts) if problem.fix else ""
-        answer = self.policy.answer(problem, subject or message, message)
+        answer = self.policy.answer(problem, subject or message, f"{message}.  {fix}" if fix else message)
         finding = Finding(problem, facts, subject or message, message, fix, self.state.phase, answer)
         self.findings.append(finding)
         self._current = finding

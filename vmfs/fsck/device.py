@@ -3,15 +3,19 @@
 It passes every read and write through to the volume below, with two corrections in what reads
 return:
 
-* **patches**: sectors whose bytes are replaced, e.g. a resource file header that pass 1 rebuilt
-  from the cluster headers (without it the library could not even open the volume).  A write over
-  a patched range goes to the volume and becomes the patch's new content.
+* **patches**: sectors whose bytes are replaced: a resource file header that pass 1 rebuilt from
+  the cluster headers, a lock block (of an FD or a cluster) whose type or own address is damaged,
+  an FD whose ``descAddr`` is (without them the library could not open the volume, read the FD,
+  or take the lock).  A write over a patched range goes to the volume and becomes the patch's new
+  content.
 * **guards** (repair only): VMFS5 cluster metadata sectors in which resources that the check found
-  in use are shown as allocated even where the on-disk bitmap says "free".  The library's
-  allocators (the journal block taken when the volume is opened read-write, blocks for clones,
-  /lost+found) then never hand out a block that a file still uses.  When an allocator writes such
-  a sector, the written image includes the correction, which is the right bitmap anyway; pass 5
-  compares the raw on-disk bitmaps, not this view.
+  in use are shown as allocated even where the on-disk bitmap says "free", with a sound cluster
+  number, resource count and free count.  The library's allocators (the journal block taken when
+  the volume is opened read-write, blocks for clones, /lost+found) then never hand out a block that
+  a file still uses, nor refuse a damaged cluster.  A guard is applied on every read, so it
+  survives writes to its sector (a journal replay, an allocation); when an allocator writes such a
+  sector, the written image includes the correction, which is the right bitmap anyway.  Pass 5
+  compares the raw on-disk bytes, not this view.
 
 Nothing here is a repair by itself: every repair goes through the library's transactions.
 """

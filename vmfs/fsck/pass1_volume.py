@@ -8,8 +8,8 @@ Checks
       cluster headers at the places the geometry gives; the resource count against an
       independent witness) and rebuilds a damaged one from them (:mod:`vmfs.fsck.rebuild`);
     * every heartbeat slot: state, own address, owner and journal fields — 4.2.
-      For in-use slots it decides whether the owner is alive: a slot of this host's own identity
-      is a leftover of an unclean stop (the library's own rule when it mounts); ``--stale-host``
+      For in-use slots it decides whether the owner is alive: a slot of vmfs-fsck's own identity
+      is a leftover of an interrupted run (the library's own rule when it mounts); ``--stale-host``
       declares hosts gone; ``--watch`` watches the stamps for the lease (16 s, or the descriptor's
       ``leaseIntervalMs``): unchanged = gone, changed = live; otherwise the owner is "in use",
       which is not an error, but the repair refuses to run beside it.
@@ -36,10 +36,9 @@ from construct import ConstructError, Container
 from vmfs import address as A
 from vmfs.errors import DeviceError, VmfsError
 from vmfs.fsck import rebuild
-from vmfs.fsck.context import Context, SlotRecord
+from vmfs.fsck.context import Context, SlotRecord, fsck_identity
 from vmfs.fsck.problems import Code
 from vmfs.geometry import Geometry
-from vmfs.host import HostIdentity
 from vmfs.journal import decode_transaction
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
@@ -185,7 +184,8 @@ def _check_resource_header(ctx: Context, kind: int, name: str, meta: Container, 
     raw = f.read(0, R.RES_HEADER_SIZE)
     where = f.volume_offset(0)
     if raw is None or where is None:
-        ctx.problem(Code.RESOURCE_HEADER_LOST, file=name, detail="the file's first block is not readable")
+        ctx.problem(Code.RESOURCE_HEADER_LOST, file=f"{name} resource header",
+                    detail="the file's first block is not readable")
         return
     h = R.ResourceHeader.parse(raw)
     probe = rebuild.ClusterProbe(geo, kind, f.read, f.volume_offset, f.size)
@@ -197,7 +197,8 @@ def _check_resource_header(ctx: Context, kind: int, name: str, meta: Container, 
         return
     shape = rebuild.rebuild_header(geo, kind, h, probe, fdc=fdc, volume_blocks=blocks)
     if shape is None:
-        ctx.problem(Code.RESOURCE_HEADER_LOST, file=name, detail="; ".join(bad))
+        ctx.problem(Code.RESOURCE_HEADER_LOST, file=f"{name} resource header",
+                    detail="; ".join(bad) + "; the cluster headers do not tell its geometry either")
         return
     image = rebuild.header_bytes(shape)
     st.header_patches[where] = image
@@ -241,7 +242,7 @@ def _read_region(ctx: Context) -> list[tuple[int, int, bytes, Container]]:
 def _heartbeats(ctx: Context) -> None:
     st = ctx.state
     vol = ctx.volume
-    own = (ctx.options.host or HostIdentity()).uuid
+    own = (ctx.options.host or fsck_identity()).uuid
     writer = vol.heartbeat.slot if vol.heartbeat is not None else None
     carried_stale = st.carried_stale
     records: list[SlotRecord] = []
@@ -266,7 +267,7 @@ def _heartbeats(ctx: Context) -> None:
             if i == writer:
                 rec.liveness = "ours"
             elif rec.hb.owner == own:
-                rec.liveness, rec.reason = "stale", "left by this host's identity, which holds no mount here"
+                rec.liveness, rec.reason = "stale", "left by an interrupted vmfs-fsck of this host"
             elif rec.hb.owner in ctx.options.stale_hosts or "all" in ctx.options.stale_hosts:
                 rec.liveness, rec.reason = "stale", "declared gone with --stale-host"
             else:

@@ -19,7 +19,7 @@ Needs
 Leaves
     ``state.fds`` (every FD in use, with its lock fields for pass 6) and ``state.owners``
     (resource -> first owner) for passes 3-5.  Repairs (VMFS5): salvage a damaged FD header,
-    zero garbage slots, clear FDs of unknown type or mode (their blocks go back in pass 5),
+    zero garbage slots, clear FDs of unknown type or address mode (their blocks go back in pass 5),
     clear bad or cyclic addresses, clone shared blocks, fix sizes and counts.
 """
 
@@ -68,7 +68,6 @@ def run(ctx: Context) -> None:
     st = ctx.state
     vol = ctx.volume
     rules = MapRules(vol)
-    st = ctx.state
     for rec in st.slots:
         if rec.in_use and rec.journal_block is not None:
             key = (R.RES_FB, *divmod(rec.journal_block, vol.resources[R.RES_FB].rpc))
@@ -272,6 +271,14 @@ class _Walk:
                     self.past_eof.append((where, a))
 
 
+def _preallocated(rules: MapRules, rec: FdRecord) -> int:
+    """Blocks the FD says it preallocated past its end (``numPreAllocBlocks``, FD +0x84): those
+    are not a problem.  Read only when blocks past the end are found (rarely)."""
+    geo = rules.geo
+    raw = rules.volume.device.read(rec.vol_offset + geo.md_size, FILE_METADATA_SIZE)
+    return FileMetadata.parse(raw).numPreAllocBlocks
+
+
 def _kinds(kinds: frozenset[int]) -> str:
     return "/".join(A.KIND_NAMES[k] for k in sorted(kinds))
 
@@ -325,7 +332,7 @@ def _check_map(ctx: Context, rules: MapRules, rec: FdRecord, meta: Any, ptrs: An
             edit.meta["fileLength"] = new_size
             edit.findings.append(ctx.last)
             rec.size = size = new_size
-    if walk.past_eof and size <= capacity:
+    if walk.past_eof and size <= capacity and len(walk.past_eof) > _preallocated(rules, rec):
         end = (walk.last + 1) * bs
         extend = rec.type in (F.TYPE_REGFILE, F.TYPE_RDM)
         action = f"Set the size to {end}" if extend else "Free the blocks past the end"

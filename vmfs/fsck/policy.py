@@ -44,7 +44,8 @@ class Policy:
         return self.mode is not Mode.NO
 
     def answer(self, problem: Problem, subject: str, message: str) -> bool:
-        """The answer to "fix ``problem`` about ``subject``?"."""
+        """The answer to "fix ``problem`` about ``subject``?" (``message``: the problem and what a
+        yes does, as the question is put)."""
         if problem.flags & (Flag.FATAL | Flag.NO_FIX) or not self.repairable:
             return False
         if self.mode is Mode.NO:

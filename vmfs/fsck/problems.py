@@ -120,8 +120,7 @@ TABLE: tuple[Problem, ...] = (
     _P(Code.SYSTEM_FD_BAD, "system file {name} (FD {fd}): {detail}", "", Flag.FATAL),
     _P(Code.RESOURCE_HEADER_BAD, "{file} resource header: {detail}",
        "Rebuild it from the cluster headers ({rebuilt})"),
-    _P(Code.RESOURCE_HEADER_LOST, "{file} resource header: {detail}; the cluster headers do not tell "
-       "its geometry either", "", Flag.FATAL),
+    _P(Code.RESOURCE_HEADER_LOST, "{file}: {detail}", "", Flag.FATAL),
     _P(Code.HB_SLOT_BAD, "heartbeat slot {slot} (volume {addr}): {detail}", "Repair the slot ({action})",
        PREEN),
     # -- pass 2: file descriptors and their block maps ------------------------------------------------

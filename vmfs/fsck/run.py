@@ -9,9 +9,9 @@ A run is up to three phases over the same images:
 2. **repair**: the volume opened read-write with a heartbeat slot and a journal of this host
    (:meth:`vmfs.volume.Volume` with a :class:`~vmfs.host.HostIdentity`); the passes run again
    and repair what the policy says yes to, each repair in library transactions.  The device the
-   library sees shows resources the check found in use as allocated
-   (:class:`vmfs.fsck.device.FsckDevice`), so no allocation of the repair can take a block a
-   file still uses, even before pass 5 has fixed the bitmaps.
+   library sees shows resources the check found in use as allocated, and damaged lock blocks and
+   headers as the check rebuilt them (:class:`vmfs.fsck.device.FsckDevice`), so no allocation of
+   the repair can take a block a file still uses, even before pass 5 has fixed the bitmaps.
 3. **verify**: a quiet read-only check of the result; what it still finds is "left uncorrected".
 
 The repair does not start on VMFS6 volumes (checked, not repaired), in preen mode when a
@@ -38,11 +38,10 @@ from vmfs.fsck import (
     pass5_resources,
     pass6_heartbeats,
 )
-from vmfs.fsck.context import CheckState, Context, Event, Finding, FsckOptions
+from vmfs.fsck.context import CheckState, Context, Event, Finding, FsckOptions, fsck_identity
 from vmfs.fsck.device import FsckDevice
 from vmfs.fsck.policy import Mode
 from vmfs.fsck.problems import Code
-from vmfs.host import HostIdentity
 from vmfs.lvm import open_logical_volume
 from vmfs.ondisk import resource as R
 from vmfs.volume import Volume
@@ -176,6 +175,8 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
         pass1_volume.prepare(ctx)
         if state.fatal:
             return result
+        if state.geometry is not None and state.geometry.vmfs6:
+            options.policy.repairable = False  # VMFS6: checked and reported, never repaired
         for offset, image in state.header_patches.items():
             device.patch(offset, image)
         for offset, image in list(state.lock_patches.items()):
@@ -188,14 +189,13 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
             state.carried_stale = {(s.slot, s.hb.hbGen, s.hb.stamp): s.reason
                                    for s in carried.slots if s.liveness == "stale"}
         try:
-            host = (options.host or HostIdentity()) if writable else None
+            host = (options.host or fsck_identity()) if writable else None
             volume = Volume(device, lvm=lv, host=host)
         except VmfsError as exc:
             if writable:
                 result.error = f"cannot open the volume for writing: {exc}"
                 return result
-            ctx.problem(Code.RESOURCE_HEADER_LOST, file="a resource file",
-                        detail=f"the volume cannot be opened ({exc})")
+            ctx.problem(Code.RESOURCE_HEADER_LOST, file="the volume", detail=f"it cannot be opened ({exc})")
             return result
         state.volume = volume
         state.geometry = volume.geometry
@@ -232,6 +232,14 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
 
 def check(paths: list[str], options: FsckOptions) -> Report:
     """Check (and with a repairing policy, repair) the volume on ``paths`` (its extents)."""
+    repairable = options.policy.repairable
+    try:
+        return _check(paths, options)
+    finally:
+        options.policy.repairable = repairable  # a VMFS6 volume turned it off for this run only
+
+
+def _check(paths: list[str], options: FsckOptions) -> Report:
     report = Report([str(p) for p in paths])
     policy = options.policy
     check_phase = run_phase("check", report.images, options)
