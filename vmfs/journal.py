@@ -3,10 +3,13 @@
 Every metadata change of one operation (an FD, a directory block, cluster headers of the
 resource bitmaps, a pointer block) is collected in a :class:`Transaction`.  Commit writes the
 whole transaction to the host's journal in one write, makes it durable, then writes each record
-to its home location and makes those durable too (before the next transaction may overwrite the
-journal, and before the transaction's locks go back to other hosts).  A crash before the journal write completes leaves the home locations
-untouched; a crash after it is repaired by replaying the journal, which rewrites the same bytes
-(idempotent).  The journal holds at most one transaction: the next commit overwrites it.
+to its home location and makes those durable too (before the next transaction may overwrite
+the journal, and before the transaction's locks go back to other hosts).  A crash before the
+journal write completes leaves the home locations untouched; a crash after it is repaired by
+replaying the journal, which rewrites the same bytes (idempotent).  The journal holds at most
+one transaction: the next commit overwrites it.  Replay happens only while the transaction's
+host still holds every lock the transaction took: once they are released its home writes were
+durable, and replaying it then could undo changes other hosts made since.
 
 File *data* is not journaled: it is written to its blocks before the transaction that makes the
 blocks part of the file commits (ordered mode), so a crash never exposes stale data.
@@ -23,6 +26,7 @@ from construct import Container
 
 from vmfs.device.base import BlockDevice
 from vmfs.errors import CorruptError, VmfsError
+from vmfs.ondisk.common import pack_ints, unpack_ints
 from vmfs.ondisk.journal import (
     JOURNAL_HEADER_SIZE,
     JOURNAL_MAGIC,
@@ -49,8 +53,11 @@ def _crc(header: Container, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(raw)) & 0xFFFFFFFF
 
 
-def encode_transaction(sequence: int, host: str, writes: list[tuple[int, bytes]]) -> bytes:
-    payload = bytearray()
+def encode_transaction(
+    sequence: int, host: str, writes: list[tuple[int, bytes]], locks: list[int] | None = None
+) -> bytes:
+    locks = sorted(set(locks or ()))
+    payload = bytearray(pack_ints(locks, 8))
     for offset, data in writes:
         payload += RecordHeader.build(Container(volumeOffset=offset, length=len(data), reserved=0))
         payload += data
@@ -63,14 +70,18 @@ def encode_transaction(sequence: int, host: str, writes: list[tuple[int, bytes]]
         flags=0,
         host=host,
         timeUS=int(time.time() * 1e6),
-        reserved=bytes(JOURNAL_HEADER_SIZE - 0x38),
+        numLocks=len(locks),
+        reserved=bytes(JOURNAL_HEADER_SIZE - 0x3C),
     )
     header.crc32 = _crc(header, bytes(payload))
     return JournalHeader.build(header) + bytes(payload)
 
 
-def decode_transaction(raw: bytes, area_size: int) -> tuple[Container, list[tuple[int, bytes]]] | None:
-    """The committed transaction at the start of ``raw``, or None (empty, foreign or torn)."""
+def decode_transaction(
+    raw: bytes, area_size: int
+) -> tuple[Container, list[tuple[int, bytes]], list[int]] | None:
+    """The committed transaction at the start of ``raw`` as (header, records, lock offsets), or
+    None (empty, foreign or torn)."""
     if len(raw) < JOURNAL_HEADER_SIZE:
         return None
     header = JournalHeader.parse(raw[:JOURNAL_HEADER_SIZE])
@@ -83,7 +94,10 @@ def decode_transaction(raw: bytes, area_size: int) -> tuple[Container, list[tupl
     if _crc(header, payload) != header.crc32:
         return None
     records = []
-    pos = 0
+    pos = header.numLocks * 8
+    if pos > len(payload):
+        raise CorruptError("journal", None, "lock list past the payload")
+    locks = list(unpack_ints(payload[:pos], 8))
     for _ in range(header.numRecords):
         if pos + RECORD_HEADER_SIZE > len(payload):
             raise CorruptError("journal", None, "record header past the payload")
@@ -93,7 +107,7 @@ def decode_transaction(raw: bytes, area_size: int) -> tuple[Container, list[tupl
             raise CorruptError("journal", None, "record data past the payload")
         records.append((rec.volumeOffset, payload[pos : pos + rec.length]))
         pos += rec.length
-    return header, records
+    return header, records, locks
 
 
 class Journal:
@@ -112,10 +126,10 @@ class Journal:
     def capacity(self) -> int:
         return self.area.size - JOURNAL_HEADER_SIZE
 
-    def commit(self, writes: list[tuple[int, bytes]]) -> None:
+    def commit(self, writes: list[tuple[int, bytes]], locks: list[int] | None = None) -> None:
         if not writes:
             return
-        blob = encode_transaction(self.sequence, self.host, writes)
+        blob = encode_transaction(self.sequence, self.host, writes, locks)
         if len(blob) > self.area.size:
             raise TransactionTooLarge(f"transaction of {len(blob)} bytes exceeds the journal ({self.area.size})")
         # pad to whole sectors so the write is sector-aligned
@@ -142,6 +156,20 @@ class Journal:
             self.device.flush()
 
 
+def _still_held(device: BlockDevice, locks: list[int], owner: str) -> bool:
+    """Whether every lock of a journaled transaction is still held by the journal's host."""
+    from vmfs.locks import parse_lock
+    from vmfs.ondisk.lock import LOCK_FREE
+
+    for offset in locks:
+        if offset + 512 > device.size:
+            raise CorruptError("journal", offset, "lock offset beyond the volume")
+        lock = parse_lock(device.read(offset, 512))
+        if lock.mode == LOCK_FREE or lock.owner != owner:
+            return False
+    return True
+
+
 def replay_area(device: BlockDevice, area: JournalArea) -> int:
     head = device.read(area.offset, JOURNAL_HEADER_SIZE)
     header = JournalHeader.parse(head)
@@ -151,7 +179,9 @@ def replay_area(device: BlockDevice, area: JournalArea) -> int:
     found = decode_transaction(raw, area.size)
     if found is None:
         return 0
-    _, records = found
+    header, records, locks = found
+    if locks and not _still_held(device, locks, header.host):
+        return 0  # the transaction released its locks, so it had reached home: nothing to redo
     for offset, data in records:
         if offset + len(data) > device.size:
             raise CorruptError("journal", area.offset, f"record home 0x{offset:x} beyond the volume")

@@ -154,10 +154,8 @@ class LockManager:
         dead = (slot.addr, hb.hbGen, hb.owner)
         self._recovering.add(dead)
         try:
-            if hb.journalAddr:
-                fbs = self.volume.allocators[R.RES_FB]
-                c, r = divmod(self.volume.geometry.codec.fb_block(hb.journalAddr), fbs.res.rpc)
-                fbs._lock(tx, c, wait=None) or fbs._busy(c)
+            # Replay first, while the dead host's locks are all still in place: they decide
+            # whether its last transaction may not have reached home (vmfs/journal.py).
             if hb.journalVolAddr:
                 area = JournalArea(hb.journalVolAddr, self.volume.geometry.block_size)
                 if not journal_is_ours_or_empty(self.volume, area):
@@ -168,8 +166,12 @@ class LockManager:
                 if applied:
                     log.warning("replayed %d journal records of host %s", applied, hb.owner)
                 self.volume.invalidate_caches()
+            # Then free its journal block under the block's cluster lock, held until the slot no
+            # longer names the block, so nobody can take the block while a slot still names it.
             if hb.journalAddr:
-                self.volume.allocators[R.RES_FB].free_if_used(tx, c, r)
+                fbs = self.volume.allocators[R.RES_FB]
+                c, r = divmod(self.volume.geometry.codec.fb_block(hb.journalAddr), fbs.res.rpc)
+                fbs.free_if_used(tx, c, r)
                 tx.commit(release=False)
             cleared = freed_slot(replaying, hb.hbGen + 1)
             if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):

@@ -121,7 +121,7 @@ class Transaction:
         records = self.records()
         if records:
             if self.journal is not None:
-                self.journal.commit(records)
+                self.journal.commit(records, self._locked)
             else:
                 for offset, data in records:
                     self.device.write(offset, data)

@@ -4,10 +4,13 @@ ESXi's own VMFS5 journal record format is only partly known (vmfs-format.md 10),
 its own, recognisable by its magic, and empties the journal on every clean unmount so that no
 other implementation ever meets a record of ours.  One transaction is one contiguous write:
 
-    header (512 bytes) | record | record | ...      record = RecordHeader (16 bytes) + data
+    header (512 bytes) | lock offsets (u64 each) | record | record | ...
+    record = RecordHeader (16 bytes) + data
 
-The header's CRC32 covers the header (with the CRC field zero) and every record, so a torn or
-partial journal write is never replayed.
+The header's CRC32 covers the header (with the CRC field zero), the lock list and every record,
+so a torn or partial journal write is never replayed.  The lock list names the on-disk locks the
+transaction held: a transaction is replayed only while its host still holds all of them, i.e.
+only if it may not have reached home (its locks are released after its home writes are durable).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ JournalHeader = Struct(
     "flags" / Int32ul,  # 0x1C
     "host" / Uuid,  # 0x20 the host that wrote it
     "timeUS" / Int64ul,  # 0x30
-    "reserved" / Bytes(JOURNAL_HEADER_SIZE - 0x38),  # 0x38
+    "numLocks" / Int32ul,  # 0x38 lock offsets (u64) at the start of the payload
+    "reserved" / Bytes(JOURNAL_HEADER_SIZE - 0x3C),  # 0x3C
 )
 
 RecordHeader = Struct(
