@@ -8,7 +8,7 @@ import pytest
 
 from tests.cluster.conftest import host, mount
 from vmfs.errors import BusyError, VolumeLostError
-from vmfs.heartbeat import read_slot
+from vmfs.heartbeat import read_slot, read_slots
 from vmfs.host import ManualClock
 from vmfs.locks import parse_lock
 from vmfs.ondisk.heartbeat import HB_FREE
@@ -146,4 +146,21 @@ def test_shared_directory_creates_from_both(two_hosts) -> None:  # type: ignore[
     assert names_a == names_b and len(names_a) == 60
     assert fb.volume.reader(fb.resolve("/shared/a29")).read(0, 100) == b"A" * 29
     refs, used = referenced_resources(fa.volume), marked_used(fa.volume)
+    assert all(refs[k] == used[k] for k in used)
+
+
+def test_recovery_never_undoes_later_changes_of_others(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    """A's last transaction stays in its journal after it reached home; B changes the same
+    directory afterwards; A dies.  Recovering A must not replay that old transaction."""
+    fa, fb, clock, _ = two_hosts
+    fa.mkdir("/d")
+    fa.write_file("/d/from-a", b"A")  # A's journal now holds the directory change
+    fb.write_file("/d/from-b", b"B")  # B rewrites the same directory blocks after A
+    fa.volume.heartbeat.stop()  # A dies with that transaction still in its journal
+    clock.advance(25)  # B's reaper recovers A
+    assert not any(s.owner == fa.volume.host.uuid for s in read_slots(fb.volume) if s.in_use)
+    fb.volume.revalidate_interval = 0
+    fb.volume.invalidate_caches()
+    assert sorted(e.name for e in fb.listdir("/d")) == ["from-a", "from-b"]
+    refs, used = referenced_resources(fb.volume), marked_used(fb.volume)
     assert all(refs[k] == used[k] for k in used)
