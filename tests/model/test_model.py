@@ -195,23 +195,41 @@ class FuseMachine(VmfsMachine):
             super().teardown()
 
 
+def double_indirect_files(image: Path) -> frozenset[str]:
+    """Files in double-indirect mode (> 256 GiB): vmfs-tools misreads them (it takes ZLA 4304 for
+    single indirect, vmfs-format.md 8.5), so their bytes are compared with dissect.vmfs only."""
+    from vmfs.namespace import FileSystem
+    from vmfs.ondisk import filedesc as F
+    from vmfs.volume import Volume
+
+    found = set()
+    with Volume.open(image) as vol:
+        fs = FileSystem(vol)
+        for d, entries in fs.walk("/"):
+            for e in entries:
+                if vol.read_fd(e.address).zla == F.ZLA_DOUBLE_INDIRECT:
+                    found.add(posixpath.join(d, e.name))
+    return frozenset(found)
+
+
 def check_oracles(image: Path, tmp: Path) -> None:
     """vmfs-fuse and dissect.vmfs read what we wrote identically to our own mount."""
+    skip = double_indirect_files(image)
     with Mount([tool("vmfs-mount"), str(image), str(tmp / "ours")], tmp / "ours") as root:
         ours = capture_mount(root)
     with Mount(["vmfs-fuse", str(image), str(tmp / "oracle")], tmp / "oracle") as root:
-        theirs = capture_mount(root, unreadable=frozenset({"/.sdd.sf"}))
+        theirs = capture_mount(root, unreadable=frozenset({"/.sdd.sf"}), skip_content=skip)
     theirs.pop("/.sdd.sf", None)
-    ours.pop("/.sdd.sf", None)
     for tree in (ours, theirs):
         for rec in tree.values():
             rec.pop("atime", None)
-    assert ours == theirs
+    ours_cmp = {p: {k: v for k, v in r.items() if not (p in skip and k == "sha256")} for p, r in ours.items()}
+    ours_cmp.pop("/.sdd.sf", None)
+    assert ours_cmp == theirs
     dis = capture_dissect([image])
-    dis.pop("/.sdd.sf", None)
     for rec in dis.values():
         rec.pop("atime", None)
-    assert {p: r for p, r in ours.items()} == dis
+    assert ours == dis
 
 
 TestLibraryModel = VmfsMachine.TestCase
