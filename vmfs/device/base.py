@@ -11,6 +11,7 @@ is all a new transport needs.
 from __future__ import annotations
 
 import abc
+import threading
 
 from vmfs.errors import DeviceError, ReadOnlyError
 
@@ -88,3 +89,19 @@ class BlockDevice(abc.ABC):
     def __repr__(self) -> str:
         mode = "ro" if self.readonly else "rw"
         return f"<{type(self).__name__} {self.name} {self.size} bytes {mode}>"
+
+
+class ProcessLocalDevice(BlockDevice):
+    """A device only this process can see (memory, an overlay): no other host can race it, so
+    ATS is a compare and a write under one thread lock."""
+
+    def __init__(self, *, readonly: bool) -> None:
+        super().__init__(readonly=readonly)
+        self._lock = threading.Lock()
+
+    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
+        with self._lock:
+            if self._read(offset, len(expected)) != expected:
+                return False
+            self._write(offset, new)
+            return True

@@ -5,20 +5,17 @@ Used by tests and by ``vmfs-mkfs --dry-run``; a 64 TiB device costs only the chu
 
 from __future__ import annotations
 
-import threading
-
-from vmfs.device.base import BlockDevice
+from vmfs.device.base import ProcessLocalDevice
 
 _CHUNK = 1 << 16
 
 
-class MemoryDevice(BlockDevice):
+class MemoryDevice(ProcessLocalDevice):
     def __init__(self, size: int, *, readonly: bool = False, name: str = "memory") -> None:
         super().__init__(readonly=readonly)
         self._size = size
         self.name = name
         self._chunks: dict[int, bytearray] = {}
-        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -48,13 +45,6 @@ class MemoryDevice(BlockDevice):
                 chunk = self._chunks[index] = bytearray(_CHUNK)
             chunk[within : within + n] = data[pos - offset : pos - offset + n]
             pos += n
-
-    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
-        with self._lock:
-            if self._read(offset, len(expected)) != expected:
-                return False
-            self._write(offset, new)
-            return True
 
     def bytes_stored(self) -> int:
         """Bytes of backing memory in use (what a sparse image would occupy)."""

@@ -6,20 +6,17 @@ corrupts a real sample, or replaying a dead host's journal to look at the result
 
 from __future__ import annotations
 
-import threading
-
-from vmfs.device.base import BlockDevice
+from vmfs.device.base import BlockDevice, ProcessLocalDevice
 
 _CHUNK = 4096
 
 
-class OverlayDevice(BlockDevice):
+class OverlayDevice(ProcessLocalDevice):
     def __init__(self, base: BlockDevice, *, name: str | None = None) -> None:
         super().__init__(readonly=False)
         self.base = base
         self.name = name or f"overlay:{base.name}"
         self._chunks: dict[int, bytearray] = {}
-        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -63,13 +60,6 @@ class OverlayDevice(BlockDevice):
             n = min(_CHUNK - within, end - pos)
             self._chunk(index)[within : within + n] = data[pos - offset : pos - offset + n]
             pos += n
-
-    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
-        with self._lock:
-            if self._read(offset, len(expected)) != expected:
-                return False
-            self._write(offset, new)
-            return True
 
     def changed_ranges(self) -> list[tuple[int, int]]:
         """(offset, length) of every chunk that differs from the base."""

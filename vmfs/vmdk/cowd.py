@@ -76,17 +76,6 @@ class CowdExtent(U32TableExtent):
     align_after_table = False
     header: Any
 
-    def __init__(self, storage: DiskStorage, name: str, *, writable: bool = False) -> None:
-        self.storage = storage
-        self.name = name
-        self.writable = writable
-        self.fh = storage.open(name, "r+b" if writable else "rb")
-        try:
-            self._load()
-        except BaseException:
-            self.fh.close()
-            raise
-
     def _load(self) -> None:
         self.file_sectors = sectors_for(self.fh.seek(0, 2))
         raw = read_exact(self.fh, 0, CowdHeader.sizeof(), self.name, "COWD header")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from vmfs.vmdk.errors import CorruptError, OutOfRangeError, ReadOnlyError
+from vmfs.vmdk.storage import DiskStorage
 
 SECTOR = 512
 
@@ -144,6 +145,23 @@ class GrainedExtent(Extent):
     #: whether the format has a "zeroed grain" entry that hides the parent
     supports_zero_grain: bool = False
     fh: BinaryIO
+
+    def __init__(self, storage: DiskStorage, name: str, *, writable: bool = False) -> None:
+        """Open ``name`` in ``storage`` and load its header and directory; the file is closed
+        again if loading fails, so a corrupt extent never leaks a handle."""
+        self.storage = storage
+        self.name = name
+        self.writable = writable
+        self.fh = storage.open(name, "r+b" if writable else "rb")
+        try:
+            self._load()
+        except BaseException:
+            self.fh.close()
+            raise
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Read and validate the header and grain directory of :attr:`fh`."""
 
     # -- hooks ---------------------------------------------------------------------------------------
 

@@ -99,17 +99,6 @@ class SeSparseExtent(GrainedExtent):
     header: Any
     volatile: Any
 
-    def __init__(self, storage: DiskStorage, name: str, *, writable: bool = False) -> None:
-        self.storage = storage
-        self.name = name
-        self.writable = writable
-        self.fh = storage.open(name, "r+b" if writable else "rb")
-        try:
-            self._load()
-        except BaseException:
-            self.fh.close()
-            raise
-
     def _load(self) -> None:
         self.file_sectors = sectors_for(self.fh.seek(0, 2))
         raw = read_exact(self.fh, 0, SECTOR, self.name, "seSparse const header")

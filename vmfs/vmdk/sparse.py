@@ -159,17 +159,6 @@ class SparseExtent(U32TableExtent):
 
     header: Any  # a construct Container of SparseHeader
 
-    def __init__(self, storage: DiskStorage, name: str, *, writable: bool = False) -> None:
-        self.storage = storage
-        self.name = name
-        self.writable = writable
-        self.fh = storage.open(name, "r+b" if writable else "rb")
-        try:
-            self._load()
-        except BaseException:
-            self.fh.close()
-            raise
-
     def _read_header(self) -> Any:
         header = parse_header(read_exact(self.fh, 0, SECTOR, self.name, "sparse header"), self.name)
         if header.gd_offset == GD_AT_END:
