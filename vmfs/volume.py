@@ -26,7 +26,7 @@ from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import decode_name, unpack_ints
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDescriptor
-from vmfs.resources import ResourceFile
+from vmfs.resources import RESOURCE_NAMES, ResourceFile
 from vmfs.stream import FileReader
 from vmfs.transaction import Transaction
 
@@ -301,6 +301,18 @@ class Volume:
 
     # -- block resolution -----------------------------------------------------------------------------
 
+    def _resource_for(self, kind: int, address: int, owner: FileDescriptor) -> ResourceFile:
+        """The resource file an address points into.  While the system files themselves are being
+        opened the later ones do not exist yet: an address into them is corruption, not a bug."""
+        res = self.resources.get(kind)
+        if res is None:
+            raise CorruptError(
+                f"file descriptor {owner.address:#x}",
+                owner.vol_offset,
+                f"0x{address:x} points into {RESOURCE_NAMES.get(kind, kind)}, which is not open yet",
+            )
+        return res
+
     def pointer_block(self, address: int, owner: FileDescriptor):  # type: ignore[no-untyped-def]
         """The entries of the pointer block at ``address`` (cached)."""
         with self._lock:
@@ -311,7 +323,9 @@ class Volume:
         kind = A.kind(address)
         where = f"pointer block of FD {owner.address:#x}"
         if kind in (A.ADDR_PB, A.ADDR_PB2) or (kind == A.ADDR_SB and geo.vmfs6):
-            res = self.resources[{A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_SB: R.RES_SB}[kind]]
+            res = self._resource_for(
+                {A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_SB: R.RES_SB}[kind], address, owner
+            )
             _, c, r = geo.codec.split(address)
             res.check(c, r, address)
             if res.rsz < geo.pb_size:
@@ -352,7 +366,7 @@ class Volume:
                 raise CorruptError(
                     f"file descriptor {owner.address:#x}", owner.vol_offset, "sub-block smaller than its block size"
                 )
-            sbc = self.resources[R.RES_SB]
+            sbc = self._resource_for(R.RES_SB, address, owner)
             _, c, r = geo.codec.split(address)
             sbc.check(c, r, address)
             return sbc.volume_offset(c, r) + within
