@@ -10,6 +10,15 @@ blocks *before* the transaction that makes them part of the file commits; direct
 contents are metadata and go through the transaction.  Bytes of the last block beyond the end of
 the file are undefined on disk and are zeroed whenever the end of file moves past them, so a
 file never shows stale data, even after a crash.
+
+Preallocation: an append to a file held open for writing takes up to :data:`MAX_PREALLOC` further
+blocks past the end of file in the same transaction, counted in the FD's ``numPreAllocBlocks``
+(+0x84), so that the following appends only write data and defer the length (one journal commit
+per run of blocks instead of one per block).  The preallocated blocks are always the contiguous
+block indexes ``[ceil(length / blockSize), ceil(length / blockSize) + numPreAllocBlocks)``; their
+bytes are undefined like the tail of the last block and are zeroed whenever the end of file moves
+past them.  Closing the file frees what was not used (:meth:`FileWriter.trim_preallocated`); after a
+crash they stay, consistently counted, until the file is truncated or closed again.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ BY_ORDER = {v: k for k, v in ORDER.items()}
 #: data blocks handled per transaction when allocating or freeing in bulk (keeps every
 #: transaction well inside a 1 MiB journal block)
 BULK_BLOCKS = 16384
+#: most blocks one append preallocates past the end of file (``numPreAllocBlocks`` is a u8)
+MAX_PREALLOC = 63
 
 
 class FileWriter:
@@ -73,6 +84,41 @@ class FileWriter:
 
     def _bs(self) -> int:
         return self.fd.meta.blockSize
+
+    def _blocks_for(self, size: int) -> int:
+        """Block indexes inside a length of ``size`` bytes."""
+        return -(-size // self._bs())
+
+    def _allocated_end(self) -> int:
+        """One past the last block index that may be allocated: the end-of-file block plus the
+        preallocated run (only file-block modes preallocate)."""
+        m = self.meta
+        if self.fd.is_resident:
+            return 0
+        if m.zla == F.ZLA_SUB_BLOCKS:
+            return self._blocks_for(m.fileLength)
+        return self._blocks_for(m.fileLength) + m.numPreAllocBlocks
+
+    def _set_length(self, size: int, allocated_end: int) -> None:
+        """Set the length, and count the blocks before ``allocated_end`` that now lie past it."""
+        m = self.meta
+        m.fileLength = size
+        if self.fd.is_resident or m.zla == F.ZLA_SUB_BLOCKS:
+            m.numPreAllocBlocks = 0
+        else:
+            m.numPreAllocBlocks = max(0, min(allocated_end - self._blocks_for(size), 255))
+
+    def _mode_capacity(self) -> int:
+        """Block indexes the current address mode can map."""
+        geo = self.geo
+        zla = self.meta.zla
+        if zla in (F.ZLA_FILE_BLOCKS, F.ZLA_SUB_BLOCKS):
+            cap = geo.ptr_count
+        elif zla == F.ZLA_POINTER_BLOCKS:
+            cap = geo.ptr_count * geo.ptrs_per_pb
+        else:
+            cap = geo.ptr_count * geo.ptrs_per_pb * geo.ptrs_per_pb
+        return min(cap, geo.max_file_size // self._bs())
 
     # -- block map editing through the transaction -------------------------------------------------------
 
@@ -371,22 +417,48 @@ class FileWriter:
             raise FileTooBigError(f"file size {size} exceeds the VMFS{self.geo.version} limit {self.geo.max_file_size}")
 
     def _zero_tail(self, tx: Transaction, start: int, end: int) -> None:
-        """Zero the allocated bytes of [start, end) inside the block holding ``start`` (the only
-        block that may hold undefined bytes past the end of file)."""
+        """Zero the allocated bytes of [start, end) past the old end of file ``start``: the tail
+        of the block holding it and any preallocated blocks (the only bytes on disk that may be
+        undefined)."""
         if end <= start or self.fd.is_resident:
             return  # resident tails are always zero (set_resident pads with zeros)
         bs = self._bs()
-        index = start // bs
-        addr = self.get(tx, index)
-        if not addr or (addr & 7 == A.ADDR_FB and self.codec.fb_tbz(addr)):
-            return
-        stop = min(end, (index + 1) * bs)
-        self._put_data(tx, self._location(addr) + start - index * bs, bytes(stop - start))
+        first = start // bs
+        stop = min(self._blocks_for(end), max(first + 1, self._allocated_end()))
+        for index in range(first, stop):
+            addr = self.get(tx, index)
+            if not addr or (addr & 7 == A.ADDR_FB and self.codec.fb_tbz(addr)):
+                continue
+            lo = max(start, index * bs)
+            hi = min(end, (index + 1) * bs)
+            self._put_data(tx, self._location(addr) + lo - index * bs, bytes(hi - lo))
 
-    def write(self, tx: Transaction, offset: int, data: bytes) -> bool:
+    def _prealloc_count(self, tx: Transaction, index: int, wanted: int) -> int:
+        """How many blocks after ``index`` to preallocate: ``wanted`` at most, inside the current
+        mode's map, leaving most of the free space to others, stopping at any mapped block."""
+        free = self.volume.allocators[R.RES_FB].free_count
+        limit = min(wanted, MAX_PREALLOC, self._mode_capacity() - index - 1, (free - 1) // 4)
+        count = 0
+        while count < limit and not self.get(tx, index + 1 + count):
+            count += 1
+        return count
+
+    def trim_preallocated(self, tx: Transaction) -> bool:
+        """Free the preallocated blocks past the end of file; True when there were any."""
+        m = self.meta
+        if not m.numPreAllocBlocks or self.fd.is_resident or m.zla == F.ZLA_SUB_BLOCKS:
+            m.numPreAllocBlocks = 0
+            return False
+        first = self._blocks_for(m.fileLength)
+        self.free_range(tx, first, first + m.numPreAllocBlocks)
+        m.numPreAllocBlocks = 0
+        return True
+
+    def write(self, tx: Transaction, offset: int, data: bytes, *, prealloc: bool = False) -> bool:
         """Write ``data`` at ``offset`` (one transaction's worth).  Returns True when metadata
         changed (the FD must be written in ``tx``); False when only data and the in-memory
-        length/time changed (a deferred FD update)."""
+        length/time changed (a deferred FD update).  ``prealloc``: the caller holds the file open
+        for writing, so an append may preallocate blocks past the end (see the module doc)."""
         if offset < 0:
             raise InvalidArgumentError("negative offset")
         end = offset + len(data)
@@ -403,6 +475,7 @@ class FileWriter:
             changed = True
         if offset > old_size:
             self._zero_tail(tx, old_size, offset)
+        allocated_end = self._allocated_end()
         if self.fd.is_resident:
             buf = bytearray(self.fd.resident_data) + bytes(max(0, new_size - old_size))
             buf[offset:end] = data
@@ -419,9 +492,16 @@ class FileWriter:
             chunk = view[pos - offset : pos - offset + n]
             addr = self.get(tx, index)
             if not addr:
-                (addr,) = self._alloc_data(tx, 1)
+                extra = 0
+                appending = index >= allocated_end and (index + 1) * bs >= new_size
+                if prealloc and appending and self._data_kind() == A.ADDR_FB:
+                    extra = self._prealloc_count(tx, index, index // 8)
+                addr, *more = self._alloc_data(tx, 1 + extra)
                 self.set(tx, index, addr)
-                self._add_blocks(1)
+                for j, a in enumerate(more, start=index + 1):
+                    self.set(tx, j, a)
+                self._add_blocks(1 + extra)
+                allocated_end = max(allocated_end, index + 1 + extra)
                 changed = True
                 # zero what will be inside EOF but is not written now
                 head = bytes(within)
@@ -439,7 +519,7 @@ class FileWriter:
             else:
                 self._put_data(tx, self._location(addr) + within, bytes(chunk))
             pos += n
-        m.fileLength = new_size
+        self._set_length(new_size, allocated_end)
         return changed or self.journaled
 
     def truncate(self, tx: Transaction, size: int, *, limit: int = BULK_BLOCKS) -> bool:
@@ -457,7 +537,7 @@ class FileWriter:
             self._zero_tail(tx, old, size)
             if self.fd.is_resident:
                 self.fd.set_resident(self.fd.resident_data + bytes(size - old))
-            m.fileLength = size
+            self._set_length(size, self._allocated_end())
             return True
         if self.fd.is_resident:
             self.fd.set_resident(self.fd.resident_data[:size])
@@ -474,8 +554,10 @@ class FileWriter:
         self._free_data(tx, [a for _, a in doomed])
         if not done:
             # an intermediate, consistent state: the file ends where the freed range starts
-            m.fileLength = max(size, doomed[0][0] * bs)
+            # (preallocated blocks before that range, if it began past the end, stay counted)
+            self._set_length(min(old, max(size, doomed[0][0] * bs)), doomed[0][0])
             return False
+        m.numPreAllocBlocks = 0  # every block past the new end is freed
         m.fileLength = size
         target = self.mode_for(size)
         # Directories keep their mode when they shrink (ESXi's root stays in a file block even

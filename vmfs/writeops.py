@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: bytes of file data written per transaction by one write call
 WRITE_CHUNK = 64 << 20
-_DEFERRED = ("fileLength", "mtime", "ctime", "atime")
+_DEFERRED = ("fileLength", "numPreAllocBlocks", "mtime", "ctime", "atime")
 #: seconds an operation keeps retrying while other hosts hold the locks it needs
 BUSY_TIMEOUT = 10.0
 
@@ -448,7 +448,8 @@ class WritableFileSystem(FileSystem):
                     fd = self._lock(tx, self._fd(address))
                     if fd.is_dir:
                         raise IsADirError("cannot write a directory")
-                    changed = FileWriter(self.volume, fd).write(tx, offset + done, chunk)
+                    prealloc = fd.type == F.TYPE_REGFILE and self.writers[address] > 0
+                    changed = FileWriter(self.volume, fd).write(tx, offset + done, chunk, prealloc=prealloc)
                     self._touch(fd)
                     if changed or not self._may_defer(address):
                         self._put(tx, fd)
@@ -527,10 +528,15 @@ class WritableFileSystem(FileSystem):
                 self._touch(fd)
                 self._put(tx, fd)
 
-    def flush_fd(self, fd: FileDescriptor) -> None:
-        if fd.address in self.deferred:
+    def flush_fd(self, fd: FileDescriptor, *, trim: bool = False) -> None:
+        """Write deferred length/time changes; with ``trim`` (the last writer closes) also give
+        back the blocks preallocated past the end, in the same transaction."""
+        trim = trim and fd.meta.numPreAllocBlocks > 0 and fd.type == F.TYPE_REGFILE
+        if fd.address in self.deferred or trim:
             with self.volume.transaction() as tx:
                 fd = self._lock(tx, self._fd(fd.address))
+                if trim:
+                    FileWriter(self.volume, fd).trim_preallocated(tx)
                 self._put(tx, fd)
 
     # -- long-term locks of open files ------------------------------------------------------------------
@@ -556,7 +562,7 @@ class WritableFileSystem(FileSystem):
     def close_file(self, address: int, *, write: bool) -> None:
         fd = self._fd(address)
         try:
-            self.flush_fd(fd)
+            self.flush_fd(fd, trim=write and self.writers[address] <= 1)
         finally:
             counter = self.writers if write else self.readers
             counter[address] -= 1
@@ -567,8 +573,10 @@ class WritableFileSystem(FileSystem):
                 self.volume.locks.release(fd.vol_offset)
 
     def flush_all(self) -> None:
-        for address in list(self.deferred):
-            self.flush_fd(self._fd(address))
+        """At unmount: write every deferred change and give back every preallocation, also of
+        files still open."""
+        for address in list(dict.fromkeys([*self.deferred, *self.writers])):
+            self.flush_fd(self._fd(address), trim=True)
 
     def fsync(self, address: int) -> None:
         self.flush_fd(self._fd(address))
