@@ -237,6 +237,7 @@ class LockManager:
         lock = parse_lock(raw)
         if lock.type >> 20 != 0x10C:
             raise CorruptError("lock block", offset, f"bad lock type 0x{lock.type:08x}")
+        previous_token = lock.token
         holders = self._holders(lock)
         blocking = [h for h in holders if not self._is_me(*h)]
         if blocking and not (mode in SHARED_MODES and lock.mode == mode):
@@ -262,7 +263,7 @@ class LockManager:
         held = Held(offset, mode, image, new.token)
         with self._mutex:
             self.held[offset] = held
-        return held, parse_lock(raw).token
+        return held, previous_token
 
     def _upgrade(self, held: Held, wait: float | None) -> tuple[Held, int]:
         raw = self.volume.device.read(held.offset, SECTOR)

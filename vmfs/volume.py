@@ -44,6 +44,15 @@ SYSTEM_FDS = {
     ".jbc.sf": A.make_fd(0, 8),
 }
 
+#: system files that exist only from a version on (VMFS3 has the first five)
+_SYSTEM_FD_SINCE = {".pb2.sf": 5, ".sdd.sf": 5, ".jbc.sf": 6}
+
+
+def system_fds(version: int) -> dict[str, int]:
+    """The system files (name -> FD address) a VMFS ``version`` volume has."""
+    return {name: address for name, address in SYSTEM_FDS.items() if version >= _SYSTEM_FD_SINCE.get(name, 3)}
+
+
 _FD_CACHE = 4096
 _PB_CACHE = 256
 
@@ -168,7 +177,8 @@ class Volume:
         """Resource files in dependency order: pointer blocks first (a large ``.fdc.sf`` or
         ``.sbc.sf`` maps its blocks through them), then FDs, file blocks, sub-blocks, journal."""
         geo = self.geometry
-        self.resources[R.RES_PB2] = ResourceFile(self, R.RES_PB2, self._system_fd(".pb2.sf"))
+        if geo.version != 3:  # VMFS3 has neither .pb2.sf nor double indirection
+            self.resources[R.RES_PB2] = ResourceFile(self, R.RES_PB2, self._system_fd(".pb2.sf"))
         self.resources[R.RES_PB] = ResourceFile(self, R.RES_PB, self._system_fd(".pbc.sf"))
         self.resources[R.RES_FD] = ResourceFile(self, R.RES_FD, self._system_fd(".fdc.sf"))
         fbb = self._system_fd(".fbb.sf")

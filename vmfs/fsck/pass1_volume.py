@@ -47,7 +47,7 @@ from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDesc
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, JournalHeader
 from vmfs.ondisk.lock import LOCK_TYPE_FD
-from vmfs.volume import ROOT_FD, SYSTEM_FDS
+from vmfs.volume import ROOT_FD, system_fds
 
 if TYPE_CHECKING:
     from vmfs.device.base import BlockDevice
@@ -90,6 +90,8 @@ def prepare(ctx: Context) -> None:
     if st.fatal or geo.vmfs6:
         return  # VMFS6 headers are checked by the library when it opens the volume
     for kind, name in RESOURCE_FILES:
+        if name not in system and geo.version == 3 and kind == R.RES_PB2:
+            continue  # VMFS3 has no .pb2.sf
         meta, pointers = system[name]
         _check_resource_header(ctx, kind, name, meta, pointers)
         if st.fatal:
@@ -101,7 +103,7 @@ def _system_fds(ctx: Context) -> dict[str, tuple[Container, list[int]]]:
     st = ctx.state
     geo = st.geometry
     assert geo is not None
-    names = [("/", ROOT_FD)] + [(n, a) for n, a in SYSTEM_FDS.items() if n != ".jbc.sf" or geo.vmfs6]
+    names = [("/", ROOT_FD), *system_fds(geo.version).items()]
     out = {}
     for name, address in names:
         offset = geo.bootstrap_fd_addr(A.fd_split(address)[1])

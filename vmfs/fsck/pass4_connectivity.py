@@ -34,7 +34,7 @@ from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, refresh, rewrite_di
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
 from vmfs.stream import FileReader
-from vmfs.volume import ROOT_FD, SYSTEM_FDS
+from vmfs.volume import ROOT_FD, system_fds
 
 LABEL = "Pass 4: Checking connectivity and link counts"
 LOST_FOUND = "lost+found"
@@ -157,7 +157,7 @@ def _system_files(ctx: Context) -> None:
     st = ctx.state
     root = st.dirs[ROOT_FD]
     named = {e.address for e in root.entries}
-    for name, address in SYSTEM_FDS.items():
+    for name, address in system_fds(st.geometry.version).items():
         rec = st.fds.get(address)
         if rec is None or address in named or rec.type != F.TYPE_SYSFILE:
             continue
