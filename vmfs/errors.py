@@ -104,6 +104,12 @@ class BusyError(VmfsError, OSError):
     errno = _errno.EBUSY
 
 
+class InUseError(VmfsError, OSError):
+    """This host itself has the file open (EBUSY): waiting for other hosts would not help."""
+
+    errno = _errno.EBUSY
+
+
 class LoopError(VmfsError, OSError):
     errno = _errno.ELOOP
 

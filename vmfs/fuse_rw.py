@@ -79,9 +79,13 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def flush(self, path: str, fh: int) -> int:
-        address = self._address(fh)
-        if address is not None:
-            self.wfs.flush_fd(self.volume.read_fd(address))
+        # close(2) waits for FLUSH but not for RELEASE: everything a closed file leaves on disk
+        # (deferred length, the preallocated blocks given back) is written here
+        entry = self._handles.get(fh)
+        if entry is not None:
+            address, write = entry
+            trim = write and self.wfs.writers[address] <= 1
+            self.wfs.flush_fd(self.volume.read_fd(address), trim=trim)
         return 0
 
     @fuse_op

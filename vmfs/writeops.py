@@ -24,6 +24,7 @@ from vmfs.directory import Directory, check_name, new_directory5_data
 from vmfs.errors import (
     BusyError,
     ExistsError,
+    InUseError,
     InvalidArgumentError,
     IsADirError,
     NotADirError,
@@ -277,6 +278,10 @@ class WritableFileSystem(FileSystem):
     def _remove_file(
         self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor
     ) -> None:
+        if fd.meta.linkCount <= 1 and (self.writers[fd.address] or self.readers[fd.address]):
+            # an open handle would later write its FD back over a freed (or reused) slot; as
+            # ESXi, refuse to delete a file that is open (the FUSE layer hides such files instead)
+            raise InUseError(f"{name}: file is open")
         d.remove(tx, name)
         fd.meta.linkCount = max(fd.meta.linkCount - 1, 0)
         if fd.meta.linkCount == 0:

@@ -36,3 +36,51 @@ def test_large_writes_per_call(tmp_path: Path) -> None:
     sizes = [int(m) for m in re.findall(rb"write\[\d+\] (\d+) bytes", out)]
     assert sizes and min(sizes) >= 128 * 1024, sizes[:10]
     assert sum(sizes) >= 16 << 20  # (libfuse logs each write as it arrives and as it completes)
+
+
+def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path) -> None:
+    """A file unlinked while open stays readable through its handle (libfuse hides it until the
+    release, our library refuses to free an open FD); what close(2) returns after is on disk:
+    preallocated blocks are given back at FLUSH, which close waits for, not at RELEASE."""
+    from tests.fsck.cases import codes, run_fsck
+    from tests.model.backends import accounting_problems
+    from vmfs.namespace import FileSystem
+    from vmfs.volume import Volume
+
+    image = tmp_path / "u.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)])
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        block = b"\x5a" * (1 << 20)
+        with open(mnt / "kept", "wb") as f:
+            for _ in range(40):
+                f.write(block)
+        with Volume.open(image) as vol:  # read while mounted: close(2) has returned
+            assert accounting_problems(vol) == []
+            kept = FileSystem(vol).resolve("/kept")
+            assert (kept.size, kept.meta.numBlocks, kept.meta.numPreAllocBlocks) == (40 << 20, 40, 0)
+        with open(mnt / "gone", "wb+") as f:
+            for _ in range(40):
+                f.write(block)
+            os.unlink(mnt / "gone")
+            assert not (mnt / "gone").exists()
+            f.write(block)
+            f.seek(0)
+            assert f.read(1 << 20) == block
+        deadline = time.monotonic() + 10  # RELEASE, and libfuse's unlink of the hidden name, are asynchronous
+        while [n for n in os.listdir(mnt) if n.startswith(".fuse_hidden")]:
+            assert time.monotonic() < deadline, os.listdir(mnt)
+            time.sleep(0.05)
+    finally:
+        unmount(mnt)
+        proc.wait(timeout=30)
+    rc, report = run_fsck(image, "-n")
+    assert (rc, codes(report)) == (0, [])
+    with Volume.open(image) as vol:
+        assert accounting_problems(vol) == []

@@ -208,3 +208,30 @@ def test_oracles_read_a_crash_image_with_a_run(image: Path, tmp_path: Path) -> N
         assert fd.size == 40 * MIB and fd.meta.numPreAllocBlocks > 0
     out = subprocess.run(["debugvmfs", str(snapshot), "cat", "/open"], capture_output=True, check=True).stdout
     assert out == data
+
+
+def test_removing_a_file_this_host_holds_open_is_refused_at_once(image: Path) -> None:
+    """Freeing an open file's FD would let its handle write the FD back over a freed or reused
+    slot later: EBUSY, without the retries meant for other hosts' locks."""
+    import errno
+    import time
+
+    from vmfs.errors import InUseError
+
+    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
+        fs = WritableFileSystem(vol)
+        fd = fs.create("/held")
+        fs.write_file("/other", b"x")
+        fs.open_file(fd.address, write=True)
+        _append(fs, fd.address, 20)
+        start = time.monotonic()
+        with pytest.raises(InUseError) as info:
+            fs.unlink("/held")
+        assert info.value.errno == errno.EBUSY and time.monotonic() - start < 1
+        with pytest.raises(InUseError):
+            fs.rename("/other", "/held")
+        fs.close_file(fd.address, write=True)
+        fs.unlink("/held")
+        fs.rename("/other", "/moved")
+    rc, report = run_fsck(image, "-n")
+    assert (rc, codes(report)) == (0, [])
