@@ -15,7 +15,7 @@ from construct import Construct, Container
 from vmfs.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.common import NULL_UUID, IntArray, encode_name, pack_ints
+from vmfs.ondisk.common import NULL_UUID, IntArray, encode_name, fast, pack_ints
 from vmfs.ondisk.dirent5 import DIRENT5_NAME_SIZE, Dirent5
 from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD, NO_HOLDERS
 
@@ -119,7 +119,7 @@ def fd_bytes(
     data_size = struct.subcons[2].sizeof()
     if len(data) > data_size:
         raise ValueError("FD data area overflow")
-    return struct.build(
+    return fast(struct).build(
         Container(
             lockBlock=Container(
                 lock=lock if lock is not None else lock_fields(LOCK_TYPE_FD, vol_offset),

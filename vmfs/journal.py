@@ -26,7 +26,7 @@ from construct import Container
 
 from vmfs.device.base import BlockDevice
 from vmfs.errors import CorruptError, VmfsError
-from vmfs.ondisk.common import pack_ints, unpack_ints
+from vmfs.ondisk.common import fast, pack_ints, unpack_ints
 from vmfs.ondisk.journal import (
     JOURNAL_HEADER_SIZE,
     JOURNAL_MAGIC,
@@ -49,7 +49,7 @@ class JournalArea:
 
 
 def _crc(header: Container, payload: bytes) -> int:
-    raw = JournalHeader.build({**header, "crc32": 0})
+    raw = fast(JournalHeader).build({**header, "crc32": 0})
     return zlib.crc32(payload, zlib.crc32(raw)) & 0xFFFFFFFF
 
 
@@ -59,7 +59,7 @@ def encode_transaction(
     locks = sorted(set(locks or ()))
     payload = bytearray(pack_ints(locks, 8))
     for offset, data in writes:
-        payload += RecordHeader.build(Container(volumeOffset=offset, length=len(data), reserved=0))
+        payload += fast(RecordHeader).build(Container(volumeOffset=offset, length=len(data), reserved=0))
         payload += data
     header = Container(
         magic=JOURNAL_MAGIC,
@@ -74,7 +74,7 @@ def encode_transaction(
         reserved=bytes(JOURNAL_HEADER_SIZE - 0x3C),
     )
     header.crc32 = _crc(header, bytes(payload))
-    return JournalHeader.build(header) + bytes(payload)
+    return fast(JournalHeader).build(header) + bytes(payload)
 
 
 def decode_transaction(
