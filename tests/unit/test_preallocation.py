@@ -7,14 +7,17 @@ closes, and its undefined bytes never show: the end of file moving past them zer
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
+from vmfs.filedesc import FileDescriptor
 from vmfs.filewrite import FileWriter
 from vmfs.namespace import FileSystem
 from vmfs.ondisk import resource as R
@@ -40,17 +43,28 @@ def _append(fs: WritableFileSystem, address: int, blocks: int, seed: int = 7) ->
     return data
 
 
+@contextlib.contextmanager
+def _writing(image: Path, host: str = volumes.WRITER) -> Iterator[tuple[Volume, WritableFileSystem]]:
+    with Volume.open(image, readonly=False, host=volumes.host(host)) as vol:
+        yield vol, WritableFileSystem(vol)
+
+
+def _open_new(fs: WritableFileSystem, path: str) -> FileDescriptor:
+    """Create ``path`` and hold it open for writing, as a FUSE handle does."""
+    fd = fs.create(path)
+    fs.open_file(fd.address, write=True)
+    return fd
+
+
 def _read(vol: Volume, path: str) -> bytes:
     fd = FileSystem(vol).resolve(path)
     return vol.reader(fd).read(0, fd.size)
 
 
 def test_appends_preallocate_and_close_gives_back(image: Path) -> None:
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
+    with _writing(image) as (vol, fs):
         free_before = _free_blocks(vol)
-        fd = fs.create("/seq")
-        fs.open_file(fd.address, write=True)
+        fd = _open_new(fs, "/seq")
         commits = vol.journal.sequence
         data = _append(fs, fd.address, 100)
         assert vol.journal.sequence - commits < 40  # one commit per block without preallocation
@@ -71,10 +85,8 @@ def test_crash_while_open_leaves_a_consistent_counted_run(image: Path, tmp_path:
     """An image taken while the file is open (as after a power cut): the committed length and
     preallocated run agree, fsck finds nothing, and every reader sees the committed length."""
     snapshot = tmp_path / "crashed.img"
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
-        fd = fs.create("/open")
-        fs.open_file(fd.address, write=True)
+    with _writing(image) as (vol, fs):
+        fd = _open_new(fs, "/open")
         data = _append(fs, fd.address, 40)
         vol.device.flush()
         shutil.copyfile(image, snapshot)
@@ -90,8 +102,7 @@ def test_crash_while_open_leaves_a_consistent_counted_run(image: Path, tmp_path:
     rc, report = run_fsck(snapshot, "-y", "--stale-host", volumes.WRITER)
     assert rc == 1 and all(c.split()[0].startswith("0x06") for c in codes(report)), codes(report)
     # the next writer on that volume truncates the file: the run is freed with the rest
-    with Volume.open(snapshot, readonly=False, host=volumes.host(volumes.OTHER)) as vol:
-        fs = WritableFileSystem(vol)
+    with _writing(snapshot, volumes.OTHER) as (vol, fs):
         fd = fs.resolve("/open")
         fs.truncate(fd.address, 3 * MIB + 5)
         fd = fs.resolve("/open")
@@ -118,10 +129,8 @@ def _stale(vol: Volume, fd_address: int, first: int, count: int) -> None:
 
 @pytest.mark.parametrize("grow", ["truncate", "gap-write"])
 def test_growing_past_preallocated_blocks_reads_zeros(image: Path, grow: str) -> None:
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
-        fd = fs.create("/grow")
-        fs.open_file(fd.address, write=True)
+    with _writing(image) as (vol, fs):
+        fd = _open_new(fs, "/grow")
         data = _append(fs, fd.address, 60)
         fs.write(fd.address, 60 * MIB, b"tail")  # the end of file is now inside block 60
         fd = fs.resolve("/grow")
@@ -148,11 +157,9 @@ def test_growing_past_preallocated_blocks_reads_zeros(image: Path, grow: str) ->
 
 
 def test_truncate_down_frees_the_run(image: Path) -> None:
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
+    with _writing(image) as (vol, fs):
         free_before = _free_blocks(vol)
-        fd = fs.create("/shrink")
-        fs.open_file(fd.address, write=True)
+        fd = _open_new(fs, "/shrink")
         data = _append(fs, fd.address, 50)
         fs.truncate(fd.address, 10 * MIB + 1)
         fd = fs.resolve("/shrink")
@@ -165,8 +172,7 @@ def test_truncate_down_frees_the_run(image: Path) -> None:
 
 
 def test_no_preallocation_without_an_open_handle(image: Path) -> None:
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
+    with _writing(image) as (_vol, fs):
         fd = fs.create("/plain")
         _append(fs, fd.address, 20)
         fd = fs.resolve("/plain")
@@ -175,10 +181,8 @@ def test_no_preallocation_without_an_open_handle(image: Path) -> None:
 
 def test_volume_nearly_full_keeps_space_for_others(image: Path) -> None:
     """Preallocation takes at most a quarter of what is free: a second file can still grow."""
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
-        fd = fs.create("/a")
-        fs.open_file(fd.address, write=True)
+    with _writing(image) as (vol, fs):
+        fd = _open_new(fs, "/a")
         block = b"\x5a" * MIB
         for i in range(_free_blocks(vol) - 8):
             fs.write(fd.address, i * MIB, block)
@@ -195,10 +199,8 @@ def test_volume_nearly_full_keeps_space_for_others(image: Path) -> None:
 def test_oracles_read_a_crash_image_with_a_run(image: Path, tmp_path: Path) -> None:
     """vmfs-tools reads the committed length and bytes of a file with preallocated blocks."""
     snapshot = tmp_path / "crashed.img"
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
-        fd = fs.create("/open")
-        fs.open_file(fd.address, write=True)
+    with _writing(image) as (vol, fs):
+        fd = _open_new(fs, "/open")
         data = _append(fs, fd.address, 40)
         fs.fsync(fd.address)
         shutil.copyfile(image, snapshot)
@@ -218,8 +220,7 @@ def test_removing_a_file_this_host_holds_open_is_refused_at_once(image: Path) ->
 
     from vmfs.errors import InUseError
 
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
-        fs = WritableFileSystem(vol)
+    with _writing(image) as (_vol, fs):
         fd = fs.create("/held")
         fs.write_file("/other", b"x")
         fs.open_file(fd.address, write=True)
