@@ -6,11 +6,19 @@ sector is never torn: disks write a sector atomically, and the format relies on 
 and every read, fails, as for a host that died.  Atomic test-and-set stays atomic (a SCSI
 COMPARE AND WRITE either happens or not), but it counts as a write and can be the one the power
 is cut before.
+
+With ``volatile=True`` the device also has a volatile write cache, as most disks do: nothing
+written since the last :meth:`flush` is sure to be on the medium when the power goes.  At the
+cut every sector written since then ends up holding, at random, its content at the last flush or
+any value written to it since (a cache may destage an older value and never the newer one).
+That is what checks that the code flushes where crash safety needs it, not only that it writes
+in the right order.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError
@@ -22,7 +30,13 @@ class PowerCut(DeviceError):
 
 class FaultDevice(BlockDevice):
     def __init__(
-        self, base: BlockDevice, *, cut_after: int | None = None, tear: bool = True, seed: int = 0
+        self,
+        base: BlockDevice,
+        *,
+        cut_after: int | None = None,
+        tear: bool = True,
+        seed: int = 0,
+        volatile: bool = False,
     ) -> None:
         super().__init__(readonly=base.readonly)
         self.base = base
@@ -33,6 +47,10 @@ class FaultDevice(BlockDevice):
         self.writes = 0
         self.dead = False
         self.trace: list[tuple[str, int, int]] = []
+        self.volatile = volatile
+        #: sector -> [content at the last flush, every value written since] (volatile mode)
+        self._unflushed: dict[int, list[bytes]] = {}
+        self._ats_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -50,6 +68,34 @@ class FaultDevice(BlockDevice):
         self._check()
         return self.base.read(offset, length)
 
+    def _remember(self, offset: int, data: bytes, before: bytes | None = None) -> None:
+        """Volatile mode: note the sectors ``data`` is about to overwrite."""
+        if not self.volatile:
+            return
+        ss = self.sector_size
+        start = offset // ss * ss
+        end = -(-(offset + len(data)) // ss) * ss
+        if before is None or start != offset or end != offset + len(data):
+            before = self.base.read(start, end - start)
+        after = bytearray(before)
+        after[offset - start : offset - start + len(data)] = data
+        for i in range((end - start) // ss):
+            history = self._unflushed.setdefault(start // ss + i, [before[i * ss : (i + 1) * ss]])
+            history.append(bytes(after[i * ss : (i + 1) * ss]))
+
+    def _lose_unflushed(self) -> None:
+        """The power went: each unflushed sector keeps one of the values it held since the flush."""
+        ss = self.sector_size
+        for sector in sorted(self._unflushed):
+            self.base.write(sector * ss, self.rng.choice(self._unflushed[sector]))
+        self._unflushed.clear()
+
+    def _cut(self) -> None:
+        self.dead = True
+        if self.volatile:
+            self._lose_unflushed()
+        self._check()
+
     def _write(self, offset: int, data: bytes) -> None:
         self._check()
         if self._next_write_cuts():
@@ -57,23 +103,31 @@ class FaultDevice(BlockDevice):
             if self.tear and sectors > 1:
                 keep = self.rng.randrange(0, sectors) * self.sector_size
                 if keep:
+                    self._remember(offset, data[:keep])
                     self.base.write(offset, data[:keep])
-            self.dead = True
-            self._check()
+            self._cut()
         self.trace.append(("write", offset, len(data)))
+        self._remember(offset, data)
         self.base.write(offset, data)
 
     def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
         self._check()
         if self._next_write_cuts():
-            self.dead = True
-            self._check()
+            self._cut()
         self.trace.append(("ats", offset, len(new)))
+        if self.volatile:
+            with self._ats_lock:  # (atomic among the users of this device: one host's view)
+                if self.base.read(offset, len(expected)) != expected:
+                    return False
+                self._remember(offset, new, before=expected)
+                self.base.write(offset, new)
+                return True
         return self.base.compare_and_write(offset, expected, new)
 
     def flush(self) -> None:
         self._check()
         self.base.flush()
+        self._unflushed.clear()
 
     def close(self) -> None:
         """Closing a dead host's device does nothing: the base device lives on for the others."""
