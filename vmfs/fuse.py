@@ -31,6 +31,46 @@ log = logging.getLogger("vmfs.fuse")
 #: Longest name ESXi accepts (vmfs-format.md 9.1: 127 characters).
 NAME_MAX = 127
 
+#: Kernel read-ahead (KiB) for the mount.  The FUSE default of 128 KiB splits sequential reads
+#: into 128 KiB requests, each a Python callback; 1 MiB requests (the most FUSE sends) read a
+#: file 2.5x faster (dd of 768 MiB, cache dropped: 330 -> 833 MB/s; vmfs-fuse: 733 MB/s).
+DEFAULT_READAHEAD_KB = 1024
+
+
+def fuse_device_number(mountpoint: str) -> str | None:
+    """``major:minor`` of the FUSE connection mounted at ``mountpoint``, from /proc/self/mountinfo
+    (no access to the mount itself, which may not be answering yet)."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        dash = fields.index("-") if "-" in fields else -1
+        if dash < 0 or len(fields) < dash + 2:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if point == target and fields[dash + 1].startswith("fuse"):
+            found = fields[2]  # the last one: a mount stacked on an older one wins
+    return found
+
+
+def set_readahead(mountpoint: str, kib: int) -> bool:
+    """Set the read-ahead of the FUSE mount at ``mountpoint`` (needs root; False otherwise)."""
+    device = fuse_device_number(mountpoint)
+    if device is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError as exc:
+        log.debug("read-ahead of %s left as it is: %s", mountpoint, exc)
+        return False
+    return True
+
 
 def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, VmfsError):
@@ -74,6 +114,9 @@ class VmfsOperations(mfusepy.Operations):
         self.destroyed = False
         self._next_handle = 1
         self._handles_lock = threading.Lock()
+        #: (mount point, KiB) to apply once the kernel has finished its INIT (it would clamp a
+        #: value set before back to 128 KiB), i.e. at the first read
+        self.readahead: tuple[str, int] | None = None
 
     def _new_handle(self, obj: Any) -> int:
         with self._handles_lock:
@@ -127,8 +170,15 @@ class VmfsOperations(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.EROFS)
         return self._new_handle(self.fs.reader(path))
 
+    def _tune_once(self) -> None:
+        pending, self.readahead = self.readahead, None
+        if pending is not None:
+            set_readahead(*pending)
+
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if self.readahead is not None:
+            self._tune_once()
         reader: FileReader | None = self._handles.get(fh)
         if reader is None:
             reader = self.fs.reader(path)
@@ -168,4 +218,7 @@ def mount(
 ) -> None:
     """Serve ``fs`` at ``mountpoint`` until unmounted (SIGINT/SIGTERM unmount cleanly)."""
     ops = operations or VmfsOperations(fs)
+    kib = int(options.pop("readahead_kb", DEFAULT_READAHEAD_KB))
+    if kib > 0:
+        ops.readahead = (os.path.realpath(mountpoint), kib)  # before daemonising changes the cwd
     mfusepy.FUSE(ops, mountpoint, foreground=foreground, debug=debug, **options)

@@ -62,6 +62,24 @@ def test_large_reads_per_call(vmfs6_image: Path, tmp_path: Path) -> None:
     assert sum(s >= 128 * 1024 for s in sizes) >= len(sizes) - 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the read-ahead of a mount is set through sysfs, as root")
+@pytest.mark.parametrize(("option", "expected"), [(None, 1024), ("readahead_kb=256", 256), ("readahead_kb=0", None)])
+def test_readahead_is_raised_to_whole_requests(vmfs6_image: Path, tmp_path: Path, option: str | None,
+                                               expected: int | None) -> None:
+    """FUSE leaves a mount 128 KiB of read-ahead; vmfs-mount raises it (after the kernel's INIT,
+    at the first read) so sequential reads arrive as 1 MiB requests."""
+    from vmfs.fuse import fuse_device_number
+
+    argv = [tool("vmfs-mount"), *(["-o", option] if option else []), str(vmfs6_image), str(tmp_path / "m")]
+    with Mount(argv, tmp_path / "m") as root:
+        device = fuse_device_number(str(root))
+        assert device is not None
+        knob = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+        default = int(knob.read_text())
+        (root / "directory" / "file5").read_bytes()
+        assert int(knob.read_text()) == (expected if expected is not None else default)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_signal_unmounts_cleanly(vmfs5_image: Path, tmp_path: Path, sig: int) -> None:
     mnt = tmp_path / "m"
