@@ -122,11 +122,22 @@ class FileWriter:
 
     # -- block map editing through the transaction -------------------------------------------------------
 
-    def _pb_entries(self, tx: Transaction, pb: int):  # type: ignore[no-untyped-def]
-        res = self.volume.resources[R.RES_PB]
+    def _pb_place(self, pb: int) -> tuple[int, int, int]:
+        """(resource kind, cluster, resource) of a pointer-block address found in a map: ours
+        are in ``.pbc.sf``, a ``.pb2.sf`` one is followed too; anything else is corruption."""
+        kind = A.kind(pb)
+        res_kind = {A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2}.get(kind)
+        if res_kind is None or res_kind not in self.volume.resources:
+            raise CorruptError(
+                f"file descriptor {self.fd.address:#x}", self.fd.vol_offset, f"0x{pb:x} is not a pointer-block address"
+            )
         _, c, r = self.codec.split(pb)
-        res.check(c, r, pb)
-        off = res.volume_offset(c, r)
+        self.volume.resources[res_kind].check(c, r, pb)
+        return res_kind, c, r
+
+    def _pb_entries(self, tx: Transaction, pb: int):  # type: ignore[no-untyped-def]
+        res_kind, c, r = self._pb_place(pb)
+        off = self.volume.resources[res_kind].volume_offset(c, r)
         cached = self.volume._pb_cache.get(pb)
         if cached is None:
             cached = unpack_ints(tx.read(off, self.geo.pb_size), self.geo.addr_width)
@@ -134,9 +145,8 @@ class FileWriter:
         return cached, off
 
     def _pb_store(self, tx: Transaction, pb: int, entries) -> None:  # type: ignore[no-untyped-def]
-        res = self.volume.resources[R.RES_PB]
-        _, c, r = self.codec.split(pb)
-        tx.write(res.volume_offset(c, r), pack_ints(entries, self.geo.addr_width))
+        res_kind, c, r = self._pb_place(pb)
+        tx.write(self.volume.resources[res_kind].volume_offset(c, r), pack_ints(entries, self.geo.addr_width))
         self.volume._pb_cache.put(pb, entries)
 
     def _new_pb(self, tx: Transaction, entries: list[int] | None = None) -> int:
@@ -148,8 +158,8 @@ class FileWriter:
         return pb
 
     def _free_pb(self, tx: Transaction, pb: int) -> None:
-        _, c, r = self.codec.split(pb)
-        self.volume.allocators[R.RES_PB].free(tx, [(c, r)])
+        res_kind, c, r = self._pb_place(pb)
+        self.volume.allocators[res_kind].free(tx, [(c, r)])
         self.volume._pb_cache.pop(pb, None)
         self.meta.numPointerBlocks = max(self.meta.numPointerBlocks - 1, 0)
 
