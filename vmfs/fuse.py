@@ -38,9 +38,10 @@ DEFAULT_READAHEAD_KB = 1024
 
 
 def fuse_device_number(mountpoint: str) -> str | None:
-    """``major:minor`` of the FUSE connection mounted at ``mountpoint``, from /proc/self/mountinfo
-    (no access to the mount itself, which may not be answering yet)."""
-    target = os.path.realpath(mountpoint)
+    """``major:minor`` of the FUSE connection mounted at ``mountpoint`` (an absolute path without
+    symlinks), from /proc/self/mountinfo: no access to the mount itself, which may be the one
+    asking (a lookup of our own mount point from inside a callback would wait for itself)."""
+    target = os.path.abspath(mountpoint)
     try:
         with open("/proc/self/mountinfo") as f:
             lines = f.read().splitlines()
@@ -115,7 +116,8 @@ class VmfsOperations(mfusepy.Operations):
         self._next_handle = 1
         self._handles_lock = threading.Lock()
         #: (mount point, KiB) to apply once the kernel has finished its INIT (it would clamp a
-        #: value set before back to 128 KiB), i.e. at the first read
+        #: value set before back to 128 KiB), i.e. at the first request after it: a lookup, which
+        #: comes before any open (a file keeps the read-ahead it was opened with)
         self.readahead: tuple[str, int] | None = None
 
     def _new_handle(self, obj: Any) -> int:
@@ -129,6 +131,8 @@ class VmfsOperations(mfusepy.Operations):
 
     @fuse_op
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        if self.readahead is not None:
+            self._tune_once()  # before any file is opened: an open file keeps the read-ahead it got
         st = self.fs.stat(path).as_fuse()
         for key in ("st_atime", "st_mtime", "st_ctime"):
             st[key] = st[key] * 1_000_000_000
@@ -177,8 +181,6 @@ class VmfsOperations(mfusepy.Operations):
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        if self.readahead is not None:
-            self._tune_once()
         reader: FileReader | None = self._handles.get(fh)
         if reader is None:
             reader = self.fs.reader(path)

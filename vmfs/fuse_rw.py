@@ -58,8 +58,6 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        if self.readahead is not None:
-            self._tune_once()
         address = self._address(fh)
         fd = self.volume.read_fd(address) if address is not None else self.wfs.resolve(path)
         return self.wfs.volume.reader(fd).read(offset, size)
