@@ -127,3 +127,12 @@ def diff_trees(ours: dict[str, dict[str, Any]], theirs: dict[str, dict[str, Any]
             if a.get(key) != b.get(key):
                 problems.append(f"{path}: {key} ours={a.get(key)!r} theirs={b.get(key)!r}")
     return problems
+
+
+def region_mutations(regions: int, *, max_pos: int, max_bytes: int, max_count: int):  # type: ignore[no-untyped-def]
+    """hypothesis: 1..max_count mutations (region index, position in it, bytes) of metadata regions."""
+    from hypothesis import strategies as st
+
+    one = st.tuples(st.integers(0, regions - 1), st.integers(0, max_pos), st.binary(min_size=1, max_size=max_bytes))
+    return st.lists(one, min_size=1, max_size=max_count)
+

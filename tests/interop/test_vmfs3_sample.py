@@ -80,13 +80,13 @@ def test_fsck_clean_where_fsck_vmfs_counts_tbz_blocks_lost(vmfs3_image: Path) ->
 
 def test_mutated_metadata_never_crashes(vmfs3_image: Path) -> None:
     from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+
+    from tests.helpers import region_mutations
 
     regions = metadata_regions(vmfs3_image)
 
     @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.tuples(st.integers(0, len(regions) - 1), st.integers(0, 1 << 16),
-                              st.binary(min_size=1, max_size=8)), min_size=1, max_size=6))
+    @given(region_mutations(len(regions), max_pos=1 << 16, max_bytes=8, max_count=6))
     def run(mutations: list[tuple[int, int, bytes]]) -> None:
         mutate_and_read(vmfs3_image, regions, mutations)
 

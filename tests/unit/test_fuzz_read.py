@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from tests.helpers import region_mutations
 from vmfs.device import FileDevice, OverlayDevice
 from vmfs.errors import VmfsError
 from vmfs.namespace import FileSystem
@@ -123,13 +123,7 @@ def test_mutated_metadata_never_crashes(name: str, request: pytest.FixtureReques
     assert len(regions) > 20
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(
-        st.lists(
-            st.tuples(st.integers(0, len(regions) - 1), st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)),
-            min_size=1,
-            max_size=6,
-        )
-    )
+    @given(region_mutations(len(regions), max_pos=1 << 16, max_bytes=8, max_count=6))
     def run(mutations: list[tuple[int, int, bytes]]) -> None:
         mutate_and_read(image, regions, mutations)
 

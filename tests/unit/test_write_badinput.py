@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.fsck import volumes
 from tests.fsck.test_fuzz import metadata_regions
+from tests.helpers import region_mutations
 from vmfs.device.file import FileDevice
 from vmfs.device.overlay import OverlayDevice
 from vmfs.errors import CorruptError, VmfsError
@@ -105,14 +106,7 @@ def test_random_damage_then_writes(populated: Path) -> None:
     regions = metadata_regions(populated)
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(
-        st.lists(
-            st.tuples(st.integers(0, len(regions) - 1), st.integers(0, 1 << 30), st.binary(min_size=1, max_size=16)),
-            min_size=1,
-            max_size=4,
-        ),
-        st.integers(0, 9),
-    )
+    @given(region_mutations(len(regions), max_pos=1 << 30, max_bytes=16, max_count=4), st.integers(0, 9))
     def run(mutations: list[tuple[int, int, bytes]], first: int) -> None:
         write_through(damaged(populated, regions, mutations), first)
 
