@@ -45,6 +45,13 @@ def parse_options(values: tuple[str, ...]) -> dict[str, object]:
 @click.option("-d", "--debug", is_flag=True, help="FUSE debug output (implies --foreground).")
 @click.option("-v", "--verbose", is_flag=True, help="Log library errors to stderr.")
 @click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the mount's log (library errors, lost volume, recoveries) to this file: in the "
+    "background the mount has no terminal to tell why an operation failed.",
+)
+@click.option(
     "--host-uuid",
     default=None,
     help="Host UUID for heartbeats and locks when writing (default: derived from /etc/machine-id).",
@@ -52,7 +59,7 @@ def parse_options(values: tuple[str, ...]) -> dict[str, object]:
 @report_errors(exit_code=1)
 def main(
     paths: tuple[str, ...], options: tuple[str, ...], foreground: bool, debug: bool, verbose: bool,
-    host_uuid: str | None,
+    log_file: str | None, host_uuid: str | None,
 ) -> None:
     """Mount the VMFS volume held by IMAGE (image files or block devices; every extent of a
     spanned volume, in any order) at MOUNTPOINT.
@@ -69,7 +76,12 @@ def main(
     writable = bool(opts.get("rw")) and not opts.get("ro")
     for key in OWN_OPTIONS:
         opts.pop(key, None)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    level = logging.INFO if verbose else logging.WARNING
+    if log_file:
+        logging.basicConfig(level=level, filename=os.path.abspath(log_file),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    else:
+        logging.basicConfig(level=level, stream=sys.stderr)
     from vmfs import fuse as vfuse
 
     host = HostIdentity(uuid=host_uuid) if host_uuid else None

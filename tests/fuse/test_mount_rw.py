@@ -84,3 +84,22 @@ def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path
     assert (rc, codes(report)) == (0, [])
     with Volume.open(image) as vol:
         assert accounting_problems(vol) == []
+
+
+def test_background_mount_logs_to_a_file(tmp_path: Path) -> None:
+    """A background mount has no terminal: --log-file is where it says what happened."""
+    image = tmp_path / "l.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    subprocess.run([tool("vmfs-mount"), "-v", "--log-file", str(log), "-o", "rw", str(image), str(mnt)],
+                   check=True, timeout=30)
+    try:
+        (mnt / "f").write_bytes(b"x")
+    finally:
+        unmount(mnt)
+    deadline = time.monotonic() + 10
+    while "claimed heartbeat slot" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
