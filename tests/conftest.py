@@ -96,6 +96,14 @@ class Mount:
                 self.proc.kill()
 
 
+def wait_mounted(mountpoint: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:  # type: ignore[type-arg]
+    """Wait until the mount started by ``proc`` is up (it must not exit meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        assert time.monotonic() < deadline and proc.poll() is None, f"{mountpoint} was not mounted"
+        time.sleep(0.05)
+
+
 def unmount(mountpoint: Path) -> None:
     for _ in range(50):
         if not os.path.ismount(mountpoint):

@@ -136,3 +136,19 @@ def region_mutations(regions: int, *, max_pos: int, max_bytes: int, max_count: i
     one = st.tuples(st.integers(0, regions - 1), st.integers(0, max_pos), st.binary(min_size=1, max_size=max_bytes))
     return st.lists(one, min_size=1, max_size=max_count)
 
+
+def user_tree(fs, content=bytes):  # type: ignore[no-untyped-def]
+    """Path -> ``content(file bytes)`` for every regular file and symlink, None for directories,
+    of a library-opened volume, leaving out the system files in the root."""
+    from vmfs.ondisk import filedesc as F
+
+    out = {}
+    for d, entries in fs.walk("/"):
+        for e in entries:
+            if d == "/" and e.name.endswith(".sf"):
+                continue
+            fd = fs.volume.read_fd(e.address)
+            path = d.rstrip("/") + "/" + e.name
+            out[path] = None if fd.type == F.TYPE_DIRECTORY else content(fs.volume.reader(fd).read(0, fd.size))
+    return out
+

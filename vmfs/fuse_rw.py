@@ -84,8 +84,7 @@ class ReadWriteOperations(VmfsOperations):
         entry = self._handles.get(fh)
         if entry is not None:
             address, write = entry
-            trim = write and self.wfs.writers[address] <= 1
-            self.wfs.flush_fd(self.volume.read_fd(address), trim=trim)
+            self.wfs.flush_handle(address, write=write)
         return 0
 
     @fuse_op

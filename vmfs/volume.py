@@ -177,7 +177,7 @@ class Volume:
         """Resource files in dependency order: pointer blocks first (a large ``.fdc.sf`` or
         ``.sbc.sf`` maps its blocks through them), then FDs, file blocks, sub-blocks, journal."""
         geo = self.geometry
-        if geo.version != 3:  # VMFS3 has neither .pb2.sf nor double indirection
+        if ".pb2.sf" in system_fds(geo.version):  # VMFS3 has neither it nor double indirection
             self.resources[R.RES_PB2] = ResourceFile(self, R.RES_PB2, self._system_fd(".pb2.sf"))
         self.resources[R.RES_PB] = ResourceFile(self, R.RES_PB, self._system_fd(".pbc.sf"))
         self.resources[R.RES_FD] = ResourceFile(self, R.RES_FD, self._system_fd(".fdc.sf"))

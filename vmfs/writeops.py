@@ -564,10 +564,15 @@ class WritableFileSystem(FileSystem):
         self.volume.pin(fd)
         return fd
 
+    def flush_handle(self, address: int, *, write: bool) -> None:
+        """A handle is being closed: write deferred changes and, when it is the last writer,
+        give back the preallocated blocks."""
+        self.flush_fd(self._fd(address), trim=write and self.writers[address] <= 1)
+
     def close_file(self, address: int, *, write: bool) -> None:
         fd = self._fd(address)
         try:
-            self.flush_fd(fd, trim=write and self.writers[address] <= 1)
+            self.flush_handle(address, write=write)
         finally:
             counter = self.writers if write else self.readers
             counter[address] -= 1

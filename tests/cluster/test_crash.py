@@ -10,13 +10,13 @@ import random
 import pytest
 
 from tests.cluster.conftest import host
+from tests.helpers import user_tree
 from vmfs.device import MemoryDevice, OverlayDevice
 from vmfs.device.fault import FaultDevice, PowerCut
 from vmfs.errors import DeviceError, VolumeLostError
 from vmfs.heartbeat import read_slots
 from vmfs.host import ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.ondisk import filedesc as F
 from vmfs.usage import marked_used, referenced_resources
 from vmfs.volume import Volume
 from vmfs.writeops import WritableFileSystem
@@ -71,19 +71,7 @@ def workload(fs: WritableFileSystem, model: dict, done: list) -> None:
             fs.truncate(fs.resolve(p).address, 3)
 
         step(trunc, lambda t, p=p: {**t, p: t[p][:3]})
-    step(lambda: fs.rmdir("/b") if False else fs.mkdir("/b/d"), lambda t: {**t, "/b/d": None})
-
-
-def tree_of(fs: WritableFileSystem) -> dict:
-    out = {}
-    for d, entries in fs.walk("/"):
-        for e in entries:
-            p = d.rstrip("/") + "/" + e.name
-            if d == "/" and e.name.endswith(".sf"):
-                continue
-            fd = fs.volume.read_fd(e.address)
-            out[p] = None if fd.type == F.TYPE_DIRECTORY else fs.volume.reader(fd).read(0, fd.size)
-    return out
+    step(lambda: fs.mkdir("/b/d"), lambda t: {**t, "/b/d": None})
 
 
 def run_until_cut(
@@ -125,7 +113,7 @@ def test_crash_at_200_points(base: MemoryDevice, volatile: bool) -> None:
         clock.advance(25)  # the dead host's lease runs out; the survivor's heartbeat reaper recovers it
         assert [s.slot for s in read_slots(survivor) if s.in_use] == [survivor.heartbeat.slot], cut
         fs = WritableFileSystem(survivor)
-        got = tree_of(fs)
+        got = user_tree(fs)
         assert got in (model["tree"], model["next"]), f"cut after write {cut}: tree is neither before nor after"
         refs, used = referenced_resources(survivor), marked_used(survivor)
         for kind in used:

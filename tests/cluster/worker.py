@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import user_tree
 from vmfs.errors import BusyError, NoSpaceError
 from vmfs.host import HostIdentity
-from vmfs.ondisk import filedesc as F
 from vmfs.volume import Volume
 from vmfs.writeops import WritableFileSystem
 
@@ -24,15 +24,7 @@ def digest(data: bytes) -> str:
 
 
 def tree(fs: WritableFileSystem) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for d, entries in fs.walk("/"):
-        for e in entries:
-            p = d.rstrip("/") + "/" + e.name
-            if d == "/" and e.name.endswith(".sf"):
-                continue
-            fd = fs.volume.read_fd(e.address)
-            out[p] = None if fd.type == F.TYPE_DIRECTORY else digest(fs.volume.reader(fd).read(0, fd.size))
-    return out
+    return user_tree(fs, digest)
 
 
 def run(image: str, n: int, ops: int, seed: int, workdir: str, hosts: int, journaling: bool) -> dict:

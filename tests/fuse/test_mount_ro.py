@@ -7,12 +7,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, tool, unmount
+from tests.conftest import Mount, tool, unmount, wait_mounted
 
 pytestmark = pytest.mark.fuse
 
@@ -46,10 +45,7 @@ def test_large_reads_per_call(vmfs6_image: Path, tmp_path: Path) -> None:
         [tool("vmfs-mount"), "-d", str(vmfs6_image), str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        wait_mounted(mnt, proc)
         with open(mnt / ".vh.sf", "rb") as f:
             data = f.read()
         assert len(data) == 7340032
@@ -87,10 +83,7 @@ def test_foreground_signal_unmounts_cleanly(vmfs5_image: Path, tmp_path: Path, s
     mnt = tmp_path / "m"
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-f", str(vmfs5_image), str(mnt)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_mounted(mnt, proc)
     assert (mnt / "directory" / "file4").read_bytes() == b"content\n"
     proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
@@ -137,10 +130,7 @@ def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    wait_mounted(mnt, proc)
     (mnt / "d").mkdir()
     with open(mnt / "d" / "f", "wb") as f:
         f.write(b"x" * 3_000_000)

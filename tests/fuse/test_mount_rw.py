@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tool, unmount
+from tests.conftest import tool, unmount, wait_mounted
 
 pytestmark = pytest.mark.fuse
 
@@ -23,10 +23,7 @@ def test_large_writes_per_call(tmp_path: Path) -> None:
     proc = subprocess.Popen([tool("vmfs-mount"), "-d", "-o", "rw", str(image), str(mnt)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        wait_mounted(mnt, proc)
         with open(mnt / "f", "wb") as f:
             for _ in range(16):
                 f.write(b"\xab" * (1 << 20))
@@ -53,10 +50,7 @@ def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)])
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        wait_mounted(mnt, proc)
         block = b"\x5a" * (1 << 20)
         with open(mnt / "kept", "wb") as f:
             for _ in range(40):

@@ -89,8 +89,9 @@ def prepare(ctx: Context) -> None:
     system = _system_fds(ctx)
     if st.fatal or geo.vmfs6:
         return  # VMFS6 headers are checked by the library when it opens the volume
+    present = system_fds(geo.version)
     for kind, name in RESOURCE_FILES:
-        if name not in system and geo.version == 3 and kind == R.RES_PB2:
+        if name not in present:
             continue  # VMFS3 has no .pb2.sf
         meta, pointers = system[name]
         _check_resource_header(ctx, kind, name, meta, pointers)
