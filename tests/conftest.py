@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,18 +26,75 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+#: the shared samples and this session's unpacked copies -> sha256 when first used.  As root,
+#: mode 0444 stops no write: a test that writes to a sample instead of a copy must fail the run
+#: (_samples_untouched), not leave every later test reading a changed "real" volume.
+_SAMPLE_DIGESTS: dict[Path, str] = {}
+_SAMPLE_STAMPS: dict[Path, tuple[int, int]] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def _unpack(name: str, cache: Path) -> Path:
     src = REAL / f"{name}.bin.gz"
     if not src.exists():
         pytest.fail(f"real sample {src} not present (set VMFS_SHARED to the shared/ folder)")
     dst = cache / f"{name}.bin"
     if not dst.exists():
+        _SAMPLE_DIGESTS.setdefault(src, _sha256(src))
         tmp = dst.with_suffix(".part")
         with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
         tmp.rename(dst)
         os.chmod(dst, 0o444)
+        _SAMPLE_DIGESTS[dst] = _sha256(dst)
+        _SAMPLE_STAMPS[dst] = _stamp(dst)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _samples_untouched_by_this_test() -> Iterator[None]:
+    """Blame the test itself: a write to an unpacked sample moves its size or mtime."""
+    yield
+    changed = [p.name for p, stamp in _SAMPLE_STAMPS.items() if _stamp(p) != stamp]
+    if changed:
+        _SAMPLE_STAMPS.update({p: _stamp(p) for p in _SAMPLE_STAMPS})  # report each write once
+        pytest.fail(f"this test wrote to the shared sample(s) {changed}: write to copy_image() copies")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _samples_untouched() -> Iterator[None]:
+    """At the end of the session every sample (packed and unpacked) must hash as it did."""
+    yield
+    changed = [str(p) for p, digest in _SAMPLE_DIGESTS.items() if _sha256(p) != digest]
+    if changed:
+        pytest.fail(f"the shared samples changed during the session: {changed}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_pytest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """tempfile (mkdtemp, TemporaryFile; ours and the tools' we start) writes below pytest's
+    base temporary folder, which pytest cleans, instead of straight into /tmp."""
+    scratch = str(tmp_path_factory.mktemp("tempfile"))
+    saved, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = scratch, scratch
+    yield
+    tempfile.tempdir = saved
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +110,11 @@ def vmfs5_image(samples_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def vmfs6_image(samples_dir: Path) -> Path:
     return _unpack("vmfs6", samples_dir)
+
+
+@pytest.fixture(scope="session")
+def vmfs3_image(samples_dir: Path) -> Path:
+    return _unpack("vmfs3", samples_dir)
 
 
 @pytest.fixture(scope="session", params=["vmfs5", "vmfs6"])

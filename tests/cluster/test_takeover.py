@@ -4,9 +4,9 @@ nothing committed in its journal, clear its slot and free its journal block, the
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+from tests import oracles
 from tests.cluster.conftest import host
 from tests.conftest import copy_image
 from vmfs.heartbeat import read_slots
@@ -18,8 +18,9 @@ from vmfs.writeops import WritableFileSystem
 
 def test_esxi_host_of_the_sample_is_taken_over(vmfs5_image: Path, tmp_path: Path) -> None:
     image = copy_image(vmfs5_image, tmp_path / "sample.img")
-    before = subprocess.run(["fsck.vmfs", str(image)], capture_output=True, text=True).stdout
-    assert "File Block 0x00000341 is lost" in before  # the live host's journal block
+    before = oracles.fsck_vmfs(image)
+    assert "File Block 0x00000341 is lost." in before.lines  # the live host's journal block
+    assert before.counts["Lost blocks"] == 1
     clock = ManualClock()
     vol = Volume.open(image, readonly=False, host=host(5, clock))
     esxi = [s for s in read_slots(vol) if s.in_use and s.slot == 984]
@@ -34,7 +35,8 @@ def test_esxi_host_of_the_sample_is_taken_over(vmfs5_image: Path, tmp_path: Path
     refs, used = referenced_resources(vol), marked_used(vol)
     assert all(refs[k] == used[k] for k in used)  # FB 13 went back to the free pool
     vol.close()
-    after = subprocess.run(["fsck.vmfs", str(image)], capture_output=True, text=True).stdout
-    assert "is lost" not in after
-    listing = subprocess.run(["debugvmfs", str(image), "cat", "/directory/after-takeover"], capture_output=True)
-    assert listing.stdout == b"written after ESXi's slot was cleared"
+    after = oracles.fsck_vmfs(image)
+    assert after.counts["Lost blocks"] == 0 and not [line for line in after.lines if "is lost" in line]
+    assert after.counts["File Blocks"] == before.counts["File Blocks"]  # a new resident file: no block
+    written = oracles.debugvmfs_cat([image], "/directory/after-takeover")
+    assert written == b"written after ESXi's slot was cleared"

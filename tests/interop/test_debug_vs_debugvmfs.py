@@ -4,33 +4,30 @@ the root directory."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tool
+from tests import oracles
+from tests.conftest import copy_image, tool
+from vmfs.heartbeat import read_slots
+from vmfs.ondisk.heartbeat import HB_IN_USE
+from vmfs.volume import Volume
 
 pytestmark = pytest.mark.oracle
 
-ENV = {**os.environ, "TZ": "UTC"}
+LVM_DATA = 0x1100000  # device offset of volume offset 0 in both samples
 UNITS = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+#: what `show inode[...]` prints for every inode
+INODE_KEYS = ("ID", "ID2", "Links", "Type", "Flags", "Size", "Block size", "Block count", "UID", "GID", "Mode",
+              "ZLA", "TBZ", "COW", "Access Time", "Modify Time", "Change Time")
 
 
 def oracle_show(prog: str, image: Path, *what: str) -> dict[str, str]:
-    # `show` with no variable prints the FS descriptor (`show fs` prints nothing and exits 1);
-    # debugvmfs may exit with status 1 after printing an answer: judge it by what it prints.
-    out = subprocess.run([prog, str(image), "show", *what], capture_output=True, text=True, env=ENV)
-    values = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("VMFS version:"):  # debugvmfs6 prints this before every command
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            values[key.strip()] = value.strip()
-    return values
+    # `show` with no variable prints the FS descriptor (`show fs` prints nothing and exits 1)
+    require = INODE_KEYS if what else oracles.SHOW_FS_KEYS
+    return oracles.debugvmfs_show([image], *what, prog=prog, require=require)
 
 
 def ours(image: Path, *args: str) -> dict:
@@ -105,27 +102,56 @@ def test_root_inode(name: str, prog: str, request: pytest.FixtureRequest) -> Non
 @pytest.mark.parametrize(("name", "prog"), [("vmfs5", "debugvmfs"), ("vmfs6", "debugvmfs6")])
 def test_root_listing(name: str, prog: str, request: pytest.FixtureRequest) -> None:
     image = request.getfixturevalue(f"{name}_image")
-    out = subprocess.run([prog, str(image), "ls", "-l", "/"], capture_output=True, text=True, env=ENV)
-    theirs = {}
-    for line in out.stdout.splitlines():
-        m = re.match(r"(\S+)\s+(\d+)\s+\S+\s+\S+\s+(\d+)\s+(\S+ \S+) (.+)$", line)
-        if m and m.group(5) not in (".", ".."):
-            theirs[m.group(5)] = (int(m.group(2)), int(m.group(3)))
+    listing = oracles.debugvmfs_ls([image], "/", prog=prog)
+    theirs = {name: (nlink, size) for name, (_, nlink, size) in listing.items() if name not in (".", "..")}
     mine = {r["name"]: (r["nlink"], r["size"]) for r in ours(image, "ls", "-l", "/")}
     assert theirs == mine
+    assert "directory" in mine and ".fdc.sf" in mine
+
+
+def compare_heartbeats(prog: str, image: Path) -> set[int]:
+    """The active heartbeats debugvmfs lists equal ours, and there is at least one (an empty
+    answer from both sides would compare nothing)."""
+    theirs = oracles.debugvmfs_heartbeats([image], prog=prog)
+    mine = {hb["addr"]: hb for hb in ours(image, "heartbeats")}
+    assert set(theirs) == set(mine)
+    assert mine, "no active heartbeat on this image: nothing was compared"
+    for addr, hb in mine.items():
+        assert theirs[addr]["UUID"] == hb["owner"]
+    return set(mine)
+
+
+@pytest.fixture
+def vmfs6_with_heartbeat(vmfs5_image: Path, vmfs6_image: Path, tmp_path: Path) -> tuple[Path, int]:
+    """The VMFS6 sample was imaged with no host on it (every slot free): a copy whose slot 3
+    carries the VMFS5 sample's live ESXi heartbeat, its address field set to slot 3's (VMFS6
+    slots are 4 KiB apart, vmfs-format.md 4)."""
+    with Volume.open(vmfs5_image) as vol:
+        live = next(s for s in read_slots(vol) if s.in_use)
+    with Volume.open(vmfs6_image) as vol:
+        addr = vol.geometry.hb_slot_addr(3)
+        assert not any(s.in_use for s in read_slots(vol))
+    slot = bytearray(live.raw)
+    assert int.from_bytes(slot[:4], "little") == HB_IN_USE
+    slot[4:12] = addr.to_bytes(8, "little")
+    image = copy_image(vmfs6_image, tmp_path / "v6hb.img")
+    with open(image, "r+b") as f:
+        f.seek(LVM_DATA + addr)
+        f.write(slot)
+    return image, addr
 
 
 @pytest.mark.parametrize(("name", "prog"), [("vmfs5", "debugvmfs"), ("vmfs6", "debugvmfs6")])
 def test_heartbeats_and_resources(name: str, prog: str, request: pytest.FixtureRequest) -> None:
-    image = request.getfixturevalue(f"{name}_image")
-    out = subprocess.run([prog, str(image), "show_heartbeats"], capture_output=True, text=True).stdout
-    theirs = {int(m.group(1), 16) for m in re.finditer(r"Heartbeat ID (0x[0-9a-f]+)", out)}
-    mine = {hb["addr"] for hb in ours(image, "heartbeats")}
-    assert theirs == mine
     if name == "vmfs5":
-        assert mine == {0x37B000}
-        df = subprocess.run([prog, str(image), "df"], capture_output=True, text=True).stdout
-        total = int(re.search(r"Total blocks\s*:\s*(\d+)", df).group(1))
-        used = int(re.search(r"Allocated blocks\s*:\s*(\d+)", df).group(1))
+        image = request.getfixturevalue("vmfs5_image")
+        assert compare_heartbeats(prog, image) == {0x37B000}
+        df = oracles.debugvmfs_df([image], prog=prog)
         fb = next(r for r in ours(image, "resources") if r["type"] == 1)
-        assert (fb["total"], fb["used"]) == (total, used) == (256, 15)
+        assert (fb["total"], fb["used"]) == (df["Total blocks"], df["Allocated blocks"]) == (256, 15)
+    else:
+        image, addr = request.getfixturevalue("vmfs6_with_heartbeat")
+        assert compare_heartbeats(prog, image) == {addr}
+        # the sample itself: no active heartbeat for either reader
+        assert oracles.debugvmfs_heartbeats([request.getfixturevalue("vmfs6_image")], prog=prog) == {}
+        assert ours(request.getfixturevalue("vmfs6_image"), "heartbeats") == []

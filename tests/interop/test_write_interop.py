@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import oracles
 from tests.conftest import Mount, copy_image, tool
-from tests.helpers import capture_dissect, capture_mount, diff_trees
+from tests.helpers import capture_mount, diff_trees
 
 pytestmark = [pytest.mark.oracle, pytest.mark.fuse]
 
@@ -100,11 +101,11 @@ def fsck_vmfs_problems(image: Path) -> list[str]:
                     di.update(a for _, a, _ in BlockMap(fd).references())
         di.update(s.hb.journalAddr for s in read_slots(vol) if s.in_use and s.hb.journalAddr)
     explained_orphans = sum(1 for h in heads if h & 7 == A.ADDR_FD)
-    out = subprocess.run(["fsck.vmfs", str(image)], capture_output=True, text=True).stdout
+    report = oracles.fsck_vmfs(image)  # a crash, or a report without its summary, raises
     problems = []
     orphans = 0
     pattern = r"(?:Block|File Block|Pointer Block|Sub-Block) 0x([0-9a-f]+) is (used but not allocated|lost)"
-    for line in out.splitlines():
+    for line in report.lines:
         m = re.match(pattern, line)
         if m:
             if int(m.group(1), 16) not in heads | di:
@@ -117,20 +118,24 @@ def fsck_vmfs_problems(image: Path) -> list[str]:
             problems.append(line)
     if orphans != explained_orphans:
         problems.append(f"{orphans} orphaned inodes, {explained_orphans} explained by resident data")
+    if report.counts["Orphaned inodes"] != orphans:
+        problems.append(f"summary counts {report.counts['Orphaned inodes']} orphaned inodes, {orphans} listed")
     return problems
 
 
 def compare_with_oracles(
     image: Path, tmp: Path, expect: dict[str, bytes], double_indirect: frozenset[str] = frozenset()
 ) -> None:
+    assert expect, "nothing to compare"
     with Mount([tool("vmfs-mount"), str(image), str(tmp / "ours")], tmp / "ours") as root:
         ours = capture_mount(root)
         for path, data in expect.items():
             assert (root / path.lstrip("/")).read_bytes() == data, path
+    assert set(expect) <= set(ours)
     quirk = {"/.sdd.sf"}  # vmfs-fuse shows it as a socket (tests/interop/test_real_trees.py)
     # vmfs-tools reads ZLA 4304 as single indirect ("4301 + PB", vmfs-format.md 8.5) and fails
     # with EIO on double-indirect files: their content is checked against dissect.vmfs only.
-    with Mount(["vmfs-fuse", str(image), str(tmp / "oracle")], tmp / "oracle") as root:
+    with oracles.OracleMount("vmfs-fuse", [image], tmp / "oracle") as root:
         theirs = capture_mount(root, unreadable=frozenset(quirk), skip_content=double_indirect)
         for p in double_indirect:
             with pytest.raises(OSError), open(root / p.lstrip("/"), "rb") as f:
@@ -142,11 +147,10 @@ def compare_with_oracles(
     for p in double_indirect:
         ours_cmp[p].pop("sha256")
     assert diff_trees(ours_cmp, theirs) == []
-    assert diff_trees(ours, capture_dissect([image])) == []
-    # debugvmfs lists and cats every file identically
+    assert diff_trees(ours, oracles.dissect_tree([image])) == []
+    # debugvmfs cats every file identically
     for path, data in expect.items():
-        got = subprocess.run(["debugvmfs", str(image), "cat", path], capture_output=True).stdout
-        assert got == data, f"debugvmfs cat {path}"
+        assert oracles.debugvmfs_cat([image], path) == data, f"debugvmfs cat {path}"
 
 
 
@@ -166,8 +170,8 @@ def test_tree_written_through_mount_reads_back_everywhere(tmp_path: Path) -> Non
         stream.seek(SPARSE_SIZE - 5000)
         assert stream.read(1200) == b"near the end" * 100
     assert fsck_vmfs_problems(image) == []
-    listing = subprocess.run(["debugvmfs", str(image), "ls", "-l", "/"], capture_output=True, text=True).stdout
-    assert MAXNAME in listing and "sparse" in listing
+    listing = oracles.debugvmfs_ls([image], "/")
+    assert listing[MAXNAME][1:] == (1, len(b"longest name")) and listing["sparse"][1:] == (1, SPARSE_SIZE)
     ours = subprocess.run([tool("vmfs-debug"), str(image), "inode", "/sparse"], capture_output=True, text=True)
     assert "4304" in ours.stdout  # double indirect, as a > 256 GiB file must be
 
@@ -208,7 +212,7 @@ def test_mode_changes_are_seen_by_oracles(tmp_path: Path) -> None:
         os.utime(f, (1_600_000_000, 1_650_000_000))
         final = f.read_bytes()
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
-    with Mount(["vmfs-fuse", str(image), str(tmp_path / "o")], tmp_path / "o") as root:
+    with oracles.OracleMount("vmfs-fuse", [image], tmp_path / "o") as root:
         assert (root / "grow").read_bytes() == final
         st = os.stat(root / "grow")
         assert stat.S_IMODE(st.st_mode) == 0o600 and int(st.st_mtime) == 1_650_000_000
