@@ -2,24 +2,21 @@
 vmfs-tools' (written for VMFS3), vmfs-debug agrees with debugvmfs, vmfs-fsck finds it clean, and
 mutated metadata only ever raises the library's errors.
 
-No VMFS3 sample ships in ../shared/fixtures/real/.  One public ESX-made VMFS3 image is the
-``test.img`` of the vmfs-tools repository (label "toto", four 200 MiB disks: thin, thick,
-zeroedthick, eagerzeroedthick); unpack it with that repository's ``imager -x`` and point
-``VMFS3_SAMPLE`` at the raw image, or drop it in as ``shared/fixtures/real/vmfs3.bin.gz``.
-Without one these tests are skipped, and say so."""
+The sample is ``shared/fixtures/real/vmfs3.bin.gz`` (the ``test.img`` of the vmfs-tools
+repository: label "toto", four 200 MiB disks, thin, thick, zeroedthick, eagerzeroedthick),
+unpacked once per session by tests/conftest.py like the VMFS5/6 samples; without it these tests
+fail, they are not skipped."""
 
 from __future__ import annotations
 
-import gzip
-import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REAL, Mount, tool
+from tests import oracles
+from tests.conftest import Mount, tool
 from tests.fsck.cases import codes, run_fsck
 from tests.helpers import capture_mount, diff_trees
 from tests.interop.test_debug_vs_debugvmfs import oracle_show, ours, size_value
@@ -28,29 +25,14 @@ from tests.unit.test_fuzz_read import metadata_regions, mutate_and_read
 pytestmark = [pytest.mark.oracle]
 
 
-@pytest.fixture(scope="module")
-def vmfs3_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    packed = REAL / "vmfs3.bin.gz"
-    if packed.exists():
-        dst = tmp_path_factory.mktemp("vmfs3") / "vmfs3.bin"
-        with gzip.open(packed, "rb") as fin, open(dst, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        return dst
-    env = os.environ.get("VMFS3_SAMPLE")
-    if env and Path(env).is_file():
-        return Path(env)
-    pytest.skip("no VMFS3 sample (set VMFS3_SAMPLE to an ESX-made VMFS3 image; see this file's docstring)")
-
-
 @pytest.mark.fuse
 def test_tree_equals_vmfs_fuse(vmfs3_image: Path, tmp_path: Path) -> None:
     with Mount([tool("vmfs-mount"), str(vmfs3_image), str(tmp_path / "ours")], tmp_path / "ours") as root:
         mine = capture_mount(root)
-    with Mount(["vmfs-fuse", str(vmfs3_image), str(tmp_path / "oracle")], tmp_path / "oracle") as root:
-        theirs = capture_mount(root)
+    theirs = oracles.fuse_tree("vmfs-fuse", [vmfs3_image], tmp_path / "oracle")
     assert diff_trees(mine, theirs) == []
-    regular = [r for r in mine.values() if stat.S_ISREG(r["mode"])]
-    assert regular and all("sha256" in r for r in regular)
+    regular = [p for p, r in mine.items() if stat.S_ISREG(r["mode"])]
+    assert len(regular) >= 8 and all("sha256" in mine[p] and "sha256" in theirs[p] for p in regular)
 
 
 def test_fs_descriptor_equals_debugvmfs(vmfs3_image: Path) -> None:
@@ -74,8 +56,9 @@ def test_fsck_clean_where_fsck_vmfs_counts_tbz_blocks_lost(vmfs3_image: Path) ->
                             capture_output=True, text=True, check=True).stdout
     tbz = sum(1 for line in blocks.splitlines() if "ptr[" in line and "[T]" in line)
     assert tbz > 0
-    out = subprocess.run(["fsck.vmfs", str(vmfs3_image)], capture_output=True, text=True).stdout
-    assert f"Lost blocks        : {tbz}" in out
+    report = oracles.fsck_vmfs(vmfs3_image)
+    assert report.counts["Lost blocks"] == tbz
+    assert sum(1 for line in report.lines if line.endswith(" is lost.")) == tbz
 
 
 def test_mutated_metadata_never_crashes(vmfs3_image: Path) -> None:

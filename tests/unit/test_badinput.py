@@ -58,14 +58,17 @@ def fd_offset(image: Path, path: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("size", [0, 4096, 0x100100, 0x1100000 + 0x300000, 0x1100000 + 0xE00000])
-def test_truncated_image(v5copy: Path, size: int) -> None:
+def test_truncated_image(v5copy: Path, size: int, tmp_path: Path) -> None:
     os.truncate(v5copy, size)
     with pytest.raises(VmfsError) as info:
         Volume.open(v5copy)
     assert info.value.errno in (errno.EIO, errno.EINVAL)
     msg = one_line_failure(tool("vmfs-debug"), str(v5copy), "ls", "/")
     assert "vmfs-debug:" in msg
-    one_line_failure(tool("vmfs-mount"), str(v5copy), "/tmp")
+    mnt = tmp_path / "mnt"  # never a shared directory: a mount that did succeed would hide it
+    mnt.mkdir()
+    one_line_failure(tool("vmfs-mount"), str(v5copy), str(mnt))
+    assert not os.path.ismount(mnt)
 
 
 def test_wrong_lvm_magic(v5copy: Path) -> None:
