@@ -2,15 +2,19 @@
 
 Both kinds answer the same questions (list the entries, find one by name, name the parent); the
 per-version subclasses override only how entries are found on disk.  Names are checked on the way
-out: an entry whose name is empty, holds '/' or a NUL followed by garbage, or is '.'/'..' where
-no dot entry belongs is reported as corrupt instead of being handed to a path walk.
+out: an entry whose name is empty, longer than 127 bytes, holds '/' or a NUL followed by garbage,
+or is '.'/'..' where no dot entry belongs, and the second and later entries of one name, are
+*hidden*: left out of listings and lookups, logged once, and kept in :attr:`Directory.defects`
+(fsck reports them).  The rest of the directory stays readable, as a forensic reader expects; no
+such name is ever handed to a path walk.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vmfs.errors import (
     CorruptError,
@@ -20,6 +24,7 @@ from vmfs.errors import (
     NotADirError,
     NotFoundError,
     UnsupportedError,
+    VmfsError,
 )
 from vmfs.namehash import hash_index, link_hash, name_hash
 from vmfs.ondisk import dirent5 as D5
@@ -32,8 +37,18 @@ if TYPE_CHECKING:
     from vmfs.transaction import Transaction
     from vmfs.volume import Volume
 
+log = logging.getLogger("vmfs.directory")
+
 #: Longest entry name ESXi accepts: 127 bytes, so a NUL always fits (vmfs-format.md 9.1).
 NAME_MAX = 127
+
+
+def check_lookup_name(name: str) -> None:
+    """ENAMETOOLONG for a name no entry can hold (128 bytes or more), before any search: the
+    kernel lets names of up to 255 bytes through, and "no such file" would be the wrong answer."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise NameTooLongError(f"name of {size} bytes is longer than {NAME_MAX}")
 
 
 def check_name(name: str) -> bytes:
@@ -46,6 +61,16 @@ def check_name(name: str) -> bytes:
     if len(raw) > NAME_MAX:
         raise NameTooLongError(f"name of {len(raw)} bytes is longer than {NAME_MAX}")
     return raw
+
+
+class Defect(NamedTuple):
+    """A hidden entry: ``kind`` "name" (no path can hold it) or "duplicate" (a second entry of a
+    name), the name bytes as stored (up to the first NUL), what is wrong, the FD it names."""
+
+    kind: str
+    name: bytes
+    detail: str
+    address: int
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,8 @@ def decode_entry_name(raw: bytes, where: str, offset: int) -> str:
         raise CorruptError(where, offset, "empty entry name")
     if b"/" in name:
         raise CorruptError(where, offset, f"entry name {name!r} holds '/'")
+    if len(name) > NAME_MAX:
+        raise CorruptError(where, offset, f"entry name of {len(name)} bytes has no terminating NUL")
     return name.decode("utf-8", "surrogateescape")
 
 
@@ -80,6 +107,15 @@ class Directory:
         self.fd = fd
         self.reader = FileReader(fd)
         self.where = f"directory {fd.address:#x}"
+        #: hidden entries: file offset -> what is wrong (module docstring)
+        self.defects: dict[int, Defect] = {}
+
+    def _hide(self, offset: int, kind: str, raw_name: bytes, detail: str, address: int) -> None:
+        """Leave the entry at ``offset`` out (logged the first time this object meets it)."""
+        if offset not in self.defects:
+            name = raw_name.split(b"\x00", 1)[0]
+            self.defects[offset] = Defect(kind, name, detail, address)
+            log.warning("%s: entry %r at offset %#x hidden: %s", self.where, name, offset, detail)
 
     def entries(self) -> Iterator[DirEntry]:
         """Every entry except '.' and '..'."""
@@ -95,7 +131,9 @@ class Directory:
         return list(self.entries())
 
     def is_empty(self) -> bool:
-        return next(iter(self.entries()), None) is None
+        """No entry, hidden ones included: a directory holding only damaged entries is not empty
+        (removing it would orphan what they name)."""
+        return next(iter(self.entries()), None) is None and not self.defects
 
     # -- changes (VMFS3/5 only for now) ----------------------------------------------------------------
 
@@ -126,15 +164,22 @@ class Directory5(Directory):
             if raw[off + 4 : off + 8] == b"\x00\x00\x00\x00":
                 continue  # unused entry (descAddr 0): skip without a full parse
             ent = fast(D5.Dirent5).parse(raw[off : off + D5.DIRENT5_SIZE])
-            name = decode_entry_name(ent.name, self.where, off)
+            try:
+                name = decode_entry_name(ent.name, self.where, off)
+            except CorruptError as exc:
+                self._hide(off, "name", ent.name, exc.problem, ent.descAddr)
+                continue
             if name in (".", ".."):
                 if i > 1:
-                    raise CorruptError(self.where, off, f"'{name}' entry at position {i}")
-                if name == "..":
+                    self._hide(off, "name", ent.name, f"'{name}' entry at position {i}", ent.descAddr)
+                elif name == "..":
                     self._parent = ent.descAddr
                 continue
             if name in self._by_name:
-                raise CorruptError(self.where, off, f"duplicate entry name {name!r}")
+                first = self._by_name[name].offset
+                self._hide(off, "duplicate", ent.name, f"second entry named {name!r} (the first is at {first:#x})",
+                           ent.descAddr)
+                continue
             de = DirEntry(name, ent.descAddr, ent.type, ent.generation, off)
             self._by_name[name] = de
 
@@ -142,6 +187,7 @@ class Directory5(Directory):
         return iter(sorted(self._by_name.values(), key=lambda e: e.offset))
 
     def lookup(self, name: str) -> DirEntry:
+        check_lookup_name(name)
         try:
             return self._by_name[name]
         except KeyError:
@@ -191,6 +237,8 @@ class Directory5(Directory):
                 self._by_name[moved.name] = DirEntry(
                     moved.name, moved.address, moved.type, moved.generation, entry.offset, moved.hash32
                 )
+            elif last in self.defects:  # a hidden entry moves with its bytes
+                self.defects[entry.offset] = self.defects.pop(last)
         writer.truncate(tx, last)
         self.count -= 1
         del self._by_name[name]
@@ -281,16 +329,41 @@ class Directory6(Directory):
                 nibble = (byte >> 4) if n % 2 == 0 else (byte & 0xF)
                 yield first + n, nibble
 
-    def _slot_entry(self, raw: bytes, block: int, slot: int) -> DirEntry:
+    def _slot_entry(self, raw: bytes, block: int, slot: int) -> DirEntry | None:
+        """The entry in ``slot`` of ``block``; None (hidden) when its name is one no path holds."""
         off = D6.DIR6_BLOCK_HEADER_SIZE + slot * D6.DIRENT6_SIZE
         ent = D6.Dirent6.parse(raw[off : off + D6.DIRENT6_SIZE])
         file_off = self.block_offset(block) + off
-        name = decode_entry_name(ent.name, self.where, file_off)
+        try:
+            name = decode_entry_name(ent.name, self.where, file_off)
+        except CorruptError as exc:
+            self._hide(file_off, "name", ent.name, exc.problem, ent.address)
+            return None
         if name in (".", ".."):
-            raise CorruptError(self.where, file_off, f"'{name}' entry in a directory block")
+            self._hide(file_off, "name", ent.name, f"'{name}' entry in a directory block", ent.address)
+            return None
         return DirEntry(name, ent.address, ent.type, ent.generation, file_off, ent.hash32)
 
     def entries(self) -> Iterator[DirEntry]:
+        """Every visible entry; of two entries of one name, the one the hash table finds."""
+        by_name: dict[str, DirEntry] = {}
+        for e in self._slot_entries():
+            first = by_name.get(e.name)
+            if first is None:
+                by_name[e.name] = e
+                continue
+            try:
+                found = self.lookup(e.name).offset
+            except VmfsError:
+                found = first.offset
+            keep, hide = (e, first) if found == e.offset else (first, e)
+            by_name[e.name] = keep
+            raw = e.name.encode("utf-8", "surrogateescape")
+            detail = f"second entry named {e.name!r} (the other is at {keep.offset:#x})"
+            self._hide(hide.offset, "duplicate", raw, detail, hide.address)
+        return iter(sorted(by_name.values(), key=lambda e: e.offset))
+
+    def _slot_entries(self) -> Iterator[DirEntry]:
         remaining = self.header.numEntries - 2
         for block, nibble in self.block_types():
             if remaining <= 0:
@@ -304,24 +377,27 @@ class Directory6(Directory):
                     return
                 if bh.bitmap[slot >> 3] >> (slot & 7) & 1:
                     continue  # free slot
-                yield self._slot_entry(raw, block, slot)
                 remaining -= 1
+                entry = self._slot_entry(raw, block, slot)
+                if entry is not None:
+                    yield entry
 
     def lookup(self, name: str) -> DirEntry:
+        check_lookup_name(name)
         raw_name = name.encode("utf-8", "surrogateescape")
         index = hash_index(raw_name, self.in_root)
         word = self.header.hashTable[index]
         kind, block, slot = D6.split_location(word)
         if kind == D6.BLOCK_DIRENT:
             ent = self._entry_at(block, slot)
-            if ent.name == name:
+            if ent is not None and ent.name == name:
                 return ent
             raise NotFoundError(f"no entry {name!r}")
         if kind == D6.BLOCK_LINK:
             return self._lookup_links(block, slot, name, link_hash(name_hash(raw_name)))
         raise NotFoundError(f"no entry {name!r}")
 
-    def _entry_at(self, block: int, slot: int) -> DirEntry:
+    def _entry_at(self, block: int, slot: int) -> DirEntry | None:
         bh, raw = self.read_block(block)
         if bh.type != D6.BLOCK_DIRENT or slot >= min(bh.totalSlots, self.slots_per_block):
             raise CorruptError(self.where, self.fd.vol_offset, f"hash table points to a bad slot {block}/{slot}")
@@ -343,7 +419,7 @@ class Directory6(Directory):
                     k, b, s = D6.split_location(link.location)
                     if k == D6.BLOCK_DIRENT:
                         ent = self._entry_at(b, s)
-                        if ent.name == name:
+                        if ent is not None and ent.name == name:
                             return ent
             k, block, slot = D6.split_location(group.nextGroup)
             if k != D6.BLOCK_LINK:

@@ -3,6 +3,10 @@
 Only errno mapping and handle bookkeeping live here: every decision is the library's.  A
 :class:`VmfsError` becomes its errno; any other exception is logged once and reported as EIO so a
 damaged volume can never take the mount down with a traceback.
+
+Inode numbers are the FD addresses (libfuse's ``use_ino``), in ``stat`` and in ``readdir`` alike:
+the same file has the same number on every path and every mount, so ``find``, ``du`` and ``tar``
+can tell one file reached twice (libfuse's own numbers are per path).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
 
 import mfusepy
 
-from vmfs.errors import VmfsError
+from vmfs.errors import CorruptError, VmfsError
 from vmfs.namespace import FileSystem
 from vmfs.stream import FileReader
 
@@ -92,6 +96,8 @@ def fuse_op(method):  # type: ignore[no-untyped-def]
             raise
         except VmfsError as exc:
             level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) else logging.INFO
+            if isinstance(exc, CorruptError):
+                level = logging.WARNING  # damage met on the volume: the log must say where
             log.log(level, "%s%r: %s", method.__name__, args[:1], exc)
             raise mfusepy.FuseOSError(exc.errno) from None
         except Exception as exc:
@@ -139,8 +145,14 @@ class VmfsOperations(mfusepy.Operations):
         return st
 
     @fuse_op
-    def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *(e.name for e in self.fs.listdir(path))]
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # every item carries its inode number: mfusepy reuses one stat buffer for all of them
+        fd = self.fs.resolve(path)
+        entries = self.fs.listdir(path)
+        parent = fd if path.rstrip("/") == "" else self.fs.resolve(os.path.dirname(path.rstrip("/")) or "/")
+        items = [(".", {"st_ino": fd.address}, 0), ("..", {"st_ino": parent.address}, 0)]
+        items.extend((e.name, {"st_ino": e.address}, 0) for e in entries)
+        return items
 
     @fuse_op
     def readlink(self, path: str) -> str:
@@ -220,6 +232,7 @@ def mount(
 ) -> None:
     """Serve ``fs`` at ``mountpoint`` until unmounted (SIGINT/SIGTERM unmount cleanly)."""
     ops = operations or VmfsOperations(fs)
+    options.setdefault("use_ino", True)  # st_ino = FD address (module docstring)
     kib = int(options.pop("readahead_kb", DEFAULT_READAHEAD_KB))
     if kib > 0:
         ops.readahead = (os.path.realpath(mountpoint), kib)  # before daemonising changes the cwd

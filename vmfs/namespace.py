@@ -1,8 +1,11 @@
 """Paths: walking from the root, stat, listing, symlinks, opening files.
 
 This is the POSIX face of a volume used by the FUSE adapter and the tools.  Paths are absolute,
-'/'-separated; '.' and '..' are resolved through the directory's own parent entry, so no name on
-disk can lead a walk outside the volume.
+'/'-separated; '.' and '..' are resolved along the path walked (never through an on-disk '..'),
+so no name on disk can lead a walk outside the volume.  A damaged volume cannot make a walk
+endless either: an entry that leads to a directory already on the path (the directory itself or
+one above it: a cycle) is refused as corrupt, and a symbolic link whose target holds a NUL (which
+no POSIX path can) is corrupt rather than silently cut.
 """
 
 from __future__ import annotations
@@ -118,6 +121,12 @@ class FileSystem:
                 _, child = self._child(fd, part)
             except NotFoundError:
                 raise NotFoundError(f"{'/' + '/'.join(parts[: i + 1])}: no such file or directory") from None
+            if child.is_dir and (child.address == fd.address or any(a.address == child.address for a in stack)):
+                raise CorruptError(
+                    f"directory {fd.address:#x}",
+                    None,
+                    f"entry {part!r} leads back to directory {child.address:#x} above it (a cycle)",
+                )
             last = i == len(parts) - 1
             if child.is_symlink and (follow or not last):
                 if _depth >= MAX_SYMLINK_DEPTH:
@@ -156,6 +165,10 @@ class FileSystem:
         if fd.type != F.TYPE_SYMLINK:
             raise InvalidArgumentError(f"FD {fd.address:#x} is not a symbolic link")
         raw = FileReader(fd).read(0, fd.size)
+        if b"\x00" in raw:
+            raise CorruptError(
+                f"symbolic link {fd.address:#x}", fd.vol_offset, f"target holds a NUL byte at offset {raw.index(0)}"
+            )
         return raw.decode("utf-8", "surrogateescape")
 
     def readlink(self, path: str) -> str:

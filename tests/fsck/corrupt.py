@@ -316,6 +316,18 @@ def op_dirent6_hash(img: Image, dir: str, name: str) -> None:
     img.write(where, Dirent6.build(ent))
 
 
+def op_symlink_target(img: Image, path: str, target: bytes | str) -> None:
+    """Replace a symbolic link's target bytes in place (resident or in its one data block) and
+    set its length to match (``target`` as bytes, or text with escapes such as NUL)."""
+    raw = target.encode("utf-8", "surrogateescape") if isinstance(target, str) else target
+    fd = img.fd(path)
+    if fd.is_resident:
+        img.edit_fd(path, lambda p: setattr(p, "data", raw + bytes(len(p.data) - len(raw))))
+    else:
+        img.write(FileReader(fd).volume_offset(0), raw)
+    img.edit_fd(path, lambda p: setattr(p.meta, "fileLength", len(raw)))
+
+
 OPS: dict[str, Callable[..., None]] = {
     name.removeprefix("op_"): fn for name, fn in globals().items() if name.startswith("op_") and callable(fn)
 }

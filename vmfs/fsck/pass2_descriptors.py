@@ -20,7 +20,10 @@ Leaves
     ``state.fds`` (every FD in use, with its lock fields for pass 6) and ``state.owners``
     (resource -> first owner) for passes 3-5.  Repairs (VMFS5): salvage a damaged FD header,
     zero garbage slots, clear FDs of unknown type or address mode (their blocks go back in pass 5),
-    clear bad or cyclic addresses, clone shared blocks, fix sizes and counts.
+    clear bad or cyclic addresses, clone shared blocks, fix sizes and counts.  A symbolic link
+    whose target holds a NUL is cleared as an FD of unknown type is (e2fsck clears such a link
+    too): every reader would cut the target at the NUL and so follow another path than the one
+    stored; pass 3 then drops its entry.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.filedesc import FILE_METADATA_SIZE, FileMetadata
 from vmfs.ondisk.lock import LOCK_TYPE_FD, LockFields
+from vmfs.stream import FileReader
 
 LABEL = "Pass 2: Checking file descriptors and their block maps"
 
@@ -137,6 +141,9 @@ def _examine(ctx: Context, rules: MapRules, address: int, vol_offset: int, slot:
         marked, head.mode, owner, head.hbAddr, head.hbGen,
     )
     _check_fields(ctx, rec, meta, edit)
+    if meta.type == F.TYPE_SYMLINK and _bad_symlink(ctx, address, meta.fileLength):
+        apply_fd_edit(ctx, FdEdit(address, vol_offset, zero=True, findings=[ctx.last]))
+        return
     if meta.zla == F.ZLA_RESIDENT:
         _check_resident(ctx, rec, meta, edit)
     else:
@@ -146,6 +153,20 @@ def _examine(ctx: Context, rules: MapRules, address: int, vol_offset: int, slot:
     if edit:
         apply_fd_edit(ctx, edit, rules)
     st.fds[address] = rec
+
+
+def _bad_symlink(ctx: Context, address: int, size: int) -> bool:
+    """Report a symbolic link whose target holds a NUL; True when it is to be cleared now.  Read
+    before the map walk claims its blocks (a cleared FD must claim none: pass 5 frees them)."""
+    try:
+        target = FileReader(ctx.volume.read_fd(address)).read(0, min(size, 1 << 16))
+    except VmfsError:
+        return False  # the map checks say what is wrong with it
+    if b"\x00" not in target:
+        return False
+    fd = f"{address:#x}"
+    shown = repr(target[:80].decode("utf-8", "surrogateescape"))
+    return ctx.problem(Code.SYMLINK_BAD_TARGET, subject=fd, fd=fd, target=shown, offset=target.index(0))
 
 
 def salvaged(geo: Any, slot: bytes, address: int, vol_offset: int) -> bytes:

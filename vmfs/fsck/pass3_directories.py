@@ -322,13 +322,14 @@ def _run6(ctx: Context) -> None:
         try:
             directory = open_directory(vol, vol.read_fd(rec.address))
             assert isinstance(directory, Directory6)
+            entries = list(directory.entries())  # first: it finds the entries to hide
             defects = list(_dir6_defects(directory))
-            entries = list(directory.entries())
         except VmfsError as exc:
             ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d, detail=str(exc))
             continue
         for detail in defects:
             ctx.problem(Code.DIR6_DAMAGED, subject=f"{d} {detail}", dir=d, detail=detail)
+        _report_hidden6(ctx, d, directory)
         seen: dict[str, int] = {}
         kept = []
         for e in entries:
@@ -339,6 +340,19 @@ def _run6(ctx: Context) -> None:
         h = directory.header
         st.dirs[rec.address] = DirRecord(rec.address, kept, h.selfEntry.address, h.parentEntry.address)
         ctx.progress(LABEL, n + 1, len(dirs))
+
+
+def _report_hidden6(ctx: Context, d: str, directory: Directory6) -> None:
+    """The entries the library hides (illegal names, second entries of a name): VMFS6 is checked
+    only, so each is reported with what a repair of a VMFS5 directory would do."""
+    for offset, defect in sorted(directory.defects.items()):
+        shown = defect.name.decode("utf-8", "surrogateescape")
+        if defect.kind == "duplicate":
+            ctx.problem(Code.DIRENT_DUPLICATE, subject=f"{d}/{shown}/{offset}", dir=d, name=shown,
+                        fd=f"{defect.address:#x}", action="Rename the second entry")
+        else:
+            ctx.problem(Code.DIRENT_BAD_NAME, subject=f"{d}/{offset}", dir=d, index=f"at {offset:#x}", name=shown,
+                        detail=defect.detail, action="Remove the entry")
 
 
 def _dir6_defects(directory: Directory6):  # type: ignore[no-untyped-def]
@@ -364,6 +378,9 @@ def _dir6_defects(directory: Directory6):  # type: ignore[no-untyped-def]
             ent = D6.Dirent6.parse(raw[off : off + D6.DIRENT6_SIZE])
             where = directory.block_offset(block) + off
             name = decode_name(ent.name)
+            hidden = directory.defects.get(where)
+            if hidden is not None and hidden.kind == "name":
+                continue  # reported as a bad name
             if ent.offset != where:
                 yield f"entry '{name}' records offset {ent.offset:#x}, it is at {where:#x}"
             system = directory.in_root and name in SYSTEM_FDS

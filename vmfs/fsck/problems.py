@@ -50,6 +50,7 @@ class Code(enum.IntEnum):
     FD_SIZE_BEYOND_MAP = 0x020008
     FD_BLOCKS_PAST_EOF = 0x020009
     FD_COUNT_WRONG = 0x02000A
+    SYMLINK_BAD_TARGET = 0x02000B
     DIR_BAD_SIZE = 0x030001
     DIR_BAD_DOT = 0x030002
     DIR_NO_DOTDOT = 0x030003
@@ -139,6 +140,8 @@ TABLE: tuple[Problem, ...] = (
     _P(Code.FD_BLOCKS_PAST_EOF, "FD {fd}{path}: {count} block(s) past the end of file (size {size}, "
        "last block ends at {end})", "{action}"),
     _P(Code.FD_COUNT_WRONG, "FD {fd}{path}: {field} is {value}, counted {counted}", "Fix the count", PREEN),
+    _P(Code.SYMLINK_BAD_TARGET, "symbolic link FD {fd}{path}: its target {target} holds a NUL byte at "
+       "offset {offset} (no path can; a reader would cut it there)", "Clear the link"),
     # -- pass 3: directories ----------------------------------------------------------------------------
     _P(Code.DIR_BAD_SIZE, "directory {dir}: length {size} is not a multiple of the entry size {entry}",
        "Truncate it to {new_size}"),
