@@ -132,7 +132,7 @@ def copy_image(src: Path, dst: Path) -> Path:
 class Mount:
     """A real FUSE mount made by a command; unmounted (and waited for) on exit."""
 
-    def __init__(self, argv: list[str], mountpoint: Path, *, timeout: float = 20.0) -> None:
+    def __init__(self, argv: list[str], mountpoint: Path, *, timeout: float = 60.0) -> None:
         self.argv = argv
         self.mountpoint = mountpoint
         self.timeout = timeout
@@ -161,7 +161,7 @@ class Mount:
                 self.proc.kill()
 
 
-def wait_mounted(mountpoint: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:  # type: ignore[type-arg]
+def wait_mounted(mountpoint: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:  # type: ignore[type-arg]
     """Wait until the mount started by ``proc`` is up (it must not exit meanwhile)."""
     deadline = time.monotonic() + timeout
     while not os.path.ismount(mountpoint):
