@@ -23,6 +23,15 @@ from vmfs.writeops import WritableFileSystem
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
 
 
+def wait_for_lines(log: Path, lines: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:  # type: ignore[type-arg]
+    """Wait until the writer's log holds ``lines`` acknowledged operations (it must not die)."""
+    deadline = time.monotonic() + timeout
+    while not log.exists() or len(log.read_text().splitlines()) < lines:
+        assert proc.poll() is None, f"the writer exited ({proc.returncode}) before killing"
+        assert time.monotonic() < deadline, f"the writer acknowledged fewer than {lines} operations in {timeout} s"
+        time.sleep(0.05)
+
+
 def test_sigkill_writer_then_takeover(tmp_path: Path) -> None:
     image = make_volume(tmp_path / "vol.img", 4 << 30, num_fds=20000, num_sub_blocks=32000)
     vol = Volume.open(image, readonly=False, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
@@ -33,7 +42,10 @@ def test_sigkill_writer_then_takeover(tmp_path: Path) -> None:
     for round_ in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.killed_writer", str(image), str(log)],
                                 cwd=REPO, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(1.0, 3.0))
+        # kill at a random moment once this round has acknowledged some operations: on a busy
+        # machine a fixed sleep may end before the writer even started (no wall-clock bet)
+        wait_for_lines(log, 3 * (round_ + 1), proc)
+        time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         err = proc.stderr.read().decode() if proc.stderr else ""
