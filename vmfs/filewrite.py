@@ -445,9 +445,15 @@ class FileWriter:
 
     def _prealloc_count(self, tx: Transaction, index: int, wanted: int) -> int:
         """How many blocks after ``index`` to preallocate: ``wanted`` at most, inside the current
-        mode's map, leaving most of the free space to others, stopping at any mapped block."""
+        mode's map and inside the pointer block that maps ``index`` (a preallocation never needs
+        a pointer block of its own: a volume short of pointer blocks must still hold every file
+        whose final map fits), leaving most of the free space to others, stopping at any mapped
+        block."""
         free = self.volume.allocators[R.RES_FB].free_count
         limit = min(wanted, MAX_PREALLOC, self._mode_capacity() - index - 1, (free - 1) // 4)
+        if self.meta.zla in (F.ZLA_POINTER_BLOCKS, F.ZLA_DOUBLE_INDIRECT):
+            n = self.geo.ptrs_per_pb
+            limit = min(limit, n - 1 - index % n)
         count = 0
         while count < limit and not self.get(tx, index + 1 + count):
             count += 1
@@ -615,13 +621,22 @@ class FileWriter:
         self._check_size(size)
         if size > self.meta.fileLength:
             self.truncate(tx, size)
+        count = -(-self.meta.fileLength // self._bs())
+        return self.allocate_range(tx, start, count, eager=eager, limit=limit)
+
+    def allocate_range(
+        self, tx: Transaction, first: int, last: int, *, eager: bool = False, limit: int = BULK_BLOCKS
+    ) -> int | None:
+        """Map every unmapped block index in [first, last) (inside the length) to a new block,
+        lazily zeroed (TBZ: reads as zeros until written, vmfs-format.md 8.5) or written with
+        zeros.  Returns the index to continue from in a new transaction, or None when done.
+        Resident and sub-block files have nothing to allocate: their data is stored whole."""
         if self.fd.is_resident or self.meta.zla == F.ZLA_SUB_BLOCKS:
             return None
         bs = self._bs()
-        count = -(-self.meta.fileLength // bs)
         todo = []
-        index = start
-        while index < count and len(todo) < limit:
+        index = first
+        while index < last and len(todo) < limit:
             if not self.get(tx, index):
                 todo.append(index)
             index += 1
@@ -636,4 +651,29 @@ class FileWriter:
             self._add_blocks(len(todo))
             if not eager:
                 self._add_tbz(len(todo))
-        return index if index < count else None
+        return index if index < last else None
+
+    def reserve_past_end(self, tx: Transaction, end_index: int) -> int:
+        """Preallocate blocks past the end of file up to block index ``end_index`` (fallocate with
+        KEEP_SIZE), as far as the format can count them: the run past EOF is the FD's
+        ``numPreAllocBlocks`` (a u8, contiguous from the end of file), inside the current mode's
+        map and the pointer block that maps its start.  Returns how many blocks were added."""
+        m = self.meta
+        if self.fd.is_resident or m.zla == F.ZLA_SUB_BLOCKS:
+            return 0
+        first = self._blocks_for(m.fileLength)
+        start = first + m.numPreAllocBlocks
+        stop = min(end_index, first + 255, self._mode_capacity())
+        if m.zla in (F.ZLA_POINTER_BLOCKS, F.ZLA_DOUBLE_INDIRECT):
+            n = self.geo.ptrs_per_pb
+            stop = min(stop, (start // n + 1) * n)
+        index = start
+        while index < stop and not self.get(tx, index):
+            index += 1
+        count = index - start
+        if count > 0:
+            for i, a in enumerate(self._alloc_data(tx, count), start=start):
+                self.set(tx, i, a)
+            self._add_blocks(count)
+            m.numPreAllocBlocks += count
+        return count

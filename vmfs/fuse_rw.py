@@ -1,16 +1,100 @@
-"""The read-write FUSE operations: every call maps to one :mod:`vmfs.writeops` operation."""
+"""The read-write FUSE operations: every call maps to one :mod:`vmfs.writeops` operation.
+
+Callbacks of one mount run one at a time (:data:`SERIALIZED`): libfuse calls them from several
+threads, and an operation reads, changes and writes back in-memory FDs that others share (the
+pinned FD of an open file, its deferred length), so two at once could lose one's change.  Python
+runs one thread at a time anyway; the cost is only the overlap of device reads.
+
+libfuse's own "hide an open file on unlink" (``.fuse_hidden*``) is turned off (``hard_remove``):
+it decides from its own open counts, which race with ours, and left hidden files behind.  The
+library does it instead (:meth:`WritableFileSystem.unlink`), under the same serialisation.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
+import stat
 import threading
+from typing import Any, ClassVar
 
 import mfusepy
 
 from vmfs.fuse import VmfsOperations, fuse_op
-from vmfs.namespace import FileSystem
+from vmfs.namespace import FileSystem, stat_fd
 from vmfs.writeops import WritableFileSystem
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+#: tv_nsec values of utimensat(2) that say "now" and "leave as it is"
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+#: a time of ``utimens`` meaning "the current time"
+NOW = object()
+
+
+def _timespec_value(ts: Any) -> object:
+    """A timespec from libfuse as nanoseconds, :data:`NOW` or None (UTIME_OMIT)."""
+    if ts.tv_nsec == UTIME_NOW:
+        return NOW
+    if ts.tv_nsec == UTIME_OMIT:
+        return None
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+class ReadWriteFUSE(mfusepy.FUSE):
+    """mfusepy's FUSE with what it drops on the way: rename(2)'s flags (RENAME_NOREPLACE,
+    RENAME_EXCHANGE; mfusepy ignores them, which turned an exchange into a replacing rename)
+    and utimensat(2)'s UTIME_NOW / UTIME_OMIT (mfusepy passes them on as times)."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return fip.contents.fh if fip else None
+
+    def utimens_fuse_2(self, path: bytes | None, buf: Any, fh: int | None = None) -> int:
+        times = None
+        if buf:
+            times = (_timespec_value(buf.contents.actime), _timespec_value(buf.contents.modtime))
+        return self.operations.utimens(self._path(path), times, fh)
+
+    # With hard_remove, libfuse names a file unlinked while open by its handle only (path None);
+    # mfusepy drops the handle of these calls, so they are passed on here.
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        return self.utimens_fuse_2(path, buf, self._fh(fip))
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        return self.operations.chmod(self._path(path), mode, self._fh(fip))
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
+        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
+        return self.operations.chown(self._path(path), uid, gid, self._fh(fip))
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.operations.truncate(self._path(path), length, self._fh(fip))
+
+
+def serialized(method):  # type: ignore[no-untyped-def]
+    """Run a callback while holding the mount's operation lock."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self.op_lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _caller() -> tuple[int, int]:
@@ -22,12 +106,15 @@ def _caller() -> tuple[int, int]:
 
 
 class ReadWriteOperations(VmfsOperations):
+    fuse_class = ReadWriteFUSE
+    #: options the read-write mount needs whatever the user asked for (see the module doc)
+    fuse_options: ClassVar[dict[str, object]] = {"hard_remove": True}
+
     def __init__(self, fs: FileSystem) -> None:
         wfs = fs if isinstance(fs, WritableFileSystem) else WritableFileSystem(fs.volume)
         super().__init__(wfs)
         self.wfs = wfs
-        self._open_counts: dict[int, int] = {}
-        self._counts_lock = threading.Lock()
+        self.op_lock = threading.RLock()
 
     # -- handles: the FD address, pinned so one object carries deferred changes -----------------------
 
@@ -56,6 +143,25 @@ class ReadWriteOperations(VmfsOperations):
         entry = self._handles.get(fh) if fh is not None else None
         return entry[0] if entry is not None else None
 
+    def _target(self, path: str | None, fh: int | None) -> str | int:
+        """What a call names: the open handle's FD address, else the path (a file unlinked
+        while open has no path any more, only its handle)."""
+        address = self._address(fh)
+        if address is not None:
+            return address
+        if path is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return path
+
+    @fuse_op
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        if path is not None:
+            return super().getattr(path, fh)
+        st = stat_fd(self.volume.read_fd(self._target(path, fh))).as_fuse()  # type: ignore[arg-type]
+        for key in ("st_atime", "st_mtime", "st_ctime"):
+            st[key] = st[key] * 1_000_000_000
+        return st
+
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         address = self._address(fh)
@@ -70,10 +176,9 @@ class ReadWriteOperations(VmfsOperations):
         return self.wfs.write(address, offset, bytes(data))
 
     @fuse_op
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
-        address = self._address(fh)
-        if address is None:
-            address = self.wfs.resolve(path).address
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        target = self._target(path, fh)
+        address = target if isinstance(target, int) else self.wfs.resolve(target).address
         self.wfs.truncate(address, length)
         return 0
 
@@ -107,6 +212,14 @@ class ReadWriteOperations(VmfsOperations):
     # -- namespace --------------------------------------------------------------------------------------
 
     @fuse_op
+    def readdir(self, path: str, fh: int):  # type: ignore[no-untyped-def]
+        items = super().readdir(path, fh)
+        if not self.wfs.orphans:
+            return items
+        hidden = self.wfs.hidden_names(self.fs.resolve(path).address)
+        return [item for item in items if (item if isinstance(item, str) else item[0]) not in hidden]
+
+    @fuse_op
     def mkdir(self, path: str, mode: int) -> int:
         uid, gid = _caller()
         self.wfs.mkdir(path, mode, uid, gid)
@@ -130,40 +243,70 @@ class ReadWriteOperations(VmfsOperations):
         return 0
 
     @fuse_op
-    def rename(self, old: str, new: str) -> int:
-        self.wfs.rename(old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise mfusepy.FuseOSError(errno.EINVAL)  # RENAME_WHITEOUT and unknown flags: never ignored
+        if flags & RENAME_EXCHANGE:
+            self.wfs.exchange(old, new)
+        else:
+            self.wfs.rename(old, new, replace=not flags & RENAME_NOREPLACE)
         return 0
 
     @fuse_op
     def link(self, target: str, source: str) -> int:
         raise mfusepy.FuseOSError(errno.EPERM)
 
+    # The kernel resolves symlinks before it asks for a change of attributes: the path always
+    # names the node to change (lchown(2) names the link itself), so nothing here follows.
+
     @fuse_op
-    def chmod(self, path: str, mode: int) -> int:
-        self.wfs.chmod(path, mode)
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self.wfs.chmod(self._target(path, fh), mode, follow=False)
         return 0
 
     @fuse_op
-    def chown(self, path: str, uid: int, gid: int) -> int:
-        self.wfs.chown(path, uid, gid)
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        self.wfs.chown(self._target(path, fh), uid, gid, follow=False)
         return 0
 
     @fuse_op
-    def utimens(self, path: str, times=None) -> int:  # type: ignore[no-untyped-def]
+    def utimens(self, path: str | None, times=None, fh: int | None = None) -> int:  # type: ignore[no-untyped-def]
+        now = self.wfs.now()
         if times is None:
-            now = self.wfs.now()
-            atime = mtime = now
+            times = (NOW, NOW)
+        atime, mtime = (now if t is NOW else None if t is None else t // 1_000_000_000 for t in times)
+        self.wfs.utimens(self._target(path, fh), atime, mtime, follow=False)
+        return 0
+
+    @fuse_op
+    def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
+        address = self._address(fh)
+        if address is None:
+            address = self.wfs.resolve(path).address
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise mfusepy.FuseOSError(errno.EOPNOTSUPP)  # zero, collapse, insert, unshare ranges
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            if not mode & FALLOC_FL_KEEP_SIZE:
+                raise mfusepy.FuseOSError(errno.EOPNOTSUPP)  # as Linux: a punch must keep the size
+            self.wfs.punch_hole(address, offset, size)
         else:
-            atime, mtime = (int(t // 1_000_000_000) for t in times)
-        self.wfs.utimens(path, atime, mtime, follow=False)
+            self.wfs.fallocate(address, offset, size, keep_size=bool(mode & FALLOC_FL_KEEP_SIZE))
         return 0
 
     @fuse_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        import stat
-
         if stat.S_ISREG(mode):
             uid, gid = _caller()
             self.wfs.create(path, mode, uid, gid)
             return 0
         raise mfusepy.FuseOSError(errno.EPERM)
+
+
+#: every callback of the read-write mount, run one at a time (see the module doc)
+SERIALIZED = (
+    "getattr", "readdir", "readlink", "statfs", "open", "create", "read", "write", "truncate", "flush",
+    "fsync", "release", "mkdir", "rmdir", "unlink", "symlink", "rename", "link", "chmod", "chown",
+    "utimens", "fallocate", "mknod", "opendir", "destroy",
+)
+for _name in SERIALIZED:
+    setattr(ReadWriteOperations, _name, serialized(getattr(ReadWriteOperations, _name)))

@@ -85,6 +85,10 @@ class Volume:
         self.heartbeat = None
         self.allocators = None
         self._pinned: dict[int, list] = {}
+        #: called with every cached FD re-read from disk (:meth:`_reload`, and each pinned FD in
+        #: :meth:`invalidate_caches`), under the cache lock, so state kept only in memory (a
+        #: writer's deferred length) is put back before any other thread can see the disk copy
+        self.reload_hooks: list = []
         self._dir_cache: _Lru = _Lru(256)
         self.closed = False
         self.locks = None
@@ -260,6 +264,8 @@ class Volume:
                 self._fd_cache.pop(fd.address, None)
                 self._dir_cache.pop(fd.address, None)
                 raise
+            for hook in self.reload_hooks:
+                hook(fd)
             self._dir_cache.pop(fd.address, None)
             self._pb_cache.clear()
 
@@ -432,6 +438,8 @@ class Volume:
                 fd = entry[0]
                 raw = self.device.read(fd.vol_offset, self.geometry.fd_size)
                 fresh = FileDescriptor(self, address, fd.vol_offset, raw)
+                for hook in self.reload_hooks:
+                    hook(fresh)
                 entry[0] = fresh
         if self.allocators is not None:
             self.allocators.reset()

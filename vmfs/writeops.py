@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 #: bytes of file data written per transaction by one write call
 WRITE_CHUNK = 64 << 20
 _DEFERRED = ("fileLength", "numPreAllocBlocks", "mtime", "ctime", "atime")
+#: latest time an FD holds (u32 seconds: 2106-02-07)
+TIME_MAX = 0xFFFFFFFF
 #: seconds an operation keeps retrying while other hosts hold the locks it needs
 BUSY_TIMEOUT = 10.0
 
@@ -72,6 +74,15 @@ def retrying(method):  # type: ignore[no-untyped-def]
     return wrapper
 
 
+def clamp_time(seconds: int) -> int:
+    """The nearest time an FD can hold (u32 seconds since 1970)."""
+    return min(max(int(seconds), 0), TIME_MAX)
+
+
+#: prefix of the name a file unlinked while open on this host keeps until its last close
+ORPHAN_PREFIX = ".vmfs-deleted-"
+
+
 class WritableFileSystem(FileSystem):
     def __init__(self, volume: Volume) -> None:
         super().__init__(volume)
@@ -82,7 +93,11 @@ class WritableFileSystem(FileSystem):
         self.writers: Counter[int] = Counter()
         self.readers: Counter[int] = Counter()
         self.busy_timeout = BUSY_TIMEOUT
+        #: FD address -> (directory FD address, hidden name) of files unlinked (or renamed over)
+        #: while open on this host: removed for good at their last close
+        self.orphans: dict[int, tuple[int, str]] = {}
         volume.flush_hooks.append(self.flush_all)  # type: ignore[attr-defined]
+        volume.reload_hooks.append(self._reapply_deferred)
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -258,6 +273,30 @@ class WritableFileSystem(FileSystem):
 
     # -- removal ---------------------------------------------------------------------------------------------
 
+    def is_open(self, address: int) -> bool:
+        """True while this host has the FD open (its handles may still read and write it)."""
+        return bool(self.writers[address] or self.readers[address])
+
+    def _orphan_name(self, d: Directory, address: int) -> str:
+        name = f"{ORPHAN_PREFIX}{address:x}"
+        n = 0
+        while self._maybe(d, name) is not None:
+            n += 1
+            name = f"{ORPHAN_PREFIX}{address:x}.{n}"
+        return name
+
+    def _orphan(self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor) -> None:
+        """Unlink a file this host holds open: its entry moves to a hidden name in the same
+        directory (one transaction; after a crash the file is still named, never leaked) and the
+        file is removed for good at its last close (POSIX: an open file outlives its name)."""
+        hidden = self._orphan_name(d, fd.address)
+        d.rename(tx, name, hidden)
+        tx.after_commit.append(lambda: self.orphans.__setitem__(fd.address, (parent.address, hidden)))
+
+    def hidden_names(self, directory: int) -> set[str]:
+        """Names in ``directory`` that stand for files unlinked while open (not to be listed)."""
+        return {name for parent, name in self.orphans.values() if parent == directory}
+
     @retrying
     def unlink(self, path: str) -> None:
         parent, name = self._split(path)
@@ -265,6 +304,17 @@ class WritableFileSystem(FileSystem):
         fd = self._fd(entry.address)
         if fd.is_dir:
             raise IsADirError(f"{path}: is a directory")
+        if self.is_open(fd.address):
+            with self.volume.transaction() as tx:
+                parent, d, name, fd = self._locked_entry(tx, path)
+                if fd.is_dir:
+                    raise IsADirError(f"{path}: is a directory")
+                self._orphan(tx, d, parent, name, fd)
+                self._touch(parent)
+                self._put(tx, parent)
+                self._touch(fd, modify=False)
+                self._put(tx, fd)
+            return
         self.flush_fd(fd)
         self._drain(fd)
         with self.volume.transaction() as tx:
@@ -330,12 +380,15 @@ class WritableFileSystem(FileSystem):
         return False
 
     @retrying
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, *, replace: bool = True) -> None:
+        """rename(2); ``replace=False`` is RENAME_NOREPLACE: EEXIST when ``new`` exists."""
         src_parent, src_name = self._split(old)
         src_entry = self._dir(src_parent).lookup(src_name)
         dst_parent, dst_name = self._split(new)
         check_name(dst_name)
         existing = self._maybe(self._dir(dst_parent), dst_name)
+        if existing is not None and not replace:
+            raise ExistsError(f"{new}: file exists")
         if existing is not None and existing.address == src_entry.address:
             return
         src_fd = self._fd(src_entry.address)
@@ -355,7 +408,7 @@ class WritableFileSystem(FileSystem):
                 raise IsADirError(f"{new}: is a directory")
             if dst_fd.is_dir and not self._dir(dst_fd).is_empty():
                 raise NotEmptyError(f"{new}: directory not empty")
-            if not dst_fd.is_dir:
+            if not dst_fd.is_dir and not self.is_open(dst_fd.address):
                 self.flush_fd(dst_fd)
                 self._drain(dst_fd)
         self.flush_fd(src_fd)
@@ -370,6 +423,8 @@ class WritableFileSystem(FileSystem):
             if src_fd.is_dir and self._is_ancestor(src_fd.address, dst_parent):
                 raise InvalidArgumentError(f"cannot move {old} into its own subtree {new}")
             existing = self._maybe(dd, dst_name)
+            if existing is not None and not replace:
+                raise ExistsError(f"{new}: file exists")
             if existing is not None and existing.address == src_fd.address:
                 return
             if existing is not None:
@@ -378,6 +433,10 @@ class WritableFileSystem(FileSystem):
                     raise BusyError(f"{new} changed while renaming; retrying")
                 if victim.is_dir:
                     self._remove_dir(tx, dd, dst_parent, dst_name, victim)
+                elif self.is_open(victim.address):
+                    self._orphan(tx, dd, dst_parent, dst_name, victim)
+                    self._touch(victim, modify=False)
+                    self._put(tx, victim)
                 else:
                     self._remove_file(tx, dd, dst_parent, dst_name, victim)
             if src_parent.address == dst_parent.address:
@@ -397,23 +456,67 @@ class WritableFileSystem(FileSystem):
             self._touch(src_parent)
             self._put(tx, src_parent)
 
+    @retrying
+    def exchange(self, old: str, new: str) -> None:
+        """renameat2(RENAME_EXCHANGE): swap the two names atomically (one transaction); both
+        must exist; a directory cannot be swapped with one of its own descendants."""
+        for p in (old, new):
+            _, name = self._split(p)
+            check_name(name)
+        with self.volume.transaction() as tx:
+            a_parent, a_name = self._split(old)
+            b_parent, b_name = self._split(new)
+            self._lock_dirs(tx, a_parent, b_parent)
+            ad, bd = self._dir(a_parent), self._dir(b_parent)
+            a_entry, b_entry = ad.lookup(a_name), bd.lookup(b_name)
+            if a_entry.address == b_entry.address:
+                return
+            a_fd = self._lock(tx, self._fd(a_entry.address))
+            b_fd = self._lock(tx, self._fd(b_entry.address))
+            for fd, p in ((a_fd, old), (b_fd, new)):
+                if fd.type == F.TYPE_SYSFILE:
+                    raise BusyError(f"{p}: cannot move a system file")
+            if (a_fd.is_dir and self._is_ancestor(a_fd.address, b_parent)) or (
+                b_fd.is_dir and self._is_ancestor(b_fd.address, a_parent)
+            ):
+                raise InvalidArgumentError(f"cannot exchange {old} with a name inside it ({new})")
+            ad.remove(tx, a_name)
+            bd.remove(tx, b_name)
+            ad.add(tx, a_name, b_fd.address, b_entry.type, b_entry.generation)
+            bd.add(tx, b_name, a_fd.address, a_entry.type, a_entry.generation)
+            if a_parent.address != b_parent.address:
+                for fd, new_parent, old_parent in ((a_fd, b_parent, a_parent), (b_fd, a_parent, b_parent)):
+                    if fd.is_dir:
+                        self._dir(fd).set_parent(tx, new_parent.address, new_parent.generation)
+                        old_parent.meta.linkCount = max(old_parent.meta.linkCount - 1, 1)
+                        new_parent.meta.linkCount += 1
+                self._touch(b_parent)
+                self._put(tx, b_parent)
+            for fd in (a_fd, b_fd):
+                self._touch(fd, modify=False)
+                self._put(tx, fd)
+            self._touch(a_parent)
+            self._put(tx, a_parent)
+
     # -- attributes -------------------------------------------------------------------------------------------
 
     @retrying
-    def _change(self, path: str, apply, *, follow: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def _change(self, target: str | int, apply, *, follow: bool = False) -> None:  # type: ignore[no-untyped-def]
+        """Change an FD's attributes; ``target`` is a path or an FD address (an open handle)."""
         with self.volume.transaction() as tx:
-            fd = self._lock(tx, self.resolve(path, follow=follow))
+            fd = self._fd(target) if isinstance(target, int) else self.resolve(target, follow=follow)
+            fd = self._lock(tx, fd)
             apply(fd.meta)
             fd.meta.ctime = self.now()
             self._put(tx, fd)
 
-    def chmod(self, path: str, mode: int) -> None:
+    def chmod(self, path: str | int, mode: int, *, follow: bool = True) -> None:
         def apply(m):  # type: ignore[no-untyped-def]
             m.mode = (m.mode & _stat.S_IFMT(m.mode)) | (mode & 0o7777)
 
-        self._change(path, apply, follow=True)
+        self._change(path, apply, follow=follow)
 
-    def chown(self, path: str, uid: int, gid: int, *, follow: bool = True) -> None:
+    def chown(self, path: str | int, uid: int, gid: int, *, follow: bool = True) -> None:
         def apply(m):  # type: ignore[no-untyped-def]
             if uid != -1:
                 m.uid = uid & 0xFFFFFFFF
@@ -422,12 +525,16 @@ class WritableFileSystem(FileSystem):
 
         self._change(path, apply, follow=follow)
 
-    def utimens(self, path: str, atime: int | None, mtime: int | None, *, follow: bool = True) -> None:
+    def utimens(self, path: str | int, atime: int | None, mtime: int | None, *, follow: bool = True) -> None:
+        """Set the times (seconds; None leaves one as it is).  VMFS stores unsigned 32-bit
+        seconds: times outside [1970, 2106] are clamped to the nearest one it holds, as Linux
+        clamps to a filesystem's s_time_min/s_time_max (SPEC: FD times)."""
+
         def apply(m):  # type: ignore[no-untyped-def]
             if atime is not None:
-                m.atime = atime & 0xFFFFFFFF
+                m.atime = clamp_time(atime)
             if mtime is not None:
-                m.mtime = mtime & 0xFFFFFFFF
+                m.mtime = clamp_time(mtime)
 
         self._change(path, apply, follow=follow)
 
@@ -503,6 +610,41 @@ class WritableFileSystem(FileSystem):
             except Exception:
                 self._restore_deferred()
                 raise
+
+    @retrying
+    def fallocate(self, address: int, offset: int, length: int, *, keep_size: bool = False) -> None:
+        """fallocate(2) modes 0 and KEEP_SIZE: blocks for [offset, offset + length), lazily
+        zeroed (TBZ), the length grown to the end unless ``keep_size``.  Past the end of file
+        (KEEP_SIZE) the format can only count a run of at most 255 blocks from the end
+        (``numPreAllocBlocks``); what lies beyond that run is not reserved, and the run is given
+        back at the last close, as ESXi's own preallocation.  Resident and sub-block files store
+        their data whole, so they have nothing to allocate inside their length."""
+        if offset < 0 or length <= 0:
+            raise InvalidArgumentError("fallocate: negative offset or non-positive length")
+        end = offset + length
+        fd = self._fd(address)
+        if fd.is_dir:
+            raise IsADirError("cannot allocate blocks for a directory")
+        if end > self.volume.geometry.max_file_size:
+            from vmfs.errors import FileTooBigError
+
+            raise FileTooBigError(f"file size {end} exceeds the VMFS{self.volume.geometry.version} limit")
+        if not keep_size and end > fd.size:
+            self.truncate(address, end)
+        size = self._fd(address).size
+        index: int | None = offset // self._fd(address).block_size
+        while index is not None:
+            with self.volume.transaction() as tx:
+                fd = self._lock(tx, self._fd(address))
+                last = -(-min(end, fd.size) // fd.block_size)
+                index = FileWriter(self.volume, fd).allocate_range(tx, index, last) if index < last else None
+                self._touch(fd, modify=False)
+                self._put(tx, fd)
+        if keep_size and end > size:
+            with self.volume.transaction() as tx:
+                fd = self._lock(tx, self._fd(address))
+                FileWriter(self.volume, fd).reserve_past_end(tx, -(-end // fd.block_size))
+                self._put(tx, fd)
 
     @retrying
     def punch_hole(self, address: int, offset: int, length: int) -> None:
@@ -581,12 +723,35 @@ class WritableFileSystem(FileSystem):
             self.volume.unpin(fd)
             if self.volume.locks is not None:
                 self.volume.locks.release(fd.vol_offset)
+        if address in self.orphans and not self.is_open(address):
+            self._remove_orphan(address)
+
+    @retrying
+    def _remove_orphan(self, address: int) -> None:
+        """The last handle of a file unlinked while open is gone: remove it for good."""
+        parent_address, name = self.orphans[address]
+        fd = self._fd(address)
+        self._drain(fd)
+        with self.volume.transaction() as tx:
+            parent = self._lock(tx, self._fd(parent_address))
+            d = self._dir(parent)
+            entry = self._maybe(d, name)
+            if entry is not None and entry.address == address:
+                fd = self._lock(tx, self._fd(address))
+                self._remove_file(tx, d, parent, name, fd)
+                self._touch(parent)
+                self._put(tx, parent)
+        self.orphans.pop(address, None)
 
     def flush_all(self) -> None:
         """At unmount: write every deferred change and give back every preallocation, also of
         files still open."""
         for address in list(dict.fromkeys([*self.deferred, *self.writers])):
             self.flush_fd(self._fd(address), trim=True)
+        for address in list(self.orphans):
+            self.writers.pop(address, None)
+            self.readers.pop(address, None)
+            self._remove_orphan(address)
 
     def fsync(self, address: int) -> None:
         self.flush_fd(self._fd(address))
@@ -594,12 +759,21 @@ class WritableFileSystem(FileSystem):
 
     def _restore_deferred(self) -> None:
         """After an aborted transaction the caches were reloaded from disk: put back the length
-        and times of writes that were done but not yet recorded."""
-        for address, fields in list(self.deferred.items()):
-            fd = self._fd(address)
-            for key, value in fields.items():
-                if key != "fileLength" or value > fd.meta[key]:
-                    fd.meta[key] = value
+        and times of writes that were done but not yet recorded (normally already done by
+        :meth:`_reapply_deferred` during the reload; this covers FDs that were not pinned)."""
+        for address in list(self.deferred):
+            self._reapply_deferred(self._fd(address))
+
+    def _reapply_deferred(self, fd: FileDescriptor) -> None:
+        """``fd`` was just re-read from disk: lay the deferred changes of our writers over it.
+        Deferring is allowed only while we hold the FD's exclusive lock, so the disk copy cannot
+        hold anything newer than what we keep."""
+        fields = self.deferred.get(fd.address)
+        if not fields:
+            return
+        for key, value in fields.items():
+            if key != "fileLength" or value > fd.meta[key]:
+                fd.meta[key] = value
 
     # -- convenience for tools and tests -------------------------------------------------------------------
 

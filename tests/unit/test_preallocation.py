@@ -212,27 +212,33 @@ def test_oracles_read_a_crash_image_with_a_run(image: Path, tmp_path: Path) -> N
     assert out == data
 
 
-def test_removing_a_file_this_host_holds_open_is_refused_at_once(image: Path) -> None:
-    """Freeing an open file's FD would let its handle write the FD back over a freed or reused
-    slot later: EBUSY, without the retries meant for other hosts' locks."""
-    import errno
-
-    from vmfs.errors import InUseError
+def test_removing_a_file_this_host_holds_open_keeps_it_until_last_close(image: Path) -> None:
+    """POSIX: an unlinked (or renamed-over) open file outlives its name.  Freeing its FD at once
+    would let the handle write the FD back over a freed or reused slot; the library moves the
+    entry to a hidden name instead, in one transaction, and removes it at the last close."""
+    from vmfs.volume import Volume as _Volume
+    from vmfs.writeops import ORPHAN_PREFIX
 
     with _writing(image) as (vol, fs):
         fd = fs.create("/held")
         fs.write_file("/other", b"x")
         fs.open_file(fd.address, write=True)
         _append(fs, fd.address, 20)
-        clock = vol.host.clock  # a ManualClock: every retry would sleep on it, moving it
-        start = clock.monotonic_us()
-        with pytest.raises(InUseError) as info:
-            fs.unlink("/held")
-        assert info.value.errno == errno.EBUSY and clock.monotonic_us() == start
-        with pytest.raises(InUseError):
-            fs.rename("/other", "/held")
-        fs.close_file(fd.address, write=True)
         fs.unlink("/held")
-        fs.rename("/other", "/moved")
+        assert "held" not in [e.name for e in fs.listdir("/")]
+        hidden = fs.hidden_names(vol.root_address)
+        assert len(hidden) == 1 and next(iter(hidden)).startswith(ORPHAN_PREFIX)
+        fs.write(fd.address, 20 * MIB, b"still mine")
+        assert vol.reader(vol.read_fd(fd.address)).read(20 * MIB, 10) == b"still mine"
+        fs.create("/held")  # the name is free again
+        fs.open_file(fs.resolve("/held").address, write=True)
+        fs.rename("/other", "/held")  # over an open file: it too lives on, hidden
+        assert len(fs.hidden_names(vol.root_address)) == 2
+        fs.close_file(fd.address, write=True)
+        assert len(fs.hidden_names(vol.root_address)) == 1
+        fs.rename("/held", "/moved")
+    with _Volume.open(image) as ro:
+        names = [e.name for e in FileSystem(ro).listdir("/")]
+        assert "moved" in names and not any(n.startswith(ORPHAN_PREFIX) for n in names)
     rc, report = run_fsck(image, "-n")
     assert (rc, codes(report)) == (0, [])
