@@ -5,9 +5,12 @@ threads, and an operation reads, changes and writes back in-memory FDs that othe
 pinned FD of an open file, its deferred length), so two at once could lose one's change.  Python
 runs one thread at a time anyway; the cost is only the overlap of device reads.
 
-libfuse's own "hide an open file on unlink" (``.fuse_hidden*``) is turned off (``hard_remove``):
-it decides from its own open counts, which race with ours, and left hidden files behind.  The
-library does it instead (:meth:`WritableFileSystem.unlink`), under the same serialisation.
+An open file that is unlinked stays reachable by path: libfuse renames it to ``.fuse_hidden*``
+when its own open count says it is open, so that fchmod(2) and the like still find it
+(``hard_remove`` would make them fail with ESTALE).  libfuse's count and ours race (an open in
+flight is counted by us first), so the library never frees a file this host holds open either:
+:meth:`WritableFileSystem.unlink` then moves it to a hidden name of its own and removes it at the
+last close, which libfuse's hidden files once left behind for good.
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ class ReadWriteFUSE(mfusepy.FUSE):
             times = (_timespec_value(buf.contents.actime), _timespec_value(buf.contents.modtime))
         return self.operations.utimens(self._path(path), times, fh)
 
-    # With hard_remove, libfuse names a file unlinked while open by its handle only (path None);
-    # mfusepy drops the handle of these calls, so they are passed on here.
+    # libfuse may name a file by its handle only (path None: a node it no longer has a path
+    # for); mfusepy drops the handle of these calls, so they are passed on here.
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
         return self.utimens_fuse_2(path, buf, self._fh(fip))
@@ -107,8 +110,8 @@ def _caller() -> tuple[int, int]:
 
 class ReadWriteOperations(VmfsOperations):
     fuse_class = ReadWriteFUSE
-    #: options the read-write mount needs whatever the user asked for (see the module doc)
-    fuse_options: ClassVar[dict[str, object]] = {"hard_remove": True}
+    #: options the read-write mount needs whatever the user asked for
+    fuse_options: ClassVar[dict[str, object]] = {}
 
     def __init__(self, fs: FileSystem) -> None:
         wfs = fs if isinstance(fs, WritableFileSystem) else WritableFileSystem(fs.volume)
@@ -153,6 +156,11 @@ class ReadWriteOperations(VmfsOperations):
             raise mfusepy.FuseOSError(errno.ENOENT)
         return path
 
+    def _file(self, path: str | None, fh: int | None) -> int:
+        """The FD address a data call names (its handle, else its path)."""
+        target = self._target(path, fh)
+        return target if isinstance(target, int) else self.wfs.resolve(target).address
+
     @fuse_op
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
         if path is not None:
@@ -164,22 +172,16 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        address = self._address(fh)
-        fd = self.volume.read_fd(address) if address is not None else self.wfs.resolve(path)
-        return self.wfs.volume.reader(fd).read(offset, size)
+        return self.wfs.volume.reader(self.volume.read_fd(self._file(path, fh))).read(offset, size)
 
     @fuse_op
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        address = self._address(fh)
-        if address is None:
-            address = self.wfs.resolve(path).address
+        address = self._file(path, fh)
         return self.wfs.write(address, offset, bytes(data))
 
     @fuse_op
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
-        target = self._target(path, fh)
-        address = target if isinstance(target, int) else self.wfs.resolve(target).address
-        self.wfs.truncate(address, length)
+        self.wfs.truncate(self._file(path, fh), length)
         return 0
 
     @fuse_op
@@ -194,9 +196,7 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        address = self._address(fh)
-        if address is None:
-            address = self.wfs.resolve(path).address
+        address = self._file(path, fh)
         self.wfs.fsync(address)
         return 0
 
@@ -280,9 +280,7 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
-        address = self._address(fh)
-        if address is None:
-            address = self.wfs.resolve(path).address
+        address = self._file(path, fh)
         if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
             raise mfusepy.FuseOSError(errno.EOPNOTSUPP)  # zero, collapse, insert, unshare ranges
         if mode & FALLOC_FL_PUNCH_HOLE:

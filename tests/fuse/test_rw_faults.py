@@ -336,3 +336,34 @@ def test_no_transient_pointer_block(tmp_path: Path) -> None:
         fs.close_file(fd.address, write=True)
         assert fs.resolve("/s").size == 1024 * gib - (1 << 20) + 1
     fsck_clean(image)
+
+
+def test_unlinked_open_file_lives_until_last_close(volume: tuple[Path, Path]) -> None:
+    """An open file outlives its name: every call through its handle works (libfuse then names
+    it by handle only), nothing shows in the directory, and its space comes back at close."""
+    _, mnt = volume
+    path = mnt / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"q" * (3 << 20))
+        free_before = os.statvfs(mnt).f_bfree
+        os.unlink(path)
+        assert os.listdir(mnt).count("f") == 0
+        assert not any(n.startswith(".vmfs-deleted") for n in os.listdir(mnt))
+        os.write(fd, b"r" * 10)
+        os.ftruncate(fd, (3 << 20) + 5)
+        os.fchmod(fd, 0o600)
+        os.utime(fd, (1_000_000, 2_000_000))
+        st = os.fstat(fd)
+        assert (st.st_size, st.st_mode & 0o777, st.st_mtime) == ((3 << 20) + 5, 0o600, 2_000_000)
+        assert os.pread(fd, 10, 3 << 20) == b"rrrrr"
+        os.fsync(fd)
+        path.write_bytes(b"new")  # the name is free for a new file meanwhile
+        assert os.statvfs(mnt).f_bfree <= free_before
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 30
+    while os.statvfs(mnt).f_bfree < free_before + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)  # release (after close returns) frees the orphan
+    assert os.statvfs(mnt).f_bfree >= free_before + 3
+    assert path.read_bytes() == b"new"
