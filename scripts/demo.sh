@@ -4,13 +4,14 @@
 #      every byte against vmfs-tools' own FUSE reader;
 #   2. make a VMFS5 datastore, put a virtual machine on it (a thin VMDK made by vmfs-vmdk inside
 #      the volume, a .vmx written through a read-write mount, guest data written into the disk),
-#      unmount, then read it all back with vmfs-tools, qemu-img and vmfs-fsck.
+#      unmount with vmfs-umount (back when all is on disk), then read it all back with
+#      vmfs-tools, qemu-img and vmfs-fsck.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${VMFS_SHARED:-$here/../shared}"
 work="$here/demo"
 mkdir -p "$work"
-cleanup() { for m in "$work"/mnt-*; do fusermount -u "$m" 2>/dev/null || true; done; }
+cleanup() { for m in "$work"/mnt-*; do vmfs-umount "$m" 2>/dev/null || true; done; }
 trap cleanup EXIT
 say() { printf '\n=== %s\n' "$*"; }
 
@@ -31,7 +32,7 @@ for v in vmfs5 vmfs6; do
     "$oracle" "$img" "$work/mnt-$v-oracle"
     say "$v: every file compared with $oracle"
     diff -r "$work/mnt-$v/directory" "$work/mnt-$v-oracle/directory" && echo "identical to $oracle"
-    fusermount -u "$work/mnt-$v"; fusermount -u "$work/mnt-$v-oracle"
+    vmfs-umount "$work/mnt-$v"; fusermount -u "$work/mnt-$v-oracle"
 done
 
 ds="$work/datastore.img"
@@ -42,8 +43,7 @@ say "a 2 GiB thin virtual disk inside the volume, no mount needed"
 vmfs-vmdk --volume "$ds" -p -c 2G -d thin /vms/demo-vm/demo-vm.vmdk
 say "the VM's other files and guest data through a read-write mount"
 mkdir -p "$work/mnt-rw"
-vmfs-mount -f -o rw "$ds" "$work/mnt-rw" & mount_pid=$!
-for _ in $(seq 100); do mountpoint -q "$work/mnt-rw" && break; sleep 0.1; done
+vmfs-mount -o rw "$ds" "$work/mnt-rw"
 vm="$work/mnt-rw/vms/demo-vm"
 cat > "$vm/demo-vm.vmx" <<VMX
 .encoding = "UTF-8"
@@ -61,7 +61,10 @@ printf 'guest data written at 1 GiB\n' | dd of="$vm/demo-vm-flat.vmdk" bs=1M see
 head -c 3M /dev/urandom > "$vm/nvram"
 ls -la "$vm"
 df -h "$work/mnt-rw"
-fusermount -u "$work/mnt-rw"; wait "$mount_pid"
+# vmfs-umount returns once everything is on disk and the heartbeat slot is released
+# (fusermount -u returns while the mount process is still writing back)
+vmfs-umount -v "$work/mnt-rw"
+vmfs-debug "$ds" heartbeats
 say "read back by vmfs-tools (vmfs-fuse), qemu-img and our checker"
 mkdir -p "$work/mnt-oracle"
 vmfs-fuse "$ds" "$work/mnt-oracle"

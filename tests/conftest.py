@@ -170,15 +170,19 @@ def wait_mounted(mountpoint: Path, proc: subprocess.Popen, timeout: float = 60.0
 
 
 def unmount(mountpoint: Path) -> None:
+    """Unmount with vmfs-umount, which returns once a read-write mount's process has written
+    everything back and released its heartbeat slot (a dead mount is detached too); retried while
+    the kernel still calls the mount busy right after a close."""
+    from tools.common import mountpoint_key
+    from tools.umount import mounted_at
+
+    target = mountpoint_key(str(mountpoint))
     for _ in range(50):
-        if not os.path.ismount(mountpoint):
+        if not mounted_at(target):
             return
-        r = subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True)
-        if r.returncode == 0:
-            break
+        r = subprocess.run([tool("vmfs-umount"), str(mountpoint)], capture_output=True)
+        if r.returncode == 0 or not mounted_at(target):
+            return
         time.sleep(0.1)
-    deadline = time.monotonic() + 30
-    while os.path.ismount(mountpoint) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 

@@ -1,8 +1,9 @@
-"""What every tool shares: turning library errors into one line and an exit code."""
+"""What every tool shares: turning library errors into one line and an exit code, naming mount points."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -54,3 +55,11 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise click.BadParameter(f"{text!r} is not a positive size")
     return size
+
+
+def mountpoint_key(mountpoint: str) -> str:
+    """A mount point as vmfs-mount records it and vmfs-umount looks it up: the real path of its
+    parent directory plus its name (the mount point itself is never looked up: it may be a hung
+    or dead mount, and a lookup from inside the mount's own process would wait for itself)."""
+    absolute = os.path.abspath(mountpoint)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))

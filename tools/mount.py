@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from tools.common import report_errors
+from tools.common import mountpoint_key, report_errors
 from vmfs.errors import InvalidArgumentError
 from vmfs.host import HostIdentity
 from vmfs.namespace import FileSystem
@@ -30,6 +30,14 @@ def parse_options(values: tuple[str, ...]) -> dict[str, object]:
     return options
 
 
+def enforce_permissions(opts: dict[str, object]) -> None:
+    """Other users reach the mount only with the kernel checking owners and modes for us: FUSE
+    without ``default_permissions`` checks nothing, and the library does not check either (it acts
+    for whoever calls), so ``allow_other`` alone would give every local user every file."""
+    if opts.get("allow_other") or opts.get("allow_root"):
+        opts["default_permissions"] = True
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, metavar="IMAGE... MOUNTPOINT")
 @click.option(
@@ -39,7 +47,10 @@ def parse_options(values: tuple[str, ...]) -> dict[str, object]:
     metavar="OPT[,OPT...]",
     help="Mount options. 'rw' mounts read-write; the default is read-only ('ro'). "
     "readahead_kb=N sets the kernel read-ahead of the mount (default 1024, 0 leaves FUSE's 128; "
-    "needs root). Anything else (allow_other, default_permissions, fsname=...) is passed to FUSE.",
+    "needs root). allow_other (and allow_root) let other users in, and always come with "
+    "default_permissions: the kernel then checks every access against the files' owners and modes "
+    "(a mount that lets other users in without any permission check is not offered). Anything else "
+    "(default_permissions, fsname=...) is passed to FUSE.",
 )
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (default: run in the background).")
 @click.option("-d", "--debug", is_flag=True, help="FUSE debug output (implies --foreground).")
@@ -64,8 +75,11 @@ def main(
     """Mount the VMFS volume held by IMAGE (image files or block devices; every extent of a
     spanned volume, in any order) at MOUNTPOINT.
 
-    The volume is mounted READ-ONLY by default; pass -o rw to write.  SIGINT or SIGTERM (or
-    fusermount -u MOUNTPOINT) unmounts cleanly.
+    The volume is mounted READ-ONLY by default; pass -o rw to write.  vmfs-umount MOUNTPOINT
+    unmounts and returns once everything is on disk and the heartbeat slot is free (SIGINT,
+    SIGTERM or fusermount -u unmount cleanly too, but return before the mount has finished).
+    One process at a time writes a volume as one host (--host-uuid): a second read-write mount
+    under the same identity is refused.
     """
     if len(paths) < 2:
         raise click.UsageError("need at least one IMAGE and a MOUNTPOINT")
@@ -76,6 +90,7 @@ def main(
     writable = bool(opts.get("rw")) and not opts.get("ro")
     for key in OWN_OPTIONS:
         opts.pop(key, None)
+    enforce_permissions(opts)
     level = logging.INFO if verbose else logging.WARNING
     if log_file:
         logging.basicConfig(level=level, filename=os.path.abspath(log_file),
@@ -86,6 +101,9 @@ def main(
 
     host = HostIdentity(uuid=host_uuid) if host_uuid else None
     volume = Volume.open(list(images), readonly=not writable, host=host)
+    identity = getattr(volume, "identity_lock", None)
+    if identity is not None:  # for a refused second mount, and for vmfs-umount to find us
+        identity.update(mountpoint=mountpoint_key(mountpoint))
     fs = FileSystem(volume)
     if writable:
         from vmfs.fuse_rw import ReadWriteOperations
@@ -105,7 +123,11 @@ def main(
     except RuntimeError as exc:
         if ops.destroyed:
             return  # a signal ended the loop after a clean unmount
+        volume.close()  # never mounted: give the heartbeat slot and the identity back now
         raise InvalidArgumentError(f"{mountpoint}: mount failed ({exc})") from None
+    except BaseException:
+        volume.close()  # whatever ended the mount, the volume is closed before we go
+        raise
 
 
 if __name__ == "__main__":

@@ -213,6 +213,17 @@ class VmfsOperations(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.ENOTDIR)
         return 0
 
+    def init(self, path: str) -> None:
+        """The first call in the process that serves the mount.  A background mount got here
+        through libfuse's fork, which keeps no thread: the heartbeat renewal starts here, and the
+        identity lock (inherited with its open file) records this process as its holder."""
+        heartbeat = getattr(self.volume, "heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.start()
+        identity = getattr(self.volume, "identity_lock", None)
+        if identity is not None:
+            identity.update(pid=os.getpid())
+
     def destroy(self, path: str) -> None:
         """Unmount (fusermount -u, SIGINT, SIGTERM): close the volume cleanly."""
         try:
@@ -236,4 +247,7 @@ def mount(
     kib = int(options.pop("readahead_kb", DEFAULT_READAHEAD_KB))
     if kib > 0:
         ops.readahead = (os.path.realpath(mountpoint), kib)  # before daemonising changes the cwd
+    heartbeat = getattr(fs.volume, "heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.stop()  # no thread may run across the fork of daemonising: init starts it again
     mfusepy.FUSE(ops, mountpoint, foreground=foreground, debug=debug, **options)

@@ -152,10 +152,14 @@ class HeartbeatManager:
 
     # -- claim / renew / release -------------------------------------------------------------------------
 
-    def claim(self, *, reuse_own: bool = True) -> SlotView | None:
+    def claim(self, *, reuse_own: bool = True, dead: tuple[int, int] | None = None) -> SlotView | None:
         """Take a slot.  Returns the previous view of our own stale slot when one was reused (its
-        journal must be replayed by the caller), else None."""
+        journal must be replayed by the caller), else None.  ``dead`` is a (slot, generation) of
+        ours whose owner is known to be dead; any other slot in use under our UUID is watched
+        first (:meth:`_refuse_if_renewed`)."""
         views = read_slots(self.volume)
+        if reuse_own and self._refuse_if_renewed(views, dead):
+            views = read_slots(self.volume)
         own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
         candidates = own + [v for v in views if not v.in_use and v.hb.addr == v.addr]
         if not candidates:
@@ -175,6 +179,37 @@ class HeartbeatManager:
         if any(v.in_use for v in views) and all(v.in_use for v in views):
             raise NoSpaceError("every heartbeat slot is in use")
         raise BusyError("heartbeat slots changed under us; try again")
+
+    def _refuse_if_renewed(self, views: list[SlotView], dead: tuple[int, int] | None) -> bool:
+        """A slot in use under our own UUID that no local lock explains may belong to a live
+        writer: another process of this machine that took no lock file (another container,
+        another lock directory) or a machine with a cloned machine-id.  Reusing it would share
+        its journal and locks, so watch it for a lease and a period, as ESX watches a host's
+        slot before declaring it dead; BusyError if it moves while still ours.  True if watched."""
+        suspects = [v for v in views if v.in_use and v.owner == self.host.uuid and (v.slot, v.hb.hbGen) != dead]
+        if not suspects:
+            return False
+        clock = self.host.clock
+        watch = self.host.lease + max(self.host.heartbeat_period, 0.0)
+        log.warning("heartbeat slot(s) %s are in use by our host UUID %s and no process of this machine is known "
+                    "to have left them: watching them for %g s before reusing them",
+                    ", ".join(str(v.slot) for v in suspects), self.host.uuid, watch)
+        deadline = clock.monotonic_us() + int(watch * 1_000_000)
+        step = min(0.5, max(self.host.heartbeat_period / 4, 0.05))
+        while suspects and clock.monotonic_us() < deadline:
+            clock.sleep(step)
+            still = []
+            for view in suspects:
+                now = read_slot(self.volume, view.slot)
+                if now.raw == view.raw:
+                    still.append(view)
+                elif now.in_use and now.owner == self.host.uuid:
+                    raise BusyError(
+                        f"heartbeat slot {view.slot} of host {self.host.uuid} is being renewed by another writer "
+                        "(another process or a machine with the same machine-id); use another host UUID"
+                    )
+            suspects = still
+        return True
 
     def set_journal(self, journal_addr: int, journal_vol_addr: int) -> None:
         with self._lock:

@@ -1,10 +1,11 @@
 """Read-write life cycle of a volume on this host: heartbeat, journal, allocators.
 
-Mount (``attach_writer``): claim a heartbeat slot; if the slot was our own from an unclean stop,
-replay its journal and keep its journal block, else allocate a journal block; record it in the
-slot.  Unmount (``detach_writer``): flush deferred metadata, empty the journal, release the slot,
-free the journal block.  A crash at any point leaves at worst one leaked journal block, which
-vmfs-fsck reclaims.
+Mount (``attach_writer``): take this machine's lock for our host identity on the volume
+(:mod:`vmfs.hostlock`: one process per identity), claim a heartbeat slot; if the slot was our own
+from an unclean stop, replay its journal and keep its journal block, else allocate a journal
+block; record it in the slot.  Unmount (``detach_writer``): flush deferred metadata, empty the
+journal, release the slot, free the journal block, and only then let go of the identity lock.  A
+crash at any point leaves at worst one leaked journal block, which vmfs-fsck reclaims.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from vmfs.alloc import Allocators
 from vmfs.errors import UnsupportedError
 from vmfs.heartbeat import HeartbeatManager
 from vmfs.host import HostIdentity
-from vmfs.journal import Journal, JournalArea, replay_area
+from vmfs.hostlock import IdentityLock
+from vmfs.journal import Journal, JournalArea, decode_transaction, replay_area
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.transaction import Transaction
@@ -38,7 +40,16 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
     volume.flush_hooks = []  # type: ignore[attr-defined]
     hb = HeartbeatManager(volume, host)
     volume.heartbeat = hb
-    previous = hb.claim()
+    identity = IdentityLock.acquire(volume, host.uuid)  # BusyError while another process writes as us
+    volume.identity_lock = identity  # type: ignore[attr-defined]
+    try:
+        previous = hb.claim(dead=identity.dead_slot if identity is not None else None)
+        if identity is not None:
+            identity.update(slot=hb.slot, generation=hb.generation)
+    except BaseException:
+        if identity is not None:
+            identity.give_up()
+        raise
     geo = volume.geometry
     codec = geo.codec
     from vmfs.locks import LockManager
@@ -50,10 +61,12 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
         if previous is not None and previous.hb.journalAddr:
             journal_addr = previous.hb.journalAddr
             area = JournalArea(previous.journal_vol_addr, geo.block_size)
+            found = decode_transaction(volume.device.read(area.offset, area.size), area.size)
             applied = replay_area(volume.device, area)
             if applied:
                 log.warning("replayed %d records of our own journal after an unclean stop", applied)
                 volume.invalidate_caches()
+                _release_leftover_locks(volume, found[2] if found is not None else [])
         if journal_addr:
             block = codec.fb_block(journal_addr)
             area = JournalArea(block * geo.block_size, geo.block_size)
@@ -77,19 +90,49 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
         volume.journal = Journal(volume.device, area, host.uuid)
         volume.journal_addr = journal_addr  # type: ignore[attr-defined]
         hb.start()
-    except BaseException:
-        hb.release()
+    except BaseException as exc:
+        try:
+            hb.release()
+        finally:
+            if identity is not None:
+                identity.release(f"failed to open: {exc}", slot_released=hb.slot is None)
         raise
+
+
+def _release_leftover_locks(volume: Volume, offsets: list[int]) -> None:
+    """The replayed transaction's locks are still held by our previous incarnation: take each
+    (the old generation counts as gone) and let it go, so no stale lock outlives the replay."""
+    from vmfs.errors import BusyError
+
+    assert volume.locks is not None
+    for offset in offsets:
+        try:
+            volume.locks.acquire(offset, wait=0)
+        except BusyError:
+            continue  # another host broke and took it meanwhile: it is not ours any more
+        volume.locks.release(offset)
 
 
 def detach_writer(volume: Volume) -> None:
     hb = volume.heartbeat
+    identity = getattr(volume, "identity_lock", None)
+    outcome = "failed"
     try:
-        for hook in list(getattr(volume, "flush_hooks", [])):
-            hook()
+        try:
+            for hook in list(getattr(volume, "flush_hooks", [])):
+                hook()
+        finally:
+            if hb is not None:
+                lost = hb.lost
+                _release(volume, hb)
+                outcome = "clean" if lost is None else f"lost: {lost}"
+    except BaseException as exc:
+        outcome = f"failed: {exc}"
+        raise
     finally:
-        if hb is not None:
-            _release(volume, hb)
+        # last: whoever waits for this lock (vmfs-umount) may rely on everything being on disk
+        if identity is not None:
+            identity.release(outcome, slot_released=outcome == "clean")
 
 
 def _release(volume: Volume, hb: HeartbeatManager) -> None:

@@ -339,6 +339,7 @@ def crash_writer(path: Path, uuid: str, write_path: str) -> None:
     vol = Volume.open(path, readonly=False, host=volumes.host(uuid))
     WritableFileSystem(vol).write_file(write_path, b"written by a host that then died\n")
     vol.heartbeat.stop()  # type: ignore[union-attr]
+    vol.identity_lock.abandon()  # type: ignore[attr-defined]  # a dead process holds no lock
     vol.closed = True
     vol.device.close()
 
