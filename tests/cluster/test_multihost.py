@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import oracles
 from tests.cluster.conftest import make_volume
 from tests.conftest import REPO, Mount, tool
-from tests.helpers import capture_dissect, capture_mount, diff_trees
+from tests.helpers import capture_mount, diff_trees
 from vmfs.host import HostIdentity
 from vmfs.usage import marked_used, referenced_resources
 from vmfs.volume import Volume
@@ -62,8 +63,7 @@ def test_four_hosts_share_a_volume(tmp_path: Path) -> None:
         assert not any(s.in_use for s in __import__("vmfs.heartbeat", fromlist=["x"]).read_slots(ro))
     with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ours")], tmp_path / "ours") as root:
         ours = capture_mount(root)
-    with Mount(["vmfs-fuse", str(image), str(tmp_path / "oracle")], tmp_path / "oracle") as root:
-        theirs = capture_mount(root, unreadable=frozenset({"/.sdd.sf"}))
+    theirs = oracles.fuse_tree("vmfs-fuse", [image], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
     theirs.pop("/.sdd.sf")
     assert diff_trees({p: r for p, r in ours.items() if p != "/.sdd.sf"}, theirs) == []
-    assert diff_trees(ours, capture_dissect([image])) == []
+    assert diff_trees(ours, oracles.dissect_tree([image])) == []

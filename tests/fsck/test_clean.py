@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import oracles
 from tests.conftest import copy_image, tool
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
@@ -49,8 +50,8 @@ def test_vmfs5_sample_slot_984_declared_gone(vmfs5_image: Path, tmp_path: Path) 
     """Declared (or watched) gone, slot 984 is stale: -y clears it and frees FB 13 without replaying
     the foreign journal.  fsck.vmfs's one "lost block" on the sample is exactly that journal block:
     after the repair it reports none."""
-    fsck_vmfs = subprocess.run(["fsck.vmfs", str(vmfs5_image)], capture_output=True, text=True).stdout
-    assert "File Block 0x00000341 is lost." in fsck_vmfs and "Lost blocks        : 1" in fsck_vmfs
+    fsck_vmfs = oracles.fsck_vmfs(vmfs5_image)
+    assert "File Block 0x00000341 is lost." in fsck_vmfs.lines and fsck_vmfs.counts["Lost blocks"] == 1
     with Volume.open(vmfs5_image) as vol:
         assert vol.geometry.codec.fb_block(0x341) == 13
     image = copy_image(vmfs5_image, tmp_path / "sample.img")
@@ -65,8 +66,8 @@ def test_vmfs5_sample_slot_984_declared_gone(vmfs5_image: Path, tmp_path: Path) 
     assert (rc, codes(report)) == (0, [])
     with Volume.open(image) as vol:
         assert (0, 13) not in marked_used(vol)[1]
-    after = subprocess.run(["fsck.vmfs", str(image)], capture_output=True, text=True).stdout
-    assert "Lost blocks        : 0" in after and "is lost" not in after
+    after = oracles.fsck_vmfs(image)
+    assert after.counts["Lost blocks"] == 0 and not [line for line in after.lines if "is lost" in line]
 
 
 @pytest.mark.parametrize("size", ["300M", "1G", "5G", "40G"])

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests import oracles
 from tests.fsck import cases, corrupt, volumes
 from tests.fsck.cases import codes, run_fsck
-from tests.helpers import capture_dissect, diff_trees
+from tests.helpers import diff_trees
 
 CASES = cases.load()
 #: what must survive a repair that does not involve a file or symlink (directories only have to
@@ -80,11 +80,11 @@ def test_case(case: cases.Case, tmp_path: Path, populated: Path, populated_tree:
 
 def _oracles(image: Path, tmp_path: Path, ours: dict[str, dict]) -> None:
     # dissect.vmfs: the whole tree, metadata and content, as our reader has it
-    assert diff_trees(ours, capture_dissect([image])) == []
+    assert diff_trees(ours, oracles.dissect_tree([image])) == []
     # vmfs-fuse: lists the same tree and reads the same bytes (it cannot read double-indirect
     # files, vmfs-format.md 8.5, and shows .sdd.sf as a socket, 8.4)
     mnt = tmp_path / "mnt"
-    with Mount(["vmfs-fuse", str(image), str(mnt)], mnt) as root:
+    with oracles.OracleMount("vmfs-fuse", [image], mnt) as root:
         listed = set()
         for dirpath, dirnames, filenames in os.walk(root):
             for name in dirnames + filenames:

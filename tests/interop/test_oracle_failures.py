@@ -1,19 +1,22 @@
-"""Every oracle runner of tests/oracles.py fails the test when its oracle fails: fake programs put
-first on PATH crash (SIGSEGV), exit 139 as a shell does for a crashed child, print nothing, print
-garbage, or stop half-way through a report.  Each must raise OracleError, never return an answer
-that reads as "no problems" or "nothing there"."""
+"""Every oracle runner of tests/oracles.py (and the qemu-img helpers of tests/vmdk) fails the
+test when its oracle fails: fake programs put first on PATH (or given by path) crash (SIGSEGV),
+exit 139 as a shell does for a crashed child, print nothing, print garbage, or stop half-way
+through a report.  Each must raise, never return an answer that reads as "no problems" or
+"nothing there"."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from tests import oracles
-from tests.conftest import tool
+from tests.conftest import REPO, tool
 from tests.oracles import OracleError
 
 #: shell bodies of the fake oracles
@@ -171,3 +174,26 @@ def test_dissect_on_something_else(tmp_path: Path) -> None:
     junk.write_bytes(bytes(64 << 20))
     with pytest.raises(Exception):  # noqa: B017 (dissect has its own exception types)
         oracles.dissect_tree([junk])
+
+
+def _vmdk_helpers() -> ModuleType:
+    """tests/vmdk/vmdk_helpers.py as a module of its own (it resolves qemu-img when imported,
+    so the fake is given by path)."""
+    path = REPO / "tests" / "vmdk" / "vmdk_helpers.py"
+    spec = importlib.util.spec_from_file_location("_vmdk_helpers_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("body", ALL.values(), ids=ALL.keys())
+def test_qemu_img(fake: Fake, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    helpers = _vmdk_helpers()
+    monkeypatch.setattr(helpers, "QEMU_IMG", str(fake("qemu-img", body)))
+    with pytest.raises(AssertionError):
+        helpers.qemu_check("d.vmdk", tmp_path)
+    with pytest.raises(AssertionError):
+        helpers.qemu_img("compare", "a.vmdk", "b.raw", cwd=tmp_path)
+    with pytest.raises((AssertionError, FileNotFoundError)):  # convert "succeeded" and wrote nothing
+        helpers.qemu_raw("d.vmdk", tmp_path)

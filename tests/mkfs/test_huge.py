@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import capture_dissect
+from tests import oracles
 from tests.mkfs.conftest import MIB, SYSTEM_NAMES, TIB, allocated_bytes, run_mkfs
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
@@ -55,7 +55,7 @@ def test_64_tib_format(huge_dir: Path) -> None:
 def test_64_tib_oracles(huge_dir: Path) -> None:
     image = huge_dir / "64t.img"
     mkfs_timed(image, "64T")
-    tree = capture_dissect([image])  # reads every system file, .fbb.sf through its pointer block
+    tree = oracles.dissect_tree([image])  # reads every system file, .fbb.sf through its pointer block
     assert set(tree) == {"/" + n for n in SYSTEM_NAMES}
     assert tree["/.fbb.sf"]["size"] == 5244 * 0x10000
     # vmfs-tools 0.2.5 opens .fbb.sf before .pbc.sf and dereferences the missing PB resource for
@@ -73,9 +73,6 @@ def test_48_tib_still_direct_for_vmfs_tools(huge_dir: Path) -> None:
     print(f"\n48 TiB: vmfs-mkfs {elapsed:.2f} s, {layout['bytesWritten']} bytes written")
     fbb = next(f for f in layout["systemFiles"] if f["name"] == ".fbb.sf")
     assert fbb["zla"] == F.ZLA_FILE_BLOCKS
-    out = subprocess.run(["debugvmfs", str(image), "df"], capture_output=True, text=True, timeout=300).stdout
-    assert f"Total blocks     : {layout['fileBlocks']}" in out
-    assert f"Allocated blocks : {layout['usedFileBlocks']}" in out
-    out = subprocess.run(["debugvmfs", str(image), "check_vol_bitmaps"], capture_output=True, text=True,
-                         timeout=600).stdout
-    assert "Total errors: 0" in out
+    df = oracles.debugvmfs_df([image])
+    assert (df["Total blocks"], df["Allocated blocks"]) == (layout["fileBlocks"], layout["usedFileBlocks"])
+    assert oracles.debugvmfs_bitmap_errors([image]) == 0

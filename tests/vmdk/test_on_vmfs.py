@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from vmdk_helpers import MIB, needs_qemu, pattern, qemu_img, qemu_io
 
-from tests.conftest import Mount
+from tests.oracles import OracleMount
 from tools.vmdk import main as vmdk_main
 from vmfs.device.file import FileDevice
 from vmfs.filedesc import BlockMap
@@ -212,8 +212,8 @@ def fsck_vmfs(image: Path) -> list[str]:
     return [line for line in fsck_vmfs_problems(image) if line not in known]
 
 
-def vmfs_fuse(image: Path, mountpoint: Path, *more: Path) -> Mount:
-    return Mount(["vmfs-fuse", str(image), *map(str, more), str(mountpoint)], mountpoint)
+def vmfs_fuse(image: Path, mountpoint: Path, *more: Path) -> OracleMount:
+    return OracleMount("vmfs-fuse", [image, *more], mountpoint)
 
 
 # -- the storage object --------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def qemu_img(*args: str, cwd: Path | str, check: bool = True) -> subprocess.Comp
     proc = subprocess.run([QEMU_IMG, *args], cwd=cwd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"qemu-img {args} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    if check and args[0] == "compare" and "Images are identical." not in proc.stdout:
+        raise AssertionError(f"qemu-img {args}: exit 0 without its verdict: {proc.stdout!r}")
     return proc
 
 
@@ -47,7 +49,11 @@ def qemu_raw(image: str, cwd: Path) -> bytes:
 
 
 def qemu_check(image: str, cwd: Path) -> None:
-    qemu_img("check", image, cwd=cwd)
+    """qemu-img check; exit 0 alone is not an answer (a wrapper that printed nothing): qemu says
+    it checked the image."""
+    proc = qemu_img("check", image, cwd=cwd)
+    if "No errors were found on the image." not in proc.stdout:
+        raise AssertionError(f"qemu-img check {image}: no verdict in {proc.stdout!r} {proc.stderr!r}")
 
 
 def dissect_read(path: Path) -> bytes:
