@@ -6,7 +6,8 @@ directory itself, a '..' naming its own directory, a NUL in a symlink target, '/
 foreground with a log file, and walked with ``find``, ``ls -laR`` and ``du -a`` under timeouts:
 every walk ends within seconds, with EIO where the image leads back into itself, the rest of
 the tree stays readable, nothing but the mount point is touched, neither the log nor stderr
-holds a traceback, and ``vmfs-fsck -n`` reports the damage with its problem code.
+holds a traceback, and ``vmfs-fsck -n`` reports the damage with its problem code (``-y`` then
+repairs it: a second ``-n`` finds nothing).
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def test_hostile_image_through_read_only_mount(case: hostile.Hostile, hostile_ba
     rc, report = run_fsck(image, "-n")
     assert rc == 4, report
     assert case.fsck_code in codes(report), codes(report)
+    rc, report = run_fsck(image, "-y")  # and each is repaired
+    assert rc == 1, report
+    assert run_fsck(image, "-n")[0] == 0
 
 
 def test_inode_numbers_are_fd_addresses_on_every_path_and_mount(hostile_base: Path, tmp_path: Path) -> None:
