@@ -64,9 +64,9 @@ def check_volume(vol: Volume, layout) -> None:  # type: ignore[no-untyped-def]
 def test_format_and_read(name: str, tmp_path: Path) -> None:
     lv = SIZES[name]
     image = make_image(tmp_path / f"{name}.img", image_for_lv(lv))
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: the bound below holds on a loaded machine too
     layout = format_images([image], FIXED)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     with Volume.open([image], readonly=True) as vol:
         check_volume(vol, layout)
     # only metadata reaches the disk: what the file occupies is what we wrote (give or take
