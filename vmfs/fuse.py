@@ -250,4 +250,7 @@ def mount(
     heartbeat = getattr(fs.volume, "heartbeat", None)
     if heartbeat is not None:
         heartbeat.stop()  # no thread may run across the fork of daemonising: init starts it again
-    mfusepy.FUSE(ops, mountpoint, foreground=foreground, debug=debug, **options)
+    for key, value in getattr(ops, "fuse_options", {}).items():
+        options[key] = value
+    fuse_class = getattr(ops, "fuse_class", mfusepy.FUSE)
+    fuse_class(ops, mountpoint, foreground=foreground, debug=debug, **options)
