@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import mfusepy
 
+from vmfs.errors import NotFoundError
 from vmfs.fuse import VmfsOperations, fuse_op
 from vmfs.namespace import FileSystem, stat_fd
 from vmfs.writeops import WritableFileSystem
@@ -127,7 +128,14 @@ class ReadWriteOperations(VmfsOperations):
 
     @fuse_op
     def open(self, path: str, flags: int) -> int:
-        fd = self.wfs.resolve(path)
+        try:
+            fd = self.wfs.resolve(path)
+        except NotFoundError:
+            # The kernel found the name in its cache, but it was unlinked since: ESTALE makes the
+            # kernel look the name up again (LOOKUP_REVAL) and, for O_CREAT (a flag FUSE's OPEN
+            # does not carry), create it, where ENOENT would fail open(O_CREAT) in an existing
+            # directory, which POSIX never does
+            raise mfusepy.FuseOSError(errno.ESTALE) from None
         write = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if write and fd.is_dir:
             raise mfusepy.FuseOSError(errno.EISDIR)
