@@ -170,3 +170,28 @@ def test_alias_directory_has_one_inode_number(hostile_base: Path, tmp_path: Path
         assert os.stat(root / "alias" / "inner").st_ino == os.stat(root / "d1" / "d2" / "inner").st_ino
         assert (root / "alias" / "inner").read_bytes() == b"deep inside\n"
         assert _walk(["find", str(root)]).returncode == 0
+
+
+def test_cycle_through_read_write_mount(hostile_base: Path, tmp_path: Path) -> None:
+    """The read-write mount (a subclass of the read-only one) refuses the cycle the same way,
+    stays writable elsewhere, and adds no damage of its own: fsck finds only the cycle after."""
+    image = hostile.make(hostile.BY_NAME["cycle_root"], hostile_base, tmp_path / "volume.img")
+    log = tmp_path / "mount.log"
+    mnt = tmp_path / "m"
+    mount = Mount([tool("vmfs-mount"), "-f", "-o", "rw", "--log-file", str(log), str(image), str(mnt)], mnt)
+    with mount as root:
+        find = _walk(["find", str(root)])
+        assert find.returncode != 0 and f"{root}/d1/loop" in find.stderr and len(find.stdout.splitlines()) < 200
+        assert _errno_of(lambda: os.stat(root / "d1" / "loop")) == errno.EIO
+        assert _errno_of(lambda: os.rename(root / "d1" / "loop", root / "moved")) == errno.EIO
+        assert _errno_of(lambda: os.rmdir(root / "d1" / "loop")) == errno.EIO
+        (root / "d1" / "new").write_bytes(b"written next to a cycle\n")
+        with os.scandir(root / "d1") as it:
+            inodes = {e.name: e.inode() for e in it}
+        assert inodes["new"] == os.stat(root / "d1" / "new").st_ino
+        assert inodes["loop"] == os.stat(root).st_ino  # the entry names the root
+    assert mount.proc is not None and mount.proc.stderr is not None
+    stderr = mount.proc.stderr.read().decode()
+    assert "Traceback" not in stderr and "Traceback" not in log.read_text()
+    rc, report = run_fsck(image, "-n")
+    assert (rc, codes(report)) == (4, ["0x040001 DIR_MULTIPLE_PARENTS"]), report
