@@ -97,10 +97,21 @@ def main(
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     else:
         logging.basicConfig(level=level, stream=sys.stderr)
-    from vmfs import fuse as vfuse
 
     host = HostIdentity(uuid=host_uuid) if host_uuid else None
     volume = Volume.open(list(images), readonly=not writable, host=host)
+    try:
+        serve(volume, images[0], mountpoint, opts, writable=writable, foreground=foreground or debug, debug=debug)
+    except BaseException:
+        volume.close()  # never mounted, or the mount ended badly: slot and identity are given back now
+        raise
+
+
+def serve(volume: Volume, image: str, mountpoint: str, opts: dict[str, object], *, writable: bool,
+          foreground: bool, debug: bool) -> None:
+    """Serve ``volume`` at ``mountpoint`` until it is unmounted (the volume is closed then)."""
+    from vmfs import fuse as vfuse
+
     identity = getattr(volume, "identity_lock", None)
     if identity is not None:  # for a refused second mount, and for vmfs-umount to find us
         identity.update(mountpoint=mountpoint_key(mountpoint))
@@ -116,18 +127,14 @@ def main(
     else:
         opts["ro"] = True
         ops = vfuse.VmfsOperations(fs)
-    opts.setdefault("fsname", f"vmfs:{os.path.abspath(images[0])}")
+    opts.setdefault("fsname", f"vmfs:{os.path.abspath(image)}")
     opts.setdefault("subtype", "vmfs")
     try:
-        vfuse.mount(fs, mountpoint, foreground=foreground or debug, options=opts, operations=ops, debug=debug)
+        vfuse.mount(fs, mountpoint, foreground=foreground, options=opts, operations=ops, debug=debug)
     except RuntimeError as exc:
         if ops.destroyed:
             return  # a signal ended the loop after a clean unmount
-        volume.close()  # never mounted: give the heartbeat slot and the identity back now
         raise InvalidArgumentError(f"{mountpoint}: mount failed ({exc})") from None
-    except BaseException:
-        volume.close()  # whatever ended the mount, the volume is closed before we go
-        raise
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ class IdentityLock:
         directory = run_dir()
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         path = directory / f"{volume.uuid}-{host_uuid}-{ident}.lock"
+        sweep(directory, keep=path)
         record: dict[str, Any] = {
             "pid": os.getpid(), "volume": volume.uuid, "host": host_uuid, "image": image,
             "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv else "",
@@ -220,6 +221,33 @@ class IdentityLock:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def sweep(directory: Path, keep: Path | None = None) -> None:
+    """Remove lock files left by crashed writers of images that no longer exist (deleted test
+    images, mostly): nobody holds them and no slot they name can be reused."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = directory / name
+        if not name.endswith(".lock") or path == keep:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            record = _read_record(fd)
+            image = record.get("image") if record else None
+            if isinstance(image, str) and not os.path.exists(image) and IdentityLock._still_linked(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass  # held (BlockingIOError) or gone meanwhile: not ours to remove
+        finally:
+            os.close(fd)
 
 
 def holders_of(mountpoint: str, directory: Path | None = None) -> list[tuple[int, dict[str, Any]]]:

@@ -260,3 +260,24 @@ def test_dead_writer_of_our_uuid_reused_after_watching_only_if_unknown(
         assert "d" in [e.name for e in WritableFileSystem(again).listdir("/")]
     finally:
         again.close()
+
+
+def test_lock_files_of_deleted_images_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crashed writer's lock file stays (it names the dead slot); once its image is gone, the
+    next read-write open on this machine removes it.  A held one is never touched."""
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
+    gone, kept, other = _image(tmp_path, "gone.img"), _image(tmp_path, "kept.img"), _image(tmp_path, "other.img")
+    _dies(Volume.open(gone, readonly=False, host=HostIdentity(uuid=OTHER_HOST)))
+    held = Volume.open(kept, readonly=False, host=HostIdentity(uuid=OTHER_HOST))
+    try:
+        gone.unlink()
+        assert {r["image"] for r in _records_in(tmp_path / "run")} == {str(gone), str(kept)}
+        Volume.open(other, readonly=False, host=HostIdentity(uuid=OTHER_HOST)).close()
+        assert {r["image"] for r in _records_in(tmp_path / "run")} == {str(kept)}
+    finally:
+        held.close()
+    assert _records_in(tmp_path / "run") == []
+
+
+def _records_in(directory: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in directory.glob("*.lock")]
