@@ -253,6 +253,8 @@ class WritableFileSystem(FileSystem):
         raw = target.encode("utf-8", "surrogateescape")
         if not raw:
             raise NotFoundError("empty symbolic link target")
+        if b"\x00" in raw:
+            raise InvalidArgumentError("a symbolic link target cannot hold a NUL byte")
         if len(raw) > 4095:
             from vmfs.errors import NameTooLongError
 

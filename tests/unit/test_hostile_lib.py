@@ -168,3 +168,26 @@ def test_vmfs6_bad_entries_hidden_and_reported(vmfs6_image: Path, tmp_path: Path
         assert len(open_directory(vol, fs.resolve("/directory")).defects) == 1
     rc, report = run_fsck(image, "-n")
     assert rc == 4 and code in codes(report), codes(report)
+
+
+def test_symlink_target_with_nul_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No POSIX path holds a NUL: the library refuses to write one (EINVAL), never stores what
+    its reader would then call corrupt."""
+    import errno
+    import subprocess
+
+    import pytest
+
+    from tests.conftest import tool
+    from vmfs.errors import InvalidArgumentError
+    from vmfs.volume import Volume
+    from vmfs.writeops import WritableFileSystem
+
+    image = tmp_path / "s.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    with Volume.open([image], readonly=False) as vol:
+        fs = WritableFileSystem(vol)
+        with pytest.raises(InvalidArgumentError) as info:
+            fs.symlink("/etc\x00passwd", "/l")
+        assert info.value.errno == errno.EINVAL
+        assert "l" not in [e.name for e in fs.listdir("/")]
