@@ -1,10 +1,11 @@
 """Outside filesystem test suites (pjdfstest, fsx, fio) run against a real read-write mount.
 
 The suites come as source archives in ``shared/suites/`` (found as tests/conftest.py finds
-``shared/``); they are built once into ``build-suites/`` in the checkout (ignored by git) and the
-build is reused while the archive is the same.  Every test here mounts a fresh volume with
-``vmfs-mount -f`` in the foreground, so that the unmount can wait for the mount process itself to
-end (only then is everything on disk and the heartbeat slot released) before fsck looks.
+``shared/``); they are built once into ``build-suites/`` in the checkout (ignored by git;
+``$VMFS_SUITES_BUILD`` elsewhere) and the build is reused while the archive is the same.
+Every test here mounts a fresh volume with ``vmfs-mount -f`` in the foreground, so that the
+unmount can wait for the mount process itself to end (only then is everything on disk and the
+heartbeat slot released) before fsck looks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,19 +158,3 @@ def oracle_mount(image: Path, mountpoint: Path) -> Iterator[Path]:
 
     with OracleMount("vmfs-fuse", [image], mountpoint) as root:
         yield root
-
-
-class Stopwatch:
-    """Wall-clock figures of a test, printed at the end (pytest -s or -rA shows them)."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.marks: list[tuple[str, float]] = []
-
-    def mark(self, what: str) -> float:
-        now = time.monotonic()
-        self.marks.append((what, now - self.start))
-        return now - self.start
-
-    def report(self) -> str:
-        return ", ".join(f"{what} {t:.1f} s" for what, t in self.marks)
