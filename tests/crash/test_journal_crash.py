@@ -3,10 +3,10 @@
 A writer host (host 1) runs the workload of :mod:`tests.crash.workload` once, its I/O recorded;
 for every cut point the disk the cut leaves is rebuilt through the fault device (the write the
 power goes on torn at a random sector; with the volatile cache, every sector written since the
-last flush keeps one of the values it held since).  Then the volume is recovered, either by
-another host (host 2 waits out host 1's lease, replays its journal, clears its slot) or by host 1
-itself mounting again (its own slot found in use: it replays its own journal on remount), and
-judged:
+last flush keeps one of the values it held since).  Then the volume is recovered, at even cut
+points by another host (host 2 waits out host 1's lease, replays its journal, clears its slot),
+at odd ones by host 1 itself mounting again (its own slot found in use: it replays its own
+journal on remount), and judged:
 
 * our reader: the tree is what the acknowledged steps made, the step in flight done or undone
   as a whole (the data of an overwrite may be a sector mix: data is not journaled); every
@@ -25,8 +25,8 @@ Dissect.vmfs and vmfs-fsck cost about 0.8 s a cut point, recovery about 0.35 s (
 parsing the 2048 heartbeat slots), so the independent readers judge every ``ORACLE_EVERY``-th
 cut point and the recovery of every cut point is judged by our reader.
 
-Each guarded mechanism has a cut point here that fails without it (see docs in /work/notes or
-the issue's closing note): replay by another host and on remount (a cut between the home
+Each guarded mechanism has cut points here that fail without it (run, not reasoned: issue 17's
+closing note has the table): replay by another host and on remount (a cut between the home
 writes of a transaction), both flushes of a commit (volatile cache: the journal may not be on
 the medium when the home writes are, or the previous transaction's home writes not when the
 next one overwrites the journal), and releasing locks only after the home writes (a lock given
