@@ -6,7 +6,7 @@ VENV := .venv
 APT_PACKAGES := python3 python3-venv fuse3 libfuse2 libfuse3-3 vmfs-tools vmfs6-tools qemu-utils e2fsprogs gcc make autoconf automake perl fio
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps system-deps venv lint clean
+.PHONY: demo test deps system-deps venv lint clean man
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,6 +25,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 deps: system-deps venv
+
+# Man pages from the tools' click definitions (installed with the package when present at install time).
+man: venv
+	$(VENV)/bin/python -m tools.manpages build/man
 
 lint: venv
 	$(VENV)/bin/ruff check vmfs hostsim tools tests bench
