@@ -37,6 +37,7 @@ import sys
 
 import click
 
+from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 from vmfs.errors import VmfsError
 from vmfs.host import HostIdentity
 from vmfs.vmdk import chain, ops
@@ -90,6 +91,11 @@ class _Places:
         return VolumeStorage(self.root.fs, directory), base
 
 
+#: progress labels, as vmkfstools words them
+_LABELS = {"clone": "Clone"}
+#: what an interrupted action leaves behind
+_UNDONE = {"clone": "the partial copy was removed, the source is untouched"}
+
 _ACTIONS = (
     "create",
     "clone",
@@ -140,6 +146,10 @@ _ACTIONS = (
 )
 @click.option("-p", "--parents", is_flag=True, help="create TARGET's missing directories inside the volume")
 @click.option("--host-uuid", default=None, help="host UUID for the volume's heartbeat when writing")
+@click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="progress of a clone on stderr: a bar with rate and time left (auto: when stderr is a "
+              "terminal), vmkfstools' 'Clone: 45% done.' lines, or none; Ctrl-C stops at the next chunk "
+              "and removes the partial copy")
 @click.argument("target")
 def main(
     target: str,
@@ -149,6 +159,7 @@ def main(
     volume: str | None,
     parents: bool,
     host_uuid: str | None,
+    progress_mode: str,
     **actions: object,
 ) -> None:
     """Operate on the virtual disk TARGET (a .vmdk descriptor)."""
@@ -160,8 +171,12 @@ def main(
     images = [p for p in (volume or "").split(",") if p]
     if parents and not images:
         raise click.UsageError("-p applies to --volume paths only")
+    progress = Progress(_LABELS.get(action, action), progress_mode, unit=512, interrupt=SafeInterrupt())
     try:
         with contextlib.ExitStack() as stack:
+            assert progress.interrupt is not None
+            stack.enter_context(progress.interrupt)  # entered first, left last: the volume closes first
+            stack.callback(progress.finish)
             places = _Places(stack, images, HostIdentity(uuid=host_uuid) if host_uuid else None)
             if action == "rename" and places.on_volume(str(value)) != places.on_volume(target):
                 raise click.UsageError("-E renames inside one place: both on the host or both in the volume")
@@ -171,7 +186,11 @@ def main(
                 storage, _ = places.where(target)
                 assert isinstance(storage, VolumeStorage)
                 storage.makedirs(storage.directory)
-            _run(places, action, value, target, disk_format, adapter, delta_format)
+            _run(places, action, value, target, disk_format, adapter, delta_format, progress)
+    except Interrupted:
+        click.echo(f"vmfs-vmdk: interrupted {progress.summary()}: {_UNDONE.get(action, 'nothing was changed')}; "
+                   "the volume was closed cleanly", err=True)
+        sys.exit(130)
     except (VmdkError, VmfsError) as exc:
         click.echo(f"vmfs-vmdk: {exc}", err=True)
         sys.exit(1)
@@ -188,6 +207,7 @@ def _run(
     disk_format: str | None,
     adapter: str | None,
     delta_format: str | None,
+    progress: Progress,
 ) -> None:
     storage, name = places.where(target)
     if action == "create":
@@ -200,7 +220,8 @@ def _run(
         )
     elif action == "clone":
         src_storage, src = places.where(str(value))
-        ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter)
+        ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter,
+                       progress=progress)
     elif action == "extend":
         ops.extend_disk(storage, name, parse_size(str(value)))
     elif action == "inflate":
