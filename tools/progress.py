@@ -56,7 +56,7 @@ class Progress:
     ``unit`` is the size of one step in bytes (512 for sectors), for the rate."""
 
     def __init__(self, label: str, mode: str = "auto", *, unit: int = 1, stream: TextIO | None = None,
-                 interrupt: SafeInterrupt | None = None) -> None:
+                 interrupt: SafeInterrupt | None = None, stoppable: bool = True) -> None:
         self.label = label
         self.stream = stream or sys.stderr
         if mode == "auto":
@@ -64,6 +64,8 @@ class Progress:
         self.mode = mode
         self.unit = unit
         self.interrupt = interrupt
+        #: False for steps that must not stop half-way (a snapshot merge): Ctrl-C waits for the end
+        self.stoppable = stoppable
         self.started = time.monotonic()
         self.done = 0
         self.total = 0
@@ -77,7 +79,7 @@ class Progress:
 
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
-        if self.interrupt is not None and self.interrupt.requested:
+        if self.stoppable and self.interrupt is not None and self.interrupt.requested:
             raise Interrupted()
         if self.mode == "lines" and self.percent != self._percent:
             self._percent = self.percent

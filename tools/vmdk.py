@@ -92,9 +92,13 @@ class _Places:
 
 
 #: progress labels, as vmkfstools words them
-_LABELS = {"clone": "Clone"}
+_LABELS = {"clone": "Clone", "delete_snapshot": "Consolidate", "consolidate": "Consolidate"}
 #: what an interrupted action leaves behind
-_UNDONE = {"clone": "the partial copy was removed, the source is untouched"}
+_UNDONE = {
+    "clone": "the partial copy was removed, the source is untouched",
+}
+#: actions a Ctrl-C must not stop half-way (the parent of a merge would no longer match its delta)
+_UNSTOPPABLE = {"delete_snapshot", "consolidate"}
 
 _ACTIONS = (
     "create",
@@ -147,9 +151,9 @@ _ACTIONS = (
 @click.option("-p", "--parents", is_flag=True, help="create TARGET's missing directories inside the volume")
 @click.option("--host-uuid", default=None, help="host UUID for the volume's heartbeat when writing")
 @click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="progress of a clone on stderr: a bar with rate and time left (auto: when stderr is a "
-              "terminal), vmkfstools' 'Clone: 45% done.' lines, or none; Ctrl-C stops at the next chunk "
-              "and removes the partial copy")
+              help="progress of clone and snapshot merges on stderr: a bar with rate and "
+              "time left (auto: when stderr is a terminal), vmkfstools' 'Clone: 45% done.' lines, or none; "
+              "Ctrl-C stops at the next chunk (a merge is finished first) and says what was done")
 @click.argument("target")
 def main(
     target: str,
@@ -171,7 +175,8 @@ def main(
     images = [p for p in (volume or "").split(",") if p]
     if parents and not images:
         raise click.UsageError("-p applies to --volume paths only")
-    progress = Progress(_LABELS.get(action, action), progress_mode, unit=512, interrupt=SafeInterrupt())
+    progress = Progress(_LABELS.get(action, action), progress_mode, unit=512, interrupt=SafeInterrupt(),
+                        stoppable=action not in _UNSTOPPABLE)
     try:
         with contextlib.ExitStack() as stack:
             assert progress.interrupt is not None
@@ -187,6 +192,9 @@ def main(
                 assert isinstance(storage, VolumeStorage)
                 storage.makedirs(storage.directory)
             _run(places, action, value, target, disk_format, adapter, delta_format, progress)
+        if progress.interrupt is not None and progress.interrupt.requested:
+            click.echo(f"vmfs-vmdk: Ctrl-C came while {action.replace('_', ' ')} could not stop half-way: it was "
+                       "finished", err=True)
     except Interrupted:
         click.echo(f"vmfs-vmdk: interrupted {progress.summary()}: {_UNDONE.get(action, 'nothing was changed')}; "
                    "the volume was closed cleanly", err=True)
@@ -260,9 +268,13 @@ def _run(
     elif action == "revert":
         chain.revert_snapshot(storage, name)
     elif action == "delete_snapshot":
-        click.echo(chain.delete_snapshot(storage, name))
+        done = chain.delete_snapshot(storage, name, progress=progress)
+        progress.finish()
+        click.echo(done)
     elif action == "consolidate":
-        click.echo(chain.consolidate(storage, name))
+        done = chain.consolidate(storage, name, progress=progress)
+        progress.finish()
+        click.echo(done)
     elif action == "info":
         info = ops.disk_info(storage, name)
         click.echo(f"{info['name']}: {info['capacity']} bytes")

@@ -131,3 +131,44 @@ def test_interrupt_is_raised_only_at_a_progress_call() -> None:
             p(2, 10)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert p.summary().startswith("at 20%")
+
+
+def test_snapshot_merge_shows_progress_and_finishes_despite_ctrl_c(tmp_path: Path) -> None:
+    """A merge cannot stop half-way (the parent would no longer match its delta): Ctrl-C is held
+    until it is done, and the tool says so."""
+    from vmfs.vmdk.disk import open_disk
+    from vmfs.vmdk.storage import HostStorage
+
+    subprocess.run([tool("vmfs-vmdk"), "-c", "128M", "-d", "thin", str(tmp_path / "t.vmdk")], check=True)
+    leaf = subprocess.run([tool("vmfs-vmdk"), "--snapshot", str(tmp_path / "t.vmdk")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    written = {}
+    disk = open_disk(HostStorage(str(tmp_path)), leaf, writable=True)
+    try:
+        for mib in range(0, 128, 2):
+            written[mib] = os.urandom(1 << 20)
+            disk.write_sectors(mib * 2048, written[mib])
+    finally:
+        disk.close()
+    proc = subprocess.Popen([tool("vmfs-vmdk"), "--delete-snapshot", "--progress", "lines", str(tmp_path / leaf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("Consolidate: 3%"):
+            proc.send_signal(signal.SIGINT)
+            break
+    lines += proc.stderr.read().splitlines()
+    assert proc.wait(timeout=60) == 0, lines
+    assert proc.stdout.read().strip() == "t.vmdk"
+    assert lines[-1] == "vmfs-vmdk: Ctrl-C came while delete snapshot could not stop half-way: it was finished"
+    percents = [int(x.split()[1][:-1]) for x in lines[:-1]]  # one line per percent reached (64 chunks here)
+    assert percents == sorted(set(percents)) and percents[-1] == 100 and len(percents) >= 60, lines
+    assert not (tmp_path / leaf).exists()
+    base = open_disk(HostStorage(str(tmp_path)), "t.vmdk")
+    try:
+        for mib, data in written.items():
+            assert base.read_sectors(mib * 2048, 2048) == data
+    finally:
+        base.close()

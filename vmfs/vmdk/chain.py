@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 
 from vmfs.vmdk.cowd import create_cowd
 from vmfs.vmdk.descriptor import Descriptor, ExtentLine, new_cid, new_long_content_id
@@ -252,8 +253,14 @@ def extent_files(storage: DiskStorage, name: str) -> list[str]:
         layer.close()
 
 
-def delete_snapshot(storage: DiskStorage, name: str, *, child: str | None = None) -> str:
+def delete_snapshot(
+    storage: DiskStorage, name: str, *, child: str | None = None, progress: Callable[[int, int], None] | None = None
+) -> str:
     """Consolidate the delta ``name`` into its parent and remove it; return the parent's name.
+
+    ``progress(done, total)`` is called after each chunk merged, in sectors of the delta's allocated
+    ranges.  It should not raise: a merge stopped half-way leaves a parent that no longer matches
+    the delta (the tools defer Ctrl-C to the end of a merge).
 
     ``name`` is normally the leaf.  For a delta in the middle of a chain, pass its ``child``: the
     child is repointed at the parent (hint and parentCID) once the data is merged.
@@ -274,7 +281,10 @@ def delete_snapshot(storage: DiskStorage, name: str, *, child: str | None = None
                 child_layer.close()
         target = open_disk(storage, parent_name, writable=True)
         try:
-            for start, count, zero in list(top.allocated()):
+            ranges = list(top.allocated())
+            total = sum(count for _, count, _ in ranges)
+            done = 0
+            for start, count, zero in ranges:
                 for s in range(start, start + count, COPY_SECTORS):
                     n = min(COPY_SECTORS, start + count - s)
                     if zero:
@@ -284,6 +294,9 @@ def delete_snapshot(storage: DiskStorage, name: str, *, child: str | None = None
                         if holes:
                             raise VmdkError(f"{name}: allocated range {s}+{n} has holes")
                         target.write_sectors(s, bytes(buf))
+                    done += n
+                    if progress is not None:
+                        progress(done, total)
             target.flush()
             new_parent_cid = target.top.cid
         finally:
@@ -302,8 +315,9 @@ def delete_snapshot(storage: DiskStorage, name: str, *, child: str | None = None
     return parent_name
 
 
-def consolidate(storage: DiskStorage, name: str) -> str:
-    """Merge every delta under the leaf ``name`` down into the base disk; return the base name."""
+def consolidate(storage: DiskStorage, name: str, *, progress: Callable[[int, int], None] | None = None) -> str:
+    """Merge every delta under the leaf ``name`` down into the base disk; return the base name.
+    ``progress`` as for :func:`delete_snapshot`, once per delta merged (from 0 again each time)."""
     current = name
     while True:
         layer = open_layer(storage, current)
@@ -313,7 +327,7 @@ def consolidate(storage: DiskStorage, name: str) -> str:
             layer.close()
         if not has_parent:
             return current
-        current = delete_snapshot(storage, current)
+        current = delete_snapshot(storage, current, progress=progress)
 
 
 def disk_files(storage: DiskStorage, name: str) -> list[str]:
