@@ -298,5 +298,38 @@ def cmd_blocks(s: Session, target: str, limit: int | None) -> None:
     s.emit(info, "\n".join(lines))
 
 
+@main.command("map")
+@click.argument("path", required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Draw the map into this PNG file instead of printing it.")
+@click.option("--width", type=click.IntRange(8, 512), default=64, show_default=True,
+              help="Squares (characters) per row; big volumes get several blocks per square.")
+@click.pass_obj
+@report_errors()
+def cmd_map(s: Session, path: str | None, output: str | None, width: int) -> None:
+    """Allocation map of the volume (free, system, pointer-block files, to-be-zeroed and per-file
+    blocks) with fragmentation figures; with PATH, that file's extents and where they lie."""
+    from tools import volume_map as M
+    from vmfs.allocmap import build_map
+
+    amap = build_map(s.volume)
+    only = None
+    if path is not None:
+        fd = _target_fd(s, path)
+        only = next((i for i, f in enumerate(amap.files) if f.address == fd.address), None)
+        if only is None:
+            raise InvalidArgumentError(f"{path}: not found in the tree")
+    if output is not None:
+        M.draw_png(amap, output, only=only, width=width)
+    data = {**amap.figures(), "files": [{"path": f.path, "blocks": len(f.blocks), "extents": f.extents}
+                                        for f in amap.files if only is None or f is amap.files[only]]}
+    text = M.text_map(amap, width=width, only=only)
+    if only is not None:
+        text = "\n".join(M.file_lines(amap.files[only], amap.block_size)) + "\n" + text
+    if output is not None:
+        text = f"{output}: {M.title(amap)}"
+    s.emit(data, text)
+
+
 if __name__ == "__main__":
     main()
