@@ -152,13 +152,15 @@ class HeartbeatManager:
 
     # -- claim / renew / release -------------------------------------------------------------------------
 
-    def claim(self, *, reuse_own: bool = True, dead: tuple[int, int] | None = None) -> SlotView | None:
+    def claim(
+        self, *, reuse_own: bool = True, dead: tuple[int, int] | None = None, watch: bool = True
+    ) -> SlotView | None:
         """Take a slot.  Returns the previous view of our own stale slot when one was reused (its
         journal must be replayed by the caller), else None.  ``dead`` is a (slot, generation) of
-        ours whose owner is known to be dead; any other slot in use under our UUID is watched
-        first (:meth:`_refuse_if_renewed`)."""
+        ours whose owner is known to be dead; with ``watch``, any other slot in use under our
+        UUID is watched first (:meth:`_refuse_if_renewed`)."""
         views = read_slots(self.volume)
-        if reuse_own and self._refuse_if_renewed(views, dead):
+        if reuse_own and watch and self._refuse_if_renewed(views, dead):
             views = read_slots(self.volume)
         own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
         candidates = own + [v for v in views if not v.in_use and v.hb.addr == v.addr]

@@ -43,7 +43,9 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
     identity = IdentityLock.acquire(volume, host.uuid)  # BusyError while another process writes as us
     volume.identity_lock = identity  # type: ignore[attr-defined]
     try:
-        previous = hb.claim(dead=identity.dead_slot if identity is not None else None)
+        # Storage that is no file (memory devices of simulations) is reachable from this process
+        # only: a slot of ours in use there was left by an earlier open, nobody can renew it.
+        previous = hb.claim(dead=identity.dead_slot if identity is not None else None, watch=identity is not None)
         if identity is not None:
             identity.update(slot=hb.slot, generation=hb.generation)
     except BaseException:
