@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import click
 
 from tools.common import fail, parse_size, report_errors
+from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import ExistingDataError, Layout, MkfsOptions, detect_signature, format_volume, plan
 from vmfs.resources import RESOURCE_NAMES
@@ -130,6 +131,10 @@ def _restore(targets: list[Target]) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite devices that hold data.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the layout; create and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the layout as JSON.")
+@click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="Progress on stderr: a bar with rate and time left (auto: when stderr is a terminal and "
+              "there is no --json), 'Format: 45% done.' lines, or none. Ctrl-C stops before the volume "
+              "is made usable.")
 @report_errors()
 def main(
     devices: tuple[str, ...],
@@ -145,6 +150,7 @@ def main(
     force: bool,
     dry_run: bool,
     as_json: bool,
+    progress_mode: str,
 ) -> None:
     """Make a VMFS5 volume on DEVICE... (image files or block devices; several make a spanned
     volume, first one first).  Refuses devices that hold data unless --force is given."""
@@ -163,6 +169,9 @@ def main(
                 if sig is not None and not as_json:
                     click.echo(f"note: {t.path} contains {sig.what}; formatting it needs --force")
         return
+    if as_json and progress_mode == "auto":
+        progress_mode = "none"
+    progress = Progress("Format", progress_mode, interrupt=SafeInterrupt())
     opened: list[FileDevice] = []
     try:
         for t in targets:
@@ -171,7 +180,20 @@ def main(
                     pass
                 os.truncate(t.path, t.size)
             opened.append(FileDevice(t.path, readonly=False))
-        layout = format_volume(list(opened), options)
+        assert progress.interrupt is not None
+        with progress.interrupt:
+            try:
+                layout = format_volume(list(opened), options, progress=progress)
+            finally:
+                progress.finish()
+    except Interrupted:
+        _restore(targets)
+        gone = [t.path for t in targets if not t.existed]
+        kept = [t.path for t in targets if t.existed]
+        what = "; ".join([*(f"{', '.join(gone)}: removed" for _ in gone[:1]),
+                          *(f"{', '.join(kept)}: partly written: format it again before use" for _ in kept[:1])])
+        fail(f"interrupted {progress.summary()} before the volume was made usable; {what}", 130)
+        return
     except ExistingDataError as exc:
         _restore(targets)
         fail(f"{exc} (use --force)")

@@ -5,6 +5,7 @@ copy and leaves the volume fsck-clean."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import re
@@ -172,3 +173,30 @@ def test_snapshot_merge_shows_progress_and_finishes_despite_ctrl_c(tmp_path: Pat
             assert base.read_sectors(mib * 2048, 2048) == data
     finally:
         base.close()
+
+
+def test_mkfs_of_a_large_volume_draws_a_bar_but_not_with_json(tmp_path: Path) -> None:
+    code, out = run_on_pty([tool("vmfs-mkfs"), "--size", "1T", str(tmp_path / "big.img")])
+    assert code == 0, out
+    frames = [f for f in out.split("\r") if f.startswith("Format  [")]
+    assert len(frames) >= 2 and re.search(r"\] 100%  [\d.]+ (KiB|MiB|GiB)/s  0:00:00 left", out), out
+    code, out = run_on_pty([tool("vmfs-mkfs"), "--json", "--size", "256G", str(tmp_path / "j.img")])
+    assert code == 0, out
+    assert "Format" not in out and "\r" not in out.replace("\r\n", "\n")
+    assert json.loads(out)["blockSize"] == 1 << 20
+
+
+def test_ctrl_c_mid_mkfs_removes_the_new_image(tmp_path: Path) -> None:
+    image = tmp_path / "big.img"
+    proc = subprocess.Popen([tool("vmfs-mkfs"), "--progress", "lines", "--size", "1T", str(image)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("Format: 5%"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read().strip().splitlines()
+    assert proc.wait(timeout=60) == 130, rest
+    assert re.fullmatch(rf"vmfs-mkfs: interrupted at \d+% \(\d+ of \d+ MiB\) before the volume was made usable; "
+                        rf"{re.escape(str(image))}: removed", rest[-1]), rest
+    assert not image.exists()

@@ -16,7 +16,7 @@ metadata alone: reading holes is cheap, and nothing else of the volume is touche
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vmfs.device.base import BlockDevice
 from vmfs.errors import InvalidArgumentError
@@ -36,9 +36,10 @@ _ZEROS = bytes(_CHUNK)
 class _Sink:
     """Writes pieces in increasing offsets and makes the gaps between them zero."""
 
-    def __init__(self, device: BlockDevice) -> None:
+    def __init__(self, device: BlockDevice, advance: Callable[[int], None] | None = None) -> None:
         self.device = device
         self.written = 0
+        self.advance = advance or (lambda n: None)  #: told how many bytes of the span are done
 
     def fill(self, start: int, end: int, pieces: Iterable[tuple[int, bytes]]) -> None:
         pos = start
@@ -48,6 +49,7 @@ class _Sink:
             self.zero(pos, offset)
             self.device.write(offset, data)
             self.written += len(data)
+            self.advance(len(data))
             pos = offset + len(data)
         self.zero(pos, end)
 
@@ -60,11 +62,19 @@ class _Sink:
             n = min(_CHUNK, end - start)
             if self.device.read(start, n) != _ZEROS[:n]:
                 self.write(start, _ZEROS[:n])
+            self.advance(n)
             start += n
 
 
-def format_volume(devices: list[BlockDevice], options: MkfsOptions | None = None) -> Layout:
+def format_volume(
+    devices: list[BlockDevice], options: MkfsOptions | None = None, *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Layout:
     """Format ``devices`` (the extents, in volume order) as one VMFS5 volume.
+
+    ``progress(done, total)``, in bytes of the regions mkfs writes or checks for zeros, is called
+    after each piece or chunk; an exception raised from it stops the format before the FS
+    descriptor is written, so no reader takes the devices for a new volume.
 
     Raises :class:`ExistingDataError` when a device holds a file system, volume or partition table
     and ``options.force`` is not set; nothing is written then.
@@ -78,17 +88,26 @@ def format_volume(devices: list[BlockDevice], options: MkfsOptions | None = None
             sig = detect_signature(dev)
             if sig is not None:
                 raise ExistingDataError(dev.name, sig.what)
+    bs = layout.block_size
+    total = sum(e.data_offset for e in layout.extents) + sum(f.num_blocks * bs for f in layout.system_files)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
     written = 0
     for dev, extent in zip(devices, layout.extents, strict=True):
-        sink = _Sink(dev)
+        sink = _Sink(dev, advance)
         sink.fill(0, extent.data_offset, lvm_pieces(layout, extent))
         written += sink.written
         dev.flush()
     volume = open_logical_volume(list(devices))
     if volume.size != layout.volume_size:  # pragma: no cover - the reader disagrees with the plan
         raise AssertionError(f"reader assembles {volume.size} bytes, planned {layout.volume_size}")
-    sink = _Sink(volume)
-    bs = layout.block_size
+    sink = _Sink(volume, advance)
     for f in sorted(layout.system_files, key=lambda s: s.first_block):
         base = f.first_block * bs
         pieces = ((base + offset, data) for offset, data in system_file_pieces(layout, f))
