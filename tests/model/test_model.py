@@ -275,6 +275,14 @@ class VmfsMachine(RuleBasedStateMachine):
             follow = False  # the target would be looked up on the host, outside the model
         self._apply("chown", lambda m: m.chown(p, uid, gid, follow=follow), p, uid, gid, follow)
 
+    @precondition(lambda self: self.model.paths("link"))
+    @rule(data=st.data(), uid=st.sampled_from([123, 65534]), gid=st.sampled_from([456, 65534]))
+    def lchown_link(self, data, uid: int, gid: int) -> None:  # type: ignore[no-untyped-def]
+        """lchown(2) of a symlink changes the link, never its target (issue 10 fault 2: a
+        privilege hole when it followed), and works on a dangling link."""
+        p = data.draw(st.sampled_from(self.model.paths("link")))
+        self._apply("chown", lambda m: m.chown(p, uid, gid, follow=False), p, uid, gid, False)
+
     @rule(data=st.data(), atime=TIMES, mtime=TIMES)
     def utimens(self, data, atime: int | str, mtime: int | str) -> None:  # type: ignore[no-untyped-def]
         """Explicit times, UTIME_NOW and UTIME_OMIT (issue 10 fault 4), on links too (no follow)."""
