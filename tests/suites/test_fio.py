@@ -65,8 +65,10 @@ numjobs=2
 
 def start_fio(jobfile: Path, directory: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DIR": str(directory)}
+    # fio keeps its verify state files (*-verify.state) in its working directory: the test's own
+    # folder, which the re-verify run after the remount shares, never the checkout
     return subprocess.Popen(["fio", "--output-format=json", f"--output={out}", *extra, str(jobfile)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=jobfile.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish_fio(proc: subprocess.Popen[str], out: Path) -> dict[str, int]:
