@@ -25,7 +25,9 @@ Profiles (environment variable ``VMFS_MODEL_PROFILE``):
     steps, FUSE 8 x 25 steps).
 ``explore``
     for local runs: a fresh random seed each run (or ``VMFS_MODEL_SEED``), many more and longer
-    examples.  The seed is printed with every failure; rerun with the same profile and seed.
+    examples (library 300 x 60, FUSE 60 x 50: an hour or more), no 900 s timeout.  The seed is
+    printed with every failure; rerun with the same profile and seed.
+    ``VMFS_MODEL_PROFILE=explore .venv/bin/python -m pytest tests/model``
 """
 
 from __future__ import annotations
@@ -814,8 +816,11 @@ def with_seed_note(case: type) -> type:
 seed(SEED)(VmfsMachine)
 seed(SEED)(FuseMachine)
 
-TestLibraryModel = with_seed_note(VmfsMachine.TestCase)
+#: the suite's 900 s pytest-timeout is for the ci profile; an exploration runs as long as it needs
+_timeout = pytest.mark.timeout(900 if PROFILE == "ci" else 6 * 3600)
+
+TestLibraryModel = _timeout(with_seed_note(VmfsMachine.TestCase))
 TestLibraryModel.settings = machine_settings("library")
 
-TestFuseModel = pytest.mark.fuse(with_seed_note(FuseMachine.TestCase))
+TestFuseModel = _timeout(pytest.mark.fuse(with_seed_note(FuseMachine.TestCase)))
 FuseMachine.TestCase.settings = machine_settings("fuse")
