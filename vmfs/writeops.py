@@ -306,24 +306,19 @@ class WritableFileSystem(FileSystem):
         fd = self._fd(entry.address)
         if fd.is_dir:
             raise IsADirError(f"{path}: is a directory")
-        if self.is_open(fd.address):
-            with self.volume.transaction() as tx:
-                parent, d, name, fd = self._locked_entry(tx, path)
-                if fd.is_dir:
-                    raise IsADirError(f"{path}: is a directory")
-                self._orphan(tx, d, parent, name, fd)
-                self._touch(parent)
-                self._put(tx, parent)
-                self._touch(fd, modify=False)
-                self._put(tx, fd)
-            return
-        self.flush_fd(fd)
-        self._drain(fd)
+        if not self.is_open(fd.address):
+            self.flush_fd(fd)
+            self._drain(fd)
         with self.volume.transaction() as tx:
             parent, d, name, fd = self._locked_entry(tx, path)
             if fd.is_dir:
                 raise IsADirError(f"{path}: is a directory")
-            self._remove_file(tx, d, parent, name, fd)
+            if self.is_open(fd.address):
+                self._orphan(tx, d, parent, name, fd)
+                self._touch(fd, modify=False)
+                self._put(tx, fd)
+            else:
+                self._remove_file(tx, d, parent, name, fd)
             self._touch(parent)
             self._put(tx, parent)
 
