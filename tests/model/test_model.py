@@ -21,8 +21,8 @@ Profiles (environment variable ``VMFS_MODEL_PROFILE``):
 
 ``ci`` (the default, and what CI runs)
     fixed seed (``VMFS_MODEL_SEED``, default 20261201), no example database: every run tries the
-    same examples, so a failure in CI comes back on any machine.  Modest size (library 20 x 25
-    steps, FUSE 8 x 25 steps).
+    same examples, so a failure in CI comes back on any machine.  Modest size (library 30 x 30
+    steps, FUSE 12 x 30 steps).
 ``explore``
     for local runs: a fresh random seed each run (or ``VMFS_MODEL_SEED``), many more and longer
     examples (library 300 x 60, FUSE 60 x 50: an hour or more), no 900 s timeout.  The seed is
@@ -62,7 +62,7 @@ if PROFILE not in ("ci", "explore"):
     raise ValueError(f"VMFS_MODEL_PROFILE={PROFILE!r}: use 'ci' or 'explore'")
 SEED = int(os.environ.get("VMFS_MODEL_SEED") or (20261201 if PROFILE == "ci" else random.randrange(1 << 32)))
 #: (examples, steps) per backend
-SIZES_OF = {"ci": {"library": (20, 25), "fuse": (8, 25)}, "explore": {"library": (300, 60), "fuse": (60, 50)}}
+SIZES_OF = {"ci": {"library": (30, 30), "fuse": (12, 30)}, "explore": {"library": (300, 60), "fuse": (60, 50)}}
 
 NAMES = st.sampled_from(["a", "b", "c", "dir", "f.txt", "é", "n" * 127, "x1", "x2", "sub"])
 SMALL = st.binary(max_size=3000)
