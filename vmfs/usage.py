@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from vmfs.ondisk import resource as R
 from vmfs.volume import Volume
 
@@ -52,10 +54,14 @@ def resource_usage(volume: Volume) -> list[dict[str, object]]:
     return rows
 
 
-def referenced_resources(volume: Volume) -> dict[int, set[tuple[int, int]]]:
+def referenced_resources(
+    volume: Volume, journals: Iterable[int] | None = None
+) -> dict[int, set[tuple[int, int]]]:
     """(cluster, resource) of every resource reachable from the root, the system files and the
     journals of in-use heartbeat slots, per resource type.  On a consistent volume this equals
-    the set of resources the bitmaps mark used."""
+    the set of resources the bitmaps mark used.  ``journals``: the journal addresses of the
+    in-use slots when the caller already knows them (parsing every slot costs more than the
+    walk of a small volume)."""
     from vmfs import address as A
     from vmfs.directory import open_directory
     from vmfs.filedesc import BlockMap
@@ -89,9 +95,10 @@ def referenced_resources(volume: Volume) -> dict[int, set[tuple[int, int]]]:
                 add(a)
         if fd.is_dir:
             pending.extend(e.address for e in open_directory(volume, fd).entries())
-    for slot in read_slots(volume):
-        if slot.in_use and slot.hb.journalAddr:
-            add(slot.hb.journalAddr)
+    if journals is None:
+        journals = [slot.hb.journalAddr for slot in read_slots(volume) if slot.in_use and slot.hb.journalAddr]
+    for address in journals:
+        add(address)
     return refs
 
 

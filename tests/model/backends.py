@@ -22,7 +22,6 @@ from typing import Any
 from vmfs.errors import IsADirError, VmfsError
 from vmfs.host import HostIdentity
 from vmfs.ondisk import filedesc as F
-from vmfs.ondisk import resource as R
 from vmfs.usage import marked_used, referenced_resources
 from vmfs.volume import Volume
 from vmfs.writeops import WritableFileSystem
@@ -43,48 +42,9 @@ def journal_addresses(volume: Volume) -> frozenset[int]:
     return frozenset(s.hb.journalAddr for s in read_slots(volume) if s.in_use and s.hb.journalAddr)
 
 
-def referenced_with(volume: Volume, journals: frozenset[int]) -> dict[int, set[tuple[int, int]]]:
-    """:func:`vmfs.usage.referenced_resources` with the journal addresses given: parsing all
-    2048 heartbeat slots costs more than the rest of the walk, and they cannot change while the
-    host under test stays mounted.  A full check runs at every remount and at the end."""
-    from vmfs import address as A
-    from vmfs.directory import open_directory
-    from vmfs.filedesc import BlockMap
-
-    codec = volume.geometry.codec
-    fb_rpc = volume.resources[R.RES_FB].rpc
-    refs: dict[int, set[tuple[int, int]]] = {k: set() for k in volume.resources}
-    kind_of = {A.ADDR_SB: R.RES_SB, A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_FD: R.RES_FD}
-
-    def add(address: int) -> None:
-        k = address & 7
-        if k == A.ADDR_FB:
-            refs[R.RES_FB].add(divmod(codec.fb_block(address), fb_rpc))
-        elif k in kind_of:
-            _, c, r = codec.split(address)
-            refs[kind_of[k]].add((c, r))
-
-    seen: set[int] = set()
-    pending = [volume.root_address]
-    while pending:
-        address = pending.pop()
-        if address not in seen:
-            seen.add(address)
-            add(address)
-            fd = volume.read_fd(address)
-            if not fd.is_resident:
-                for _, a, _ in BlockMap(fd).references():
-                    add(a)
-            if fd.is_dir:
-                pending.extend(e.address for e in open_directory(volume, fd).entries())
-    for address in journals:
-        add(address)
-    return refs
-
-
 def accounting_problems(volume: Volume, journals: frozenset[int] | None = None) -> list[str]:
     """Bitmaps, cluster counts and the resources reachable from the tree agree."""
-    refs = referenced_resources(volume) if journals is None else referenced_with(volume, journals)
+    refs = referenced_resources(volume, journals)
     used = marked_used(volume)
     problems = []
     for kind, marked in used.items():
@@ -140,7 +100,7 @@ class DiskView:
 
 
 def disk_view(image: Path, journals: frozenset[int] | None) -> DiskView:
-    """What a fresh read-only open of the image finds (``journals``: see referenced_with)."""
+    """What a fresh read-only open of the image finds (``journals``: see referenced_resources)."""
     from vmfs.namespace import FileSystem
 
     with Volume.open(image) as vol:
