@@ -27,7 +27,7 @@ if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
 import mfusepy
 
 from vmfs.errors import CorruptError, VmfsError
-from vmfs.namespace import FileSystem
+from vmfs.namespace import FileSystem, Stat
 from vmfs.stream import FileReader
 
 log = logging.getLogger("vmfs.fuse")
@@ -75,6 +75,14 @@ def set_readahead(mountpoint: str, kib: int) -> bool:
         log.debug("read-ahead of %s left as it is: %s", mountpoint, exc)
         return False
     return True
+
+
+def fuse_attrs(st: Stat) -> dict[str, int]:
+    """A :class:`Stat` as mfusepy's getattr wants it (times in nanoseconds: ``use_ns``)."""
+    attrs = st.as_fuse()
+    for key in ("st_atime", "st_mtime", "st_ctime"):
+        attrs[key] = attrs[key] * 1_000_000_000
+    return attrs
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -139,10 +147,7 @@ class VmfsOperations(mfusepy.Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         if self.readahead is not None:
             self._tune_once()  # before any file is opened: an open file keeps the read-ahead it got
-        st = self.fs.stat(path).as_fuse()
-        for key in ("st_atime", "st_mtime", "st_ctime"):
-            st[key] = st[key] * 1_000_000_000
-        return st
+        return fuse_attrs(self.fs.stat(path))
 
     @fuse_op
     def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import mfusepy
 
 from vmfs.errors import NotFoundError
-from vmfs.fuse import VmfsOperations, fuse_op
+from vmfs.fuse import VmfsOperations, fuse_attrs, fuse_op
 from vmfs.namespace import FileSystem, stat_fd
 from vmfs.writeops import WritableFileSystem
 
@@ -173,10 +173,7 @@ class ReadWriteOperations(VmfsOperations):
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
         if path is not None:
             return super().getattr(path, fh)
-        st = stat_fd(self.volume.read_fd(self._target(path, fh))).as_fuse()  # type: ignore[arg-type]
-        for key in ("st_atime", "st_mtime", "st_ctime"):
-            st[key] = st[key] * 1_000_000_000
-        return st
+        return fuse_attrs(stat_fd(self.volume.read_fd(self._file(path, fh))))
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

@@ -24,7 +24,6 @@ from vmfs.directory import Directory, check_name, new_directory5_data
 from vmfs.errors import (
     BusyError,
     ExistsError,
-    InUseError,
     InvalidArgumentError,
     IsADirError,
     NotADirError,
@@ -313,22 +312,21 @@ class WritableFileSystem(FileSystem):
             parent, d, name, fd = self._locked_entry(tx, path)
             if fd.is_dir:
                 raise IsADirError(f"{path}: is a directory")
-            if self.is_open(fd.address):
-                self._orphan(tx, d, parent, name, fd)
-                self._touch(fd, modify=False)
-                self._put(tx, fd)
-            else:
-                self._remove_file(tx, d, parent, name, fd)
+            self._remove_file(tx, d, parent, name, fd)
             self._touch(parent)
             self._put(tx, parent)
 
     def _remove_file(
         self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor
     ) -> None:
-        if fd.meta.linkCount <= 1 and (self.writers[fd.address] or self.readers[fd.address]):
-            # an open handle would later write its FD back over a freed (or reused) slot; as
-            # ESXi, refuse to delete a file that is open (the FUSE layer hides such files instead)
-            raise InUseError(f"{name}: file is open")
+        """Remove ``name``; its FD goes when no name is left, unless this host holds it open:
+        an open handle would later write its FD back over a freed (or reused) slot, so the file
+        lives on under a hidden name until its last close (:meth:`_orphan`)."""
+        if fd.meta.linkCount <= 1 and self.is_open(fd.address):
+            self._orphan(tx, d, parent, name, fd)
+            self._touch(fd, modify=False)
+            self._put(tx, fd)
+            return
         d.remove(tx, name)
         fd.meta.linkCount = max(fd.meta.linkCount - 1, 0)
         if fd.meta.linkCount == 0:
@@ -430,10 +428,6 @@ class WritableFileSystem(FileSystem):
                     raise BusyError(f"{new} changed while renaming; retrying")
                 if victim.is_dir:
                     self._remove_dir(tx, dd, dst_parent, dst_name, victim)
-                elif self.is_open(victim.address):
-                    self._orphan(tx, dd, dst_parent, dst_name, victim)
-                    self._touch(victim, modify=False)
-                    self._put(tx, victim)
                 else:
                     self._remove_file(tx, dd, dst_parent, dst_name, victim)
             if src_parent.address == dst_parent.address:
