@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.cluster.conftest import make_volume  # noqa: E402
-from vmfs.host import HostIdentity  # noqa: E402
-from vmfs.volume import Volume  # noqa: E402
-from vmfs.writeops import WritableFileSystem  # noqa: E402
+from vmfs.cluster.host import HostIdentity  # noqa: E402
+from vmfs.volume.volume import Volume  # noqa: E402
+from vmfs.write.posix import WritableFileSystem  # noqa: E402
 
 
 def run(hosts: int, ops: int, journaling: bool, workdir: Path) -> dict:

@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device.file import FileDevice
-from vmfs.host import HostIdentity, ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 BIN = Path(sys.executable).parent
 TOP = 40

@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vmfs.cluster.host import HostIdentity
 from vmfs.device.file import FileDevice
-from vmfs.host import HostIdentity
 from vmfs.mkfs import MkfsOptions, format_volume
 from vmfs.vmdk import chain, ops
 from vmfs.vmdk.disk import Disk, open_disk

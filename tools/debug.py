@@ -10,10 +10,10 @@ from typing import Any
 import click
 
 from tools.common import report_errors
-from vmfs import inspect as I
+from vmfs.debug import views as I
 from vmfs.errors import InvalidArgumentError
-from vmfs.namespace import FileSystem, stat_fd
-from vmfs.volume import Volume
+from vmfs.volume.namespace import FileSystem, stat_fd
+from vmfs.volume.volume import Volume
 
 
 class ImagesThenCommand(click.Group):
@@ -310,7 +310,7 @@ def cmd_map(s: Session, path: str | None, output: str | None, width: int) -> Non
     """Allocation map of the volume (free, system, pointer-block files, to-be-zeroed and per-file
     blocks) with fragmentation figures; with PATH, that file's extents and where they lie."""
     from tools import volume_map as M
-    from vmfs.allocmap import build_map
+    from vmfs.debug.allocmap import build_map
 
     amap = build_map(s.volume)
     only = None

@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
+from vmfs.cluster.host import HostIdentity
 from vmfs.fsck import Event, ExitCode, FsckOptions, Mode, Policy, Problem, Report, check
 from vmfs.fsck.problems import Flag
-from vmfs.host import HostIdentity
 from vmfs.mkfs.options import check_uuid
 
 PROG = "vmfs-fsck"

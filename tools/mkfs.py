@@ -13,7 +13,7 @@ from tools.common import fail, parse_size, report_errors
 from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import ExistingDataError, Layout, MkfsOptions, detect_signature, format_volume, plan
-from vmfs.resources import RESOURCE_NAMES
+from vmfs.volume.resources import RESOURCE_NAMES
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: object) -> object:

@@ -9,10 +9,10 @@ import sys
 import click
 
 from tools.common import mountpoint_key, report_errors
+from vmfs.cluster.host import HostIdentity
 from vmfs.errors import InvalidArgumentError
-from vmfs.host import HostIdentity
-from vmfs.namespace import FileSystem
-from vmfs.volume import Volume
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 # Options we handle ourselves and never pass to libfuse.
 OWN_OPTIONS = {"rw", "ro"}
@@ -110,14 +110,14 @@ def main(
 def serve(volume: Volume, image: str, mountpoint: str, opts: dict[str, object], *, writable: bool,
           foreground: bool, debug: bool) -> None:
     """Serve ``volume`` at ``mountpoint`` until it is unmounted (the volume is closed then)."""
-    from vmfs import fuse as vfuse
+    from vmfs.fuse import readonly as vfuse
 
     identity = getattr(volume, "identity_lock", None)
     if identity is not None:  # for a refused second mount, and for vmfs-umount to find us
         identity.update(mountpoint=mountpoint_key(mountpoint))
     fs = FileSystem(volume)
     if writable:
-        from vmfs.fuse_rw import ReadWriteOperations
+        from vmfs.fuse.readwrite import ReadWriteOperations
 
         ops: vfuse.VmfsOperations = ReadWriteOperations(fs)
         import mfusepy

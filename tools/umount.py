@@ -3,7 +3,7 @@
 ``fusermount -u`` returns as soon as the kernel has detached the mount; the mount process then
 still writes back what it holds, empties its journal and releases its heartbeat slot, so a
 checker or a copy of the image started right after sees a live host.  This tool unmounts, then
-waits for the read-write mount's identity lock (:mod:`vmfs.hostlock`) to be let go, which the
+waits for the read-write mount's identity lock (:mod:`vmfs.cluster.identitylock`) to be let go, which the
 mount process does last, after everything is on disk; then it reports how the volume was closed.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from tools.common import fail, mountpoint_key, report_errors
+from vmfs.cluster.identitylock import final_record, holders_of, is_held
 from vmfs.errors import InvalidArgumentError
-from vmfs.hostlock import final_record, holders_of, is_held
 
 #: exit status when the mount process is still busy after --timeout
 EXIT_TIMEOUT = 2

@@ -38,8 +38,8 @@ import sys
 import click
 
 from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
+from vmfs.cluster.host import HostIdentity
 from vmfs.errors import VmfsError
-from vmfs.host import HostIdentity
 from vmfs.vmdk import chain, ops
 from vmfs.vmdk.errors import VmdkError
 from vmfs.vmdk.storage import DiskStorage, HostStorage, host_device_sectors

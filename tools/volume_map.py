@@ -1,9 +1,9 @@
 """Drawing a volume's allocation map (``vmfs-debug IMAGE map [PATH] [-o map.png]``): as text on a
-terminal, as a PNG with matplotlib.  The figures come from :mod:`vmfs.allocmap`."""
+terminal, as a PNG with matplotlib.  The figures come from :mod:`vmfs.debug.allocmap`."""
 
 from __future__ import annotations
 
-from vmfs.allocmap import FILE, FREE, POINTER, SYSTEM, TBZ, AllocationMap, FileExtents
+from vmfs.debug.allocmap import FILE, FREE, POINTER, SYSTEM, TBZ, AllocationMap, FileExtents
 
 #: text map characters per kind (files get letters)
 CHARS = {FREE: ".", SYSTEM: "S", POINTER: "P", TBZ: "z"}

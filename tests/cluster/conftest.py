@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device import FileDevice
-from vmfs.host import HostIdentity, ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 
 def make_volume(path: Path, size: int = 2 << 30, **options: object) -> Path:

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 
-import vmfs.volume
+import vmfs.volume.volume
 from vmfs.device.file import FileDevice
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, JournalHeader
 
@@ -61,7 +61,7 @@ class KillingFileDevice(FileDevice):
 
 
 def main() -> None:
-    vmfs.volume.FileDevice = KillingFileDevice  # type: ignore[misc]
+    vmfs.volume.volume.FileDevice = KillingFileDevice  # type: ignore[misc]
     from tools.mount import main as mount_main
 
     sys.argv[0] = "vmfs-mount"

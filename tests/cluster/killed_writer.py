@@ -7,9 +7,9 @@ import hashlib
 import os
 import sys
 
-from vmfs.host import HostIdentity
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.cluster.host import HostIdentity
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 
 def main() -> None:

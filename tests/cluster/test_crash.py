@@ -11,15 +11,15 @@ import pytest
 
 from tests.cluster.conftest import host
 from tests.helpers import user_tree
+from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.host import ManualClock
 from vmfs.device import MemoryDevice, OverlayDevice
 from vmfs.device.fault import FaultDevice, PowerCut
 from vmfs.errors import DeviceError, VolumeLostError
-from vmfs.heartbeat import read_slots
-from vmfs.host import ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 pytestmark = pytest.mark.crash
 

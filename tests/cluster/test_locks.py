@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import host, mount
+from vmfs.cluster.heartbeat import read_slot, read_slots
+from vmfs.cluster.host import ManualClock
+from vmfs.cluster.locks import parse_lock
 from vmfs.errors import BusyError, VolumeLostError
-from vmfs.heartbeat import read_slot, read_slots
-from vmfs.host import ManualClock
-from vmfs.locks import parse_lock
 from vmfs.ondisk.heartbeat import HB_FREE
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_FREE, LOCK_READ_ONLY
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.write.posix import WritableFileSystem
 
 
 def lock_of(vol, address: int):  # type: ignore[no-untyped-def]

@@ -14,10 +14,10 @@ from tests import oracles
 from tests.cluster.conftest import make_volume
 from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
-from vmfs.host import HostIdentity
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.cluster.host import HostIdentity
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.slow, pytest.mark.oracle, pytest.mark.fuse]
 
@@ -60,7 +60,7 @@ def test_four_hosts_share_a_volume(tmp_path: Path) -> None:
     with Volume.open(image) as ro:
         refs, used = referenced_resources(ro), marked_used(ro)
         assert all(refs[k] == used[k] for k in used)
-        assert not any(s.in_use for s in __import__("vmfs.heartbeat", fromlist=["x"]).read_slots(ro))
+        assert not any(s.in_use for s in __import__("vmfs.cluster.heartbeat", fromlist=["x"]).read_slots(ro))
     with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ours")], tmp_path / "ours") as root:
         ours = capture_mount(root)
     theirs = oracles.fuse_tree("vmfs-fuse", [image], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))

@@ -14,11 +14,11 @@ import pytest
 
 from tests.cluster.conftest import host, make_volume
 from tests.conftest import REPO
-from vmfs.heartbeat import read_slots
-from vmfs.host import HostIdentity, ManualClock
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.host import HostIdentity, ManualClock
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from tests import oracles
 from tests.cluster.conftest import host
 from tests.conftest import copy_image
-from vmfs.heartbeat import read_slots
-from vmfs.host import ManualClock
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.host import ManualClock
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 
 def test_esxi_host_of_the_sample_is_taken_over(vmfs5_image: Path, tmp_path: Path) -> None:

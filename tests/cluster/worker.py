@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from tests.helpers import user_tree
+from vmfs.cluster.host import HostIdentity
 from vmfs.errors import BusyError, NoSpaceError
-from vmfs.host import HostIdentity
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 
 def digest(data: bytes) -> str:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.crash.workload import Entry, Model, Sparse, Step, Tree, content_key, model_tree
+from vmfs.cluster.host import HostIdentity
 from vmfs.device.base import BlockDevice
 from vmfs.fsck import FsckOptions, Mode, Policy, check
-from vmfs.host import HostIdentity
-from vmfs.namespace import FileSystem
 from vmfs.ondisk import filedesc as F
+from vmfs.volume.namespace import FileSystem
 
 FSCK_HOST = HostIdentity(uuid="5f000000-00000009-0009-020000000009", ip="192.0.2.9")
 
@@ -52,7 +52,7 @@ def our_tree(fs: FileSystem) -> Tree:
 
 def our_tree_of(device: BlockDevice) -> Tree:
     """:func:`our_tree` of a device opened read-only (no slot claimed, nothing written)."""
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
     with Volume.from_devices([_Window(device, readonly=True)]) as vol:
         return our_tree(FileSystem(vol))

@@ -45,15 +45,15 @@ from tests.cluster.conftest import host
 from tests.crash import judge
 from tests.crash.trace import Recorder, crashed_disk
 from tests.crash.workload import Run, workload
+from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.host import ManualClock
 from vmfs.device import MemoryDevice, OverlayDevice
 from vmfs.device.base import BlockDevice
 from vmfs.fsck import Mode
-from vmfs.heartbeat import read_slots
-from vmfs.host import ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
 

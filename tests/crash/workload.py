@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.crash.trace import Recorder
-from vmfs.writeops import WritableFileSystem
+from vmfs.write.posix import WritableFileSystem
 
 MIB = 1 << 20
 #: files up to this size are compared whole; larger (sparse) ones at PROBES only

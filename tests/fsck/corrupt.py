@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from tests.fsck import volumes
-from vmfs import address as A
 from vmfs.device.file import FileDevice
-from vmfs.directory import open_directory
-from vmfs.lvm import open_logical_volume
-from vmfs.namespace import FileSystem
+from vmfs.device.lvm import open_logical_volume
+from vmfs.format import address as A
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
 from vmfs.ondisk.dirent6 import DIRENT6_SIZE, Dirent6
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FsDescriptor
 from vmfs.ondisk.heartbeat import Heartbeat
-from vmfs.stream import FileReader
-from vmfs.volume import SYSTEM_FDS, Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.directory import open_directory
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import SYSTEM_FDS, Volume
+from vmfs.write.posix import WritableFileSystem
 
 RESOURCES = {"FB": R.RES_FB, "SB": R.RES_SB, "PB": R.RES_PB, "FD": R.RES_FD, "PB2": R.RES_PB2}
 
@@ -73,7 +73,7 @@ class Image:
         return list(unpack_ints(parsed.data[start : start + self.geo.ptr_count * 4], 4))
 
     def set_pointers(self, parsed: Any, ptrs: list[int]) -> None:
-        from vmfs.builders import pointer_array_bytes
+        from vmfs.format.builders import pointer_array_bytes
 
         parsed.data = pointer_array_bytes(self.geo, ptrs)
 

@@ -14,10 +14,10 @@ from tests import oracles
 from tests.conftest import copy_image, tool
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
-from vmfs.host import HostIdentity, ManualClock
-from vmfs.usage import marked_used
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.cluster.host import HostIdentity, ManualClock
+from vmfs.volume.usage import marked_used
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 SAMPLE_HOST = "61137d5a-a2df8778-7ed5-000c29801686"
 MIB = 1 << 20

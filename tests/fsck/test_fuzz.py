@@ -17,15 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fsck import volumes
+from vmfs.cluster.host import HostIdentity
 from vmfs.device.file import FileDevice
+from vmfs.device.lvm import open_logical_volume
 from vmfs.fsck import ExitCode, Flag, FsckOptions, Mode, Policy, check
-from vmfs.host import HostIdentity
-from vmfs.lvm import open_logical_volume
-from vmfs.namespace import FileSystem
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.heartbeat import HEARTBEAT_REGION_OFFSET
-from vmfs.stream import FileReader
-from vmfs.volume import Volume
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.slow
 

@@ -11,14 +11,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device.file import FileDevice
-from vmfs.host import HostIdentity, ManualClock
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.namespace import FileSystem, stat_fd
 from vmfs.ondisk import filedesc as F
-from vmfs.stream import FileReader
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem, stat_fd
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -122,10 +122,10 @@ def make(case: Hostile, base: Path, image: Path) -> Path:
 def pb_loop_offset(image: Path, path: str) -> int:
     """A file offset of ``path`` (double indirect) mapped through the pointer-block entry that
     op_pb_cycle made point at its own pointer block (the first entry that was free)."""
-    from vmfs.namespace import FileSystem
     from vmfs.ondisk import resource as R
     from vmfs.ondisk.common import unpack_ints
-    from vmfs.volume import Volume
+    from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.volume import Volume
 
     with Volume.open(image) as vol:
         fd = FileSystem(vol).resolve(path)

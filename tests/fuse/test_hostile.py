@@ -24,8 +24,8 @@ from tests.conftest import Mount, tool
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
 from tests.fuse import hostile
-from vmfs.namespace import FileSystem
-from vmfs.volume import Volume
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.fuse
 

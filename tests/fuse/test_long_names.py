@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mount, tool
+from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.errors import NameTooLongError, NotFoundError
-from vmfs.host import HostIdentity, ManualClock
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 LENGTHS = (128, 200, 255)
 

@@ -22,13 +22,13 @@ import pytest
 from tests.conftest import REPO, tool, unmount, wait_mounted
 from tests.fsck.cases import codes, run_fsck
 from tools.umount import process_gone
+from vmfs.cluster.heartbeat import read_slot, read_slots
+from vmfs.cluster.host import HostIdentity, ManualClock
+from vmfs.cluster.identitylock import RUN_DIR_ENV, run_dir
 from vmfs.errors import BusyError
-from vmfs.heartbeat import read_slot, read_slots
-from vmfs.host import HostIdentity, ManualClock
-from vmfs.hostlock import RUN_DIR_ENV, run_dir
-from vmfs.namespace import FileSystem
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 OTHER_HOST = "6100000a-00000000-0000-02000000000a"
 

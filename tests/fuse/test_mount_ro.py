@@ -64,7 +64,7 @@ def test_readahead_is_raised_to_whole_requests(vmfs6_image: Path, tmp_path: Path
                                                expected: int | None) -> None:
     """FUSE leaves a mount 128 KiB of read-ahead; vmfs-mount raises it (after the kernel's INIT,
     at the first lookup, before any file is opened) so sequential reads arrive as 1 MiB requests."""
-    from vmfs.fuse import fuse_device_number
+    from vmfs.fuse.readonly import fuse_device_number
 
     argv = [tool("vmfs-mount"), *(["-o", option] if option else []), str(vmfs6_image), str(tmp_path / "m")]
     with Mount(argv, tmp_path / "m") as root:
@@ -121,9 +121,9 @@ def test_help_says_read_only_default() -> None:
 
 def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     """SIGTERM on a read-write mount: files flushed, journal emptied, heartbeat released."""
-    from vmfs.heartbeat import read_slots
-    from vmfs.usage import marked_used, referenced_resources
-    from vmfs.volume import Volume
+    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.volume.usage import marked_used, referenced_resources
+    from vmfs.volume.volume import Volume
 
     image = tmp_path / "rw.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
@@ -141,6 +141,6 @@ def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert not any(s.in_use for s in read_slots(vol))
         refs, used = referenced_resources(vol), marked_used(vol)
         assert all(refs[k] == used[k] for k in used)
-        from vmfs.namespace import FileSystem
+        from vmfs.volume.namespace import FileSystem
 
         assert FileSystem(vol).stat("/d/f").size == 3_000_000

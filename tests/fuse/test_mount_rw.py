@@ -41,8 +41,8 @@ def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path
     preallocated blocks are given back at FLUSH, which close waits for, not at RELEASE."""
     from tests.fsck.cases import codes, run_fsck
     from tests.model.backends import accounting_problems
-    from vmfs.namespace import FileSystem
-    from vmfs.volume import Volume
+    from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.volume import Volume
 
     image = tmp_path / "u.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)

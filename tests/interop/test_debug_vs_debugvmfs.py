@@ -11,9 +11,9 @@ import pytest
 
 from tests import oracles
 from tests.conftest import copy_image, tool
-from vmfs.heartbeat import read_slots
+from vmfs.cluster.heartbeat import read_slots
 from vmfs.ondisk.heartbeat import HB_IN_USE
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.oracle
 

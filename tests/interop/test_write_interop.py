@@ -81,12 +81,12 @@ def fsck_vmfs_problems(image: Path) -> list[str]:
     * the journal block of a heartbeat slot that is still in use is "lost" (it is referenced from
       the heartbeat region only, which fsck.vmfs does not read).
     """
-    from vmfs import address as A
-    from vmfs.filedesc import BlockMap
-    from vmfs.heartbeat import read_slots
-    from vmfs.namespace import FileSystem
+    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.format import address as A
     from vmfs.ondisk import filedesc as F
-    from vmfs.volume import Volume
+    from vmfs.volume.filedesc import BlockMap
+    from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.volume import Volume
 
     heads: set[int] = set()
     di: set[int] = set()

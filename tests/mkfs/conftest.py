@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import tool
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import Layout, MkfsOptions, format_volume
-from vmfs.namespace import FileSystem, stat_fd
 from vmfs.ondisk.lvm import SEGMENT_SIZE
+from vmfs.volume.namespace import FileSystem, stat_fd
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -71,7 +71,7 @@ def run_mkfs(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def capture_ours(paths: list[Path]) -> dict[str, dict[str, int]]:
     """What our reader sees below the root, in the shape of tests.helpers.capture_dissect."""
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
     with Volume.open(paths, readonly=True) as vol:
         fs = FileSystem(vol)

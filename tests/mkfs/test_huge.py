@@ -14,7 +14,7 @@ from tests import oracles
 from tests.mkfs.conftest import MIB, SYSTEM_NAMES, TIB, allocated_bytes, run_mkfs
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.slow
 

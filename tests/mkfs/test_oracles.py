@@ -22,8 +22,8 @@ from tests.mkfs.conftest import (
     make_image,
 )
 from vmfs.mkfs import Layout
-from vmfs.namespace import FileSystem
-from vmfs.volume import Volume
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.oracle
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from tests.mkfs.conftest import FIXED, GIB, MIB, TIB, image_for_lv
-from vmfs import address as A
 from vmfs.device.memory import MemoryDevice
 from vmfs.errors import InvalidArgumentError, UnsupportedError, VmfsError
+from vmfs.format import address as A
 from vmfs.mkfs import MkfsOptions, format_volume, plan
 from vmfs.mkfs.layout import DIRECT_BLOCKS
 from vmfs.ondisk import filedesc as F

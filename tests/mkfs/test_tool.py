@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.mkfs.conftest import GIB, MIB, TIB, allocated_bytes, image_for_lv, make_image, run_mkfs, sha256
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 SIZE_1G = str(image_for_lv(GIB))
 

@@ -22,10 +22,10 @@ from tests.mkfs.conftest import (
 )
 from vmfs.device.file import FileDevice
 from vmfs.errors import NotVmfsError
-from vmfs.namespace import FileSystem
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.heartbeat import HB_FREE
-from vmfs.volume import Volume
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 SIZES = {"256M": 256 * MIB, "1G": GIB, "10G": 10 * GIB, "2T": 2 * TIB}
 

@@ -18,7 +18,7 @@ from vmfs.mkfs import MkfsOptions
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FsDescriptor
-from vmfs.volume import SYSTEM_FDS, Volume
+from vmfs.volume.volume import SYSTEM_FDS, Volume
 
 SAMPLE_IMAGE_SIZE = 535822336
 LIVE_SLOT = 984  # vmfs-format.md 12.1: the sample was imaged with this host's heartbeat live

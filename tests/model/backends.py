@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmfs.cluster.host import HostIdentity
 from vmfs.errors import IsADirError, VmfsError
-from vmfs.host import HostIdentity
 from vmfs.ondisk import filedesc as F
-from vmfs.usage import marked_used, referenced_resources
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 HOST = HostIdentity(uuid="5f000000-00000001-0001-020000000001", ip="192.0.2.1")
 #: what a mount log must never say (issue 10 fault 7: one host fighting itself over a lock)
@@ -37,7 +37,7 @@ def is_system(path: str) -> bool:
 
 def journal_addresses(volume: Volume) -> frozenset[int]:
     """The journals of in-use heartbeat slots: fixed while a host stays mounted."""
-    from vmfs.heartbeat import read_slots
+    from vmfs.cluster.heartbeat import read_slots
 
     return frozenset(s.hb.journalAddr for s in read_slots(volume) if s.in_use and s.hb.journalAddr)
 
@@ -101,7 +101,7 @@ class DiskView:
 
 def disk_view(image: Path, journals: frozenset[int] | None) -> DiskView:
     """What a fresh read-only open of the image finds (``journals``: see referenced_resources)."""
-    from vmfs.namespace import FileSystem
+    from vmfs.volume.namespace import FileSystem
 
     with Volume.open(image) as vol:
         fs = FileSystem(vol)
@@ -120,7 +120,7 @@ def disk_view(image: Path, journals: frozenset[int] | None) -> DiskView:
 def hidden_on_disk(image: Path) -> int:
     """Entries of the image named as unlinked open files (libfuse's or the library's)."""
     from tests.model.fsmodel import is_hidden
-    from vmfs.namespace import FileSystem
+    from vmfs.volume.namespace import FileSystem
 
     with Volume.open(image) as vol:
         return sum(1 for d, listing in FileSystem(vol).walk("/") for e in listing if is_hidden(e.name))

@@ -15,14 +15,14 @@ import posixpath
 from dataclasses import dataclass, field
 
 CHUNK = 1 << 20
-#: largest VMFS5 file (vmfs.geometry.MAX_FILE_SIZE[5]); one byte more is EFBIG
+#: largest VMFS5 file (vmfs.format.geometry.MAX_FILE_SIZE[5]); one byte more is EFBIG
 MAX_FILE_SIZE = 69201586814976
 #: longest VMFS5 directory entry name in bytes (128-byte field with a NUL)
 NAME_MAX_BYTES = 127
 #: model names of hidden files start so
 HIDDEN = ".fuse_hidden"
 #: names an unlinked open file may have: libfuse's (when its own open count says open) or the
-#: library's (vmfs.writeops.ORPHAN_PREFIX: when this host has it open), both removed at last close
+#: library's (vmfs.write.posix.ORPHAN_PREFIX: when this host has it open), both removed at last close
 HIDDEN_PREFIXES = (".fuse_hidden", ".vmfs-deleted-")
 
 #: a timestamp the model knows only to lie in [lo, hi] (hi None: "no later than now")

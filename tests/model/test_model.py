@@ -758,9 +758,9 @@ class FuseMachine(VmfsMachine):
 def double_indirect_files(image: Path) -> frozenset[str]:
     """Files in double-indirect mode (> 256 GiB): vmfs-tools misreads them (it takes ZLA 4304 for
     single indirect, vmfs-format.md 8.5), so their bytes are compared with dissect.vmfs only."""
-    from vmfs.namespace import FileSystem
     from vmfs.ondisk import filedesc as F
-    from vmfs.volume import Volume
+    from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.volume import Volume
 
     found = set()
     with Volume.open(image) as vol:

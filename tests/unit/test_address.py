@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmfs import address as A
+from vmfs.format import address as A
 
 
 def test_vmfs5_examples() -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mount, copy_image, tool
-from vmfs import address as A
 from vmfs.device import FileDevice
 from vmfs.errors import CorruptError, NotVmfsError, VmfsError
-from vmfs.namespace import FileSystem
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
-from vmfs.stream import FileReader
-from vmfs.volume import Volume
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
 
 LVM_DATA = 0x1100000  # device offset of volume offset 0 in both samples
 

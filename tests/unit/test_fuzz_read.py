@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from tests.helpers import region_mutations
 from vmfs.device import FileDevice, OverlayDevice
 from vmfs.errors import VmfsError
-from vmfs.namespace import FileSystem
 from vmfs.ondisk import filedesc as F
-from vmfs.stream import FileReader
-from vmfs.usage import volume_usage
-from vmfs.volume import Volume
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.usage import volume_usage
+from vmfs.volume.volume import Volume
 
 LVM_DATA = 0x1100000
 

@@ -23,13 +23,13 @@ import pytest
 from tests.fsck import corrupt, volumes
 from tests.fsck.cases import codes, run_fsck
 from tests.fuse import hostile
-from vmfs.directory import open_directory
 from vmfs.errors import CorruptError, NotEmptyError, NotFoundError
-from vmfs.namespace import FileSystem
 from vmfs.ondisk.dirent6 import DIRENT6_SIZE, Dirent6
-from vmfs.stream import FileReader
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.directory import open_directory
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_bad_entries_are_hidden_logged_and_kept_as_defects(name: str, kind: str,
                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     case = hostile.BY_NAME[name]
     image = _image(name, hostile_base, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="vmfs.directory"), Volume.open(image) as vol:
+    with caplog.at_level(logging.WARNING, logger="vmfs.volume.directory"), Volume.open(image) as vol:
         fs = FileSystem(vol)
         dirpath = "/d1/d2" if name == "dotdot_extra" else "/d1"
         listed = [e.name for e in fs.listdir(dirpath)]
@@ -180,8 +180,8 @@ def test_symlink_target_with_nul_is_refused(tmp_path) -> None:  # type: ignore[n
 
     from tests.conftest import tool
     from vmfs.errors import InvalidArgumentError
-    from vmfs.volume import Volume
-    from vmfs.writeops import WritableFileSystem
+    from vmfs.volume.volume import Volume
+    from vmfs.write.posix import WritableFileSystem
 
     image = tmp_path / "s.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmfs.namehash import hash_index, link_hash, name_hash
+from vmfs.format.namehash import hash_index, link_hash, name_hash
 
 
 def test_known_hashes() -> None:

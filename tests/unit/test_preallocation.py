@@ -17,12 +17,12 @@ import pytest
 
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
-from vmfs.filedesc import FileDescriptor
-from vmfs.filewrite import FileWriter
-from vmfs.namespace import FileSystem
 from vmfs.ondisk import resource as R
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.filedata import FileWriter
+from vmfs.write.posix import WritableFileSystem
 
 MIB = 1 << 20
 
@@ -216,8 +216,8 @@ def test_removing_a_file_this_host_holds_open_keeps_it_until_last_close(image: P
     """POSIX: an unlinked (or renamed-over) open file outlives its name.  Freeing its FD at once
     would let the handle write the FD back over a freed or reused slot; the library moves the
     entry to a hidden name instead, in one transaction, and removes it at the last close."""
-    from vmfs.volume import Volume as _Volume
-    from vmfs.writeops import ORPHAN_PREFIX
+    from vmfs.volume.volume import Volume as _Volume
+    from vmfs.write.posix import ORPHAN_PREFIX
 
     with _writing(image) as (vol, fs):
         fd = fs.create("/held")

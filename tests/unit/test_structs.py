@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from vmfs.ondisk import dirent5, dirent6, filedesc, fsdesc, heartbeat, journal, lock, lvm, resource
 from vmfs.ondisk.structset import structset
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 # (structure, size from vmfs-format.md)
 SIZES = [

@@ -16,11 +16,11 @@ from tests.fsck import volumes
 from tests.fsck.test_fuzz import metadata_regions
 from tests.helpers import region_mutations
 from vmfs.device.file import FileDevice
+from vmfs.device.lvm import open_logical_volume
 from vmfs.device.overlay import OverlayDevice
 from vmfs.errors import CorruptError, VmfsError
-from vmfs.lvm import open_logical_volume
-from vmfs.volume import Volume
-from vmfs.writeops import WritableFileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
 
 
 @pytest.fixture(scope="module")

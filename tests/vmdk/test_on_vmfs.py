@@ -19,17 +19,17 @@ from vmdk_helpers import MIB, needs_qemu, pattern, qemu_img, qemu_io
 
 from tests.oracles import OracleMount
 from tools.vmdk import main as vmdk_main
+from vmfs.cluster.host import HostIdentity
 from vmfs.device.file import FileDevice
-from vmfs.filedesc import BlockMap
-from vmfs.host import HostIdentity
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.usage import marked_used, referenced_resources, resource_usage
 from vmfs.vmdk import chain, ops
 from vmfs.vmdk.descriptor import Descriptor
 from vmfs.vmdk.disk import open_disk
 from vmfs.vmdk.errors import ExistsError, InvalidArgumentError, MissingExtentError, ReadOnlyError, VmdkError
 from vmfs.vmdk.storage import DiskStorage, HostStorage, ProvisioningStorage, ThinStorage
 from vmfs.vmdk.volume_storage import VolumeStorage, open_volume_storage, vmkfstools_d
+from vmfs.volume.filedesc import BlockMap
+from vmfs.volume.usage import marked_used, referenced_resources, resource_usage
 
 GIB = 1 << 30
 KIB64 = 64 << 10
@@ -531,7 +531,7 @@ def test_lock_info_against_dissect_and_a_live_holder(tmp_path: Path) -> None:
 
 def test_disk_in_use_by_another_host_is_busy(tmp_path: Path) -> None:
     """VMFS locking (vmdk-format.md 7.5): while one host writes a disk, another cannot open it."""
-    from vmfs.writeops import WritableFileSystem
+    from vmfs.write.posix import WritableFileSystem
 
     if not hasattr(WritableFileSystem, "open_file"):
         pytest.skip("the volume library takes no file locks for open files")

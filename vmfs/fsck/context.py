@@ -21,11 +21,11 @@ from vmfs.fsck.policy import Policy
 from vmfs.fsck.problems import BY_CODE, Code, Flag, Problem
 
 if TYPE_CHECKING:
+    from vmfs.cluster.host import HostIdentity
     from vmfs.device.base import BlockDevice
-    from vmfs.geometry import Geometry
-    from vmfs.host import HostIdentity
-    from vmfs.lvm import LogicalVolume
-    from vmfs.volume import Volume
+    from vmfs.device.lvm import LogicalVolume
+    from vmfs.format.geometry import Geometry
+    from vmfs.volume.volume import Volume
 
 #: (resource type, cluster, resource): one resource of a resource file (VMFS5 file blocks too)
 ResKey = tuple[int, int, int]
@@ -57,7 +57,7 @@ def fsck_identity() -> HostIdentity:
     """vmfs-fsck's own host identity on this machine: stable across runs (an interrupted repair's
     slot and journal are found again), but not the one vmfs-mount uses, so a check never takes a
     slot of a mount of this machine for a leftover of its own."""
-    from vmfs.host import HostIdentity
+    from vmfs.cluster.host import HostIdentity
 
     return HostIdentity.for_process("vmfs-fsck")
 

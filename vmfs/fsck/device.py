@@ -1,4 +1,4 @@
-"""The device under the library's :class:`~vmfs.volume.Volume` while vmfs-fsck runs.
+"""The device under the library's :class:`~vmfs.volume.volume.Volume` while vmfs-fsck runs.
 
 It passes every read and write through to the volume below, with two corrections in what reads
 return:

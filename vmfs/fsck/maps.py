@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import unpack_ints
@@ -19,8 +19,8 @@ from vmfs.ondisk.common import unpack_ints
 if TYPE_CHECKING:
     from vmfs.device.base import BlockDevice
     from vmfs.fsck.context import ResKey
-    from vmfs.stream import FileReader
-    from vmfs.volume import Volume
+    from vmfs.volume.filereader import FileReader
+    from vmfs.volume.volume import Volume
 
 RES_OF_KIND = {A.ADDR_SB: R.RES_SB, A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2, A.ADDR_FD: R.RES_FD}
 RESOURCE_LABEL = {

@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING
 
 from construct import ConstructError, Container
 
-from vmfs import address as A
+from vmfs.cluster.journal import decode_transaction
 from vmfs.errors import DeviceError, VmfsError
+from vmfs.format import address as A
+from vmfs.format.geometry import Geometry
 from vmfs.fsck import rebuild
 from vmfs.fsck.context import Context, SlotRecord, fsck_identity
 from vmfs.fsck.problems import Code
-from vmfs.geometry import Geometry
-from vmfs.journal import decode_transaction
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, unpack_ints
@@ -47,7 +47,7 @@ from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDesc
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, JournalHeader
 from vmfs.ondisk.lock import LOCK_TYPE_FD
-from vmfs.volume import ROOT_FD, system_fds
+from vmfs.volume.volume import ROOT_FD, system_fds
 
 if TYPE_CHECKING:
     from vmfs.device.base import BlockDevice

@@ -34,8 +34,8 @@ from typing import Any
 
 from construct import Struct
 
-from vmfs import address as A
 from vmfs.errors import VmfsError
+from vmfs.format import address as A
 from vmfs.fsck.context import Context, FdRecord
 from vmfs.fsck.maps import DATA, POINTERS, MapRules, key_label, read_raw, run_offset
 from vmfs.fsck.problems import Code
@@ -45,7 +45,7 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.filedesc import FILE_METADATA_SIZE, FileMetadata
 from vmfs.ondisk.lock import LOCK_TYPE_FD, LockFields
-from vmfs.stream import FileReader
+from vmfs.volume.filereader import FileReader
 
 LABEL = "Pass 2: Checking file descriptors and their block maps"
 

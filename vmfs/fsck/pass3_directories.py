@@ -28,20 +28,20 @@ from collections import Counter, namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from vmfs import address as A
-from vmfs.directory import Directory6, open_directory
 from vmfs.errors import VmfsError
+from vmfs.format import address as A
+from vmfs.format.namehash import name_hash
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord
 from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import dirent5, rewrite_dir5
-from vmfs.namehash import name_hash
 from vmfs.ondisk import dirent6 as D6
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import decode_name, fast
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
-from vmfs.stream import FileReader
-from vmfs.volume import ROOT_FD, SYSTEM_FDS
+from vmfs.volume.directory import Directory6, open_directory
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.volume import ROOT_FD, SYSTEM_FDS
 
 LABEL = "Pass 3: Checking directories"
 

@@ -17,7 +17,7 @@ Needs
 Leaves
     ``state.reachable``, ``state.parent``, ``state.paths`` (for messages), and with repairs the
     directories rewritten through the library's transactions, /lost+found created through
-    :class:`vmfs.writeops.WritableFileSystem`.
+    :class:`vmfs.write.posix.WritableFileSystem`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from vmfs.directory import NAME_MAX
 from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord, Finding
 from vmfs.fsck.pass3_directories import TYPE_NAMES, record_from_slots
@@ -33,8 +32,9 @@ from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, refresh, rewrite_dir5
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
-from vmfs.stream import FileReader
-from vmfs.volume import ROOT_FD, system_fds
+from vmfs.volume.directory import NAME_MAX
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.volume import ROOT_FD, system_fds
 
 LABEL = "Pass 4: Checking connectivity and link counts"
 LOST_FOUND = "lost+found"
@@ -267,7 +267,7 @@ def _lost_found(ctx: Context) -> int | None:
             return e.address if target is not None and target.is_dir else None
     if not ctx.repairing:
         return None
-    from vmfs.writeops import WritableFileSystem
+    from vmfs.write.posix import WritableFileSystem
 
     vol = ctx.volume
     try:

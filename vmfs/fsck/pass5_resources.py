@@ -29,14 +29,14 @@ from typing import Any
 
 from construct import Struct
 
-from vmfs import address as A
+from vmfs.format import address as A
 from vmfs.fsck.context import Context
 from vmfs.fsck.maps import RESOURCE_LABEL, key_label, read_raw, run_offset
 from vmfs.fsck.problems import Code
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import fast
 from vmfs.ondisk.lock import LockFields
-from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
+from vmfs.volume.resources import RESOURCE_NAMES, Cluster, ResourceFile
 
 LABEL = "Pass 5: Checking resource bitmaps and counts"
 #: the lock fields up to the owner and the VMFS5 cluster metadata, compiled (see pass 2)

@@ -6,7 +6,7 @@ at the metadata it rewrites (e2fsck replays its journal before pass 1 for the sa
 :func:`recover`, run right after pass 1: the hosts that are gone
     For every heartbeat slot pass 1 found stale, a journal in pyvmfs's format
     (vmfs/ondisk/journal.py) holding a committed transaction is replayed with
-    :func:`vmfs.journal.replay_area` and then emptied, so it is never replayed twice.  In the
+    :func:`vmfs.cluster.journal.replay_area` and then emptied, so it is never replayed twice.  In the
     check phase the replay goes to the in-memory overlay, so that the check sees the volume as
     the repair will.  A journal without our magic (ESXi's VMFS5 journal, as in the real sample's
     slot 984 at FB 13: its record format is not known, vmfs-format.md 10) is never replayed.
@@ -30,11 +30,11 @@ from __future__ import annotations
 
 from construct import Container
 
+from vmfs.cluster.journal import JournalArea, replay_area
 from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, SlotRecord
 from vmfs.fsck.pass1_volume import describe_slot
 from vmfs.fsck.problems import Code
-from vmfs.journal import JournalArea, replay_area
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import NULL_UUID, decode_name
 from vmfs.ondisk.heartbeat import HB_FREE, HEARTBEAT_REGION_OFFSET, Heartbeat

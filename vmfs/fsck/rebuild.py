@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from construct import Container
 
-from vmfs import builders
-from vmfs.geometry import Geometry
+from vmfs.format import builders
+from vmfs.format.geometry import Geometry
 from vmfs.mkfs import layout as mkfs_layout
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LOCK_TYPE_BASE

@@ -9,7 +9,7 @@ with the journal able to finish the one in flight.
   blocks from the library's allocators (e2fsck's pass 1D clone).  A copy goes to its new block
   before the transaction that points to it commits (the library's ordered-data rule).
 * :func:`rewrite_dir5`: write the slots of a VMFS5 directory that differ from a wanted list of
-  140-byte entries, and shorten or grow it, through :class:`vmfs.filewrite.FileWriter`.
+  140-byte entries, and shorten or grow it, through :class:`vmfs.write.filedata.FileWriter`.
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
-from vmfs import builders
 from vmfs.errors import VmfsError
-from vmfs.filedesc import BlockMap
-from vmfs.filewrite import FileWriter
+from vmfs.format import address as A
+from vmfs.format import builders
 from vmfs.fsck.maps import DATA, POINTERS, RES_OF_KIND, Levels, MapRules
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import pack_ints, unpack_ints
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
+from vmfs.volume.filedesc import BlockMap
+from vmfs.write.filedata import FileWriter
 
 if TYPE_CHECKING:
+    from vmfs.cluster.transaction import Transaction
     from vmfs.fsck.context import Context, Finding, ResKey
-    from vmfs.transaction import Transaction
 
 
 @dataclass

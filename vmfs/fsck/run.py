@@ -7,7 +7,7 @@ A run is up to three phases over the same images:
    that is gone goes to the overlay, so the passes after it see what the repair will see).  With
    -n, or when nothing is wrong, the run ends here; the images are never opened for writing.
 2. **repair**: the volume opened read-write with a heartbeat slot and a journal of this host
-   (:meth:`vmfs.volume.Volume` with a :class:`~vmfs.host.HostIdentity`); the passes run again
+   (:meth:`vmfs.volume.volume.Volume` with a :class:`~vmfs.cluster.host.HostIdentity`); the passes run again
    and repair what the policy says yes to, each repair in library transactions.  The device the
    library sees shows resources the check found in use as allocated, and damaged lock blocks and
    headers as the check rebuilt them (:class:`vmfs.fsck.device.FsckDevice`), so no allocation of
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmfs.device.file import FileDevice
+from vmfs.device.lvm import open_logical_volume
 from vmfs.device.overlay import OverlayDevice
 from vmfs.errors import VmfsError
 from vmfs.fsck import (
@@ -42,9 +43,8 @@ from vmfs.fsck.context import CheckState, Context, Event, Finding, FsckOptions, 
 from vmfs.fsck.device import FsckDevice
 from vmfs.fsck.policy import Mode
 from vmfs.fsck.problems import Code
-from vmfs.lvm import open_logical_volume
 from vmfs.ondisk import resource as R
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 
 class ExitCode(enum.IntEnum):

@@ -4,7 +4,7 @@ Nothing here writes: :mod:`vmfs.mkfs.format` sends the pieces to the devices.  P
 generated lazily, so a 64 TiB volume (328 MiB of ``.fbb.sf`` cluster headers) never sits in
 memory at once.  Repeated records (cluster headers, heartbeat slots) are built once through their
 construct declarations and only the fields that differ are stamped in
-(:func:`vmfs.builders.repeat_record`).
+(:func:`vmfs.format.builders.repeat_record`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 from construct import Container
 
-from vmfs import address as A
-from vmfs.builders import (
+from vmfs.format import address as A
+from vmfs.format.builders import (
     cluster_header5_with_lock,
     dirent5_bytes,
     fd_bytes,

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from vmfs.device.base import BlockDevice
+from vmfs.device.lvm import open_logical_volume
 from vmfs.errors import InvalidArgumentError
-from vmfs.lvm import open_logical_volume
 from vmfs.mkfs.content import fs_descriptor_piece, system_file_pieces
 from vmfs.mkfs.errors import ExistingDataError
 from vmfs.mkfs.layout import Layout, plan

@@ -1,7 +1,7 @@
 """Compute where everything of a new VMFS5 volume goes, without touching a device.
 
 The numbers follow the package docstring's policy; every size and offset that the reader also
-needs comes from :class:`vmfs.geometry.Geometry` and :class:`vmfs.lvm.LvmLayout`, so writer and
+needs comes from :class:`vmfs.format.geometry.Geometry` and :class:`vmfs.device.lvm.LvmLayout`, so writer and
 reader share one definition.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmfs import address as A
+from vmfs.device.lvm import LvmLayout
 from vmfs.errors import InvalidArgumentError, NoSpaceError
-from vmfs.geometry import Geometry
-from vmfs.lvm import LvmLayout
+from vmfs.format import address as A
+from vmfs.format.geometry import Geometry
 from vmfs.mkfs.options import MIB, MkfsOptions
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import lvm as L

@@ -1,7 +1,7 @@
 """The LVM5 metadata of one extent: device header, volume descriptor, SD table, PE map (section 2).
 
 Everything is built through the declarations of :mod:`vmfs.ondisk.lvm`; offsets come from
-:class:`vmfs.lvm.LvmLayout`, the reader's own calculation.
+:class:`vmfs.device.lvm.LvmLayout`, the reader's own calculation.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from construct import Container
 
-from vmfs.builders import field_span, repeat_record
+from vmfs.format.builders import field_span, repeat_record
 from vmfs.mkfs.layout import LVM_MAJOR, LVM_MINOR, ExtentLayout, Layout, lvm_layout
 from vmfs.ondisk import lvm as L
 from vmfs.ondisk.common import NULL_UUID, SECTOR, encode_name

@@ -5,7 +5,7 @@ Names are ``/``-separated paths relative to a directory of the volume (``..`` al
 hints use it).  Absolute names are volume paths; ``/vmfs/volumes/<label or UUID>/...``, the form
 ESXi writes into parent hints, is mapped onto this volume.
 
-* File data goes through the library: reads through :class:`vmfs.stream.FileReader` (holes and
+* File data goes through the library: reads through :class:`vmfs.volume.filereader.FileReader` (holes and
   to-be-zeroed blocks read as zeros there and nowhere else), writes through
   :meth:`WritableFileSystem.write`, one transaction per call, so every write is journaled
   metadata plus data written in place.  An open file pins its FD, so the length of appends that
@@ -31,16 +31,13 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from vmfs import address as A
 from vmfs import errors as E
-from vmfs.filedesc import BlockMap, FileDescriptor
-from vmfs.heartbeat import read_slot
-from vmfs.inspect import LOCK_MODE_NAMES
-from vmfs.namespace import FileSystem
+from vmfs.cluster.heartbeat import read_slot
+from vmfs.debug.views import LOCK_MODE_NAMES
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.heartbeat import HEARTBEAT_REGION_OFFSET
 from vmfs.ondisk.lock import LockBlock
-from vmfs.stream import FileReader, seek_position
 from vmfs.vmdk.errors import (
     ExistsError,
     InvalidArgumentError,
@@ -51,8 +48,11 @@ from vmfs.vmdk.errors import (
     VmdkError,
 )
 from vmfs.vmdk.storage import OPEN_MODES, PROVISIONINGS
-from vmfs.volume import Volume
-from vmfs.writeops import WRITE_CHUNK, WritableFileSystem
+from vmfs.volume.filedesc import BlockMap, FileDescriptor
+from vmfs.volume.filereader import FileReader, seek_position
+from vmfs.volume.namespace import FileSystem
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WRITE_CHUNK, WritableFileSystem
 
 #: blocks freed per transaction by the punch stand-in (well inside one journal block)
 PUNCH_BATCH = 4096

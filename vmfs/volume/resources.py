@@ -15,11 +15,11 @@ from vmfs.errors import CorruptError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import fast
 from vmfs.ondisk.lock import LOCK_TYPE_BASE
-from vmfs.stream import FileReader
+from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
-    from vmfs.filedesc import FileDescriptor
-    from vmfs.volume import Volume
+    from vmfs.volume.filedesc import FileDescriptor
+    from vmfs.volume.volume import Volume
 
 RESOURCE_NAMES = {
     R.RES_FB: "file blocks",

@@ -1,7 +1,7 @@
 """Read-write life cycle of a volume on this host: heartbeat, journal, allocators.
 
 Mount (``attach_writer``): take this machine's lock for our host identity on the volume
-(:mod:`vmfs.hostlock`: one process per identity), claim a heartbeat slot; if the slot was our own
+(:mod:`vmfs.cluster.identitylock`: one process per identity), claim a heartbeat slot; if the slot was our own
 from an unclean stop, replay its journal and keep its journal block, else allocate a journal
 block; record it in the slot.  Unmount (``detach_writer``): flush deferred metadata, empty the
 journal, release the slot, free the journal block, and only then let go of the identity lock.  A
@@ -13,20 +13,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from vmfs.alloc import Allocators
+from vmfs.cluster.alloc import Allocators
+from vmfs.cluster.heartbeat import HeartbeatManager
+from vmfs.cluster.host import HostIdentity
+from vmfs.cluster.identitylock import IdentityLock
+from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, replay_area
+from vmfs.cluster.transaction import Transaction
 from vmfs.errors import UnsupportedError
-from vmfs.heartbeat import HeartbeatManager
-from vmfs.host import HostIdentity
-from vmfs.hostlock import IdentityLock
-from vmfs.journal import Journal, JournalArea, decode_transaction, replay_area
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
-from vmfs.transaction import Transaction
 
 if TYPE_CHECKING:
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
-log = logging.getLogger("vmfs.writable")
+log = logging.getLogger("vmfs.cluster.attachment")
 
 
 def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
@@ -54,7 +54,7 @@ def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
         raise
     geo = volume.geometry
     codec = geo.codec
-    from vmfs.locks import LockManager
+    from vmfs.cluster.locks import LockManager
 
     volume.locks = LockManager(volume)
     hb.reaper = volume.locks.reap

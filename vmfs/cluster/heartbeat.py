@@ -21,10 +21,10 @@ from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, encode_name, fast
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 
 if TYPE_CHECKING:
-    from vmfs.host import HostIdentity
-    from vmfs.volume import Volume
+    from vmfs.cluster.host import HostIdentity
+    from vmfs.volume.volume import Volume
 
-log = logging.getLogger("vmfs.heartbeat")
+log = logging.getLogger("vmfs.cluster.heartbeat")
 
 #: lockImpl value ESXi writes (both samples); meaning unknown (vmfs-format.md 4.2)
 LOCK_IMPL = 3
@@ -272,7 +272,7 @@ class HeartbeatManager:
         return True
 
     def start(self) -> None:
-        from vmfs.host import ManualClock
+        from vmfs.cluster.host import ManualClock
 
         if isinstance(self.host.clock, ManualClock):
             if self.tick not in self.host.clock.listeners:

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
 from vmfs.errors import CorruptError, FileTooBigError, InvalidArgumentError
-from vmfs.filedesc import FileDescriptor
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import pack_ints, unpack_ints
+from vmfs.volume.filedesc import FileDescriptor
 
 if TYPE_CHECKING:
-    from vmfs.transaction import Transaction
-    from vmfs.volume import Volume
+    from vmfs.cluster.transaction import Transaction
+    from vmfs.volume.volume import Volume
 
 # address modes in growth order
 ORDER = {

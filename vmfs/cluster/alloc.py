@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from vmfs.errors import BusyError, CorruptError, NoSpaceError, UnsupportedError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import fast
-from vmfs.resources import RESOURCE_NAMES, Cluster, ResourceFile
+from vmfs.volume.resources import RESOURCE_NAMES, Cluster, ResourceFile
 
 if TYPE_CHECKING:
-    from vmfs.transaction import Transaction
-    from vmfs.volume import Volume
+    from vmfs.cluster.transaction import Transaction
+    from vmfs.volume.volume import Volume
 
 
 class ResourceAllocator:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from vmfs.directory import Directory, DirEntry, open_directory
 from vmfs.errors import (
     CorruptError,
     InvalidArgumentError,
@@ -21,10 +20,11 @@ from vmfs.errors import (
     NotADirError,
     NotFoundError,
 )
-from vmfs.filedesc import FileDescriptor
 from vmfs.ondisk import filedesc as F
-from vmfs.stream import FileReader, FileStream
-from vmfs.volume import Volume
+from vmfs.volume.directory import Directory, DirEntry, open_directory
+from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.filereader import FileReader, FileStream
+from vmfs.volume.volume import Volume
 
 MAX_SYMLINK_DEPTH = 40
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from vmfs.errors import BusyError
 
 if TYPE_CHECKING:
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
 #: where the lock files live (tests and unprivileged users may point it elsewhere)
 RUN_DIR_ENV = "PYVMFS_RUN_DIR"

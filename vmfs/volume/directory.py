@@ -26,18 +26,18 @@ from vmfs.errors import (
     UnsupportedError,
     VmfsError,
 )
-from vmfs.namehash import hash_index, link_hash, name_hash
+from vmfs.format.namehash import hash_index, link_hash, name_hash
 from vmfs.ondisk import dirent5 as D5
 from vmfs.ondisk import dirent6 as D6
 from vmfs.ondisk.common import fast
-from vmfs.stream import FileReader
+from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
-    from vmfs.filedesc import FileDescriptor
-    from vmfs.transaction import Transaction
-    from vmfs.volume import Volume
+    from vmfs.cluster.transaction import Transaction
+    from vmfs.volume.filedesc import FileDescriptor
+    from vmfs.volume.volume import Volume
 
-log = logging.getLogger("vmfs.directory")
+log = logging.getLogger("vmfs.volume.directory")
 
 #: Longest entry name ESXi accepts: 127 bytes, so a NUL always fits (vmfs-format.md 9.1).
 NAME_MAX = 127
@@ -199,7 +199,7 @@ class Directory5(Directory):
     # -- changes ------------------------------------------------------------------------------------------
 
     def _writer(self):  # type: ignore[no-untyped-def]
-        from vmfs.filewrite import FileWriter
+        from vmfs.write.filedata import FileWriter
 
         return FileWriter(self.volume, self.fd)
 
@@ -264,7 +264,7 @@ class Directory5(Directory):
 
     def reader_tx(self, tx: Transaction, offset: int, length: int) -> bytes:
         """Directory bytes as the transaction sees them."""
-        from vmfs.filewrite import FileWriter
+        from vmfs.write.filedata import FileWriter
 
         w = FileWriter(self.volume, self.fd)
         bs = self.fd.block_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vmfs.ondisk import resource as R
-from vmfs.volume import Volume
+from vmfs.volume.volume import Volume
 
 
 def volume_usage(volume: Volume) -> dict[str, int]:
@@ -29,7 +29,7 @@ def volume_usage(volume: Volume) -> dict[str, int]:
 
 def resource_usage(volume: Volume) -> list[dict[str, object]]:
     """Per resource type: geometry and used/free counts."""
-    from vmfs.resources import RESOURCE_NAMES
+    from vmfs.volume.resources import RESOURCE_NAMES
 
     rows = []
     for kind, res in sorted(volume.resources.items()):
@@ -62,10 +62,10 @@ def referenced_resources(
     the set of resources the bitmaps mark used.  ``journals``: the journal addresses of the
     in-use slots when the caller already knows them (parsing every slot costs more than the
     walk of a small volume)."""
-    from vmfs import address as A
-    from vmfs.directory import open_directory
-    from vmfs.filedesc import BlockMap
-    from vmfs.heartbeat import read_slots
+    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.format import address as A
+    from vmfs.volume.directory import open_directory
+    from vmfs.volume.filedesc import BlockMap
 
     geo = volume.geometry
     codec = geo.codec

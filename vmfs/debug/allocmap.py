@@ -14,12 +14,12 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from vmfs import address as A
-from vmfs.directory import open_directory
-from vmfs.filedesc import BlockMap
-from vmfs.heartbeat import read_slots
+from vmfs.cluster.heartbeat import read_slots
+from vmfs.format import address as A
 from vmfs.ondisk import resource as R
-from vmfs.volume import Volume
+from vmfs.volume.directory import open_directory
+from vmfs.volume.filedesc import BlockMap
+from vmfs.volume.volume import Volume
 
 FREE, SYSTEM, POINTER, FILE, TBZ = "free", "system", "pointer blocks", "file", "to-be-zeroed"
 #: the resource files holding pointer blocks (drawn in their own colour)

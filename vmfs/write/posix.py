@@ -18,9 +18,6 @@ import stat as _stat
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
-from vmfs import builders
-from vmfs.directory import Directory, check_name, new_directory5_data
 from vmfs.errors import (
     BusyError,
     ExistsError,
@@ -30,16 +27,19 @@ from vmfs.errors import (
     NotEmptyError,
     NotFoundError,
 )
-from vmfs.filedesc import FileDescriptor
-from vmfs.filewrite import FileWriter
-from vmfs.namespace import FileSystem
+from vmfs.format import address as A
+from vmfs.format import builders
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
+from vmfs.volume.directory import Directory, check_name, new_directory5_data
+from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.namespace import FileSystem
+from vmfs.write.filedata import FileWriter
 
 if TYPE_CHECKING:
-    from vmfs.transaction import Transaction
-    from vmfs.volume import Volume
+    from vmfs.cluster.transaction import Transaction
+    from vmfs.volume.volume import Volume
 
 #: bytes of file data written per transaction by one write call
 WRITE_CHUNK = 64 << 20

@@ -11,14 +11,14 @@ from __future__ import annotations
 import stat as _stat
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
 from vmfs.errors import CorruptError
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.lock import LOCK_TYPE_FD
 
 if TYPE_CHECKING:
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
 TYPE_NAMES = {
     F.TYPE_INVALID: "invalid",
@@ -193,7 +193,7 @@ class FileDescriptor:
     def encode(self) -> bytes:
         """The whole FD as it must be on disk (pointer array folded back into the data area)."""
         if self._pointers is not None and not self.is_resident:
-            from vmfs.builders import pointer_array_bytes
+            from vmfs.format.builders import pointer_array_bytes
 
             self.parsed.data = pointer_array_bytes(self.volume.geometry, list(self._pointers))
         return fast(self.volume.geometry.structs.file_descriptor).build(self.parsed)

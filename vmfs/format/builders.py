@@ -12,7 +12,7 @@ from typing import Any
 
 from construct import Construct, Container
 
-from vmfs.geometry import Geometry
+from vmfs.format.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import NULL_UUID, IntArray, encode_name, fast, pack_ints

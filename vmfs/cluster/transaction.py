@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vmfs.journal import Journal
+from vmfs.cluster.journal import Journal
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE
 
 if TYPE_CHECKING:
+    from vmfs.cluster.locks import LockManager
     from vmfs.device.base import BlockDevice
-    from vmfs.locks import LockManager
 
 SECTOR = 512
 

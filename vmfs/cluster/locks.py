@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
+from vmfs.cluster.heartbeat import SlotView, freed_slot, read_slot
+from vmfs.cluster.journal import JournalArea, replay_area
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
-from vmfs.heartbeat import SlotView, freed_slot, read_slot
-from vmfs.journal import JournalArea, replay_area
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
 from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
@@ -45,9 +45,9 @@ from vmfs.ondisk.lock import (
 )
 
 if TYPE_CHECKING:
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
-log = logging.getLogger("vmfs.locks")
+log = logging.getLogger("vmfs.cluster.locks")
 
 SHARED_MODES = (LOCK_READ_ONLY, LOCK_MULTI_WRITER)
 
@@ -145,8 +145,8 @@ class LockManager:
         image = Heartbeat.build(replaying)
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
             return  # someone else is on it (or the host came back): look again later
+        from vmfs.cluster.transaction import Transaction
         from vmfs.ondisk import resource as R
-        from vmfs.transaction import Transaction
 
         # Hold the journal block's cluster from the replay until the slot is clear: nobody can
         # take the block while some slot still names it.
@@ -184,7 +184,7 @@ class LockManager:
     def reap(self) -> list[int]:
         """Look at every other host's heartbeat; recover those whose lease ran out (their
         journal replayed, their slot cleared).  Returns the slots recovered."""
-        from vmfs.heartbeat import read_slots
+        from vmfs.cluster.heartbeat import read_slots
 
         recovered = []
         for slot in read_slots(self.volume, in_use_only=True):

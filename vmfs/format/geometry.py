@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vmfs.address import AddressCodec5, AddressCodec6
 from vmfs.errors import CorruptError, UnsupportedError
+from vmfs.format.address import AddressCodec5, AddressCodec6
 from vmfs.ondisk.common import SECTOR
 from vmfs.ondisk.fsdesc import CONFIG_DENSE_SBPC, FS_DESCRIPTOR_OFFSET, VMFS6_MIN_MAJOR
 from vmfs.ondisk.heartbeat import HB_SLOTS_VMFS5, HB_SLOTS_VMFS6, HEARTBEAT_REGION_OFFSET

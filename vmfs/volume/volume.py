@@ -15,22 +15,22 @@ from collections.abc import Iterator
 
 from construct import ConstructError
 
-from vmfs import address as A
+from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
+from vmfs.device.lvm import LogicalVolume, open_logical_volume
 from vmfs.errors import CorruptError, DeviceError, NotVmfsError, ReadOnlyError, UnsupportedError
-from vmfs.filedesc import FileDescriptor
-from vmfs.geometry import Geometry
-from vmfs.lvm import LogicalVolume, open_logical_volume
+from vmfs.format import address as A
+from vmfs.format.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import decode_name, unpack_ints
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDescriptor
-from vmfs.resources import RESOURCE_NAMES, ResourceFile
-from vmfs.stream import FileReader
-from vmfs.transaction import Transaction
+from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.resources import RESOURCE_NAMES, ResourceFile
 
-log = logging.getLogger("vmfs.volume")
+log = logging.getLogger("vmfs.volume.volume")
 
 ROOT_FD = A.make_fd(0, 0)
 SYSTEM_FDS = {
@@ -125,7 +125,7 @@ class Volume:
         except ConstructError as exc:
             raise CorruptError("volume", None, f"unparsable metadata: {exc}") from None
         if not self.readonly:
-            from vmfs.writable import attach_writer
+            from vmfs.cluster.attachment import attach_writer
 
             try:
                 attach_writer(self, host)
@@ -147,7 +147,7 @@ class Volume:
         """Open the volume on image files or block devices (all extents of a spanned volume).
 
         Read-write opens claim a heartbeat slot and a journal for ``host`` (a
-        :class:`vmfs.host.HostIdentity`; default: this machine's stable identity)."""
+        :class:`vmfs.cluster.host.HostIdentity`; default: this machine's stable identity)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         devices: list[BlockDevice] = []
@@ -247,7 +247,7 @@ class Volume:
         now = self._now_us()
         if not force and now - fd.validated_us < (interval or 0) * 1_000_000:
             return fd
-        from vmfs.locks import parse_lock
+        from vmfs.cluster.locks import parse_lock
 
         lock = parse_lock(self.device.read(fd.vol_offset, 512))
         if lock.mode != 0 or lock.token != fd.clean_token or lock.type != fd.lock.type:
@@ -491,7 +491,7 @@ class Volume:
         if self.closed:
             return
         if not self.readonly:
-            from vmfs.writable import detach_writer
+            from vmfs.cluster.attachment import detach_writer
 
             try:
                 detach_writer(self)

@@ -1,4 +1,4 @@
-"""The read-write FUSE operations: every call maps to one :mod:`vmfs.writeops` operation.
+"""The read-write FUSE operations: every call maps to one :mod:`vmfs.write.posix` operation.
 
 Callbacks of one mount run one at a time (:data:`SERIALIZED`): libfuse calls them from several
 threads, and an operation reads, changes and writes back in-memory FDs that others share (the
@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 import mfusepy
 
 from vmfs.errors import NotFoundError
-from vmfs.fuse import VmfsOperations, fuse_attrs, fuse_op
-from vmfs.namespace import FileSystem, stat_fd
-from vmfs.writeops import WritableFileSystem
+from vmfs.fuse.readonly import VmfsOperations, fuse_attrs, fuse_op
+from vmfs.volume.namespace import FileSystem, stat_fd
+from vmfs.write.posix import WritableFileSystem
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2

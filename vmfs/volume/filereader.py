@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from vmfs import address as A
 from vmfs.errors import CorruptError, InvalidArgumentError
-from vmfs.filedesc import BlockMap, FileDescriptor
+from vmfs.format import address as A
+from vmfs.volume.filedesc import BlockMap, FileDescriptor
 
 if TYPE_CHECKING:
-    from vmfs.volume import Volume
+    from vmfs.volume.volume import Volume
 
 
 class FileReader:

@@ -11,16 +11,16 @@ from typing import Any
 
 from construct import Container, ListContainer
 
-from vmfs import address as A
-from vmfs.filedesc import TYPE_NAMES, ZLA_NAMES, BlockMap, FileDescriptor
-from vmfs.lvm import LogicalVolume
+from vmfs.device.lvm import LogicalVolume
+from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.common import decode_name
 from vmfs.ondisk.fsdesc import CONFIG_MODE_MASK
 from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET
 from vmfs.ondisk.lock import LOCK_FREE
-from vmfs.usage import resource_usage
-from vmfs.volume import Volume
+from vmfs.volume.filedesc import TYPE_NAMES, ZLA_NAMES, BlockMap, FileDescriptor
+from vmfs.volume.usage import resource_usage
+from vmfs.volume.volume import Volume
 
 LOCK_MODE_NAMES = {0: "free", 1: "exclusive", 2: "read-only", 3: "multi-writer"}
 FS_MODE_NAMES = {0: "private", 1: "shared", 2: "public", 3: "shared"}
@@ -199,7 +199,7 @@ def watch_heartbeats(volume: Volume, seconds: float) -> list[dict[str, Any]]:
     renewing (its host is alive); one whose stamp stood still has that age at least."""
     import time
 
-    from vmfs.heartbeat import read_slots
+    from vmfs.cluster.heartbeat import read_slots
 
     first = {s.slot: s for s in read_slots(volume, in_use_only=True)}
     start = time.monotonic()
@@ -228,9 +228,9 @@ def watch_heartbeats(volume: Volume, seconds: float) -> list[dict[str, Any]]:
 def held_locks(volume: Volume) -> list[dict[str, Any]]:
     """Every lock held on the volume (mode not free): file descriptors by path where reachable,
     and resource clusters, like ``vmkfstools -D`` over the whole volume."""
-    from vmfs.directory import open_directory
-    from vmfs.locks import parse_lock
+    from vmfs.cluster.locks import parse_lock
     from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD
+    from vmfs.volume.directory import open_directory
 
     paths: dict[int, str] = {}
     pending = [("/", volume.root_address)]

@@ -1,4 +1,4 @@
-"""FUSE operations (mfusepy) on top of :class:`vmfs.namespace.FileSystem`.
+"""FUSE operations (mfusepy) on top of :class:`vmfs.volume.namespace.FileSystem`.
 
 Only errno mapping and handle bookkeeping live here: every decision is the library's.  A
 :class:`VmfsError` becomes its errno; any other exception is logged once and reported as EIO so a
@@ -27,10 +27,10 @@ if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
 import mfusepy
 
 from vmfs.errors import CorruptError, VmfsError
-from vmfs.namespace import FileSystem, Stat
-from vmfs.stream import FileReader
+from vmfs.volume.filereader import FileReader
+from vmfs.volume.namespace import FileSystem, Stat
 
-log = logging.getLogger("vmfs.fuse")
+log = logging.getLogger("vmfs.fuse.readonly")
 
 #: Longest name ESXi accepts (vmfs-format.md 9.1: 127 characters).
 NAME_MAX = 127
@@ -179,7 +179,7 @@ class VmfsOperations(mfusepy.Operations):
         }
 
     def volume_usage(self) -> dict[str, int]:
-        from vmfs.usage import volume_usage
+        from vmfs.volume.usage import volume_usage
 
         return volume_usage(self.volume)
 

@@ -1,0 +1,1 @@
+"""FUSE adapters: the read-only operations and ``mount``, and the read-write operations."""
