@@ -28,7 +28,7 @@ deps: system-deps venv
 
 # Man pages from the tools' click definitions (installed with the package when present at install time).
 man: venv
-	$(VENV)/bin/python -m tools.manpages build/man
+	$(VENV)/bin/python -m pyvmfs_tools.manpages build/man
 
 lint: venv
 	$(VENV)/bin/ruff check vmfs hostsim tools tests bench

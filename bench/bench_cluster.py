@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.cluster.conftest import make_volume  # noqa: E402
+from vmfs.cluster.attachment import HostAttachment  # noqa: E402
 from vmfs.cluster.host import HostIdentity  # noqa: E402
-from vmfs.volume.volume import Volume  # noqa: E402
 from vmfs.write.posix import WritableFileSystem  # noqa: E402
 
 
 def run(hosts: int, ops: int, journaling: bool, workdir: Path) -> dict:
     workdir.mkdir(parents=True)
     image = make_volume(workdir / "shared.img", 4 << 30)
-    vol = Volume.open(image, readonly=False, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
+    vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
     env = {**os.environ, "VMFS_JOURNAL": "1" if journaling else "0"}

@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import MkfsOptions, format_volume
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 BIN = Path(sys.executable).parent
@@ -64,7 +64,7 @@ def build_vmfs(image: Path, entries: int) -> tuple[int, float]:
     host = HostIdentity(uuid="5f000000-000000b0-00b0-0200000000b0", ip="192.0.2.176", clock=ManualClock(),
                         heartbeat_period=3600, lease=1e9)
     count = 0
-    with Volume.open(image, readonly=False, host=host, journaling=False) as vol:
+    with HostAttachment.open(image, host=host, journaling=False) as vol:
         fs = WritableFileSystem(vol)
         for path, data in tree(entries):
             if data is None:

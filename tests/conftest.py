@@ -173,8 +173,8 @@ def unmount(mountpoint: Path) -> None:
     """Unmount with vmfs-umount, which returns once a read-write mount's process has written
     everything back and released its heartbeat slot (a dead mount is detached too); retried while
     the kernel still calls the mount busy right after a close."""
-    from tools.common import mountpoint_key
-    from tools.umount import mounted_at
+    from pyvmfs_tools.common import mountpoint_key
+    from pyvmfs_tools.umount import mounted_at
 
     target = mountpoint_key(str(mountpoint))
     for _ in range(50):

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 import click
+from pyvmfs_tools.common import report_errors
 
-from tools.common import report_errors
 from vmfs.debug import views as I
 from vmfs.errors import InvalidArgumentError
 from vmfs.volume.namespace import FileSystem, stat_fd
@@ -309,7 +309,8 @@ def cmd_blocks(s: Session, target: str, limit: int | None) -> None:
 def cmd_map(s: Session, path: str | None, output: str | None, width: int) -> None:
     """Allocation map of the volume (free, system, pointer-block files, to-be-zeroed and per-file
     blocks) with fragmentation figures; with PATH, that file's extents and where they lie."""
-    from tools import volume_map as M
+    from pyvmfs_tools import volume_map as M
+
     from vmfs.debug.allocmap import build_map
 
     amap = build_map(s.volume)

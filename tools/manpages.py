@@ -1,5 +1,5 @@
 """Man pages for every tool, written from the tools' own click definitions (so a page cannot say
-something ``--help`` does not): ``python -m tools.manpages [OUTDIR]`` (``make man``: build/man).
+something ``--help`` does not): ``python -m pyvmfs_tools.manpages [OUTDIR]`` (``make man``: build/man).
 
 Every piece comes from click itself, the way ``--help`` gets it: the usage line from the command's
 ``format_usage``, the description from its help text (click's ``\\b`` paragraphs kept as they are),
@@ -22,14 +22,14 @@ import click
 
 #: tool name -> "module:attribute" of its click command, as in pyproject's [project.scripts]
 TOOLS: dict[str, str] = {
-    "vmfs-mkfs": "tools.mkfs:main",
-    "vmfs-mount": "tools.mount:main",
-    "vmfs-umount": "tools.umount:main",
-    "vmfs-fsck": "tools.fsck:cli",  # main wraps cli for its exit codes
-    "vmfs-debug": "tools.debug:main",
-    "vmfs-vmdk": "tools.vmdk:main",
-    "mount.vmfs": "tools.mount_helper:main",
-    "umount.fuse.vmfs": "tools.mount_helper:umount_main",
+    "vmfs-mkfs": "pyvmfs_tools.mkfs:main",
+    "vmfs-mount": "pyvmfs_tools.mount:main",
+    "vmfs-umount": "pyvmfs_tools.umount:main",
+    "vmfs-fsck": "pyvmfs_tools.fsck:cli",  # main wraps cli for its exit codes
+    "vmfs-debug": "pyvmfs_tools.debug:main",
+    "vmfs-vmdk": "pyvmfs_tools.vmdk:main",
+    "mount.vmfs": "pyvmfs_tools.mount_helper:main",
+    "umount.fuse.vmfs": "pyvmfs_tools.mount_helper:umount_main",
 }
 
 

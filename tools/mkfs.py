@@ -8,9 +8,9 @@ import stat
 from dataclasses import dataclass
 
 import click
+from pyvmfs_tools.common import fail, parse_size, report_errors
+from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 
-from tools.common import fail, parse_size, report_errors
-from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import ExistingDataError, Layout, MkfsOptions, detect_signature, format_volume, plan
 from vmfs.volume.resources import RESOURCE_NAMES

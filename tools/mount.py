@@ -7,8 +7,9 @@ import os
 import sys
 
 import click
+from pyvmfs_tools.common import mountpoint_key, report_errors
 
-from tools.common import mountpoint_key, report_errors
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
 from vmfs.errors import InvalidArgumentError
 from vmfs.volume.namespace import FileSystem
@@ -99,33 +100,38 @@ def main(
         logging.basicConfig(level=level, stream=sys.stderr)
 
     host = HostIdentity(uuid=host_uuid) if host_uuid else None
-    volume = Volume.open(list(images), readonly=not writable, host=host)
+    attachment = HostAttachment.open(list(images), host=host) if writable else None
+    volume = attachment.volume if attachment is not None else Volume.open(list(images))
     try:
-        serve(volume, images[0], mountpoint, opts, writable=writable, foreground=foreground or debug, debug=debug)
+        serve(volume, attachment, images[0], mountpoint, opts, foreground=foreground or debug, debug=debug)
     except BaseException:
         volume.close()  # never mounted, or the mount ended badly: slot and identity are given back now
         raise
 
 
-def serve(volume: Volume, image: str, mountpoint: str, opts: dict[str, object], *, writable: bool,
-          foreground: bool, debug: bool) -> None:
-    """Serve ``volume`` at ``mountpoint`` until it is unmounted (the volume is closed then)."""
+def serve(volume: Volume, attachment: HostAttachment | None, image: str, mountpoint: str, opts: dict[str, object],
+          *, foreground: bool, debug: bool) -> None:
+    """Serve ``volume`` at ``mountpoint`` (read-write through ``attachment`` when given) until it is
+    unmounted (the volume is closed then)."""
     from vmfs.fuse import readonly as vfuse
 
-    identity = getattr(volume, "identity_lock", None)
-    if identity is not None:  # for a refused second mount, and for vmfs-umount to find us
-        identity.update(mountpoint=mountpoint_key(mountpoint))
-    fs = FileSystem(volume)
-    if writable:
+    if attachment is not None and attachment.identity_lock is not None:
+        # for a refused second mount, and for vmfs-umount to find us
+        attachment.identity_lock.update(mountpoint=mountpoint_key(mountpoint))
+    if attachment is not None:
         from vmfs.fuse.readwrite import ReadWriteOperations
+        from vmfs.write.posix import WritableFileSystem
 
-        ops: vfuse.VmfsOperations = ReadWriteOperations(fs)
+        wfs = WritableFileSystem(attachment)
+        fs: FileSystem = wfs
+        ops: vfuse.VmfsOperations = ReadWriteOperations(wfs)
         import mfusepy
 
         if mfusepy.fuse_version_major == 2:
             opts.setdefault("big_writes", True)  # libfuse 2: writes of up to 128 KiB per call
     else:
         opts["ro"] = True
+        fs = FileSystem(volume)
         ops = vfuse.VmfsOperations(fs)
     opts.setdefault("fsname", f"vmfs:{os.path.abspath(image)}")
     opts.setdefault("subtype", "vmfs")

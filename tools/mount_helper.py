@@ -18,9 +18,8 @@ import sys
 import time
 
 import click
-
-from tools.common import mountpoint_key
-from tools.umount import mounted_at
+from pyvmfs_tools.common import mountpoint_key
+from pyvmfs_tools.umount import mounted_at
 
 #: mount(8)'s exit codes (mount(8), "RETURN CODES")
 EXIT_USAGE = 1
@@ -62,7 +61,7 @@ def vmfs_mount_argv(spec: str, directory: str, optstr: str, verbose: bool) -> li
     opts = ["rw" if writable else "ro", *passed]
     if not any(o.startswith("fsname=") for o in passed):  # the source mount -a compares with fstab's
         opts.append(f"fsname={os.path.abspath(spec)}")
-    return [*sibling_tool("vmfs-mount", "tools.mount"), *(["-v"] if verbose else []), "-o", ",".join(opts),
+    return [*sibling_tool("vmfs-mount", "pyvmfs_tools.mount"), *(["-v"] if verbose else []), "-o", ",".join(opts),
             spec, *extents, directory]
 
 
@@ -162,7 +161,7 @@ def umount_main(target: str, nomtab: bool, lazy: bool, force: bool, remount_ro: 
     and released its heartbeat slot.  Exit status: that of vmfs-umount (0 done, 1 failed, 2 timed out).
     """
     flags = [*(["-z"] if lazy else []), *(["-v"] if verbose else [])]
-    argv = [*sibling_tool("vmfs-umount", "tools.umount"), *flags, target]
+    argv = [*sibling_tool("vmfs-umount", "pyvmfs_tools.umount"), *flags, target]
     sys.exit(subprocess.run(argv, stdin=subprocess.DEVNULL).returncode)
 
 

@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 import click
+from pyvmfs_tools.common import fail, mountpoint_key, report_errors
 
-from tools.common import fail, mountpoint_key, report_errors
 from vmfs.cluster.identitylock import final_record, holders_of, is_held
 from vmfs.errors import InvalidArgumentError
 

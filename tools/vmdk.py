@@ -36,8 +36,8 @@ import re
 import sys
 
 import click
+from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 
-from tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 from vmfs.cluster.host import HostIdentity
 from vmfs.errors import VmfsError
 from vmfs.vmdk import chain, ops

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device import FileDevice
 from vmfs.mkfs import MkfsOptions, format_volume
@@ -38,4 +39,4 @@ def image(tmp_path: Path) -> Path:
 
 
 def mount(image: Path, h: HostIdentity) -> Volume:
-    return Volume.open(image, readonly=False, host=h)
+    return HostAttachment.open(image, host=h)

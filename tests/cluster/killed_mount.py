@@ -62,7 +62,7 @@ class KillingFileDevice(FileDevice):
 
 def main() -> None:
     vmfs.volume.volume.FileDevice = KillingFileDevice  # type: ignore[misc]
-    from tools.mount import main as mount_main
+    from pyvmfs_tools.mount import main as mount_main
 
     sys.argv[0] = "vmfs-mount"
     mount_main()

@@ -11,14 +11,14 @@ import pytest
 
 from tests.cluster.conftest import host
 from tests.helpers import user_tree
-from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
 from vmfs.device import MemoryDevice, OverlayDevice
 from vmfs.device.fault import FaultDevice, PowerCut
 from vmfs.errors import DeviceError, VolumeLostError
 from vmfs.mkfs import MkfsOptions, format_volume
+from vmfs.volume.slots import read_slots
 from vmfs.volume.usage import marked_used, referenced_resources
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 pytestmark = pytest.mark.crash
@@ -84,7 +84,7 @@ def run_until_cut(
     done: list = []
     vol = None
     try:
-        vol = Volume.from_devices([fault], host=host(1, clock))
+        vol = HostAttachment.from_devices([fault], host=host(1, clock))
         workload(WritableFileSystem(vol), model, done)
         vol.close()
     except (PowerCut, VolumeLostError, DeviceError):
@@ -109,13 +109,13 @@ def test_crash_at_200_points(base: MemoryDevice, volatile: bool) -> None:
     for cut in cuts:
         disk, model, done, _ = run_until_cut(base, cut, volatile=volatile)
         clock = ManualClock()
-        survivor = Volume.from_devices([disk], host=host(2, clock))
+        survivor = HostAttachment.from_devices([disk], host=host(2, clock))
         clock.advance(25)  # the dead host's lease runs out; the survivor's heartbeat reaper recovers it
-        assert [s.slot for s in read_slots(survivor) if s.in_use] == [survivor.heartbeat.slot], cut
+        assert [s.slot for s in read_slots(survivor.volume) if s.in_use] == [survivor.heartbeat.slot], cut
         fs = WritableFileSystem(survivor)
         got = user_tree(fs)
         assert got in (model["tree"], model["next"]), f"cut after write {cut}: tree is neither before nor after"
-        refs, used = referenced_resources(survivor), marked_used(survivor)
+        refs, used = referenced_resources(survivor.volume), marked_used(survivor.volume)
         for kind in used:
             assert refs[kind] == used[kind], f"cut {cut}: resource type {kind} leaked/unaccounted"
         # the survivor can keep working on the recovered volume

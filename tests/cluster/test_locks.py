@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import host, mount
-from vmfs.cluster.heartbeat import read_slot, read_slots
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
-from vmfs.cluster.locks import parse_lock
+from vmfs.device.file import FileDevice
+from vmfs.device.shared import SharedDevice
 from vmfs.errors import BusyError, VolumeLostError
 from vmfs.ondisk.heartbeat import HB_FREE
-from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_FREE, LOCK_READ_ONLY
+from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_FREE, LOCK_READ_ONLY, parse_lock
+from vmfs.volume.slots import read_slot, read_slots
 from vmfs.volume.usage import marked_used, referenced_resources
 from vmfs.write.posix import WritableFileSystem
 
@@ -22,19 +24,27 @@ def lock_of(vol, address: int):  # type: ignore[no-untyped-def]
     return parse_lock(vol.device.read(fd.vol_offset, 512))
 
 
-@pytest.fixture
-def two_hosts(image: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["a device each", "one device object"])
+def two_hosts(image: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Two hosts of this process on one volume: each opening the image itself (as two processes
+    do), or each through its own handle on one device object (as hosts see one LUN)."""
     clock = ManualClock()
-    a = mount(image, host(1, clock))
-    b = mount(image, host(2, clock))
+    shared = FileDevice(image, readonly=False) if request.param == "one device object" else None
+    if shared is None:
+        a, b = mount(image, host(1, clock)), mount(image, host(2, clock))
+    else:
+        a = HostAttachment.from_devices([SharedDevice(shared)], host=host(1, clock))
+        b = HostAttachment.from_devices([SharedDevice(shared)], host=host(2, clock))
     fa, fb = WritableFileSystem(a), WritableFileSystem(b)
     yield fa, fb, clock, clock
-    for fs in (fa, fb):
-        if not fs.volume.closed:
+    for att in (a, b):
+        if not att.closed:
             try:
-                fs.volume.close()
+                att.close()
             except VolumeLostError:
                 pass
+    if shared is not None:
+        shared.close()
 
 
 def test_two_writers_one_gets_ebusy(two_hosts) -> None:  # type: ignore[no-untyped-def]
@@ -42,7 +52,7 @@ def test_two_writers_one_gets_ebusy(two_hosts) -> None:  # type: ignore[no-untyp
     f = fa.write_file("/shared", b"from A")
     fa.open_file(f.address, write=True)
     lock = lock_of(fb.volume, f.address)
-    assert lock.mode == LOCK_EXCLUSIVE and lock.owner == fa.volume.host.uuid
+    assert lock.mode == LOCK_EXCLUSIVE and lock.owner == fa.attachment.host.uuid
     with pytest.raises(BusyError) as info:
         fb.open_file(f.address, write=True)
     assert info.value.errno == 16  # EBUSY, and it came back: no hang
@@ -77,14 +87,14 @@ def test_live_owner_keeps_its_lock(two_hosts) -> None:  # type: ignore[no-untype
     fa, fb, ca, _cb = two_hosts
     f = fa.write_file("/vm.vmdk", b"x")
     fa.open_file(f.address, write=True)
-    gen = fa.volume.heartbeat.generation
+    gen = fa.attachment.heartbeat.generation
     for _ in range(20):  # 60 s of B retrying while A's heartbeat renews every 3 s
         ca.advance(3)
         with pytest.raises(BusyError):
             fb.open_file(f.address, write=True)
-        assert fb.volume.locks.reap() == []
-    assert fa.volume.heartbeat.generation == gen
-    assert read_slot(fa.volume, fa.volume.heartbeat.slot).hb.hbGen == gen
+        assert fb.attachment.locks.reap() == []
+    assert fa.attachment.heartbeat.generation == gen
+    assert read_slot(fa.volume, fa.attachment.heartbeat.slot).hb.hbGen == gen
     fa.write(f.address, 0, b"A still writes")
 
 
@@ -94,10 +104,10 @@ def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: 
     fa.open_file(f.address, write=True)
     fa.write(f.address, 8, b" more")
     fa.fsync(f.address)
-    slot_a = fa.volume.heartbeat.slot
-    gen_a = fa.volume.heartbeat.generation
+    slot_a = fa.attachment.heartbeat.slot
+    gen_a = fa.attachment.heartbeat.generation
     # A dies: no more renewals, nothing released
-    fa.volume.heartbeat.stop()
+    fa.attachment.heartbeat.stop()
     fb.busy_timeout = 0  # one attempt per call, so the test controls the time
     start = cb.now_us
     while cb.now_us - start < 14_000_000:  # < lease: always refused
@@ -108,16 +118,16 @@ def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: 
     fb.open_file(f.address, write=True)
     slot = read_slot(fb.volume, slot_a)
     assert slot.hb.state == HB_FREE and slot.hb.hbGen == gen_a + 1
-    assert lock_of(fb.volume, f.address).owner == fb.volume.host.uuid
+    assert lock_of(fb.volume, f.address).owner == fb.attachment.host.uuid
     assert fb.volume.reader(fb.resolve("/vm.vmdk")).read(0, 20) == b"A's data more"
     fb.close_file(f.address, write=True)
     # A's journal block went back to the free pool: nothing leaked or shared
     refs, used = referenced_resources(fb.volume), marked_used(fb.volume)
     assert all(refs[k] == used[k] for k in used)
     # and A, should it wake up, finds its slot taken away and stops writing
-    fa.volume.heartbeat._last_renew_us = ca.now_us
+    fa.attachment.heartbeat._last_renew_us = ca.now_us
     with pytest.raises(VolumeLostError):
-        fa.volume.heartbeat.renew()
+        fa.attachment.heartbeat.renew()
     with pytest.raises(VolumeLostError):
         fa.write(f.address, 0, b"zombie")
 
@@ -125,7 +135,7 @@ def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: 
 def test_own_lease_expiry_stops_writes(two_hosts) -> None:  # type: ignore[no-untyped-def]
     fa, fb, ca, _cb = two_hosts
     fa.write_file("/before", b"ok")
-    fa.volume.heartbeat.stop()  # A's renewals stall (e.g. its storage path hangs)
+    fa.attachment.heartbeat.stop()  # A's renewals stall (e.g. its storage path hangs)
     ca.advance(17)
     with pytest.raises(VolumeLostError):
         fa.write_file("/after", b"no")
@@ -139,8 +149,8 @@ def test_shared_directory_creates_from_both(two_hosts) -> None:  # type: ignore[
         fa.write_file(f"/shared/a{i}", b"A" * i)
         fb.write_file(f"/shared/b{i}", b"B" * i)
     names_a = sorted(e.name for e in fa.listdir("/shared"))
-    fa.volume.revalidate_interval = 0
-    fb.volume.revalidate_interval = 0
+    fa.volume.trust_cache_for(0)
+    fb.volume.trust_cache_for(0)
     names_a = sorted(e.name for e in fa.listdir("/shared"))
     names_b = sorted(e.name for e in fb.listdir("/shared"))
     assert names_a == names_b and len(names_a) == 60
@@ -156,10 +166,10 @@ def test_recovery_never_undoes_later_changes_of_others(two_hosts) -> None:  # ty
     fa.mkdir("/d")
     fa.write_file("/d/from-a", b"A")  # A's journal now holds the directory change
     fb.write_file("/d/from-b", b"B")  # B rewrites the same directory blocks after A
-    fa.volume.heartbeat.stop()  # A dies with that transaction still in its journal
+    fa.attachment.heartbeat.stop()  # A dies with that transaction still in its journal
     clock.advance(25)  # B's reaper recovers A
-    assert not any(s.owner == fa.volume.host.uuid for s in read_slots(fb.volume) if s.in_use)
-    fb.volume.revalidate_interval = 0
+    assert not any(s.owner == fa.attachment.host.uuid for s in read_slots(fb.volume) if s.in_use)
+    fb.volume.trust_cache_for(0)
     fb.volume.invalidate_caches()
     assert sorted(e.name for e in fb.listdir("/d")) == ["from-a", "from-b"]
     refs, used = referenced_resources(fb.volume), marked_used(fb.volume)

@@ -1,20 +1,27 @@
-"""Acceptance: four hosts (real processes) share one volume read-write with 1,000 mixed
-operations each, in private directories and one shared directory."""
+"""Acceptance: four hosts share one volume read-write with 1,000 mixed operations each, in
+private directories and one shared directory: as four real processes on the image file, and as
+four threads of this process whose host attachments share one device object (they must behave
+exactly as the processes do)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 import pytest
 
 from tests import oracles
+from tests.cluster import worker
 from tests.cluster.conftest import make_volume
 from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
+from vmfs.device.file import FileDevice
 from vmfs.volume.usage import marked_used, referenced_resources
 from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
@@ -40,12 +47,43 @@ def run_hosts(image: Path, workdir: Path, hosts: int, ops: int, env: dict | None
     return [json.loads((workdir / f"result-{n}.json").read_text()) for n in range(1, hosts + 1)]
 
 
-def test_four_hosts_share_a_volume(tmp_path: Path) -> None:
+def run_hosts_in_process(image: Path, workdir: Path, hosts: int, ops: int) -> list[dict]:
+    """The same hosts as threads of this process, each attached through its own handle on one
+    device object (:class:`vmfs.device.shared.SharedDevice`)."""
+    device = FileDevice(image, readonly=False)
+    results: dict[int, dict] = {}
+
+    def host_thread(n: int) -> None:
+        try:
+            results[n] = worker.run(device, n, ops, 100 + n, str(workdir), hosts, True)
+        except BaseException:
+            (workdir / f"error-{n}").write_text(traceback.format_exc())  # the others stop waiting
+            raise
+
+    threads = [threading.Thread(target=host_thread, args=(n,), name=f"host-{n}") for n in range(1, hosts + 1)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=3000)
+    finally:
+        device.close()
+    errors = sorted(workdir.glob("error-*"))
+    assert not errors, errors[0].read_text()[-3000:]
+    assert sorted(results) == list(range(1, hosts + 1))
+    return [results[n] for n in range(1, hosts + 1)]
+
+
+@pytest.mark.parametrize("placement", ["processes", "threads on one device"])
+def test_four_hosts_share_a_volume(tmp_path: Path, placement: str) -> None:
     image = make_volume(tmp_path / "shared.img", 4 << 30)
-    vol = Volume.open(image, readonly=False, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
+    vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
-    results = run_hosts(image, tmp_path, HOSTS, OPS)
+    if placement == "processes":
+        results = run_hosts(image, tmp_path, HOSTS, OPS)
+    else:
+        results = run_hosts_in_process(image, tmp_path, HOSTS, OPS)
     # every host saw the same tree at the end
     seen = [r["seen"] for r in results]
     assert all(s == seen[0] for s in seen)
@@ -60,7 +98,7 @@ def test_four_hosts_share_a_volume(tmp_path: Path) -> None:
     with Volume.open(image) as ro:
         refs, used = referenced_resources(ro), marked_used(ro)
         assert all(refs[k] == used[k] for k in used)
-        assert not any(s.in_use for s in __import__("vmfs.cluster.heartbeat", fromlist=["x"]).read_slots(ro))
+        assert not any(s.in_use for s in __import__("vmfs.volume.slots", fromlist=["x"]).read_slots(ro))
     with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ours")], tmp_path / "ours") as root:
         ours = capture_mount(root)
     theirs = oracles.fuse_tree("vmfs-fuse", [image], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))

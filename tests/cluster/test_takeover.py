@@ -9,10 +9,10 @@ from pathlib import Path
 from tests import oracles
 from tests.cluster.conftest import host
 from tests.conftest import copy_image
-from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
+from vmfs.volume.slots import read_slots
 from vmfs.volume.usage import marked_used, referenced_resources
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 
@@ -22,17 +22,17 @@ def test_esxi_host_of_the_sample_is_taken_over(vmfs5_image: Path, tmp_path: Path
     assert "File Block 0x00000341 is lost." in before.lines  # the live host's journal block
     assert before.counts["Lost blocks"] == 1
     clock = ManualClock()
-    vol = Volume.open(image, readonly=False, host=host(5, clock))
-    esxi = [s for s in read_slots(vol) if s.in_use and s.slot == 984]
+    vol = HostAttachment.open(image, host=host(5, clock))
+    esxi = [s for s in read_slots(vol.volume) if s.in_use and s.slot == 984]
     assert esxi and esxi[0].hb.owner == "61137d5a-a2df8778-7ed5-000c29801686"
     clock.advance(10)  # within the lease: the ESXi host still counts as alive
-    assert any(s.slot == 984 for s in read_slots(vol) if s.in_use)
+    assert any(s.slot == 984 for s in read_slots(vol.volume) if s.in_use)
     clock.advance(15)  # its stamp never moved for more than 16 s: recovered
-    slot = next(s for s in read_slots(vol) if s.slot == 984)
+    slot = next(s for s in read_slots(vol.volume) if s.slot == 984)
     assert not slot.in_use and slot.hb.hbGen == 10 and slot.hb.journalAddr == 0
     fs = WritableFileSystem(vol)
     fs.write_file("/directory/after-takeover", b"written after ESXi's slot was cleared")
-    refs, used = referenced_resources(vol), marked_used(vol)
+    refs, used = referenced_resources(vol.volume), marked_used(vol.volume)
     assert all(refs[k] == used[k] for k in used)  # FB 13 went back to the free pool
     vol.close()
     after = oracles.fsck_vmfs(image)

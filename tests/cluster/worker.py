@@ -1,6 +1,8 @@
-"""One simulated host in a real process: mounts the shared volume read-write through the
-library, runs random operations, records what was acknowledged, then (after every host is done)
-dumps the tree it sees.  Used by the multi-host tests and bench/bench_cluster.py."""
+"""One simulated host: mounts the shared volume read-write through the library, runs random
+operations, records what was acknowledged, then (after every host is done) dumps the tree it
+sees.  Run as a real process (``python -m tests.cluster.worker``: the multi-host tests and
+bench/bench_cluster.py), or as a thread of one process whose hosts share one device object
+(:func:`run` given a device)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import time
 from pathlib import Path
 
 from tests.helpers import user_tree
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
+from vmfs.device.base import BlockDevice
+from vmfs.device.shared import SharedDevice
 from vmfs.errors import BusyError, NoSpaceError
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 
@@ -27,11 +31,16 @@ def tree(fs: WritableFileSystem) -> dict[str, str | None]:
     return user_tree(fs, digest)
 
 
-def run(image: str, n: int, ops: int, seed: int, workdir: str, hosts: int, journaling: bool) -> dict:
+def run(storage: str | BlockDevice, n: int, ops: int, seed: int, workdir: str, hosts: int, journaling: bool) -> dict:
+    """Host ``n`` on the image at path ``storage``, or on its own handle of the device object
+    ``storage`` that the other hosts of this process share."""
     rng = random.Random(seed)
     host = HostIdentity(uuid=f"7000000{n}-00000000-0000-02000000000{n}", ip=f"198.51.100.{n}",
                         heartbeat_period=1.0)
-    vol = Volume.open(image, readonly=False, host=host, journaling=journaling)
+    if isinstance(storage, str):
+        vol = HostAttachment.open(storage, host=host, journaling=journaling)
+    else:
+        vol = HostAttachment.from_devices([SharedDevice(storage)], host=host, journaling=journaling)
     fs = WritableFileSystem(vol)
     model: dict[str, bytearray] = {}
     dirs = {f"/h{n}"}
@@ -93,8 +102,8 @@ def run(image: str, n: int, ops: int, seed: int, workdir: str, hosts: int, journ
     Path(workdir, f"done-{n}").write_text("done")
     wait_for(workdir, "done", hosts)
     time.sleep(0.2)
-    vol.revalidate_interval = 0
-    vol.invalidate_caches()
+    vol.volume.trust_cache_for(0)
+    vol.volume.invalidate_caches()
     seen = tree(fs)
     Path(workdir, f"seen-{n}").write_text("seen")
     wait_for(workdir, "seen", hosts)

@@ -45,14 +45,14 @@ from tests.cluster.conftest import host
 from tests.crash import judge
 from tests.crash.trace import Recorder, crashed_disk
 from tests.crash.workload import Run, workload
-from vmfs.cluster.heartbeat import read_slots
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
 from vmfs.device import MemoryDevice, OverlayDevice
 from vmfs.device.base import BlockDevice
 from vmfs.fsck import Mode
 from vmfs.mkfs import MkfsOptions, format_volume
+from vmfs.volume.slots import read_slots
 from vmfs.volume.usage import marked_used, referenced_resources
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
@@ -75,7 +75,7 @@ def record(seed: int) -> Recorded:
     base = MemoryDevice(1 << 30)
     format_volume([base], MkfsOptions(label="crash", creation_time_us=1_700_000_000_000_000, num_pointer_blocks=16))
     rec = Recorder(OverlayDevice(base))
-    vol = Volume.from_devices([rec], host=host(WRITER, ManualClock()))
+    vol = HostAttachment.from_devices([rec], host=host(WRITER, ManualClock()))
     run = workload(WritableFileSystem(vol), rec, seed)
     # the writer never unmounts: the cut points end with the last step
     vol.heartbeat.stop()
@@ -102,9 +102,9 @@ def recorded(seed: int) -> Recorded:
     return _recorded[seed]
 
 
-def recover(disk: BlockDevice, who: int) -> tuple[Volume, WritableFileSystem]:
+def recover(disk: BlockDevice, who: int) -> tuple[HostAttachment, WritableFileSystem]:
     clock = ManualClock()
-    vol = Volume.from_devices([disk], host=host(who, clock))
+    vol = HostAttachment.from_devices([disk], host=host(who, clock))
     if who != WRITER:
         clock.advance(25)  # host 1's lease runs out; the survivor's heartbeat reaper recovers it
     return vol, WritableFileSystem(vol)
@@ -117,11 +117,11 @@ def judge_cut(rec: Recorded, cut: int, *, volatile: bool, who: int, seed: int, o
     done, step = rec.run.at_cut(cut)
     where = f"seed {seed}, cut after write {cut} of {rec.run.total_writes}, in flight {step.name if step else None!r}"
     vol, fs = recover(crash.disk, who)
-    assert [s.slot for s in read_slots(vol) if s.in_use] == [vol.heartbeat.slot], where
+    assert [s.slot for s in read_slots(vol.volume) if s.in_use] == [vol.heartbeat.slot], where
     ours = judge.our_tree(fs)
-    why = judge.allowed(ours, done, step, lambda p, o, n: vol.reader(fs.resolve(p)).read(o, n))
+    why = judge.allowed(ours, done, step, lambda p, o, n: vol.volume.reader(fs.resolve(p)).read(o, n))
     assert why is None, f"{where}: {why}"
-    refs, used = referenced_resources(vol), marked_used(vol)
+    refs, used = referenced_resources(vol.volume), marked_used(vol.volume)
     for kind in used:
         assert refs[kind] == used[kind], f"{where}: resource type {kind} leaked or unaccounted"
     fs.write_file("/after-crash", b"recovered")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fsck import volumes
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.device.file import FileDevice
 from vmfs.device.lvm import open_logical_volume
 from vmfs.format import address as A
@@ -336,12 +337,9 @@ OPS: dict[str, Callable[..., None]] = {
 def crash_writer(path: Path, uuid: str, write_path: str) -> None:
     """A host that mounts the volume, writes, and dies: its heartbeat slot stays in use and its
     journal keeps its last committed transaction."""
-    vol = Volume.open(path, readonly=False, host=volumes.host(uuid))
+    vol = HostAttachment.open(path, host=volumes.host(uuid))
     WritableFileSystem(vol).write_file(write_path, b"written by a host that then died\n")
-    vol.heartbeat.stop()  # type: ignore[union-attr]
-    vol.identity_lock.abandon()  # type: ignore[attr-defined]  # a dead process holds no lock
-    vol.closed = True
-    vol.device.close()
+    vol.crash()  # a dead process: no renewals, no lock held, nothing released
 
 
 def apply(path: Path, steps: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from tests import oracles
 from tests.conftest import copy_image, tool
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.volume.usage import marked_used
 from vmfs.volume.volume import Volume
@@ -98,7 +99,7 @@ def test_volume_after_a_write_workload_is_clean(tmp_path: Path, populated: Path)
     image = volumes.copy(populated, tmp_path / "work.img")
     image.chmod(0o644)
     host = HostIdentity(uuid=volumes.WRITER, ip="192.0.2.1", clock=ManualClock(), heartbeat_period=3600, lease=1e9)
-    with Volume.open(image, readonly=False, host=host) as vol:
+    with HostAttachment.open(image, host=host) as vol:
         fs = WritableFileSystem(vol)
         fs.unlink("/d1/big")
         fs.rename("/top", "/d1/d2/top")

@@ -67,7 +67,7 @@ def kinds(findings: list[str]) -> set[tuple[str, str]]:
 def run_journal_block(pristine: BlockDevice, events: list) -> int:
     """The file block the repair run took for its journal (its heartbeat slot names it once the
     run is open; the run is deterministic, so every cut run took the same one)."""
-    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.volume.slots import read_slots
     from vmfs.volume.volume import Volume
 
     writes = 0

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import MkfsOptions, format_volume
@@ -73,7 +74,7 @@ def make_volume(path: Path) -> Path:
         format_volume([dev], OPTIONS)
     finally:
         dev.close()
-    with Volume.open(path, readonly=False, host=host()) as vol:
+    with HostAttachment.open(path, host=host()) as vol:
         populate(WritableFileSystem(vol))
     return path
 

@@ -8,17 +8,17 @@ import os
 import signal
 import sys
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 
 def main() -> None:
     image, directory = sys.argv[1], sys.argv[2]
     host = HostIdentity(uuid=sys.argv[3]) if len(sys.argv) > 3 else HostIdentity()
-    vol = Volume.open(image, readonly=False, host=host)
+    vol = HostAttachment.open(image, host=host)
     journal = vol.journal
-    device = vol.device
+    device = vol.volume.device
     real_write = device.write
     journaled = False
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mount, tool
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.errors import NameTooLongError, NotFoundError
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 LENGTHS = (128, 200, 255)
@@ -36,7 +36,7 @@ def small_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh vmfs-mkfs volume holding /f, /d and a 127-byte name (the longest there can be)."""
     image = tmp_path_factory.mktemp("long-names") / "v.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
-    with Volume.open(image, readonly=False, host=_host()) as vol:
+    with HostAttachment.open(image, host=_host()) as vol:
         fs = WritableFileSystem(vol)
         fs.write_file("/f", b"data\n")
         fs.mkdir("/d")
@@ -59,7 +59,7 @@ def test_library_lookups_of_long_names(small_volume: Path, tmp_path: Path, lengt
     subprocess.run(["cp", "--sparse=always", str(small_volume), str(image)], check=True)
     image.chmod(0o644)
     long = "/" + "n" * length
-    with Volume.open(image, readonly=False, host=_host()) as vol:
+    with HostAttachment.open(image, host=_host()) as vol:
         fs = WritableFileSystem(vol)
         calls: dict[str, Callable[[], object]] = {
             "stat": lambda: fs.stat(long),

@@ -18,15 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
+from pyvmfs_tools.umount import process_gone
 
 from tests.conftest import REPO, tool, unmount, wait_mounted
 from tests.fsck.cases import codes, run_fsck
-from tools.umount import process_gone
-from vmfs.cluster.heartbeat import read_slot, read_slots
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.cluster.identitylock import RUN_DIR_ENV, run_dir
 from vmfs.errors import BusyError
 from vmfs.volume.namespace import FileSystem
+from vmfs.volume.slots import read_slot, read_slots
 from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
@@ -196,22 +197,19 @@ def test_umount_waits_for_the_close_and_reports_a_timeout(tmp_path: Path) -> Non
 def test_same_volume_twice_in_one_process_refused(tmp_path: Path) -> None:
     image = _image(tmp_path)
     host = HostIdentity(uuid=OTHER_HOST)
-    first = Volume.open(image, readonly=False, host=host)
+    first = HostAttachment.open(image, host=host)
     try:
         with pytest.raises(BusyError, match=r"already open read-write as host .* by this process"):
-            Volume.open(image, readonly=False, host=HostIdentity(uuid=OTHER_HOST))
-        assert [s.slot for s in read_slots(first, in_use_only=True)] == [first.heartbeat.slot]
+            HostAttachment.open(image, host=HostIdentity(uuid=OTHER_HOST))
+        assert [s.slot for s in read_slots(first.volume, in_use_only=True)] == [first.heartbeat.slot]
     finally:
         first.close()
-    Volume.open(image, readonly=False, host=host).close()
+    HostAttachment.open(image, host=host).close()
 
 
-def _dies(vol: Volume) -> None:
+def _dies(att: HostAttachment) -> None:
     """A simulated crash: renewals stop, the lock goes (as the kernel drops a dead process's)."""
-    vol.heartbeat.stop()  # type: ignore[union-attr]
-    vol.identity_lock.abandon()  # type: ignore[attr-defined]
-    vol.closed = True
-    vol.device.close()
+    att.crash()
 
 
 def test_live_renewer_of_our_uuid_without_lock_file_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,14 +218,14 @@ def test_live_renewer_of_our_uuid_without_lock_file_refused(tmp_path: Path, monk
     image = _image(tmp_path)
     clock = ManualClock()
     monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run-a"))
-    live = Volume.open(image, readonly=False, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
+    live = HostAttachment.open(image, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
     try:
         monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run-b"))
         start = clock.monotonic_us()
         with pytest.raises(BusyError, match="being renewed by another writer"):
-            Volume.open(image, readonly=False, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
+            HostAttachment.open(image, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
         assert clock.monotonic_us() - start <= (HostIdentity().heartbeat_period + 1) * 1_000_000
-        assert [s.slot for s in read_slots(live, in_use_only=True)] == [live.heartbeat.slot]
+        assert [s.slot for s in read_slots(live.volume, in_use_only=True)] == [live.heartbeat.slot]
     finally:
         live.close()
 
@@ -241,22 +239,22 @@ def test_dead_writer_of_our_uuid_reused_after_watching_only_if_unknown(
     image = _image(tmp_path)
     clock = ManualClock()
     monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run-a"))
-    dead = Volume.open(image, readonly=False, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
+    dead = HostAttachment.open(image, host=HostIdentity(uuid=OTHER_HOST, clock=clock))
     WritableFileSystem(dead).mkdir("/d")
-    slot = dead.heartbeat.slot  # type: ignore[union-attr]
+    slot = dead.heartbeat.slot
     _dies(dead)
     if not same_run_dir:
         monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run-b"))
     start = clock.monotonic_us()
     host = HostIdentity(uuid=OTHER_HOST, clock=clock)
-    again = Volume.open(image, readonly=False, host=host)
+    again = HostAttachment.open(image, host=host)
     try:
         waited = (clock.monotonic_us() - start) / 1e6
         if same_run_dir:
             assert waited == 0
         else:
             assert waited >= host.lease + host.heartbeat_period
-        assert again.heartbeat.slot == slot  # type: ignore[union-attr]
+        assert again.heartbeat.slot == slot
         assert "d" in [e.name for e in WritableFileSystem(again).listdir("/")]
     finally:
         again.close()
@@ -267,12 +265,12 @@ def test_lock_files_of_deleted_images_are_swept(tmp_path: Path, monkeypatch: pyt
     next read-write open on this machine removes it.  A held one is never touched."""
     monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
     gone, kept, other = _image(tmp_path, "gone.img"), _image(tmp_path, "kept.img"), _image(tmp_path, "other.img")
-    _dies(Volume.open(gone, readonly=False, host=HostIdentity(uuid=OTHER_HOST)))
-    held = Volume.open(kept, readonly=False, host=HostIdentity(uuid=OTHER_HOST))
+    _dies(HostAttachment.open(gone, host=HostIdentity(uuid=OTHER_HOST)))
+    held = HostAttachment.open(kept, host=HostIdentity(uuid=OTHER_HOST))
     try:
         gone.unlink()
         assert {r["image"] for r in _records_in(tmp_path / "run")} == {str(gone), str(kept)}
-        Volume.open(other, readonly=False, host=HostIdentity(uuid=OTHER_HOST)).close()
+        HostAttachment.open(other, host=HostIdentity(uuid=OTHER_HOST)).close()
         assert {r["image"] for r in _records_in(tmp_path / "run")} == {str(kept)}
     finally:
         held.close()

@@ -121,7 +121,7 @@ def test_help_says_read_only_default() -> None:
 
 def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     """SIGTERM on a read-write mount: files flushed, journal emptied, heartbeat released."""
-    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.volume.slots import read_slots
     from vmfs.volume.usage import marked_used, referenced_resources
     from vmfs.volume.volume import Volume
 

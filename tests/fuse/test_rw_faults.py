@@ -322,14 +322,14 @@ def test_no_transient_pointer_block(tmp_path: Path) -> None:
     """Appends to a file held open preallocate blocks; that run must never ask for a pointer
     block the file's final map does not need (a volume with 3 pointer blocks holds a sparse
     file whose map is exactly 3)."""
-    from vmfs.volume.volume import Volume
+    from vmfs.cluster.attachment import HostAttachment
     from vmfs.write.posix import WritableFileSystem
 
     image = tmp_path / "pb.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "3G", "--pointer-blocks", "3", str(image)], check=True,
                    capture_output=True)
     gib = 1 << 30
-    with Volume.open([image], readonly=False) as vol:
+    with HostAttachment.open([image]) as vol:
         fs = WritableFileSystem(vol)
         fd = fs.create("/s", 0o644, 0, 0)
         fs.open_file(fd.address, write=True)

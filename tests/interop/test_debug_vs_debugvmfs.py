@@ -11,8 +11,8 @@ import pytest
 
 from tests import oracles
 from tests.conftest import copy_image, tool
-from vmfs.cluster.heartbeat import read_slots
 from vmfs.ondisk.heartbeat import HB_IN_USE
+from vmfs.volume.slots import read_slots
 from vmfs.volume.volume import Volume
 
 pytestmark = pytest.mark.oracle

@@ -81,11 +81,11 @@ def fsck_vmfs_problems(image: Path) -> list[str]:
     * the journal block of a heartbeat slot that is still in use is "lost" (it is referenced from
       the heartbeat region only, which fsck.vmfs does not read).
     """
-    from vmfs.cluster.heartbeat import read_slots
     from vmfs.format import address as A
     from vmfs.ondisk import filedesc as F
     from vmfs.volume.filedesc import BlockMap
     from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.slots import read_slots
     from vmfs.volume.volume import Volume
 
     heads: set[int] = set()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
 from vmfs.errors import IsADirError, VmfsError
 from vmfs.ondisk import filedesc as F
@@ -37,7 +38,7 @@ def is_system(path: str) -> bool:
 
 def journal_addresses(volume: Volume) -> frozenset[int]:
     """The journals of in-use heartbeat slots: fixed while a host stays mounted."""
-    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.volume.slots import read_slots
 
     return frozenset(s.hb.journalAddr for s in read_slots(volume) if s.in_use and s.hb.journalAddr)
 
@@ -212,11 +213,12 @@ class LibraryBackend(Backend):
         self.open()
 
     def open(self) -> None:
-        self.volume = Volume.open(self.image, readonly=False, host=HOST)
-        self.fs = WritableFileSystem(self.volume)
+        self.attachment = HostAttachment.open(self.image, host=HOST)
+        self.volume = self.attachment.volume
+        self.fs = WritableFileSystem(self.attachment)
 
     def close(self) -> None:
-        self.volume.close()
+        self.attachment.close()
 
     def _create(self, p: str) -> None:
         self.fs.create(p)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 import pytest
+from pyvmfs_tools.manpages import TOOLS, context, help_text, load, option_records, subcommands, write_pages
 
 from tests.conftest import tool
-from tools.manpages import TOOLS, context, help_text, load, option_records, subcommands, write_pages
 
 RENDER_ENV = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "MANWIDTH": "80"}
 

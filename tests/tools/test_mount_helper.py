@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyvmfs_tools.common import mountpoint_key
+from pyvmfs_tools.umount import mounted_at
 
 from tests.conftest import copy_image, tool
-from tools.common import mountpoint_key
-from tools.umount import mounted_at
 
 pytestmark = pytest.mark.fuse
 

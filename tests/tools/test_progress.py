@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from pyvmfs_tools.progress import Interrupted, Progress, SafeInterrupt
 
 from tests.conftest import tool
-from tools.progress import Interrupted, Progress, SafeInterrupt
 
 SOURCE_MIB = 256
 

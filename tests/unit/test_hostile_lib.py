@@ -23,6 +23,7 @@ import pytest
 from tests.fsck import corrupt, volumes
 from tests.fsck.cases import codes, run_fsck
 from tests.fuse import hostile
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.errors import CorruptError, NotEmptyError, NotFoundError
 from vmfs.ondisk.dirent6 import DIRENT6_SIZE, Dirent6
 from vmfs.volume.directory import open_directory
@@ -110,7 +111,7 @@ def test_duplicate_keeps_the_first_entry(hostile_base: Path, tmp_path: Path) -> 
 def test_directory_of_hidden_entries_only_is_not_empty(hostile_base: Path, tmp_path: Path) -> None:
     only_bad = hostile.Hostile("d2_bad", "", hostile._rename("/d1/d2", "inner", b"in/ner"), "")
     image = hostile.make(only_bad, hostile_base, tmp_path / "v.img")
-    with Volume.open(image, readonly=False, host=volumes.host()) as vol:
+    with HostAttachment.open(image, host=volumes.host()) as vol:
         fs = WritableFileSystem(vol)
         assert fs.listdir("/d1/d2") == []
         with pytest.raises(NotEmptyError):
@@ -180,12 +181,11 @@ def test_symlink_target_with_nul_is_refused(tmp_path) -> None:  # type: ignore[n
 
     from tests.conftest import tool
     from vmfs.errors import InvalidArgumentError
-    from vmfs.volume.volume import Volume
     from vmfs.write.posix import WritableFileSystem
 
     image = tmp_path / "s.img"
     subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
-    with Volume.open([image], readonly=False) as vol:
+    with HostAttachment.open([image]) as vol:
         fs = WritableFileSystem(vol)
         with pytest.raises(InvalidArgumentError) as info:
             fs.symlink("/etc\x00passwd", "/l")

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.ondisk import resource as R
 from vmfs.volume.filedesc import FileDescriptor
 from vmfs.volume.namespace import FileSystem
@@ -32,7 +33,7 @@ def image(tmp_path: Path) -> Path:
     return volumes.make_volume(tmp_path / "prealloc.img")
 
 
-def _free_blocks(vol: Volume) -> int:
+def _free_blocks(vol: HostAttachment) -> int:
     return vol.allocators[R.RES_FB].free_count
 
 
@@ -44,8 +45,8 @@ def _append(fs: WritableFileSystem, address: int, blocks: int, seed: int = 7) ->
 
 
 @contextlib.contextmanager
-def _writing(image: Path, host: str = volumes.WRITER) -> Iterator[tuple[Volume, WritableFileSystem]]:
-    with Volume.open(image, readonly=False, host=volumes.host(host)) as vol:
+def _writing(image: Path, host: str = volumes.WRITER) -> Iterator[tuple[HostAttachment, WritableFileSystem]]:
+    with HostAttachment.open(image, host=volumes.host(host)) as vol:
         yield vol, WritableFileSystem(vol)
 
 
@@ -88,7 +89,7 @@ def test_crash_while_open_leaves_a_consistent_counted_run(image: Path, tmp_path:
     with _writing(image) as (vol, fs):
         fd = _open_new(fs, "/open")
         data = _append(fs, fd.address, 40)
-        vol.device.flush()
+        vol.volume.device.flush()
         shutil.copyfile(image, snapshot)
         fs.close_file(fd.address, write=True)
     with Volume.open(snapshot) as vol:
@@ -111,9 +112,9 @@ def test_crash_while_open_leaves_a_consistent_counted_run(image: Path, tmp_path:
     assert (rc, codes(report)) == (0, [])
 
 
-def _block_offset(vol: Volume, fd_address: int, index: int) -> int:
+def _block_offset(vol: HostAttachment, fd_address: int, index: int) -> int:
     """Volume offset of block ``index`` of a file (which must be allocated)."""
-    fd = vol.read_fd(fd_address)
+    fd = vol.volume.read_fd(fd_address)
     with vol.transaction() as tx:
         writer = FileWriter(vol, fd)
         addr = writer.get(tx, index)
@@ -121,10 +122,10 @@ def _block_offset(vol: Volume, fd_address: int, index: int) -> int:
         return writer._location(addr)
 
 
-def _stale(vol: Volume, fd_address: int, first: int, count: int) -> None:
+def _stale(vol: HostAttachment, fd_address: int, first: int, count: int) -> None:
     """Fill preallocated blocks with garbage, as free space from deleted files would hold."""
     for index in range(first, first + count):
-        vol.device.write(_block_offset(vol, fd_address, index), b"\xee" * MIB)
+        vol.volume.device.write(_block_offset(vol, fd_address, index), b"\xee" * MIB)
 
 
 @pytest.mark.parametrize("grow", ["truncate", "gap-write"])
@@ -137,14 +138,14 @@ def test_growing_past_preallocated_blocks_reads_zeros(image: Path, grow: str) ->
         run = fd.meta.numPreAllocBlocks
         assert run >= 3
         _stale(vol, fd.address, 61, run)
-        vol.device.write(_block_offset(vol, fd.address, 60) + 4, b"\xee" * (MIB - 4))
+        vol.volume.device.write(_block_offset(vol, fd.address, 60) + 4, b"\xee" * (MIB - 4))
         new_end = (61 + run) * MIB + 100
         if grow == "truncate":
             fs.truncate(fd.address, new_end)
         else:
             fs.write(fd.address, new_end - 1, b"!")
         fs.close_file(fd.address, write=True)
-        got = _read(vol, "/grow")
+        got = _read(vol.volume, "/grow")
     assert len(got) == new_end
     assert got[: 60 * MIB] == data
     assert got[60 * MIB : 60 * MIB + 4] == b"tail"
@@ -166,7 +167,7 @@ def test_truncate_down_frees_the_run(image: Path) -> None:
         assert (fd.meta.numPreAllocBlocks, fd.meta.numBlocks) == (0, 11)
         fs.close_file(fd.address, write=True)
         assert free_before - _free_blocks(vol) == 11
-        assert _read(vol, "/shrink") == data[: 10 * MIB + 1]
+        assert _read(vol.volume, "/shrink") == data[: 10 * MIB + 1]
     rc, report = run_fsck(image, "-n")
     assert (rc, codes(report)) == (0, [])
 
@@ -226,16 +227,16 @@ def test_removing_a_file_this_host_holds_open_keeps_it_until_last_close(image: P
         _append(fs, fd.address, 20)
         fs.unlink("/held")
         assert "held" not in [e.name for e in fs.listdir("/")]
-        hidden = fs.hidden_names(vol.root_address)
+        hidden = fs.hidden_names(vol.volume.root_address)
         assert len(hidden) == 1 and next(iter(hidden)).startswith(ORPHAN_PREFIX)
         fs.write(fd.address, 20 * MIB, b"still mine")
-        assert vol.reader(vol.read_fd(fd.address)).read(20 * MIB, 10) == b"still mine"
+        assert vol.volume.reader(vol.volume.read_fd(fd.address)).read(20 * MIB, 10) == b"still mine"
         fs.create("/held")  # the name is free again
         fs.open_file(fs.resolve("/held").address, write=True)
         fs.rename("/other", "/held")  # over an open file: it too lives on, hidden
-        assert len(fs.hidden_names(vol.root_address)) == 2
+        assert len(fs.hidden_names(vol.volume.root_address)) == 2
         fs.close_file(fd.address, write=True)
-        assert len(fs.hidden_names(vol.root_address)) == 1
+        assert len(fs.hidden_names(vol.volume.root_address)) == 1
         fs.rename("/held", "/moved")
     with _Volume.open(image) as ro:
         names = [e.name for e in FileSystem(ro).listdir("/")]

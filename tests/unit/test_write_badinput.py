@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from tests.fsck import volumes
 from tests.fsck.test_fuzz import metadata_regions
 from tests.helpers import region_mutations
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.device.file import FileDevice
 from vmfs.device.lvm import open_logical_volume
 from vmfs.device.overlay import OverlayDevice
 from vmfs.errors import CorruptError, VmfsError
-from vmfs.volume.volume import Volume
 from vmfs.write.posix import WritableFileSystem
 
 
@@ -67,7 +67,7 @@ def write_through(dev: OverlayDevice, first: int, count: int = 4) -> list[VmfsEr
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(60)
     try:
-        vol = Volume.from_devices([dev], host=volumes.host())
+        vol = HostAttachment.from_devices([dev], host=volumes.host())
         try:
             ops = operations(WritableFileSystem(vol))
             for k in range(first, first + count):

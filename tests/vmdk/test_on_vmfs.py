@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pyvmfs_tools.vmdk import main as vmdk_main
 from vmdk_helpers import MIB, needs_qemu, pattern, qemu_img, qemu_io
 
 from tests.oracles import OracleMount
-from tools.vmdk import main as vmdk_main
 from vmfs.cluster.host import HostIdentity
 from vmfs.device.file import FileDevice
 from vmfs.mkfs import MkfsOptions, format_volume

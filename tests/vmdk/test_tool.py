@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pyvmfs_tools.vmdk import main, parse_size
 from vmdk_helpers import MIB
 
-from tools.vmdk import main, parse_size
 from vmfs.vmdk.descriptor import Descriptor
 
 

@@ -22,14 +22,13 @@ if TYPE_CHECKING:
 
 
 class ResourceAllocator:
-    def __init__(self, volume: Volume, res: ResourceFile) -> None:
+    def __init__(self, volume: Volume, res: ResourceFile, host_uuid: str | None = None) -> None:
         if res.bits != 1 or res.parent is not None:
             raise UnsupportedError(f"allocation in {res.name} ({res.bits}-bit resources) is not supported")
         self.volume = volume
         self.res = res
         # hosts start their search in different clusters so they rarely contend for one lock
-        host = getattr(volume, "host", None)
-        self.cursor = zlib.crc32(host.uuid.encode()) % max(res.num_clusters, 1) if host is not None else 0
+        self.cursor = zlib.crc32(host_uuid.encode()) % max(res.num_clusters, 1) if host_uuid is not None else 0
         self._free: int | None = None
         self.kind = res.kind
 
@@ -166,14 +165,18 @@ def _first_set(bitmap: bytearray, total: int) -> int:
 class Allocators:
     """One allocator per writable resource type of a volume."""
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Volume, host_uuid: str | None = None) -> None:
         self.volume = volume
+        #: spreads hosts' first allocation over the clusters
+        self.host_uuid = host_uuid
         self._by_kind: dict[int, ResourceAllocator] = {}
 
     def __getitem__(self, kind: int) -> ResourceAllocator:
         alloc = self._by_kind.get(kind)
         if alloc is None:
-            alloc = self._by_kind[kind] = ResourceAllocator(self.volume, self.volume.resources[kind])
+            alloc = self._by_kind[kind] = ResourceAllocator(
+                self.volume, self.volume.resources[kind], self.host_uuid
+            )
         return alloc
 
     def reset(self) -> None:

@@ -1,162 +1,307 @@
-"""Read-write life cycle of a volume on this host: heartbeat, journal, allocators.
+"""One host's read-write attachment to a volume: identity, heartbeat, locks, journal, allocators.
 
-Mount (``attach_writer``): take this machine's lock for our host identity on the volume
-(:mod:`vmfs.cluster.identitylock`: one process per identity), claim a heartbeat slot; if the slot was our own
-from an unclean stop, replay its journal and keep its journal block, else allocate a journal
-block; record it in the slot.  Unmount (``detach_writer``): flush deferred metadata, empty the
-journal, release the slot, free the journal block, and only then let go of the identity lock.  A
-crash at any point leaves at worst one leaked journal block, which vmfs-fsck reclaims.
+A :class:`~vmfs.volume.volume.Volume` is the read side (descriptor, resource files, caches); what
+makes a host a *writer* of it lives here, in one object made by one call and ended by one:
+
+- open (:meth:`HostAttachment.open`, or the constructor on an open volume): take this machine's
+  lock for our host identity on the volume (:mod:`vmfs.cluster.identitylock`: one process per
+  identity), claim a heartbeat slot; if the slot was our own from an unclean stop, replay its
+  journal and keep its journal block, else allocate a journal block; record it in the slot.
+- close (:meth:`HostAttachment.close`): flush what the writers above deferred, empty the journal,
+  release the slot, free the journal block, and only then let go of the identity lock.
+
+A crash at any point leaves at worst one leaked journal block, which vmfs-fsck reclaims.  Two
+attachments with different host identities on one device behave as two processes do: they
+share nothing but the disk (the volume object, its caches and locks are per attachment).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+import os
+import threading
+from collections.abc import Callable, Iterator
 
 from vmfs.cluster.alloc import Allocators
 from vmfs.cluster.heartbeat import HeartbeatManager
 from vmfs.cluster.host import HostIdentity
 from vmfs.cluster.identitylock import IdentityLock
 from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, replay_area
+from vmfs.cluster.locks import LockManager
 from vmfs.cluster.transaction import Transaction
-from vmfs.errors import UnsupportedError
+from vmfs.device.base import BlockDevice
+from vmfs.errors import BusyError, ReadOnlyError, UnsupportedError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
-
-if TYPE_CHECKING:
-    from vmfs.volume.volume import Volume
+from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.attachment")
 
 
-def attach_writer(volume: Volume, host: HostIdentity | None) -> None:
-    if volume.geometry.version != 5:
-        raise UnsupportedError(
-            f"{volume.device.name}: read-write access to {volume.version_string} is not supported (VMFS5 only)"
-        )
-    host = host if host is not None else HostIdentity()
-    volume.host = host  # type: ignore[attr-defined]
-    volume.allocators = Allocators(volume)
-    volume.flush_hooks = []  # type: ignore[attr-defined]
-    hb = HeartbeatManager(volume, host)
-    volume.heartbeat = hb
-    identity = IdentityLock.acquire(volume, host.uuid)  # BusyError while another process writes as us
-    volume.identity_lock = identity  # type: ignore[attr-defined]
-    try:
-        # Storage that is no file (memory devices of simulations) is reachable from this process
-        # only: a slot of ours in use there was left by an earlier open, nobody can renew it.
-        previous = hb.claim(dead=identity.dead_slot if identity is not None else None, watch=identity is not None)
-        if identity is not None:
-            identity.update(slot=hb.slot, generation=hb.generation)
-    except BaseException:
-        if identity is not None:
-            identity.give_up()
-        raise
-    geo = volume.geometry
-    codec = geo.codec
-    from vmfs.cluster.locks import LockManager
+class HostAttachment:
+    """A volume opened read-write by one host.  Every write goes through one of these."""
 
-    volume.locks = LockManager(volume)
-    hb.reaper = volume.locks.reap
-    try:
-        journal_addr = 0
-        if previous is not None and previous.hb.journalAddr:
-            journal_addr = previous.hb.journalAddr
-            area = JournalArea(previous.journal_vol_addr, geo.block_size)
-            found = decode_transaction(volume.device.read(area.offset, area.size), area.size)
-            applied = replay_area(volume.device, area)
-            if applied:
-                log.warning("replayed %d records of our own journal after an unclean stop", applied)
-                volume.invalidate_caches()
-                _release_leftover_locks(volume, found[2] if found is not None else [])
-        if journal_addr:
-            block = codec.fb_block(journal_addr)
-            area = JournalArea(block * geo.block_size, geo.block_size)
-            volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
-            hb.set_journal(journal_addr, area.offset)
-        else:
-            # Under the FB cluster's lock: pick the block, empty it, name it in our slot, and only
-            # then mark it used.  A crash in between leaves a slot naming a free block (recovery
-            # frees only what is used), never a used block nobody names.
-            tx = Transaction(volume.device, None, volume.locks)
-            ((c, r),) = volume.allocators[R.RES_FB].allocate(tx, 1)
-            journal_addr = codec.make_fb(c * volume.resources[R.RES_FB].rpc + r)
-            block = codec.fb_block(journal_addr)
-            area = JournalArea(block * geo.block_size, geo.block_size)
-            try:
+    def __init__(self, volume: Volume, host: HostIdentity | None = None, *, journaling: bool = True) -> None:
+        """Attach ``host`` (default: this machine's stable identity) to an open, writable
+        ``volume``.  On failure nothing stays attached and the volume is left open."""
+        if volume.readonly:
+            raise ReadOnlyError("volume is mounted read-only")
+        if volume.geometry.version != 5:
+            raise UnsupportedError(
+                f"{volume.device.name}: read-write access to {volume.version_string} is not supported (VMFS5 only)"
+            )
+        self.volume = volume
+        self.host = host if host is not None else HostIdentity()
+        #: False only for measurements: metadata then goes straight home, not crash-safe
+        self.journaling = journaling
+        #: serialises this host's metadata changes (FUSE calls arrive on several threads)
+        self.meta_lock = threading.RLock()
+        self.allocators = Allocators(volume, self.host.uuid)
+        self.heartbeat = HeartbeatManager(volume, self.host)
+        self.locks: LockManager | None = None
+        self.journal: Journal | None = None
+        self.journal_addr = 0
+        self.identity_lock: IdentityLock | None = None
+        #: run at close before the journal is emptied (writers above flush what they deferred)
+        self.flush_hooks: list[Callable[[], None]] = []
+        self.closed = False
+        self._closing = False
+        volume.bind_writer(self)
+        try:
+            self._attach()
+        except BaseException:
+            volume.unbind_writer(self)
+            raise
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        paths: list[str | os.PathLike[str]] | str | os.PathLike[str],
+        *,
+        host: HostIdentity | None = None,
+        journaling: bool = True,
+    ) -> HostAttachment:
+        """Open the volume on image files or block devices (all extents) and attach ``host``."""
+        volume = Volume.open(paths, readonly=False)  # type: ignore[arg-type]
+        return cls._on(volume, host, journaling)
+
+    @classmethod
+    def from_devices(
+        cls, devices: list[BlockDevice], *, host: HostIdentity | None = None, journaling: bool = True
+    ) -> HostAttachment:
+        """Attach ``host`` to the volume on already-open devices (memory devices of simulations)."""
+        return cls._on(Volume.from_devices(devices), host, journaling)
+
+    @classmethod
+    def _on(cls, volume: Volume, host: HostIdentity | None, journaling: bool) -> HostAttachment:
+        try:
+            return cls(volume, host, journaling=journaling)
+        except BaseException:
+            volume.close()
+            raise
+
+    def _attach(self) -> None:
+        volume, host, hb = self.volume, self.host, self.heartbeat
+        identity = IdentityLock.acquire(volume, host.uuid)  # BusyError while another process writes as us
+        self.identity_lock = identity
+        try:
+            # Storage that is no file (memory devices of simulations) is reachable from this process
+            # only: a slot of ours in use there was left by an earlier open, nobody can renew it.
+            previous = hb.claim(dead=identity.dead_slot if identity is not None else None, watch=identity is not None)
+            if identity is not None:
+                identity.update(slot=hb.slot, generation=hb.generation)
+        except BaseException:
+            if identity is not None:
+                identity.give_up()
+            raise
+        geo = volume.geometry
+        codec = geo.codec
+        self.locks = LockManager(volume, hb, host, self.allocators, self.meta_lock)
+        hb.reaper = self.locks.reap
+        try:
+            journal_addr = 0
+            if previous is not None and previous.hb.journalAddr:
+                journal_addr = previous.hb.journalAddr
+                area = JournalArea(previous.journal_vol_addr, geo.block_size)
+                found = decode_transaction(volume.device.read(area.offset, area.size), area.size)
+                applied = replay_area(volume.device, area)
+                if applied:
+                    log.warning("replayed %d records of our own journal after an unclean stop", applied)
+                    volume.invalidate_caches()
+                    self._release_leftover_locks(found[2] if found is not None else [])
+            if journal_addr:
+                block = codec.fb_block(journal_addr)
+                area = JournalArea(block * geo.block_size, geo.block_size)
                 volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
                 hb.set_journal(journal_addr, area.offset)
-                tx.commit()
+            else:
+                # Under the FB cluster's lock: pick the block, empty it, name it in our slot, and only
+                # then mark it used.  A crash in between leaves a slot naming a free block (recovery
+                # frees only what is used), never a used block nobody names.
+                tx = Transaction(volume.device, None, self.locks)
+                ((c, r),) = self.allocators[R.RES_FB].allocate(tx, 1)
+                journal_addr = codec.make_fb(c * volume.resources[R.RES_FB].rpc + r)
+                block = codec.fb_block(journal_addr)
+                area = JournalArea(block * geo.block_size, geo.block_size)
+                try:
+                    volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
+                    hb.set_journal(journal_addr, area.offset)
+                    tx.commit()
+                finally:
+                    tx.release_locks()
+            self.journal = Journal(volume.device, area, host.uuid)
+            self.journal_addr = journal_addr
+            hb.start()
+        except BaseException as exc:
+            try:
+                hb.release()
             finally:
+                if identity is not None:
+                    identity.release(f"failed to open: {exc}", slot_released=hb.slot is None)
+            raise
+
+    def _release_leftover_locks(self, offsets: list[int]) -> None:
+        """The replayed transaction's locks are still held by our previous incarnation: take each
+        (the old generation counts as gone) and let it go, so no stale lock outlives the replay."""
+        assert self.locks is not None
+        for offset in offsets:
+            try:
+                self.locks.acquire(offset, wait=0)
+            except BusyError:
+                continue  # another host broke and took it meanwhile: it is not ours any more
+            self.locks.release(offset)
+
+    # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------
+
+    def holds_lock(self, vol_offset: int) -> bool:
+        return self.locks is not None and self.locks.holds(vol_offset) is not None
+
+    def now_us(self) -> int:
+        return self.host.clock.monotonic_us()
+
+    def caches_dropped(self) -> None:
+        self.allocators.reset()
+
+    # -- metadata transactions ----------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if self.closed or self.volume.closed:
+            raise ReadOnlyError("volume is closed")
+        self.heartbeat.check_writable()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Collect metadata writes; commit through the journal on success, forget them (and every
+        cache that may hold their effects) on failure."""
+        self.check_writable()
+        with self.meta_lock:
+            tx = Transaction(self.volume.device, self.journal if self.journaling else None, self.locks)
+            try:
+                yield tx
+                self.check_writable()
+                tx.commit()
+            except BaseException:
                 tx.release_locks()
-        volume.journal = Journal(volume.device, area, host.uuid)
-        volume.journal_addr = journal_addr  # type: ignore[attr-defined]
-        hb.start()
-    except BaseException as exc:
+                self.volume.invalidate_caches()
+                raise
+
+    def lock_fd(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
+        """Take ``fd``'s on-disk lock for the transaction and make sure our copy is current."""
+        got = tx.lock(fd.vol_offset)
+        if got is None:
+            return fd
+        held, previous = got
+        if fd.clean_token is None or previous != fd.clean_token:
+            self.volume.reload_fd(fd)
+        if fd.lock is not held.lock:
+            fd.set_lock(held.lock)
+        fd.validated_us = self.now_us()
+        return fd
+
+    def put_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
+        """Record ``fd``'s metadata and data area (not its lock block) in ``tx``."""
+        md = self.volume.geometry.md_size
+        tx.write(fd.vol_offset + md, fd.encode()[md:])
+
+    # -- closing --------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach (flush, empty the journal, free the slot and the journal block, let go of the
+        identity lock), then close the volume."""
+        if self.closed or self._closing:
+            return
+        self._closing = True  # the flush hooks still write; a second close() meanwhile does nothing
         try:
+            self._detach()
+        finally:
+            self.closed = True
+            self.volume.unbind_writer(self)
+            self.volume.close()
+
+    def crash(self) -> None:
+        """Stop as a killed process would: no more heartbeats, nothing flushed, emptied or given
+        back; the slot, the locks and the journal stay on disk for whoever recovers this host.
+        (Failure injection: tests, and hosts of a simulation that die.)"""
+        if self.closed:
+            return
+        self.closed = True
+        self.heartbeat.stop()
+        if self.identity_lock is not None:
+            self.identity_lock.abandon()
+        self.volume.unbind_writer(self)
+        self.volume.close()
+
+    def _detach(self) -> None:
+        hb = self.heartbeat
+        identity = self.identity_lock
+        outcome = "failed"
+        try:
+            try:
+                for hook in list(self.flush_hooks):
+                    hook()
+            finally:
+                lost = hb.lost
+                self._release()
+                outcome = "clean" if lost is None else f"lost: {lost}"
+        except BaseException as exc:
+            outcome = f"failed: {exc}"
+            raise
+        finally:
+            # last: whoever waits for this lock (vmfs-umount) may rely on everything being on disk
+            if identity is not None:
+                identity.release(outcome, slot_released=outcome == "clean")
+
+    def _release(self) -> None:
+        """Empty the journal; under the FB cluster's lock free the journal block, then give back the
+        slot.  A crash in between leaves a slot naming a free block, which recovery handles; nobody
+        can take the block meanwhile because the cluster stays locked until the slot is free."""
+        hb = self.heartbeat
+        volume = self.volume
+        lost = hb.lost
+        if self.locks is not None:
+            self.locks.release_all()
+        if self.journal is not None and lost is None:
+            self.journal.clear()
+        hb.stop()
+        tx = None
+        try:
+            if self.journal_addr and lost is None:
+                tx = Transaction(volume.device, None, self.locks)
+                rpc = volume.resources[R.RES_FB].rpc
+                self.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(self.journal_addr), rpc)])
+                tx.commit(release=False)
             hb.release()
         finally:
-            if identity is not None:
-                identity.release(f"failed to open: {exc}", slot_released=hb.slot is None)
-        raise
+            if tx is not None:
+                tx.release_locks()
+        volume.device.flush()
 
+    def __enter__(self) -> HostAttachment:
+        return self
 
-def _release_leftover_locks(volume: Volume, offsets: list[int]) -> None:
-    """The replayed transaction's locks are still held by our previous incarnation: take each
-    (the old generation counts as gone) and let it go, so no stale lock outlives the replay."""
-    from vmfs.errors import BusyError
-
-    assert volume.locks is not None
-    for offset in offsets:
-        try:
-            volume.locks.acquire(offset, wait=0)
-        except BusyError:
-            continue  # another host broke and took it meanwhile: it is not ours any more
-        volume.locks.release(offset)
-
-
-def detach_writer(volume: Volume) -> None:
-    hb = volume.heartbeat
-    identity = getattr(volume, "identity_lock", None)
-    outcome = "failed"
-    try:
-        try:
-            for hook in list(getattr(volume, "flush_hooks", [])):
-                hook()
-        finally:
-            if hb is not None:
-                lost = hb.lost
-                _release(volume, hb)
-                outcome = "clean" if lost is None else f"lost: {lost}"
-    except BaseException as exc:
-        outcome = f"failed: {exc}"
-        raise
-    finally:
-        # last: whoever waits for this lock (vmfs-umount) may rely on everything being on disk
-        if identity is not None:
-            identity.release(outcome, slot_released=outcome == "clean")
-
-
-def _release(volume: Volume, hb: HeartbeatManager) -> None:
-    """Empty the journal; under the FB cluster's lock free the journal block, then give back the
-    slot.  A crash in between leaves a slot naming a free block, which recovery handles; nobody
-    can take the block meanwhile because the cluster stays locked until the slot is free."""
-    lost = hb.lost
-    if volume.locks is not None:
-        volume.locks.release_all()
-    if volume.journal is not None and lost is None:
-        volume.journal.clear()
-    hb.stop()
-    journal_addr = getattr(volume, "journal_addr", 0)
-    tx = None
-    try:
-        if journal_addr and lost is None:
-            tx = Transaction(volume.device, None, volume.locks)
-            rpc = volume.resources[R.RES_FB].rpc
-            volume.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(journal_addr), rpc)])
-            tx.commit(release=False)
-        hb.release()
-    finally:
-        if tx is not None:
-            tx.release_locks()
-    volume.device.flush()
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from construct import Container, Int32ul
+from construct import Container
 
 from vmfs.errors import BusyError, NoSpaceError, VolumeLostError
-from vmfs.ondisk.common import NULL_UUID, SECTOR, decode_name, encode_name, fast
-from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
+from vmfs.ondisk.common import NULL_UUID, encode_name, fast
+from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, Heartbeat
+from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
     from vmfs.cluster.host import HostIdentity
@@ -28,55 +28,6 @@ log = logging.getLogger("vmfs.cluster.heartbeat")
 
 #: lockImpl value ESXi writes (both samples); meaning unknown (vmfs-format.md 4.2)
 LOCK_IMPL = 3
-
-
-@dataclass
-class SlotView:
-    slot: int
-    addr: int
-    raw: bytes
-    hb: Container
-
-    @property
-    def in_use(self) -> bool:
-        return self.hb.state == HB_IN_USE
-
-    @property
-    def owner(self) -> str:
-        return self.hb.owner
-
-    @property
-    def journal_vol_addr(self) -> int:
-        return self.hb.journalVolAddr
-
-    @property
-    def ip(self) -> str:
-        return decode_name(self.hb.ip)
-
-
-def read_slot(volume: Volume, slot: int) -> SlotView:
-    addr = volume.geometry.hb_slot_addr(slot)
-    raw = volume.device.read(addr, SECTOR)
-    return SlotView(slot, addr, raw, fast(Heartbeat).parse(raw))
-
-
-_IN_USE = Int32ul.build(HB_IN_USE)
-
-
-def read_slots(volume: Volume, *, in_use_only: bool = False) -> list[SlotView]:
-    """Every heartbeat slot (or only those in use: the state word is checked before parsing, as
-    a renewal thread looks at the whole region every period)."""
-    geo = volume.geometry
-    raw = volume.device.read(HEARTBEAT_REGION_OFFSET, geo.heartbeat_region_size)
-    views = []
-    parse = fast(Heartbeat).parse
-    for i in range(geo.hb_slots):
-        start = i * geo.hb_slot_size
-        if in_use_only and raw[start : start + 4] != _IN_USE:
-            continue
-        chunk = raw[start : start + SECTOR]
-        views.append(SlotView(i, geo.hb_slot_addr(i), chunk, parse(chunk)))
-    return views
 
 
 def freed_slot(hb: Container, generation: int) -> Container:

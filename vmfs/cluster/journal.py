@@ -158,8 +158,7 @@ class Journal:
 
 def _still_held(device: BlockDevice, locks: list[int], owner: str) -> bool:
     """Whether every lock of a journaled transaction is still held by the journal's host."""
-    from vmfs.cluster.locks import parse_lock
-    from vmfs.ondisk.lock import LOCK_FREE
+    from vmfs.ondisk.lock import LOCK_FREE, parse_lock
 
     for offset in locks:
         if offset + 512 > device.size:

@@ -27,24 +27,28 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
-from vmfs.cluster.heartbeat import SlotView, freed_slot, read_slot
+from vmfs.cluster.heartbeat import freed_slot
 from vmfs.cluster.journal import JournalArea, replay_area
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
 from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
     LOCK_EXCLUSIVE,
-    LOCK_FIELDS_SIZE,
     LOCK_FREE,
     LOCK_MULTI_WRITER,
     LOCK_READ_ONLY,
     MAX_HOLDERS,
     NO_HOLDERS,
-    LockBlock,
     LockHolders,
+    build_lock,
+    parse_lock,
 )
+from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
+    from vmfs.cluster.alloc import Allocators
+    from vmfs.cluster.heartbeat import HeartbeatManager
+    from vmfs.cluster.host import HostIdentity
     from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.locks")
@@ -69,19 +73,24 @@ class Held:
         return self._lock
 
 
-def parse_lock(raw: bytes) -> Container:
-    return fast(LockBlock).parse(raw[:SECTOR]).lock
-
-
-def build_lock(lock: Container, raw: bytes) -> bytes:
-    return fast(LockBlock).build(Container(lock=lock, extra=raw[LOCK_FIELDS_SIZE:SECTOR]))
-
-
 class LockManager:
-    def __init__(self, volume: Volume, *, wait: float = 5.0) -> None:
+    def __init__(
+        self,
+        volume: Volume,
+        heartbeat: HeartbeatManager,
+        host: HostIdentity,
+        allocators: Allocators,
+        meta_lock: threading.RLock,
+        *,
+        wait: float = 5.0,
+    ) -> None:
         self.volume = volume
-        self.hb = volume.heartbeat
-        self.host = volume.host  # type: ignore[attr-defined]
+        self.hb = heartbeat
+        self.host = host
+        #: frees a dead host's journal block when we recover it
+        self.allocators = allocators
+        #: the attachment's lock on metadata changes: recovery runs under it
+        self.meta_lock = meta_lock
         self.wait = wait
         self.held: dict[int, Held] = {}
         self._watch: dict[int, tuple[int, int, int]] = {}  # slot addr -> (stamp, gen, first seen us)
@@ -169,7 +178,7 @@ class LockManager:
             # Then free its journal block under the block's cluster lock, held until the slot no
             # longer names the block, so nobody can take the block while a slot still names it.
             if hb.journalAddr:
-                fbs = self.volume.allocators[R.RES_FB]
+                fbs = self.allocators[R.RES_FB]
                 c, r = divmod(self.volume.geometry.codec.fb_block(hb.journalAddr), fbs.res.rpc)
                 fbs.free_if_used(tx, c, r)
                 tx.commit(release=False)
@@ -184,15 +193,13 @@ class LockManager:
     def reap(self) -> list[int]:
         """Look at every other host's heartbeat; recover those whose lease ran out (their
         journal replayed, their slot cleared).  Returns the slots recovered."""
-        from vmfs.cluster.heartbeat import read_slots
-
         recovered = []
         for slot in read_slots(self.volume, in_use_only=True):
             if not slot.in_use or self._is_me(slot.addr, slot.hb.hbGen, slot.hb.owner):
                 continue
             if self._watch_slot(slot) == "dead":
                 try:
-                    with self.volume.meta_lock:
+                    with self.meta_lock:
                         self.recover_host(slot)
                     recovered.append(slot.slot)
                 except UnsupportedError as exc:

@@ -6,20 +6,28 @@ an operation can read-modify-write the same sector several times before anything
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from vmfs.cluster.journal import Journal
+from vmfs.device.base import BlockDevice
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE
-
-if TYPE_CHECKING:
-    from vmfs.cluster.locks import LockManager
-    from vmfs.device.base import BlockDevice
 
 SECTOR = 512
 
 
+class LockTaker(Protocol):
+    """What a transaction needs of the host's lock manager (:class:`vmfs.cluster.locks.LockManager`,
+    which itself runs transactions when it recovers a dead host)."""
+
+    def acquire(self, offset: int, mode: int = ..., *, wait: float | None = None) -> tuple[Any, int]: ...
+
+    def release(self, offset: int) -> None: ...
+
+    def forget(self, offset: int) -> None: ...
+
+
 class Transaction:
-    def __init__(self, device: BlockDevice, journal: Journal | None, locks: LockManager | None = None) -> None:
+    def __init__(self, device: BlockDevice, journal: Journal | None, locks: LockTaker | None = None) -> None:
         self.device = device
         self.journal = journal
         self.locks = locks

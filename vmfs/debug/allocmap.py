@@ -14,11 +14,11 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from vmfs.cluster.heartbeat import read_slots
 from vmfs.format import address as A
 from vmfs.ondisk import resource as R
 from vmfs.volume.directory import open_directory
 from vmfs.volume.filedesc import BlockMap
+from vmfs.volume.slots import read_slots
 from vmfs.volume.volume import Volume
 
 FREE, SYSTEM, POINTER, FILE, TBZ = "free", "system", "pointer blocks", "file", "to-be-zeroed"

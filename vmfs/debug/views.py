@@ -199,7 +199,7 @@ def watch_heartbeats(volume: Volume, seconds: float) -> list[dict[str, Any]]:
     renewing (its host is alive); one whose stamp stood still has that age at least."""
     import time
 
-    from vmfs.cluster.heartbeat import read_slots
+    from vmfs.volume.slots import read_slots
 
     first = {s.slot: s for s in read_slots(volume, in_use_only=True)}
     start = time.monotonic()
@@ -228,8 +228,7 @@ def watch_heartbeats(volume: Volume, seconds: float) -> list[dict[str, Any]]:
 def held_locks(volume: Volume) -> list[dict[str, Any]]:
     """Every lock held on the volume (mode not free): file descriptors by path where reachable,
     and resource clusters, like ``vmkfstools -D`` over the whole volume."""
-    from vmfs.cluster.locks import parse_lock
-    from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD
+    from vmfs.ondisk.lock import LOCK_FREE, LOCK_TYPE_FD, parse_lock
     from vmfs.volume.directory import open_directory
 
     paths: dict[int, str] = {}

@@ -21,6 +21,7 @@ from vmfs.fsck.policy import Policy
 from vmfs.fsck.problems import BY_CODE, Code, Flag, Problem
 
 if TYPE_CHECKING:
+    from vmfs.cluster.attachment import HostAttachment
     from vmfs.cluster.host import HostIdentity
     from vmfs.device.base import BlockDevice
     from vmfs.device.lvm import LogicalVolume
@@ -174,6 +175,8 @@ class CheckState:
     descriptor: Any = None
     geometry: Geometry | None = None
     volume: Volume | None = None
+    #: repair runs only: this fsck's host attachment (heartbeat slot, journal, locks, allocators)
+    attachment: HostAttachment | None = None
     #: volume offset -> corrected bytes presented to the library (rebuilt resource headers)
     header_patches: dict[int, bytes] = field(default_factory=dict)
     #: volume offset -> corrected lock (and FD metadata) sectors: lock blocks whose type or own
@@ -233,6 +236,12 @@ class Context:
     def volume(self) -> Volume:
         assert self.state.volume is not None
         return self.state.volume
+
+    @property
+    def attachment(self) -> HostAttachment:
+        """The host attachment repairs write through (repair runs only)."""
+        assert self.state.attachment is not None, "a repair outside a repair run"
+        return self.state.attachment
 
     @property
     def geometry(self) -> Geometry:

@@ -216,11 +216,10 @@ def _check_resource_header(ctx: Context, kind: int, name: str, meta: Container, 
 
 def run(ctx: Context) -> None:
     st = ctx.state
-    vol = ctx.volume
     for item in st.header_findings:
         if ctx.problem(Code.RESOURCE_HEADER_BAD, subject=item["file"], file=item["file"], detail=item["detail"],
                        rebuilt=item["rebuilt"]):
-            with ctx.repair(), vol.transaction() as tx:
+            with ctx.repair(), ctx.attachment.transaction() as tx:
                 tx.write(item["offset"], item["image"])
     _heartbeats(ctx)
 
@@ -246,7 +245,7 @@ def _heartbeats(ctx: Context) -> None:
     st = ctx.state
     vol = ctx.volume
     own = (ctx.options.host or fsck_identity()).uuid
-    writer = vol.heartbeat.slot if vol.heartbeat is not None else None
+    writer = st.attachment.heartbeat.slot if st.attachment is not None else None
     carried_stale = st.carried_stale
     records: list[SlotRecord] = []
     for i, addr, raw, hb in _read_region(ctx):

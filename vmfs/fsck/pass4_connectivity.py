@@ -271,7 +271,7 @@ def _lost_found(ctx: Context) -> int | None:
 
     vol = ctx.volume
     try:
-        fd = WritableFileSystem(vol).mkdir("/" + LOST_FOUND, 0o700)
+        fd = WritableFileSystem(ctx.attachment).mkdir("/" + LOST_FOUND, 0o700)
     except VmfsError as exc:
         ctx.note(f"cannot make /{LOST_FOUND}: {exc}")
         return None

@@ -267,7 +267,7 @@ def _apply(ctx: Context, fixes: list[_Fix]) -> None:
     for start in range(0, len(fixes), BATCH):
         batch = fixes[start : start + BATCH]
         findings = list({id(f): f for fix in batch for f in fix.findings}.values())
-        with ctx.repair(*findings), vol.transaction() as tx:
+        with ctx.repair(*findings), ctx.attachment.transaction() as tx:
             for fix in batch:
                 _write(vol, tx, fix)
         vol.invalidate_caches()

@@ -107,8 +107,8 @@ def _stale_slot(ctx: Context, rec: SlotRecord) -> None:
         if rec.journal_block is not None:
             rpc = vol.resources[R.RES_FB].rpc
             c, r = divmod(rec.journal_block, rpc)
-            alloc = vol.allocators[R.RES_FB]
-            with vol.transaction() as tx:
+            alloc = ctx.attachment.allocators[R.RES_FB]
+            with ctx.attachment.transaction() as tx:
                 if not alloc.is_free(tx, c, r):
                     alloc.free(tx, [(c, r)])
 
@@ -121,12 +121,11 @@ def _holder(ctx: Context, hb_addr: int, hb_gen: int, owner: str) -> tuple[str, s
     """("live" | "ours" | "gone", why) for a lock holder."""
     st = ctx.state
     geo = ctx.geometry
-    vol = ctx.volume
     index, rest = divmod(hb_addr - HEARTBEAT_REGION_OFFSET, geo.hb_slot_size)
     if hb_addr < HEARTBEAT_REGION_OFFSET or rest or index >= len(st.slots):
         return "gone", f"its heartbeat address 0x{hb_addr:x} is no slot"
     slot = st.slots[index]
-    hb = vol.heartbeat
+    hb = st.attachment.heartbeat if st.attachment is not None else None
     if hb is not None and index == hb.slot and hb_gen == hb.generation and owner == slot.hb.owner:
         return "ours", ""
     if not slot.in_use:
@@ -155,7 +154,7 @@ def _locks(ctx: Context) -> None:
             ctx.note(f"{label} is locked (mode {mode}) by live host {owner}, {why}")
             continue
         if ctx.problem(Code.LOCK_STALE, subject=label, object=label, mode=mode, owner=owner, reason=why):
-            with ctx.repair(), vol.transaction() as tx:
+            with ctx.repair(), ctx.attachment.transaction() as tx:
                 block = geo.structs.lock.parse(tx.read(offset, geo.md_size))
                 block.lock.mode = 0
                 block.lock.owner = NULL_UUID

@@ -1,9 +1,9 @@
-"""Repairs shared by the passes.  Every one is a library transaction (``volume.transaction()``),
+"""Repairs shared by the passes.  Every one is a library transaction (``HostAttachment.transaction()``),
 so a crash in the middle of a repair leaves the volume as the last committed transaction left it,
 with the journal able to finish the one in flight.
 
 * :func:`apply_fd_edit`: rewrite one FD (lock fields, metadata fields, pointer entries, clones of
-  shared blocks) the way :meth:`Volume.put_fd` writes an FD: metadata and data area through the
+  shared blocks) the way :meth:`HostAttachment.put_fd` writes an FD: metadata and data area through the
   transaction; the lock sector too when a lock field changes.
 * :class:`Cloner`: give an FD its own copy of every block (and pointer block) it shares, with
   blocks from the library's allocators (e2fsck's pass 1D clone).  A copy goes to its new block
@@ -57,7 +57,7 @@ def apply_fd_edit(ctx: Context, edit: FdEdit, rules: MapRules | None = None) -> 
     md = geo.md_size
     ok = False
     with ctx.repair(*edit.findings):
-        with vol.transaction() as tx:
+        with ctx.attachment.transaction() as tx:
             if edit.zero:
                 tx.write(edit.vol_offset, bytes(geo.fd_size))
             else:
@@ -85,7 +85,7 @@ def apply_fd_edit(ctx: Context, edit: FdEdit, rules: MapRules | None = None) -> 
                             Cloner(ctx, tx, edit.address, rules).run(ptrs, levels)
                     fd.data = builders.pointer_array_bytes(geo, ptrs)
                 built = geo.structs.file_descriptor.build(fd)
-                tx.write(edit.vol_offset + md, built[md:])  # what Volume.put_fd writes
+                tx.write(edit.vol_offset + md, built[md:])  # what HostAttachment.put_fd writes
         ok = True
     vol.invalidate_caches()
     if ok and not edit.zero:
@@ -176,13 +176,13 @@ class Cloner:
         vol = self.ctx.volume
         codec = vol.geometry.codec
         if kind == A.ADDR_FB:
-            ((c, r),) = vol.allocators[R.RES_FB].allocate(self.tx, 1)
+            ((c, r),) = self.ctx.attachment.allocators[R.RES_FB].allocate(self.tx, 1)
             rpc = vol.resources[R.RES_FB].rpc
             address = codec.make_fb(c * rpc + r, tbz=self.rules.is_tbz(like))
             key: ResKey = (R.RES_FB, c, r)
         else:
             res = RES_OF_KIND[kind]
-            ((c, r),) = vol.allocators[res].allocate(self.tx, 1)
+            ((c, r),) = self.ctx.attachment.allocators[res].allocate(self.tx, 1)
             address = codec.make(kind, c, r)
             key = (res, c, r)
         self.owners[key] = self.owner
@@ -195,9 +195,9 @@ def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes],
     vol = ctx.volume
     ok = False
     with ctx.repair(*findings):
-        with vol.transaction() as tx:
+        with ctx.attachment.transaction() as tx:
             fd = vol.read_fd(address)
-            writer = FileWriter(vol, fd)
+            writer = FileWriter(ctx.attachment, fd)
             i = 0
             while i < len(new):
                 if i < len(old) and old[i] == new[i]:
@@ -211,7 +211,7 @@ def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes],
             want = len(new) * DIRENT5_SIZE
             if fd.size > want:
                 writer.truncate(tx, want, limit=1 << 30)
-            vol.put_fd(tx, fd)
+            ctx.attachment.put_fd(tx, fd)
         ok = True
     vol.invalidate_caches()
     if ok:

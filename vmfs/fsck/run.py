@@ -7,8 +7,8 @@ A run is up to three phases over the same images:
    that is gone goes to the overlay, so the passes after it see what the repair will see).  With
    -n, or when nothing is wrong, the run ends here; the images are never opened for writing.
 2. **repair**: the volume opened read-write with a heartbeat slot and a journal of this host
-   (:meth:`vmfs.volume.volume.Volume` with a :class:`~vmfs.cluster.host.HostIdentity`); the passes run again
-   and repair what the policy says yes to, each repair in library transactions.  The device the
+   (:class:`vmfs.cluster.attachment.HostAttachment` for a :class:`~vmfs.cluster.host.HostIdentity`); the
+   passes run again and repair what the policy says yes to, each repair in library transactions.  The device the
    library sees shows resources the check found in use as allocated, and damaged lock blocks and
    headers as the check rebuilt them (:class:`vmfs.fsck.device.FsckDevice`), so no allocation of
    the repair can take a block a file still uses, even before pass 5 has fixed the bitmaps.
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmfs.cluster.attachment import HostAttachment
 from vmfs.device.file import FileDevice
 from vmfs.device.lvm import open_logical_volume
 from vmfs.device.overlay import OverlayDevice
@@ -189,8 +190,14 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
             state.carried_stale = {(s.slot, s.hb.hbGen, s.hb.stamp): s.reason
                                    for s in carried.slots if s.liveness == "stale"}
         try:
-            host = (options.host or fsck_identity()) if writable else None
-            volume = Volume(device, lvm=lv, host=host)
+            volume = Volume(device, lvm=lv)
+            if writable:
+                try:
+                    state.attachment = HostAttachment(volume, options.host or fsck_identity())
+                except BaseException:
+                    volume, opened = None, volume
+                    opened.close()
+                    raise
         except VmfsError as exc:
             if writable:
                 result.error = f"cannot open the volume for writing: {exc}"

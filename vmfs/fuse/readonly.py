@@ -222,12 +222,14 @@ class VmfsOperations(mfusepy.Operations):
         """The first call in the process that serves the mount.  A background mount got here
         through libfuse's fork, which keeps no thread: the heartbeat renewal starts here, and the
         identity lock (inherited with its open file) records this process as its holder."""
-        heartbeat = getattr(self.volume, "heartbeat", None)
-        if heartbeat is not None:
-            heartbeat.start()
-        identity = getattr(self.volume, "identity_lock", None)
-        if identity is not None:
-            identity.update(pid=os.getpid())
+        self.serving()
+
+    def before_fork(self) -> None:
+        """Called before libfuse may fork to daemonise: no thread may run across it (a reader
+        has none)."""
+
+    def serving(self) -> None:
+        """Called once in the process that serves the mount, before the first operation."""
 
     def destroy(self, path: str) -> None:
         """Unmount (fusermount -u, SIGINT, SIGTERM): close the volume cleanly."""
@@ -252,9 +254,7 @@ def mount(
     kib = int(options.pop("readahead_kb", DEFAULT_READAHEAD_KB))
     if kib > 0:
         ops.readahead = (os.path.realpath(mountpoint), kib)  # before daemonising changes the cwd
-    heartbeat = getattr(fs.volume, "heartbeat", None)
-    if heartbeat is not None:
-        heartbeat.stop()  # no thread may run across the fork of daemonising: init starts it again
+    ops.before_fork()
     for key, value in getattr(ops, "fuse_options", {}).items():
         options[key] = value
     fuse_class = getattr(ops, "fuse_class", mfusepy.FUSE)

@@ -27,7 +27,7 @@ import mfusepy
 
 from vmfs.errors import NotFoundError
 from vmfs.fuse.readonly import VmfsOperations, fuse_attrs, fuse_op
-from vmfs.volume.namespace import FileSystem, stat_fd
+from vmfs.volume.namespace import stat_fd
 from vmfs.write.posix import WritableFileSystem
 
 RENAME_NOREPLACE = 1
@@ -114,11 +114,22 @@ class ReadWriteOperations(VmfsOperations):
     #: options the read-write mount needs whatever the user asked for
     fuse_options: ClassVar[dict[str, object]] = {}
 
-    def __init__(self, fs: FileSystem) -> None:
-        wfs = fs if isinstance(fs, WritableFileSystem) else WritableFileSystem(fs.volume)
+    def __init__(self, wfs: WritableFileSystem) -> None:
         super().__init__(wfs)
         self.wfs = wfs
+        self.attachment = wfs.attachment
         self.op_lock = threading.RLock()
+
+    def before_fork(self) -> None:
+        self.attachment.heartbeat.stop()  # init (in the serving process) starts it again
+
+    def serving(self) -> None:
+        """The heartbeat renewal starts here (a background mount got here through libfuse's
+        fork, which keeps no thread), and the identity lock (inherited with its open file)
+        records this process as its holder."""
+        self.attachment.heartbeat.start()
+        if self.attachment.identity_lock is not None:
+            self.attachment.identity_lock.update(pid=os.getpid())
 
     # -- handles: the FD address, pinned so one object carries deferred changes -----------------------
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from construct import Array, Bytes, Int32ul, Int64ul, Struct
+from construct import Array, Bytes, Container, Int32ul, Int64ul, Struct
 
-from vmfs.ondisk.common import SECTOR, Uuid
+from vmfs.ondisk.common import SECTOR, Uuid, fast
 
 LOCK_TYPE_BASE = 0x10C00000
 LOCK_TYPE_FD = 0x10C00001
@@ -55,3 +55,13 @@ def lock_block(size: int = SECTOR) -> Struct:
 
 
 LockBlock = lock_block(SECTOR)
+
+
+def parse_lock(raw: bytes) -> Container:
+    """The lock fields of a sector that starts with a lock block."""
+    return fast(LockBlock).parse(raw[:SECTOR]).lock
+
+
+def build_lock(lock: Container, raw: bytes) -> bytes:
+    """The sector ``raw`` with its lock fields replaced by ``lock`` (the rest kept)."""
+    return fast(LockBlock).build(Container(lock=lock, extra=raw[LOCK_FIELDS_SIZE:SECTOR]))

@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from vmfs import errors as E
-from vmfs.cluster.heartbeat import read_slot
+from vmfs.cluster.attachment import HostAttachment
+from vmfs.cluster.host import HostIdentity
 from vmfs.debug.views import LOCK_MODE_NAMES
 from vmfs.format import address as A
 from vmfs.ondisk import filedesc as F
@@ -51,6 +52,7 @@ from vmfs.vmdk.storage import OPEN_MODES, PROVISIONINGS
 from vmfs.volume.filedesc import BlockMap, FileDescriptor
 from vmfs.volume.filereader import FileReader, seek_position
 from vmfs.volume.namespace import FileSystem
+from vmfs.volume.slots import read_slot
 from vmfs.volume.volume import Volume
 from vmfs.write.posix import WRITE_CHUNK, WritableFileSystem
 
@@ -513,14 +515,18 @@ def open_volume_storage(
     directory: str = "/",
     *,
     writable: bool = False,
-    host: object = None,
+    host: HostIdentity | None = None,
 ) -> Iterator[VolumeStorage]:
     """Open the volume on ``images`` (every extent of a spanned volume) and yield a
     :class:`VolumeStorage` rooted at ``directory``; the volume is closed (heartbeat released,
-    deferred metadata written) on exit.  Read-write only when ``writable``."""
-    volume = Volume.open(list(images), readonly=not writable, host=host)
+    deferred metadata written) on exit.  Read-write (as ``host``) only when ``writable``."""
+    if writable:
+        attachment = HostAttachment.open(list(images), host=host)
+        volume = attachment.volume
+    else:
+        volume = Volume.open(list(images))
     try:
-        fs: FileSystem = WritableFileSystem(volume) if writable else FileSystem(volume)
+        fs: FileSystem = WritableFileSystem(attachment) if writable else FileSystem(volume)
         yield VolumeStorage(fs, directory)
     finally:
         volume.close()

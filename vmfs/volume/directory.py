@@ -18,12 +18,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from vmfs.errors import (
     CorruptError,
-    ExistsError,
     InvalidArgumentError,
     NameTooLongError,
     NotADirError,
     NotFoundError,
-    UnsupportedError,
     VmfsError,
 )
 from vmfs.format.namehash import hash_index, link_hash, name_hash
@@ -33,7 +31,6 @@ from vmfs.ondisk.common import fast
 from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
-    from vmfs.cluster.transaction import Transaction
     from vmfs.volume.filedesc import FileDescriptor
     from vmfs.volume.volume import Volume
 
@@ -135,17 +132,6 @@ class Directory:
         (removing it would orphan what they name)."""
         return next(iter(self.entries()), None) is None and not self.defects
 
-    # -- changes (VMFS3/5 only for now) ----------------------------------------------------------------
-
-    def add(self, tx: Transaction, name: str, address: int, ftype: int, generation: int) -> DirEntry:
-        raise UnsupportedError("changing this directory format is not supported")
-
-    def remove(self, tx: Transaction, name: str) -> DirEntry:
-        raise UnsupportedError("changing this directory format is not supported")
-
-    def set_parent(self, tx: Transaction, parent: int, generation: int) -> None:
-        raise UnsupportedError("changing this directory format is not supported")
-
 
 class Directory5(Directory):
     """A packed array of 140-byte entries; '.' and '..' are the first two."""
@@ -196,94 +182,40 @@ class Directory5(Directory):
     def parent_address(self) -> int:
         return self._parent
 
-    # -- changes ------------------------------------------------------------------------------------------
+    # -- the in-memory index, kept in step with changes (vmfs.write.dirchange) ----------------------
 
-    def _writer(self):  # type: ignore[no-untyped-def]
-        from vmfs.write.filedata import FileWriter
+    def entry_named(self, name: str) -> DirEntry | None:
+        return self._by_name.get(name)
 
-        return FileWriter(self.volume, self.fd)
+    def entry_at(self, offset: int) -> DirEntry | None:
+        """The named entry at byte ``offset`` (None for '.', '..', unused or hidden slots)."""
+        return next((e for e in self._by_name.values() if e.offset == offset), None)
 
-    def _entry_bytes(self, name: bytes, address: int, ftype: int, generation: int) -> bytes:
-        return D5.Dirent5.build(
-            {
-                "type": ftype,
-                "descAddr": address,
-                "generation": generation,
-                "name": name.ljust(D5.DIRENT5_NAME_SIZE, b"\0"),
-            }
-        )
-
-    def add(self, tx: Transaction, name: str, address: int, ftype: int, generation: int) -> DirEntry:
-        raw_name = check_name(name)
-        if name in self._by_name:
-            raise ExistsError(f"{name!r} exists")
-        offset = self.count * D5.DIRENT5_SIZE
-        self._writer().write(tx, offset, self._entry_bytes(raw_name, address, ftype, generation))
+    def indexed_add(self, entry: DirEntry) -> None:
+        """``entry`` was appended at the end."""
         self.count += 1
-        entry = DirEntry(name, address, ftype, generation, offset)
-        self._by_name[name] = entry
-        return entry
+        self._by_name[entry.name] = entry
 
-    def remove(self, tx: Transaction, name: str) -> DirEntry:
-        """Drop an entry: the last entry moves into its slot and the directory shrinks by one."""
-        entry = self.lookup(name)
+    def indexed_remove(self, name: str) -> None:
+        """``name``'s entry was overwritten by the last one, and the array shrank by one."""
+        entry = self._by_name.pop(name)
         last = (self.count - 1) * D5.DIRENT5_SIZE
-        writer = self._writer()
         if entry.offset != last:
-            moved = next((e for e in self._by_name.values() if e.offset == last), None)
-            raw_last = self.reader_tx(tx, last, D5.DIRENT5_SIZE)
-            writer.write(tx, entry.offset, raw_last)
+            moved = self.entry_at(last)
             if moved is not None:
                 self._by_name[moved.name] = DirEntry(
                     moved.name, moved.address, moved.type, moved.generation, entry.offset, moved.hash32
                 )
             elif last in self.defects:  # a hidden entry moves with its bytes
                 self.defects[entry.offset] = self.defects.pop(last)
-        writer.truncate(tx, last)
         self.count -= 1
-        del self._by_name[name]
-        return entry
 
-    def rename(self, tx: Transaction, old: str, new: str) -> DirEntry:
-        """Change an entry's name in place."""
-        raw_name = check_name(new)
-        entry = self.lookup(old)
-        if new in self._by_name:
-            raise ExistsError(f"{new!r} exists")
-        self._writer().write(tx, entry.offset, self._entry_bytes(raw_name, entry.address, entry.type, entry.generation))
+    def indexed_rename(self, old: str, renamed: DirEntry) -> None:
         del self._by_name[old]
-        renamed = DirEntry(new, entry.address, entry.type, entry.generation, entry.offset)
-        self._by_name[new] = renamed
-        return renamed
+        self._by_name[renamed.name] = renamed
 
-    def set_parent(self, tx: Transaction, parent: int, generation: int) -> None:
-        """Point '..' (the second entry) at a new parent directory."""
-        offset = D5.DIRENT5_SIZE
-        self._writer().write(tx, offset, self._entry_bytes(b"..", parent, 2, generation))
+    def indexed_parent(self, parent: int) -> None:
         self._parent = parent
-
-    def reader_tx(self, tx: Transaction, offset: int, length: int) -> bytes:
-        """Directory bytes as the transaction sees them."""
-        from vmfs.write.filedata import FileWriter
-
-        w = FileWriter(self.volume, self.fd)
-        bs = self.fd.block_size
-        index = offset // bs
-        addr = w.get(tx, index)
-        if not addr:
-            return bytes(length)
-        loc = self.volume.data_location(addr, offset - index * bs, length, self.fd)
-        return tx.read(loc, length) if loc is not None else bytes(length)
-
-
-def new_directory5_data(self_addr: int, self_gen: int, parent_addr: int, parent_gen: int) -> bytes:
-    """The '.' and '..' entries of a new VMFS3/5 directory."""
-    def one(name: bytes, addr: int, gen: int) -> bytes:
-        return D5.Dirent5.build(
-            {"type": 2, "descAddr": addr, "generation": gen, "name": name.ljust(D5.DIRENT5_NAME_SIZE, b"\0")}
-        )
-
-    return one(b".", self_addr, self_gen) + one(b"..", parent_addr, parent_gen)
 
 
 class Directory6(Directory):

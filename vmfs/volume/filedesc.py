@@ -9,16 +9,29 @@ pointer array and up to two levels of pointer blocks, reading pointer blocks on 
 from __future__ import annotations
 
 import stat as _stat
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from vmfs.device.base import BlockDevice
 from vmfs.errors import CorruptError
 from vmfs.format import address as A
+from vmfs.format.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.common import fast, unpack_ints
 from vmfs.ondisk.lock import LOCK_TYPE_FD
 
-if TYPE_CHECKING:
-    from vmfs.volume.volume import Volume
+
+class VolumeBlocks(Protocol):
+    """What a file descriptor and its readers need of their volume: the geometry, the device of
+    volume offsets, and block resolution through the volume's caches.
+    :class:`vmfs.volume.volume.Volume` is the one implementation; naming only this much keeps
+    descriptors, readers and resource files below the volume that opens them."""
+
+    geometry: Geometry
+    device: BlockDevice
+
+    def pointer_block(self, address: int, owner: FileDescriptor) -> list[int]: ...
+
+    def data_location(self, address: int, within: int, length: int, owner: FileDescriptor) -> int | None: ...
 
 TYPE_NAMES = {
     F.TYPE_INVALID: "invalid",
@@ -51,7 +64,7 @@ _TYPE_BITS = {
 class FileDescriptor:
     """One parsed file descriptor.  ``parsed`` is the construct container; ``meta`` its metadata."""
 
-    def __init__(self, volume: Volume, address: int, vol_offset: int, raw: bytes) -> None:
+    def __init__(self, volume: VolumeBlocks, address: int, vol_offset: int, raw: bytes) -> None:
         self.volume = volume
         self.address = address
         self.vol_offset = vol_offset

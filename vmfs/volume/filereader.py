@@ -9,20 +9,16 @@ are fetched with one device read, so a 128 KiB FUSE read of a contiguous file is
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 from vmfs.errors import CorruptError, InvalidArgumentError
 from vmfs.format import address as A
-from vmfs.volume.filedesc import BlockMap, FileDescriptor
-
-if TYPE_CHECKING:
-    from vmfs.volume.volume import Volume
+from vmfs.volume.filedesc import BlockMap, FileDescriptor, VolumeBlocks
 
 
 class FileReader:
     def __init__(self, fd: FileDescriptor) -> None:
         self.fd = fd
-        self.volume: Volume = fd.volume
+        self.volume: VolumeBlocks = fd.volume
 
     @property
     def size(self) -> int:

@@ -18,8 +18,7 @@ from vmfs.ondisk.lock import LOCK_TYPE_BASE
 from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
-    from vmfs.volume.filedesc import FileDescriptor
-    from vmfs.volume.volume import Volume
+    from vmfs.volume.filedesc import FileDescriptor, VolumeBlocks
 
 RESOURCE_NAMES = {
     R.RES_FB: "file blocks",
@@ -71,7 +70,7 @@ class Cluster:
 class ResourceFile:
     def __init__(
         self,
-        volume: Volume,
+        volume: VolumeBlocks,
         kind: int,
         fd: FileDescriptor,
         header_offset: int = 0,

@@ -10,9 +10,9 @@ from vmfs.volume.volume import Volume
 
 def volume_usage(volume: Volume) -> dict[str, int]:
     """Block and file totals from the resource cluster headers (cached by the volume)."""
-    cached = getattr(volume, "_usage_cache", None)
-    if cached is not None and not volume.usage_dirty:
-        return dict(cached)
+    cached = volume.cached_usage()
+    if cached is not None:
+        return cached
     fb_total, fb_free = volume.resources[R.RES_FB].usage()
     fd_total, fd_free = volume.resources[R.RES_FD].usage()
     usage = {
@@ -22,8 +22,7 @@ def volume_usage(volume: Volume) -> dict[str, int]:
         "files_total": fd_total,
         "files_free": fd_free,
     }
-    volume._usage_cache = usage  # type: ignore[attr-defined]
-    volume.usage_dirty = False
+    volume.remember_usage(usage)
     return dict(usage)
 
 
@@ -62,10 +61,10 @@ def referenced_resources(
     the set of resources the bitmaps mark used.  ``journals``: the journal addresses of the
     in-use slots when the caller already knows them (parsing every slot costs more than the
     walk of a small volume)."""
-    from vmfs.cluster.heartbeat import read_slots
     from vmfs.format import address as A
     from vmfs.volume.directory import open_directory
     from vmfs.volume.filedesc import BlockMap
+    from vmfs.volume.slots import read_slots
 
     geo = volume.geometry
     codec = geo.codec

@@ -6,26 +6,27 @@ Opening follows vmfs-format.md 1.1: descriptor at 2 MiB, bootstrap of FD cluster
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from typing import Protocol
 
 from construct import ConstructError
 
-from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
 from vmfs.device.lvm import LogicalVolume, open_logical_volume
-from vmfs.errors import CorruptError, DeviceError, NotVmfsError, ReadOnlyError, UnsupportedError
+from vmfs.errors import CorruptError, DeviceError, NotVmfsError
 from vmfs.format import address as A
 from vmfs.format.geometry import Geometry
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import decode_name, unpack_ints
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDescriptor
+from vmfs.ondisk.lock import parse_lock
 from vmfs.volume.filedesc import FileDescriptor
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.resources import RESOURCE_NAMES, ResourceFile
@@ -69,21 +70,43 @@ class _Lru(OrderedDict):
             self.popitem(last=False)
 
 
-class Volume:
-    """An open VMFS filesystem on a logical volume (a :class:`BlockDevice` of volume offsets)."""
+class VolumeWriter(Protocol):
+    """What the one host writing through a volume tells its caches.
 
-    def __init__(
-        self, device: BlockDevice, *, lvm: LogicalVolume | None = None, host: object = None, journaling: bool = True
-    ) -> None:
+    :class:`vmfs.cluster.attachment.HostAttachment` is the implementation; the volume names
+    only this much of it, so the read side stays below the cluster layer."""
+
+    def holds_lock(self, vol_offset: int) -> bool:
+        """True while this host holds the on-disk lock at ``vol_offset`` (nobody else can
+        have changed what it guards)."""
+        ...
+
+    def now_us(self) -> int:
+        """The host clock's monotonic microseconds (a simulated host has its own clock)."""
+        ...
+
+    def caches_dropped(self) -> None:
+        """Every cache was dropped: drop what was derived from them (allocator cursors)."""
+        ...
+
+    def close(self) -> None:
+        """Detach from the volume and close it (what closing a written volume means)."""
+        ...
+
+
+class Volume:
+    """An open VMFS filesystem on a logical volume (a :class:`BlockDevice` of volume offsets).
+
+    Read side only: a host writes through a :class:`vmfs.cluster.attachment.HostAttachment`,
+    which binds itself here as :attr:`writer` for the caches' sake (:meth:`bind_writer`)."""
+
+    def __init__(self, device: BlockDevice, *, lvm: LogicalVolume | None = None) -> None:
         self.device = device
         self.lvm = lvm
         self.readonly = device.readonly
         self._lock = threading.RLock()
-        #: serialises metadata changes of this host (FUSE calls arrive on several threads)
-        self.meta_lock = threading.RLock()
-        self.journal = None
-        self.heartbeat = None
-        self.allocators = None
+        #: the host attachment writing through this volume, or None (read-only, or not yet attached)
+        self.writer: VolumeWriter | None = None
         self._pinned: dict[int, list] = {}
         #: called with every cached FD re-read from disk (:meth:`_reload`, and each pinned FD in
         #: :meth:`invalidate_caches`), under the cache lock, so state kept only in memory (a
@@ -91,17 +114,14 @@ class Volume:
         self.reload_hooks: list = []
         self._dir_cache: _Lru = _Lru(256)
         self.closed = False
-        self.locks = None
         #: seconds a cached FD is trusted before its on-disk lock token is checked again (another
         #: host may have changed it); None = never (this host is known to be the only writer)
         self.revalidate_interval: float | None = 1.0
-        self._clock = None
-        #: False only for measurements: metadata then goes straight home, not crash-safe
-        self.journaling = journaling
         self._fd_cache: _Lru = _Lru(_FD_CACHE)
         self._pb_cache: _Lru = _Lru(_PB_CACHE)
-        #: set by every allocation change so statfs recounts
-        self.usage_dirty = True
+        #: statfs figures (:func:`vmfs.volume.usage.volume_usage`), kept current by
+        #: :meth:`note_usage_change` and dropped with the caches
+        self._usage: dict[str, int] | None = None
         try:
             raw = device.read(FS_DESCRIPTOR_OFFSET, 512)
         except DeviceError:
@@ -124,14 +144,6 @@ class Volume:
             raise CorruptError("volume", None, f"truncated image: {exc}") from None
         except ConstructError as exc:
             raise CorruptError("volume", None, f"unparsable metadata: {exc}") from None
-        if not self.readonly:
-            from vmfs.cluster.attachment import attach_writer
-
-            try:
-                attach_writer(self, host)
-            except BaseException:
-                self.device.close()
-                raise
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -141,13 +153,11 @@ class Volume:
         paths: list[str | os.PathLike[str]] | str,
         *,
         readonly: bool = True,
-        host: object = None,
-        journaling: bool = True,
     ) -> Volume:
         """Open the volume on image files or block devices (all extents of a spanned volume).
 
-        Read-write opens claim a heartbeat slot and a journal for ``host`` (a
-        :class:`vmfs.cluster.host.HostIdentity`; default: this machine's stable identity)."""
+        ``readonly=False`` opens the devices for writing and nothing more: writing needs a host
+        attachment (:meth:`vmfs.cluster.attachment.HostAttachment.open`)."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         devices: list[BlockDevice] = []
@@ -155,17 +165,17 @@ class Volume:
             for p in paths:
                 devices.append(FileDevice(p, readonly=readonly))
             lv = open_logical_volume(devices)
-            return cls(lv, lvm=lv, host=host, journaling=journaling)
+            return cls(lv, lvm=lv)
         except BaseException:
             for dev in devices:
                 dev.close()
             raise
 
     @classmethod
-    def from_devices(cls, devices: list[BlockDevice], *, host: object = None) -> Volume:
+    def from_devices(cls, devices: list[BlockDevice]) -> Volume:
         """Open the volume on already-open devices (extents in any order)."""
         lv = open_logical_volume(devices)
-        return cls(lv, lvm=lv, host=host)
+        return cls(lv, lvm=lv)
 
     def _system_fd(self, name: str) -> FileDescriptor:
         """A system FD read straight from FD cluster 0, whose place is fixed (section 8.2): this
@@ -230,25 +240,25 @@ class Volume:
     # -- file descriptors -----------------------------------------------------------------------------
 
     def _now_us(self) -> int:
-        clock = getattr(getattr(self, "host", None), "clock", None)
-        if clock is not None:
-            return clock.monotonic_us()
-        import time
-
+        if self.writer is not None:
+            return self.writer.now_us()
         return time.monotonic_ns() // 1000
+
+    def trust_cache_for(self, seconds: float | None) -> None:
+        """How long a cached FD is used before its on-disk lock token is checked again: 0 checks
+        on every use, None never (this host is known to be the only writer)."""
+        self.revalidate_interval = seconds
 
     def revalidate(self, fd: FileDescriptor, *, force: bool = False) -> FileDescriptor:
         """Reload ``fd`` if another host changed it: its on-disk lock token moved (section 5)."""
         interval = self.revalidate_interval
         if interval is None and not force:
             return fd
-        if self.locks is not None and self.locks.holds(fd.vol_offset) is not None:
+        if self.writer is not None and self.writer.holds_lock(fd.vol_offset):
             return fd  # we hold its lock: nobody else can have changed it
         now = self._now_us()
         if not force and now - fd.validated_us < (interval or 0) * 1_000_000:
             return fd
-        from vmfs.cluster.locks import parse_lock
-
         lock = parse_lock(self.device.read(fd.vol_offset, 512))
         if lock.mode != 0 or lock.token != fd.clean_token or lock.type != fd.lock.type:
             self._reload(fd)
@@ -269,18 +279,13 @@ class Volume:
             self._dir_cache.pop(fd.address, None)
             self._pb_cache.clear()
 
-    def lock_fd(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
-        """Take ``fd``'s on-disk lock for the transaction and make sure our copy is current."""
-        got = tx.lock(fd.vol_offset)
-        if got is None:
-            return fd
-        held, previous = got
-        if fd.clean_token is None or previous != fd.clean_token:
-            self._reload(fd)
-        if fd.lock is not held.lock:
-            fd.set_lock(held.lock)
-        fd.validated_us = self._now_us()
-        return fd
+    def reload_fd(self, fd: FileDescriptor) -> None:
+        """Re-read ``fd`` from disk into the same object (its lock moved: another host wrote)."""
+        self._reload(fd)
+
+    def now_us(self) -> int:
+        """Monotonic microseconds on the clock FD validation uses (the writer host's, if any)."""
+        return self._now_us()
 
     def read_fd(self, address: int) -> FileDescriptor:
         with self._lock:
@@ -441,45 +446,31 @@ class Volume:
                 for hook in self.reload_hooks:
                     hook(fresh)
                 entry[0] = fresh
-        if self.allocators is not None:
-            self.allocators.reset()
-        self.usage_dirty = True
+        self._usage = None
+        if self.writer is not None:
+            self.writer.caches_dropped()
 
-    # -- writing ------------------------------------------------------------------------------------
+    # -- the writer and the statfs figures -----------------------------------------------------------
 
-    def check_writable(self) -> None:
-        if self.readonly:
-            raise ReadOnlyError("volume is mounted read-only")
-        if self.closed:
-            raise ReadOnlyError("volume is closed")
-        if not self.geometry.version == 5:
-            raise UnsupportedError(f"writing {self.version_string} volumes is not supported (VMFS5 only)")
-        if self.heartbeat is not None:
-            self.heartbeat.check_writable()
+    def bind_writer(self, writer: VolumeWriter) -> None:
+        """The host attachment that writes through this volume from now on (one at a time)."""
+        if self.writer is not None and self.writer is not writer:
+            raise RuntimeError("this volume already has a writer")
+        self.writer = writer
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """Collect metadata writes; commit through the journal on success, forget them (and every
-        cache that may hold their effects) on failure."""
-        self.check_writable()
-        with self.meta_lock:
-            tx = Transaction(self.device, self.journal if self.journaling else None, self.locks)
-            try:
-                yield tx
-                self.check_writable()
-                tx.commit()
-            except BaseException:
-                tx.release_locks()
-                self.invalidate_caches()
-                raise
+    def unbind_writer(self, writer: VolumeWriter) -> None:
+        if self.writer is writer:
+            self.writer = None
 
-    def put_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
-        """Record ``fd``'s metadata and data area (not its lock block) in ``tx``."""
-        md = self.geometry.md_size
-        tx.write(fd.vol_offset + md, fd.encode()[md:])
+    def cached_usage(self) -> dict[str, int] | None:
+        return dict(self._usage) if self._usage is not None else None
+
+    def remember_usage(self, usage: dict[str, int]) -> None:
+        self._usage = dict(usage)
 
     def note_usage_change(self, kind: int, delta: int) -> None:
-        cache = getattr(self, "_usage_cache", None)
+        """``delta`` resources of ``kind`` were freed (positive) or taken: keep statfs current."""
+        cache = self._usage
         if cache is None:
             return
         if kind == R.RES_FB:
@@ -490,14 +481,8 @@ class Volume:
     def close(self) -> None:
         if self.closed:
             return
-        if not self.readonly:
-            from vmfs.cluster.attachment import detach_writer
-
-            try:
-                detach_writer(self)
-            finally:
-                self.closed = True
-                self.device.close()
+        if self.writer is not None:
+            self.writer.close()  # detaches (unbinding itself), then closes us again
             return
         self.closed = True
         self.device.close()
@@ -507,3 +492,20 @@ class Volume:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Only Volume's own methods set its attributes: what a volume has is what this class
+        says, and a writer reaches it only through :meth:`bind_writer` (nothing is attached from
+        outside, as it once was).  The check is one frame lookup per assignment, and assignments
+        happen at open, bind, close and cache-policy changes only."""
+        if sys._getframe(1).f_code not in _VOLUME_CODE:
+            raise AttributeError(f"Volume.{name} is set by Volume's own methods only")
+        object.__setattr__(self, name, value)
+
+
+#: code objects of Volume's own methods (the only ones allowed to set its attributes)
+_VOLUME_CODE = frozenset(
+    member.__code__
+    for member in (getattr(m, "fget", m) for m in vars(Volume).values())
+    if hasattr(member, "__code__")
+)

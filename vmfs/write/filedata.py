@@ -33,8 +33,8 @@ from vmfs.ondisk.common import pack_ints, unpack_ints
 from vmfs.volume.filedesc import FileDescriptor
 
 if TYPE_CHECKING:
+    from vmfs.cluster.attachment import HostAttachment
     from vmfs.cluster.transaction import Transaction
-    from vmfs.volume.volume import Volume
 
 # address modes in growth order
 ORDER = {
@@ -54,10 +54,11 @@ MAX_PREALLOC = 63
 
 
 class FileWriter:
-    """Changes to one file's data and length.  Use inside ``volume.meta_lock``."""
+    """Changes to one file's data and length, by one host.  Use inside ``attachment.meta_lock``."""
 
-    def __init__(self, volume: Volume, fd: FileDescriptor) -> None:
-        self.volume = volume
+    def __init__(self, attachment: HostAttachment, fd: FileDescriptor) -> None:
+        self.attachment = attachment
+        self.volume = volume = attachment.volume
         self.fd = fd
         self.geo = volume.geometry
         self.codec = self.geo.codec
@@ -150,7 +151,7 @@ class FileWriter:
         self.volume._pb_cache.put(pb, entries)
 
     def _new_pb(self, tx: Transaction, entries: list[int] | None = None) -> int:
-        ((c, r),) = self.volume.allocators[R.RES_PB].allocate(tx, 1)
+        ((c, r),) = self.attachment.allocators[R.RES_PB].allocate(tx, 1)
         pb = self.codec.make(A.ADDR_PB, c, r)
         values = list(entries or []) + [0] * (self.geo.ptrs_per_pb - len(entries or []))
         self._pb_store(tx, pb, unpack_ints(pack_ints(values, self.geo.addr_width), self.geo.addr_width))
@@ -159,7 +160,7 @@ class FileWriter:
 
     def _free_pb(self, tx: Transaction, pb: int) -> None:
         res_kind, c, r = self._pb_place(pb)
-        self.volume.allocators[res_kind].free(tx, [(c, r)])
+        self.attachment.allocators[res_kind].free(tx, [(c, r)])
         self.volume._pb_cache.pop(pb, None)
         self.meta.numPointerBlocks = max(self.meta.numPointerBlocks - 1, 0)
 
@@ -266,9 +267,10 @@ class FileWriter:
     def _alloc_data(self, tx: Transaction, count: int) -> list[int]:
         kind = self._data_kind()
         if kind == A.ADDR_SB:
-            return [self.codec.make(A.ADDR_SB, c, r) for c, r in self.volume.allocators[R.RES_SB].allocate(tx, count)]
+            sbs = self.attachment.allocators[R.RES_SB].allocate(tx, count)
+            return [self.codec.make(A.ADDR_SB, c, r) for c, r in sbs]
         rpc = self.volume.resources[R.RES_FB].rpc
-        return [self.codec.make_fb(c * rpc + r) for c, r in self.volume.allocators[R.RES_FB].allocate(tx, count)]
+        return [self.codec.make_fb(c * rpc + r) for c, r in self.attachment.allocators[R.RES_FB].allocate(tx, count)]
 
     def _free_data(self, tx: Transaction, addresses: list[int]) -> None:
         fbs = []
@@ -286,9 +288,9 @@ class FileWriter:
             else:
                 raise CorruptError(f"file descriptor {self.fd.address:#x}", self.fd.vol_offset, f"data 0x{a:x}")
         if fbs:
-            self.volume.allocators[R.RES_FB].free(tx, fbs)
+            self.attachment.allocators[R.RES_FB].free(tx, fbs)
         if sbs:
-            self.volume.allocators[R.RES_SB].free(tx, sbs)
+            self.attachment.allocators[R.RES_SB].free(tx, sbs)
         self._add_blocks(-len(addresses))
         if tbz:
             self._add_tbz(-tbz)
@@ -449,7 +451,7 @@ class FileWriter:
         a pointer block of its own: a volume short of pointer blocks must still hold every file
         whose final map fits), leaving most of the free space to others, stopping at any mapped
         block."""
-        free = self.volume.allocators[R.RES_FB].free_count
+        free = self.attachment.allocators[R.RES_FB].free_count
         limit = min(wanted, MAX_PREALLOC, self._mode_capacity() - index - 1, (free - 1) // 4)
         if self.meta.zla in (F.ZLA_POINTER_BLOCKS, F.ZLA_DOUBLE_INDIRECT):
             n = self.geo.ptrs_per_pb

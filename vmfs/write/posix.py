@@ -32,14 +32,15 @@ from vmfs.format import builders
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
-from vmfs.volume.directory import Directory, check_name, new_directory5_data
+from vmfs.volume.directory import Directory, check_name
 from vmfs.volume.filedesc import FileDescriptor
 from vmfs.volume.namespace import FileSystem
+from vmfs.write.dirchange import DirectoryChanges, new_directory5_data
 from vmfs.write.filedata import FileWriter
 
 if TYPE_CHECKING:
+    from vmfs.cluster.attachment import HostAttachment
     from vmfs.cluster.transaction import Transaction
-    from vmfs.volume.volume import Volume
 
 #: bytes of file data written per transaction by one write call
 WRITE_CHUNK = 64 << 20
@@ -58,14 +59,14 @@ def retrying(method):  # type: ignore[no-untyped-def]
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        clock = self.volume.host.clock
+        clock = self.attachment.host.clock
         deadline = clock.monotonic_us() + int(self.busy_timeout * 1_000_000)
         delay = 0.005
         while True:
             try:
                 return method(self, *args, **kwargs)
             except BusyError:
-                if clock.monotonic_us() >= deadline or self.volume.locks is None:
+                if clock.monotonic_us() >= deadline or self.attachment.locks is None:
                     raise
                 clock.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.25)
@@ -83,9 +84,12 @@ ORPHAN_PREFIX = ".vmfs-deleted-"
 
 
 class WritableFileSystem(FileSystem):
-    def __init__(self, volume: Volume) -> None:
-        super().__init__(volume)
-        volume.check_writable()
+    """The POSIX operations of one host on a volume, each one transaction of its attachment."""
+
+    def __init__(self, attachment: HostAttachment) -> None:
+        super().__init__(attachment.volume)
+        attachment.check_writable()
+        self.attachment = attachment
         #: FD address -> metadata fields changed in memory but not yet on disk
         self.deferred: dict[int, dict[str, int]] = {}
         #: FD address -> open-for-write count (we hold the FD's exclusive lock while > 0)
@@ -95,13 +99,13 @@ class WritableFileSystem(FileSystem):
         #: FD address -> (directory FD address, hidden name) of files unlinked (or renamed over)
         #: while open on this host: removed for good at their last close
         self.orphans: dict[int, tuple[int, str]] = {}
-        volume.flush_hooks.append(self.flush_all)  # type: ignore[attr-defined]
-        volume.reload_hooks.append(self._reapply_deferred)
+        attachment.flush_hooks.append(self.flush_all)
+        attachment.volume.reload_hooks.append(self._reapply_deferred)
 
     # -- helpers --------------------------------------------------------------------------------------
 
     def now(self) -> int:
-        return self.volume.host.clock.wall()  # type: ignore[attr-defined]
+        return self.attachment.host.clock.wall()
 
     def _split(self, path: str) -> tuple[FileDescriptor, str]:
         path = path.rstrip("/") or "/"
@@ -116,11 +120,14 @@ class WritableFileSystem(FileSystem):
     def _dir(self, fd: FileDescriptor) -> Directory:
         return self.directory(fd)
 
+    def _edit_dir(self, directory: Directory) -> DirectoryChanges:
+        return DirectoryChanges(self.attachment, directory)
+
     def _fd(self, address: int) -> FileDescriptor:
         return self.volume.read_fd(address)
 
     def _lock(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
-        return self.volume.lock_fd(tx, fd)
+        return self.attachment.lock_fd(tx, fd)
 
     def _lock_dirs(self, tx: Transaction, *fds: FileDescriptor) -> None:
         """Lock several directories in volume-offset order (fewer collisions between hosts)."""
@@ -128,7 +135,7 @@ class WritableFileSystem(FileSystem):
             self._lock(tx, fd)
 
     def _put(self, tx: Transaction, fd: FileDescriptor) -> None:
-        self.volume.put_fd(tx, fd)
+        self.attachment.put_fd(tx, fd)
         self.deferred.pop(fd.address, None)
 
     def _touch(self, fd: FileDescriptor, *, modify: bool = True) -> None:
@@ -140,7 +147,7 @@ class WritableFileSystem(FileSystem):
     def _allocate_fd(self, tx: Transaction) -> tuple[int, int, int]:
         """A free FD slot: (address, volume offset, generation).  The generation comes from the
         cluster's creation counter (meta +0x50), as ESXi numbers FDs."""
-        alloc = self.volume.allocators[R.RES_FD]
+        alloc = self.attachment.allocators[R.RES_FD]
         ((c, r),) = alloc.allocate(tx, 1)
         cl, off = alloc.read_cluster(tx, c)
         cl.meta.createCounter = (cl.meta.createCounter + 1) & 0xFFFFFFFF or 1
@@ -158,7 +165,7 @@ class WritableFileSystem(FileSystem):
             uid=uid, gid=gid, links=links, zla=zla, block_size=block_size, tbz_shift=tbz_shift,
         )
         lock = builders.lock_fields(LOCK_TYPE_FD, vol_offset)
-        hb = self.volume.heartbeat
+        hb = self.attachment.heartbeat
         if hb is not None:
             lock.hbAddr = hb.addr
             lock.hbGen = hb.generation
@@ -172,7 +179,7 @@ class WritableFileSystem(FileSystem):
     def _release_fd(self, tx: Transaction, fd: FileDescriptor) -> None:
         """Free an FD slot: all-zero again, as ESXi leaves unused slots (vmfs-format.md 8)."""
         c, r = A.fd_split(fd.address)
-        self.volume.allocators[R.RES_FD].free(tx, [(c, r)])
+        self.attachment.allocators[R.RES_FD].free(tx, [(c, r)])
         tx.write(fd.vol_offset, bytes(self.volume.geometry.fd_size))
         tx.forget_lock(fd.vol_offset)
         self.volume.forget_fd(fd.address)
@@ -181,9 +188,9 @@ class WritableFileSystem(FileSystem):
     def _drain(self, fd: FileDescriptor) -> None:
         """Free a large file's blocks in as many transactions as needed, keeping it consistent."""
         while fd.meta.numBlocks > 1024 or fd.meta.numPointerBlocks > 64:
-            with self.volume.transaction() as tx:
+            with self.attachment.transaction() as tx:
                 fd = self._lock(tx, self._fd(fd.address))
-                done = FileWriter(self.volume, fd).truncate(tx, 0)
+                done = FileWriter(self.attachment, fd).truncate(tx, 0)
                 self._put(tx, fd)
             if done:
                 break
@@ -193,13 +200,13 @@ class WritableFileSystem(FileSystem):
     @retrying
     def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> FileDescriptor:
         """A new empty regular file (resident, as ESXi creates them)."""
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_REGFILE, mode=mode, uid=uid, gid=gid, links=1, zla=F.ZLA_RESIDENT,
                 block_size=self.volume.geometry.sub_block_size,
             )
-            d.add(tx, name, fd.address, F.TYPE_REGFILE, fd.generation)
+            self._edit_dir(d).add(tx, name, fd.address, F.TYPE_REGFILE, fd.generation)
             self._touch(parent)
             self._put(tx, parent)
             return fd
@@ -232,16 +239,16 @@ class WritableFileSystem(FileSystem):
     @retrying
     def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> FileDescriptor:
         geo = self.volume.geometry
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_DIRECTORY, mode=mode, uid=uid, gid=gid, links=2, zla=F.ZLA_SUB_BLOCKS,
                 block_size=geo.sub_block_size, tbz_shift=geo.sub_block_size.bit_length() - 1,
             )
             data = new_directory5_data(fd.address, fd.generation, parent.address, parent.generation)
-            FileWriter(self.volume, fd).write(tx, 0, data)
+            FileWriter(self.attachment, fd).write(tx, 0, data)
             self._put(tx, fd)
-            d.add(tx, name, fd.address, F.TYPE_DIRECTORY, fd.generation)
+            self._edit_dir(d).add(tx, name, fd.address, F.TYPE_DIRECTORY, fd.generation)
             parent.meta.linkCount += 1
             self._touch(parent)
             self._put(tx, parent)
@@ -259,15 +266,15 @@ class WritableFileSystem(FileSystem):
 
             raise NameTooLongError("symbolic link target longer than 4095 bytes")
         geo = self.volume.geometry
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent, d, name = self._locked_new(tx, path)
             fd = self._new_fd(
                 tx, ftype=F.TYPE_SYMLINK, mode=0o777, uid=uid, gid=gid, links=1, zla=F.ZLA_SUB_BLOCKS,
                 block_size=geo.sub_block_size,
             )
-            FileWriter(self.volume, fd).write(tx, 0, raw)
+            FileWriter(self.attachment, fd).write(tx, 0, raw)
             self._put(tx, fd)
-            d.add(tx, name, fd.address, F.TYPE_SYMLINK, fd.generation)
+            self._edit_dir(d).add(tx, name, fd.address, F.TYPE_SYMLINK, fd.generation)
             self._touch(parent)
             self._put(tx, parent)
             return fd
@@ -291,7 +298,7 @@ class WritableFileSystem(FileSystem):
         directory (one transaction; after a crash the file is still named, never leaked) and the
         file is removed for good at its last close (POSIX: an open file outlives its name)."""
         hidden = self._orphan_name(d, fd.address)
-        d.rename(tx, name, hidden)
+        self._edit_dir(d).rename(tx, name, hidden)
         tx.after_commit.append(lambda: self.orphans.__setitem__(fd.address, (parent.address, hidden)))
 
     def hidden_names(self, directory: int) -> set[str]:
@@ -308,7 +315,7 @@ class WritableFileSystem(FileSystem):
         if not self.is_open(fd.address):
             self.flush_fd(fd)
             self._drain(fd)
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent, d, name, fd = self._locked_entry(tx, path)
             if fd.is_dir:
                 raise IsADirError(f"{path}: is a directory")
@@ -327,10 +334,10 @@ class WritableFileSystem(FileSystem):
             self._touch(fd, modify=False)
             self._put(tx, fd)
             return
-        d.remove(tx, name)
+        self._edit_dir(d).remove(tx, name)
         fd.meta.linkCount = max(fd.meta.linkCount - 1, 0)
         if fd.meta.linkCount == 0:
-            writer = FileWriter(self.volume, fd)
+            writer = FileWriter(self.attachment, fd)
             if not writer.truncate(tx, 0, limit=1 << 62):
                 raise InvalidArgumentError("internal: truncate did not finish")
             self._release_fd(tx, fd)
@@ -340,7 +347,7 @@ class WritableFileSystem(FileSystem):
 
     @retrying
     def rmdir(self, path: str) -> None:
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent, d, name, fd = self._locked_entry(tx, path)
             if not fd.is_dir:
                 raise NotADirError(f"{path}: not a directory")
@@ -355,9 +362,9 @@ class WritableFileSystem(FileSystem):
     def _remove_dir(
         self, tx: Transaction, d: Directory, parent: FileDescriptor, name: str, fd: FileDescriptor
     ) -> None:
-        d.remove(tx, name)
+        self._edit_dir(d).remove(tx, name)
         parent.meta.linkCount = max(parent.meta.linkCount - 1, 1)
-        FileWriter(self.volume, fd).release_all(tx)
+        FileWriter(self.attachment, fd).release_all(tx)
         self._release_fd(tx, fd)
 
     # -- rename ----------------------------------------------------------------------------------------------
@@ -407,7 +414,7 @@ class WritableFileSystem(FileSystem):
                 self.flush_fd(dst_fd)
                 self._drain(dst_fd)
         self.flush_fd(src_fd)
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             src_parent, src_name = self._split(old)
             dst_parent, dst_name = self._split(new)
             self._lock_dirs(tx, src_parent, dst_parent)
@@ -431,12 +438,12 @@ class WritableFileSystem(FileSystem):
                 else:
                     self._remove_file(tx, dd, dst_parent, dst_name, victim)
             if src_parent.address == dst_parent.address:
-                sd.rename(tx, src_name, dst_name)
+                self._edit_dir(sd).rename(tx, src_name, dst_name)
             else:
-                sd.remove(tx, src_name)
-                dd.add(tx, dst_name, src_fd.address, src_entry.type, src_entry.generation)
+                self._edit_dir(sd).remove(tx, src_name)
+                self._edit_dir(dd).add(tx, dst_name, src_fd.address, src_entry.type, src_entry.generation)
                 if src_fd.is_dir:
-                    self._dir(src_fd).set_parent(tx, dst_parent.address, dst_parent.generation)
+                    self._edit_dir(self._dir(src_fd)).set_parent(tx, dst_parent.address, dst_parent.generation)
                     src_parent.meta.linkCount = max(src_parent.meta.linkCount - 1, 1)
                     dst_parent.meta.linkCount += 1
                     self._put(tx, src_fd)
@@ -454,7 +461,7 @@ class WritableFileSystem(FileSystem):
         for p in (old, new):
             _, name = self._split(p)
             check_name(name)
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             a_parent, a_name = self._split(old)
             b_parent, b_name = self._split(new)
             self._lock_dirs(tx, a_parent, b_parent)
@@ -471,14 +478,14 @@ class WritableFileSystem(FileSystem):
                 b_fd.is_dir and self._is_ancestor(b_fd.address, a_parent)
             ):
                 raise InvalidArgumentError(f"cannot exchange {old} with a name inside it ({new})")
-            ad.remove(tx, a_name)
-            bd.remove(tx, b_name)
-            ad.add(tx, a_name, b_fd.address, b_entry.type, b_entry.generation)
-            bd.add(tx, b_name, a_fd.address, a_entry.type, a_entry.generation)
+            self._edit_dir(ad).remove(tx, a_name)
+            self._edit_dir(bd).remove(tx, b_name)
+            self._edit_dir(ad).add(tx, a_name, b_fd.address, b_entry.type, b_entry.generation)
+            self._edit_dir(bd).add(tx, b_name, a_fd.address, a_entry.type, a_entry.generation)
             if a_parent.address != b_parent.address:
                 for fd, new_parent, old_parent in ((a_fd, b_parent, a_parent), (b_fd, a_parent, b_parent)):
                     if fd.is_dir:
-                        self._dir(fd).set_parent(tx, new_parent.address, new_parent.generation)
+                        self._edit_dir(self._dir(fd)).set_parent(tx, new_parent.address, new_parent.generation)
                         old_parent.meta.linkCount = max(old_parent.meta.linkCount - 1, 1)
                         new_parent.meta.linkCount += 1
                 self._touch(b_parent)
@@ -494,7 +501,7 @@ class WritableFileSystem(FileSystem):
     @retrying
     def _change(self, target: str | int, apply, *, follow: bool = False) -> None:  # type: ignore[no-untyped-def]
         """Change an FD's attributes; ``target`` is a path or an FD address (an open handle)."""
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             fd = self._fd(target) if isinstance(target, int) else self.resolve(target, follow=follow)
             fd = self._lock(tx, fd)
             apply(fd.meta)
@@ -547,12 +554,12 @@ class WritableFileSystem(FileSystem):
         while done < len(data):
             chunk = data[done : done + WRITE_CHUNK]
             try:
-                with self.volume.transaction() as tx:
+                with self.attachment.transaction() as tx:
                     fd = self._lock(tx, self._fd(address))
                     if fd.is_dir:
                         raise IsADirError("cannot write a directory")
                     prealloc = fd.type == F.TYPE_REGFILE and self.writers[address] > 0
-                    changed = FileWriter(self.volume, fd).write(tx, offset + done, chunk, prealloc=prealloc)
+                    changed = FileWriter(self.attachment, fd).write(tx, offset + done, chunk, prealloc=prealloc)
                     self._touch(fd)
                     if changed or not self._may_defer(address):
                         self._put(tx, fd)
@@ -569,17 +576,17 @@ class WritableFileSystem(FileSystem):
     def _may_defer(self, address: int) -> bool:
         """Length/time updates may wait only while no other host can touch the FD: we hold its
         exclusive lock for an open-for-write (or there are no on-disk locks at all)."""
-        return self.volume.locks is None or self.writers[address] > 0
+        return self.attachment.locks is None or self.writers[address] > 0
 
     @retrying
     def truncate(self, address: int, size: int) -> None:
         while True:
             try:
-                with self.volume.transaction() as tx:
+                with self.attachment.transaction() as tx:
                     fd = self._lock(tx, self._fd(address))
                     if fd.is_dir:
                         raise IsADirError("cannot truncate a directory")
-                    done = FileWriter(self.volume, fd).truncate(tx, size)
+                    done = FileWriter(self.attachment, fd).truncate(tx, size)
                     self._touch(fd)
                     self._put(tx, fd)
             except Exception:
@@ -593,9 +600,9 @@ class WritableFileSystem(FileSystem):
         start: int | None = 0
         while start is not None:
             try:
-                with self.volume.transaction() as tx:
+                with self.attachment.transaction() as tx:
                     fd = self._lock(tx, self._fd(address))
-                    start = FileWriter(self.volume, fd).allocate_thick(tx, size, eager=eager, start=start)
+                    start = FileWriter(self.attachment, fd).allocate_thick(tx, size, eager=eager, start=start)
                     self._touch(fd)
                     self._put(tx, fd)
             except Exception:
@@ -625,16 +632,16 @@ class WritableFileSystem(FileSystem):
         size = self._fd(address).size
         index: int | None = offset // self._fd(address).block_size
         while index is not None:
-            with self.volume.transaction() as tx:
+            with self.attachment.transaction() as tx:
                 fd = self._lock(tx, self._fd(address))
                 last = -(-min(end, fd.size) // fd.block_size)
-                index = FileWriter(self.volume, fd).allocate_range(tx, index, last) if index < last else None
+                index = FileWriter(self.attachment, fd).allocate_range(tx, index, last) if index < last else None
                 self._touch(fd, modify=False)
                 self._put(tx, fd)
         if keep_size and end > size:
-            with self.volume.transaction() as tx:
+            with self.attachment.transaction() as tx:
                 fd = self._lock(tx, self._fd(address))
-                FileWriter(self.volume, fd).reserve_past_end(tx, -(-end // fd.block_size))
+                FileWriter(self.attachment, fd).reserve_past_end(tx, -(-end // fd.block_size))
                 self._put(tx, fd)
 
     @retrying
@@ -660,9 +667,9 @@ class WritableFileSystem(FileSystem):
                         self.write(address, pos, bytes(n))
         index: int | None = first
         while index is not None and index < last:
-            with self.volume.transaction() as tx:
+            with self.attachment.transaction() as tx:
                 fd = self._lock(tx, self._fd(address))
-                index = FileWriter(self.volume, fd).free_range(tx, index, last)
+                index = FileWriter(self.attachment, fd).free_range(tx, index, last)
                 self._touch(fd)
                 self._put(tx, fd)
 
@@ -671,10 +678,10 @@ class WritableFileSystem(FileSystem):
         back the blocks preallocated past the end, in the same transaction."""
         trim = trim and fd.meta.numPreAllocBlocks > 0 and fd.type == F.TYPE_REGFILE
         if fd.address in self.deferred or trim:
-            with self.volume.transaction() as tx:
+            with self.attachment.transaction() as tx:
                 fd = self._lock(tx, self._fd(fd.address))
                 if trim:
-                    FileWriter(self.volume, fd).trim_preallocated(tx)
+                    FileWriter(self.attachment, fd).trim_preallocated(tx)
                 self._put(tx, fd)
 
     # -- long-term locks of open files ------------------------------------------------------------------
@@ -684,7 +691,7 @@ class WritableFileSystem(FileSystem):
         """An open handle: exclusive lock for writing, a shared read-only lock for reading, held
         on disk until :meth:`close_file`; another host's conflicting open gets EBUSY."""
         fd = self._fd(address)
-        locks = self.volume.locks
+        locks = self.attachment.locks
         if locks is not None:
             held, previous = locks.acquire(fd.vol_offset, LOCK_EXCLUSIVE if write else LOCK_READ_ONLY, wait=0.5)
             if fd.clean_token is None or previous != fd.clean_token:
@@ -712,8 +719,8 @@ class WritableFileSystem(FileSystem):
             if counter[address] <= 0:
                 del counter[address]
             self.volume.unpin(fd)
-            if self.volume.locks is not None:
-                self.volume.locks.release(fd.vol_offset)
+            if self.attachment.locks is not None:
+                self.attachment.locks.release(fd.vol_offset)
         if address in self.orphans and not self.is_open(address):
             self._remove_orphan(address)
 
@@ -723,7 +730,7 @@ class WritableFileSystem(FileSystem):
         parent_address, name = self.orphans[address]
         fd = self._fd(address)
         self._drain(fd)
-        with self.volume.transaction() as tx:
+        with self.attachment.transaction() as tx:
             parent = self._lock(tx, self._fd(parent_address))
             d = self._dir(parent)
             entry = self._maybe(d, name)
