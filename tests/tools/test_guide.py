@@ -265,7 +265,6 @@ def test_guide_as_written(tmp_path: Path, vmfs3_image: Path, vmfs5_image: Path, 
         "LC_ALL": "C",
         "TZ": "UTC",
     }
-    started = time.monotonic()
     try:
         for section in parse_guide(GUIDE.read_text()):
             run_section(section, prepare(tmp_path, section.number, samples), env)
@@ -273,4 +272,3 @@ def test_guide_as_written(tmp_path: Path, vmfs3_image: Path, vmfs5_image: Path, 
         assert not left, f"the guide leaves mounted: {left}"
     finally:
         unmount_all(tmp_path)
-    assert time.monotonic() - started < 180, "the guide takes more than 3 minutes to run"
