@@ -44,7 +44,7 @@ from vmfs.vmdk.sesparse import create_sesparse
 from vmfs.vmdk.sparse import DEFAULT_GRAIN_SIZE, SparseExtent, create_sparse, write_embedded_descriptor
 from vmfs.vmdk.storage import DiskStorage, join, parent_dir
 from vmfs.vmdk.stream_optimized import export_stream
-from vmfs.vmdk.thin import eager_zero, inflate_disk, provisioning_of, punch_zero, single_layer
+from vmfs.vmdk.thin import eager_zero, inflate_disk, provision_range, provisioning_of, punch_zero, single_layer
 
 #: ``-d`` words and the createType / provisioning they mean.  Hosted and ESX delta formats are
 #: accepted under their createType names.
@@ -330,10 +330,20 @@ def clone_disk(
         source.close()
 
 
-def extend_disk(storage: DiskStorage, name: str, size: int, *, provisioning: str | None = None) -> None:
+def extend_disk(
+    storage: DiskStorage,
+    name: str,
+    size: int,
+    *,
+    provisioning: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Grow a disk to ``size`` bytes (``vmkfstools -X``).  Deltas, streams and RDMs cannot grow,
     and a disk cannot shrink.  New flat space is allocated per ``provisioning`` (default: thin
-    for thin disks, zeroedthick otherwise)."""
+    for thin disks, zeroedthick otherwise), chunk by chunk with ``progress(done, total)`` in new
+    sectors between chunks.  If it raises, the descriptor keeps the old size (the disk reads as
+    before), the grown last file keeps what was allocated and new extent files are removed:
+    running the same extend again finishes it."""
     capacity = _sectors(size)
     probe = single_layer(storage, name, writable=False)  # refuse before opening for writing
     try:
@@ -361,25 +371,43 @@ def extend_disk(storage: DiskStorage, name: str, size: int, *, provisioning: str
         last_ext = layer.extents[-1]
         room = (SPLIT_SECTORS - last_ext.capacity) if split else grow
         add = min(max(room, 0), grow)
-        if add:
-            if isinstance(last_ext, SparseExtent):
-                last_ext.grow(last_ext.capacity + add)
-            elif isinstance(last_ext, FlatExtent):
-                end = (last_ext.offset + last_ext.capacity + add) * SECTOR
-                storage.resize(last_ext.name, end, prov)
-            lines[-1].sectors += add
-            grow -= add
-        index = len(lines)
-        for n in _split(grow) if grow else []:
-            index += 1
-            sparse = lines[-1].type == "SPARSE"
-            ext = f"{stem}-{'s' if sparse else 'f'}{index:03d}.vmdk"
-            if sparse:
-                create_sparse(storage, join(directory, ext), n, grain_size=getattr(last_ext, "grain_size", 128))
-                lines.append(ExtentLine("RW", n, "SPARSE", ext))
-            else:
-                storage.create(join(directory, ext), n * SECTOR, prov)
-                lines.append(ExtentLine("RW", n, "FLAT", ext, 0))
+        total, done = grow, 0
+        if progress is not None:
+            progress(0, total)
+        undo = _Undo(storage)
+        try:
+            if add:
+                if isinstance(last_ext, SparseExtent):
+                    last_ext.grow(last_ext.capacity + add)
+                    done += add
+                elif isinstance(last_ext, FlatExtent):
+                    start = (last_ext.offset + last_ext.capacity) * SECTOR
+                    storage.resize(last_ext.name, start + add * SECTOR, "thin")  # a hole first, then
+                    done = provision_range(storage, last_ext.name, start, start + add * SECTOR, prov,
+                                           progress=progress, done=done, total=total)
+                lines[-1].sectors += add
+                grow -= add
+            index = len(lines)
+            for n in _split(grow) if grow else []:
+                index += 1
+                sparse = lines[-1].type == "SPARSE"
+                ext = f"{stem}-{'s' if sparse else 'f'}{index:03d}.vmdk"
+                undo.check_free(join(directory, ext))
+                if sparse:
+                    create_sparse(storage, undo.add(join(directory, ext)), n,
+                                  grain_size=getattr(last_ext, "grain_size", 128))
+                    lines.append(ExtentLine("RW", n, "SPARSE", ext))
+                    done += n
+                else:
+                    storage.create(undo.add(join(directory, ext)), n * SECTOR, "thin")
+                    done = provision_range(storage, join(directory, ext), 0, n * SECTOR, prov,
+                                           progress=progress, done=done, total=total)
+                    lines.append(ExtentLine("RW", n, "FLAT", ext, 0))
+        except BaseException:
+            undo.rollback()
+            raise
+        if progress is not None:
+            progress(total, total)
         desc.set_extents(lines)
         geo = desc.geometry
         adapter = desc.adapter_type

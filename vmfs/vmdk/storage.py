@@ -91,9 +91,12 @@ class ThinStorage(Protocol):
 class ProvisioningStorage(Protocol):
     """Optional: change how an existing file is allocated, natively.  ``eagerzeroedthick``
     allocates every hole and zeroes every to-be-zeroed block (VMFS: clears TBZ); ``thin`` may give
-    nothing back.  Without it, operations fill holes by writing zeros."""
+    nothing back.  Without it, operations fill holes by writing zeros.  ``offset``/``length``
+    limit the change to a byte range (the whole file by default), so a long inflate can be done
+    range by range, each call leaving the file consistent, with progress between them."""
 
-    def set_provisioning(self, name: str, provisioning: str) -> None: ...
+    def set_provisioning(self, name: str, provisioning: str, *, offset: int = 0, length: int | None = None) -> None:
+        ...
 
 
 def parent_dir(name: str) -> str:
@@ -251,20 +254,23 @@ class HostStorage:
             info["hosted lock"] = "no .lck directory"
         return info
 
-    def set_provisioning(self, name: str, provisioning: str) -> None:
-        """Thick: preallocate the whole file (holes become allocated blocks reading as zeros; data
-        is untouched).  Thin: nothing to do on a host file."""
+    def set_provisioning(self, name: str, provisioning: str, *, offset: int = 0, length: int | None = None) -> None:
+        """Thick: preallocate the file, or its bytes ``[offset, offset+length)`` (holes become
+        allocated blocks reading as zeros; data is untouched).  Thin: nothing to do on a host file."""
         _check_provisioning(provisioning)
         if provisioning == "thin":
             return
         with self.open(name, "r+b") as fh:
             size = fh.seek(0, os.SEEK_END)
-            if size:
+            end = size if length is None else min(size, offset + length)
+            if end > offset:
                 try:
-                    os.posix_fallocate(fh.fileno(), 0, size)
+                    os.posix_fallocate(fh.fileno(), offset, end - offset)
                 except (AttributeError, OSError):
-                    for start, length in _holes(fh.fileno(), size):
-                        _write_zeros(fh, start, length)
+                    for start, hole in _holes(fh.fileno(), size):
+                        lo, hi = max(start, offset), min(start + hole, end)
+                        if lo < hi:
+                            _write_zeros(fh, lo, hi - lo)
 
     # -- thin helpers --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Punching needs :class:`ThinStorage`.  None of them changes the CID: the content 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from vmfs.vmdk.descriptor import Descriptor
@@ -20,6 +21,11 @@ from vmfs.vmdk.storage import DiskStorage, ProvisioningStorage, ThinStorage
 
 #: granularity of zero detection for ``punch_zero`` (a host file system block)
 PUNCH_BLOCK = 4096
+#: bytes allocated or scanned between two progress calls (each its own storage call)
+PROVISION_CHUNK = 16 << 20
+
+#: ``progress(done, total)`` in sectors; it may raise (Ctrl-C) to stop between two chunks
+Progress = Callable[[int, int], None]
 
 
 def single_layer(storage: DiskStorage, name: str, *, writable: bool) -> Layer:
@@ -47,39 +53,91 @@ def _flat_extents(layer: Layer, what: str) -> list[FlatExtent]:
     return exts
 
 
-def _fill_holes(storage: DiskStorage, ext: FlatExtent, provisioning: str) -> None:
-    if isinstance(storage, ProvisioningStorage):
-        storage.set_provisioning(ext.name, provisioning)
-        return
-    if not isinstance(storage, ThinStorage):
-        return  # nothing is known to be unallocated
-    end = (ext.offset + ext.capacity) * SECTOR
-    pos = ext.offset * SECTOR
+def _holes_in(storage: ThinStorage, name: str, start: int, end: int) -> list[tuple[int, int]]:
     holes = []
-    for start, length in storage.allocated_ranges(ext.name):
-        if start > pos:
-            holes.append((pos, min(start, end) - pos))
-        pos = max(pos, start + length)
+    pos = start
+    for offset, length in storage.allocated_ranges(name):
+        if offset >= end:
+            break
+        if offset > pos:
+            holes.append((pos, offset - pos))
+        pos = max(pos, offset + length)
     if pos < end:
         holes.append((pos, end - pos))
-    with storage.open(ext.name, "r+b") as fh:
-        for start, length in holes:
-            fh.seek(start)
-            while length > 0:
-                n = min(length, 1 << 20)
+    return holes
+
+
+def provision_range(
+    storage: DiskStorage,
+    name: str,
+    start: int,
+    end: int,
+    provisioning: str,
+    *,
+    progress: Progress | None = None,
+    done: int = 0,
+    total: int = 0,
+) -> int:
+    """Allocate bytes ``[start, end)`` of file ``name`` per ``provisioning``, one
+    :data:`PROVISION_CHUNK` at a time: each chunk is its own storage call (its own transactions on
+    VMFS) and leaves the file consistent, so ``progress(done, total)`` (in sectors) is called
+    between chunks and may raise to stop there.  Chunks already allocated cost a look only, so
+    running the operation again after a stop finishes it.  Returns ``done`` plus the sectors
+    covered."""
+    if progress is not None:
+        progress(done, total)
+    if provisioning == "thin" or end <= start:
+        done += max(end - start, 0) // SECTOR
+        if progress is not None:
+            progress(done, total)
+        return done
+    holes = None
+    if not isinstance(storage, ProvisioningStorage) and isinstance(storage, ThinStorage):
+        holes = _holes_in(storage, name, start, end)  # found once: only this walk fills them
+    for pos in range(start, end, PROVISION_CHUNK):
+        stop = min(pos + PROVISION_CHUNK, end)
+        if isinstance(storage, ProvisioningStorage):
+            storage.set_provisioning(name, provisioning, offset=pos, length=stop - pos)
+        elif holes is not None:
+            _write_zeros(storage, name, holes, pos, stop)
+        done += (stop - pos) // SECTOR
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
+def _write_zeros(storage: DiskStorage, name: str, holes: list[tuple[int, int]], start: int, end: int) -> None:
+    with storage.open(name, "r+b") as fh:
+        for offset, length in holes:
+            lo, hi = max(offset, start), min(offset + length, end)
+            fh.seek(lo)
+            while lo < hi:
+                n = min(hi - lo, 1 << 20)
                 fh.write(bytes(n))
-                length -= n
+                lo += n
 
 
-def inflate_disk(storage: DiskStorage, name: str) -> None:
-    """Allocate every block of a thin disk; it becomes eager-zeroed thick (``vmkfstools -j``)."""
+def _fill_holes(storage: DiskStorage, layer: Layer, what: str, progress: Progress | None) -> None:
+    """Allocate every flat extent of ``layer`` fully (eager-zeroed), reporting disk sectors."""
+    exts = _flat_extents(layer, what)
+    total = sum(ext.capacity for ext in exts)
+    done = 0
+    for ext in exts:
+        base = ext.offset * SECTOR
+        done = provision_range(storage, ext.name, base, base + ext.capacity * SECTOR, "eagerzeroedthick",
+                               progress=progress, done=done, total=total)
+
+
+def inflate_disk(storage: DiskStorage, name: str, *, progress: Progress | None = None) -> None:
+    """Allocate every block of a thin disk; it becomes eager-zeroed thick (``vmkfstools -j``).
+    ``progress(done, total)`` in sectors, between chunks; if it raises, the disk stays thin in its
+    descriptor with the blocks before the stop allocated (consistent; run again to finish)."""
     layer = single_layer(storage, name, writable=True)
     try:
         desc = layer.descriptor
         if provisioning_of(desc) != "thin":
             raise InvalidArgumentError(f"{name}: disk is not thin provisioned")
-        for ext in _flat_extents(layer, "inflating"):
-            _fill_holes(storage, ext, "eagerzeroedthick")
+        _fill_holes(storage, layer, "inflating", progress)
         desc.remove("ddb.thinProvisioned")
         if desc.create_type == "vmfsThin":
             desc.set("createType", "vmfsEagerZeroedThick")
@@ -88,15 +146,15 @@ def inflate_disk(storage: DiskStorage, name: str) -> None:
         layer.close()
 
 
-def eager_zero(storage: DiskStorage, name: str) -> None:
+def eager_zero(storage: DiskStorage, name: str, *, progress: Progress | None = None) -> None:
     """Zero every block not yet zeroed in a zeroedthick disk (``vmkfstools -k``).  On a host file
-    system, preallocated blocks already read as zeros; only holes need writing."""
+    system, preallocated blocks already read as zeros; only holes need writing.  ``progress`` as
+    for :func:`inflate_disk` (a stop leaves the blocks after it lazily zeroed)."""
     layer = single_layer(storage, name, writable=True)
     try:
         if provisioning_of(layer.descriptor) == "thin":
             raise InvalidArgumentError(f"{name}: disk is thin provisioned (inflate it with -j)")
-        for ext in _flat_extents(layer, "eager zeroing"):
-            _fill_holes(storage, ext, "eagerzeroedthick")
+        _fill_holes(storage, layer, "eager zeroing", progress)
         if layer.descriptor.create_type in ("vmfsPreallocated",):
             layer.descriptor.set("createType", "vmfsEagerZeroedThick")
             layer.save_descriptor()
@@ -105,10 +163,11 @@ def eager_zero(storage: DiskStorage, name: str) -> None:
 
 
 def _zero_runs(
-    storage: ThinStorage, name: str, fh: BinaryIO, start: int, end: int, block: int
+    ranges: Iterable[tuple[int, int]], fh: BinaryIO, start: int, end: int, block: int
 ) -> list[tuple[int, int]]:
     """Byte ranges of ``[start, end)`` that read as zeros, in ``block`` steps from ``start``: the
-    storage's holes as they are, and every all-zero block inside its data ranges (read to know)."""
+    holes between the storage's allocated ``ranges`` as they are, and every all-zero block inside
+    its data ranges (read to know)."""
     runs: list[tuple[int, int]] = []
 
     def add(offset: int, length: int) -> None:
@@ -121,7 +180,9 @@ def _zero_runs(
 
     zero_block = bytes(block)
     pos = start
-    for offset, length in storage.allocated_ranges(name):
+    for offset, length in ranges:
+        if offset >= end:
+            break
         lo = start + (max(offset, start) - start) // block * block
         hi = min(end, start + -(-(min(offset + length, end) - start) // block) * block)
         if hi <= pos:
@@ -142,23 +203,41 @@ def _zero_runs(
     return runs
 
 
-def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK) -> int:
+def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK, progress: Progress | None = None) -> int:
     """Deallocate every all-zero block of a flat disk, which becomes thin (``vmkfstools -K``).
     Returns the number of bytes of the disk that are now unallocated (ranges that already were
     holes are punched again and counted: a host file system does not tell preallocated-but-unwritten
-    blocks from holes)."""
+    blocks from holes).  The disk is scanned and punched one :data:`PROVISION_CHUNK` at a time,
+    with ``progress(done, total)`` (sectors) between chunks; if it raises, the disk reads the same
+    and the chunks before the stop are punched (run again to finish)."""
     if not isinstance(storage, ThinStorage):
         raise UnsupportedError(f"{name}: the storage cannot deallocate blocks")
     layer = single_layer(storage, name, writable=True)
     punched = 0
     try:
-        for ext in _flat_extents(layer, "punching zeros"):
+        exts = _flat_extents(layer, "punching zeros")
+        total = sum(ext.capacity for ext in exts)
+        done = 0
+        if progress is not None:
+            progress(done, total)
+        step = max(PROVISION_CHUNK // block, 1) * block  # chunks start on a zero-detection block
+        for ext in exts:
             base = ext.offset * SECTOR
-            with storage.open(ext.name, "rb") as fh:
-                runs = _zero_runs(storage, ext.name, fh, base, base + ext.capacity * SECTOR, block)
-            for start, length in runs:
-                storage.punch_zero(ext.name, start, length)
-                punched += length
+            end = base + ext.capacity * SECTOR
+            ranges = storage.allocated_ranges(ext.name)  # punching a chunk changes only that chunk
+            first = 0
+            for pos in range(base, end, step):
+                stop = min(pos + step, end)
+                while first < len(ranges) and sum(ranges[first]) <= pos:
+                    first += 1
+                with storage.open(ext.name, "rb") as fh:
+                    runs = _zero_runs((ranges[i] for i in range(first, len(ranges))), fh, pos, stop, block)
+                for start, length in runs:
+                    storage.punch_zero(ext.name, start, length)
+                    punched += length
+                done += (stop - pos) // SECTOR
+                if progress is not None:
+                    progress(done, total)
         desc = layer.descriptor
         if desc.create_type.startswith("vmfs") and not desc.thin_provisioned:
             desc.set("ddb.thinProvisioned", "1")

@@ -324,23 +324,37 @@ class VolumeStorage:
 
     # -- provisioning ---------------------------------------------------------------------------------
 
-    def set_provisioning(self, name: str, provisioning: str) -> None:
+    def set_provisioning(self, name: str, provisioning: str, *, offset: int = 0, length: int | None = None) -> None:
         """``zeroedthick``: allocate every hole as a TBZ block.  ``eagerzeroedthick``: allocate the
         holes zeroed and zero every TBZ block (a write clears its flag, vmdk-format.md 7.2).
-        ``thin`` gives nothing back (use :meth:`punch_zero`)."""
+        ``thin`` gives nothing back (use :meth:`punch_zero`).  With ``offset``/``length`` only the
+        blocks of that byte range change (holes become TBZ blocks first, then are zeroed): every
+        step is its own transaction, so the file is consistent after each call."""
         _check_provisioning(provisioning)
         if provisioning == "thin":
             return
         wfs = self.wfs
         fd = self._resolve(name)
         address = fd.address
+        end = fd.size if length is None else min(fd.size, offset + length)
+        whole = offset == 0 and end == fd.size
         with _translated(name):
-            wfs.allocate(address, fd.size, eager=provisioning == "eagerzeroedthick")
-            if provisioning == "eagerzeroedthick":
-                for start, length in self._tbz_ranges(self.volume.read_fd(address)):
+            if whole:
+                wfs.allocate(address, fd.size, eager=provisioning == "eagerzeroedthick")
+            elif end > offset:
+                wfs.fallocate(address, offset, end - offset, keep_size=True)
+            if provisioning == "eagerzeroedthick" and end > offset:
+                fd = self.volume.read_fd(address)
+                if whole:
+                    zeros = self._tbz_ranges(fd)
+                elif fd.is_resident:
+                    zeros = []
+                else:  # the range has no holes now: what reads as zeros without I/O is TBZ
+                    zeros = [(pos, n) for pos, n, loc in FileReader(fd).extents(offset, end - offset) if loc is None]
+                for start, run in zeros:
                     pos = start
-                    while pos < start + length:
-                        n = min(WRITE_CHUNK, start + length - pos)
+                    while pos < start + run:
+                        n = min(WRITE_CHUNK, start + run - pos)
                         wfs.write(address, pos, bytes(n))
                         pos += n
             wfs.flush_fd(self.volume.read_fd(address))
