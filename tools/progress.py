@@ -50,6 +50,18 @@ def _rate(per_second: float) -> str:
     return ""  # pragma: no cover
 
 
+def human(nbytes: int) -> str:
+    """A byte count as people read it: ``3.7 GiB``, ``512.0 MiB``."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    size = nbytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 class Progress:
     """A ``progress(done, total)`` callback that draws ``label``'s progress on ``stream``.
 

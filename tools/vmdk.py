@@ -36,7 +36,7 @@ import re
 import sys
 
 import click
-from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt
+from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt, human
 
 from vmfs.cluster.host import HostIdentity
 from vmfs.errors import VmfsError
@@ -92,10 +92,19 @@ class _Places:
 
 
 #: progress labels, as vmkfstools words them
-_LABELS = {"clone": "Clone", "delete_snapshot": "Consolidate", "consolidate": "Consolidate"}
+_LABELS = {"clone": "Clone", "delete_snapshot": "Consolidate", "consolidate": "Consolidate",
+           "inflate": "Inflate", "eagerzero": "Eager zero", "punch": "Punch zero", "extend": "Extend"}
 #: what an interrupted action leaves behind
 _UNDONE = {
     "clone": "the partial copy was removed, the source is untouched",
+}
+#: actions that stop between two chunks with the disk consistent and finish when run again:
+#: what the disk is like then ({at}: the size done so far)
+_RESUMABLE = {
+    "inflate": "the disk is consistent, still thin beyond {at}",
+    "eagerzero": "the disk is consistent, not yet zeroed beyond {at}",
+    "punch": "the disk reads the same, zeroed blocks given back in its first {at} only",
+    "extend": "the disk keeps its old size and is consistent ({at} of the new space allocated)",
 }
 #: actions a Ctrl-C must not stop half-way (the parent of a merge would no longer match its delta)
 _UNSTOPPABLE = {"delete_snapshot", "consolidate"}
@@ -125,7 +134,8 @@ _ACTIONS = (
 @click.option("-d", "--diskformat", "disk_format", default=None, help=f"one of {', '.join(ops.DISK_FORMATS)}")
 @click.option("-a", "--adaptertype", "adapter", default=None, help="ide, buslogic, lsilogic or legacyESX")
 @click.option("-i", "--clonevirtualdisk", "clone", metavar="SRC", help="clone SRC into TARGET")
-@click.option("-X", "--extendvirtualdisk", "extend", metavar="SIZE", help="grow TARGET to SIZE")
+@click.option("-X", "--extendvirtualdisk", "extend", metavar="SIZE",
+              help="grow TARGET to SIZE (-d thin, zeroedthick or eagerzeroedthick: how the new space is allocated)")
 @click.option("-j", "--inflatedisk", "inflate", is_flag=True, help="inflate a thin disk")
 @click.option("-k", "--eagerzero", "eagerzero", is_flag=True, help="eager-zero a zeroedthick disk")
 @click.option("-K", "--punchzero", "punch", is_flag=True, help="deallocate zeroed blocks")
@@ -151,9 +161,9 @@ _ACTIONS = (
 @click.option("-p", "--parents", is_flag=True, help="create TARGET's missing directories inside the volume")
 @click.option("--host-uuid", default=None, help="host UUID for the volume's heartbeat when writing")
 @click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="progress of clone and snapshot merges on stderr: a bar with rate and "
-              "time left (auto: when stderr is a terminal), vmkfstools' 'Clone: 45% done.' lines, or none; "
-              "Ctrl-C stops at the next chunk (a merge is finished first) and says what was done")
+              help="progress of clone, inflate, eager-zero, punch-zero, extend and snapshot merges on stderr: "
+              "a bar with rate and time left (auto: when stderr is a terminal), vmkfstools' 'Clone: 45% done.' "
+              "lines, or none; Ctrl-C stops at the next chunk (a merge is finished first) and says what was done")
 @click.argument("target")
 def main(
     target: str,
@@ -196,6 +206,12 @@ def main(
             click.echo(f"vmfs-vmdk: Ctrl-C came while {action.replace('_', ' ')} could not stop half-way: it was "
                        "finished", err=True)
     except Interrupted:
+        if action in _RESUMABLE:
+            at = human(progress.done * progress.unit)
+            click.echo(f"vmfs-vmdk: {_LABELS[action].lower()} interrupted at {progress.percent}% ({at} of "
+                       f"{human(progress.total * progress.unit)}): {_RESUMABLE[action].format(at=at)}; "
+                       "run again to finish", err=True)
+            sys.exit(130)
         click.echo(f"vmfs-vmdk: interrupted {progress.summary()}: {_UNDONE.get(action, 'nothing was changed')}; "
                    "the volume was closed cleanly", err=True)
         sys.exit(130)
@@ -205,6 +221,17 @@ def main(
     except OSError as exc:  # the host itself failed (disk full, permissions) during file I/O
         click.echo(f"vmfs-vmdk: {target}: {exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+def _growth(disk_format: str | None) -> str | None:
+    """``-X``'s ``-d``: how the new space is allocated, as vmkfstools takes it (the disk's own
+    provisioning without it)."""
+    if disk_format is None:
+        return None
+    fmt = ops.normalize_format(disk_format)
+    if fmt not in ops.VMFS_FORMATS:
+        raise click.UsageError(f"-X takes -d thin, zeroedthick or eagerzeroedthick (not {disk_format})")
+    return ops.VMFS_FORMATS[fmt][1]
 
 
 def _run(
@@ -231,13 +258,18 @@ def _run(
         ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter,
                        progress=progress)
     elif action == "extend":
-        ops.extend_disk(storage, name, parse_size(str(value)))
+        ops.extend_disk(storage, name, parse_size(str(value)), provisioning=_growth(disk_format), progress=progress)
+        progress.finish()
     elif action == "inflate":
-        ops.inflate_disk(storage, name)
+        ops.inflate_disk(storage, name, progress=progress)
+        progress.finish()
     elif action == "eagerzero":
-        ops.eager_zero(storage, name)
+        ops.eager_zero(storage, name, progress=progress)
+        progress.finish()
     elif action == "punch":
-        click.echo(f"{ops.punch_zero(storage, name)} bytes unallocated")
+        punched = ops.punch_zero(storage, name, progress=progress)
+        progress.finish()
+        click.echo(f"{punched} bytes unallocated")
     elif action == "delete":
         ops.delete_disk(storage, name)
     elif action == "rename":

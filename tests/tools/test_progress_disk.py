@@ -1,0 +1,184 @@
+"""Progress of vmfs-vmdk inflate (-j), eager-zero (-k), punch-zero (-K) and extend (-X) on disks
+inside a VMFS volume: a bar with rate and time left on a pseudo-terminal, vmkfstools' percent
+lines with --progress lines, nothing on a pipe; Ctrl-C in the middle exits 130 with one line, the
+volume stays fsck-clean, the disk reads exactly what it read before, and the same command run
+again finishes the job."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tool
+from tests.tools.test_progress import run_on_pty
+
+MIB = 1 << 20
+#: disk size: 512 MiB of zeros written (inflate, eager-zero, extend) or read (punch) is 1-3 s here
+DISK_MIB = 512
+#: the grown disk starts this small
+EXTEND_FROM_MIB = 16
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Case:
+    """One operation: how the disk is made, the option that runs it, its progress label."""
+
+    action: str
+    label: str
+    argv: list[str]
+    clone_format: str
+    #: what `vmfs-vmdk -D` of the flat file says once the job is done: (allocated MiB, tbz blocks)
+    final: tuple[int, int]
+    start_mib: int = DISK_MIB
+
+
+CASES = {
+    "inflate": Case("inflate", "Inflate", ["-j"], "thin", (DISK_MIB, 0)),
+    "eagerzero": Case("eagerzero", "Eager zero", ["-k"], "zeroedthick", (DISK_MIB, 0)),
+    # half of the source is zeros: punching gives that half back
+    "punch": Case("punch", "Punch zero", ["-K"], "eagerzeroedthick", (DISK_MIB // 2, 0)),
+    "extend": Case("extend", "Extend", ["-X", f"{DISK_MIB + EXTEND_FROM_MIB}M", "-d", "eagerzeroedthick"],
+                   "eagerzeroedthick", (DISK_MIB + EXTEND_FROM_MIB, 0), EXTEND_FROM_MIB),
+}
+
+
+def vmdk(image: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("vmfs-vmdk"), "--volume", str(image), *args], capture_output=True, text=True,
+                          timeout=300, **kw)  # type: ignore[call-overload]
+
+
+def host_source(directory: Path, mib: int) -> tuple[Path, bytes]:
+    """A monolithicFlat disk of ``mib`` MiB, random in every other MiB (zeros between)."""
+    subprocess.run([tool("vmfs-vmdk"), "-c", f"{mib}M", "-d", "monolithicFlat", str(directory / "src.vmdk")],
+                   check=True, capture_output=True)
+    data = bytearray(mib * MIB)
+    for m in range(0, mib, 2):
+        data[m * MIB : (m + 1) * MIB] = os.urandom(MIB)
+    (directory / "src-flat.vmdk").write_bytes(data)
+    return directory / "src.vmdk", bytes(data)
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """8 GiB (sparse): mkfs gives a 2 GiB volume a single pointer block, too few for three disks."""
+    image = tmp_path / "ds.img"
+    subprocess.run([tool("vmfs-mkfs"), "--size", "8G", str(image)], check=True, capture_output=True)
+    return image
+
+
+def make_disk(image: Path, case: Case, source: Path, name: str) -> str:
+    """Clone the host source into the volume as the disk the operation starts from."""
+    path = f"/vm/{name}.vmdk"
+    r = vmdk(image, "-p", "-i", f"host:{source}", "-d", case.clone_format, "--progress", "none", path)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def flat_bytes(image: Path, disk: str) -> bytes:
+    r = subprocess.run([tool("vmfs-debug"), str(image), "cat", disk.replace(".vmdk", "-flat.vmdk")],
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def allocation(image: Path, disk: str) -> tuple[int, int]:
+    """(allocated MiB, TBZ blocks) of the disk's flat file, from `vmfs-vmdk -D`."""
+    out = vmdk(image, "-D", disk.replace(".vmdk", "-flat.vmdk")).stdout
+    allocated = int(re.search(r"allocated: (\d+)", out).group(1))  # type: ignore[union-attr]
+    tbz = int(re.search(r"tbz blocks: (\d+)", out).group(1))  # type: ignore[union-attr]
+    return allocated // MIB, tbz
+
+
+def capacity(image: Path, disk: str) -> int:
+    out = vmdk(image, "--info", disk).stdout
+    return int(re.search(r": (\d+) bytes", out).group(1))  # type: ignore[union-attr]
+
+
+def fsck_clean(image: Path) -> None:
+    r = subprocess.run([tool("vmfs-fsck"), "-n", str(image)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bar_lines_and_silence(name: str, volume: Path, tmp_path: Path) -> None:
+    case = CASES[name]
+    source, data = host_source(tmp_path, case.start_mib)
+    on_pty, with_lines, quiet = (make_disk(volume, case, source, n) for n in ("a", "b", "c"))
+
+    code, out = run_on_pty([tool("vmfs-vmdk"), "--volume", str(volume), *case.argv, on_pty])
+    assert code == 0, out
+    frames = [f for f in out.split("\r") if f.startswith(f"{case.label}  [")]
+    assert len(frames) >= 2, out  # redrawn while it runs, not only at the end
+    assert re.search(r"\[#{30}\] 100%  [\d.]+ (B|KiB|MiB|GiB)/s  0:00:00 left", frames[-1]), frames[-1]
+    assert re.search(r"\] +\d+%  [\d.]+ (B|KiB|MiB|GiB)/s  \d:\d\d:\d\d left", frames[0]), frames[0]
+
+    r = vmdk(volume, "--progress", "lines", *case.argv, with_lines)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert all(re.fullmatch(rf"{case.label}: \d+% done\.", line) for line in lines), lines
+    percents = [int(line.rsplit(" ", 2)[-2][:-1]) for line in lines]
+    assert percents == sorted(set(percents)) and percents[0] == 0 and percents[-1] == 100, percents
+    assert len(percents) >= 10, percents  # reported along the way (16 MiB chunks)
+
+    r = vmdk(volume, *case.argv, quiet)  # not a terminal, not asked: nothing on stderr
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout == (f"{DISK_MIB // 2 * MIB} bytes unallocated\n" if name == "punch" else "")
+
+    fsck_clean(volume)
+    for disk in (on_pty, with_lines, quiet):
+        assert allocation(volume, disk) == case.final
+    assert flat_bytes(volume, quiet) == data + bytes(capacity(volume, quiet) - len(data))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_ctrl_c_stops_cleanly_and_the_same_command_finishes(name: str, volume: Path, tmp_path: Path) -> None:
+    case = CASES[name]
+    source, data = host_source(tmp_path, case.start_mib)
+    disk = make_disk(volume, case, source, "d")
+    before = allocation(volume, disk)
+    proc = subprocess.Popen([tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", *case.argv, disk],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    seen = []
+    for line in proc.stderr:  # well into the job, far from its end
+        seen.append(line.rstrip("\n"))
+        m = re.fullmatch(rf"{case.label}: (\d+)% done\.", seen[-1])
+        if m and int(m.group(1)) >= 10:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read().splitlines()
+    assert proc.wait(timeout=120) == 130, seen + rest
+    assert proc.stdout.read() == ""
+    assert rest and "Traceback" not in "\n".join(rest), rest
+    m = re.fullmatch(rf"vmfs-vmdk: {case.label.lower()} interrupted at (\d+)% \(([\d.]+) MiB of {DISK_MIB}\.0 MiB\): "
+                     r"(.*); run again to finish", rest[-1])
+    assert m is not None, rest
+    percent, done_mib = int(m.group(1)), float(m.group(2))
+    assert 10 <= percent < 100 and done_mib == pytest.approx(DISK_MIB * percent / 100, abs=DISK_MIB / 100), rest
+    assert all(re.fullmatch(rf"{case.label}: \d+% done\.", line) for line in rest[:-1]), rest
+
+    fsck_clean(volume)  # every chunk was its own set of transactions: nothing half-made
+    assert capacity(volume, disk) == case.start_mib * MIB  # an extend keeps the old size until it is done
+    assert flat_bytes(volume, disk)[: len(data)] == data  # the disk reads what it read before
+    mid = allocation(volume, disk)
+    if name == "punch":
+        assert case.final[0] < mid[0] < before[0], (before, mid)  # the first chunks were given back
+    elif name == "eagerzero":
+        assert 0 < mid[1] < before[1], (before, mid)  # TBZ blocks zeroed in the first chunks only
+    else:
+        assert before[0] < mid[0] < case.final[0], (before, mid)  # blocks allocated in the first chunks only
+
+    r = vmdk(volume, *case.argv, disk)  # the same command again, on a pipe: finishes quietly
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    fsck_clean(volume)
+    assert allocation(volume, disk) == case.final
+    assert capacity(volume, disk) == (case.start_mib + (DISK_MIB if name == "extend" else 0)) * MIB
+    assert flat_bytes(volume, disk) == data + bytes(capacity(volume, disk) - len(data))
