@@ -6,7 +6,8 @@ faults, run after run.  What each fault does:
 
 * **added latency**: ``extra_us`` more service time for every command (or only for commands
   touching chosen LBAs);
-* **I/O errors**: a command touching a chosen LBA, or drawn with probability ``error_rate``,
+* **I/O errors**: a command touching a chosen LBA (reads, writes and ATS, or only the kinds
+  chosen), or drawn with probability ``error_rate``,
   fails with :class:`MediumError` (a :class:`vmfs.errors.DeviceError`, errno EIO) after its
   service time; nothing is written;
 * **lost writes**: a write touching a chosen LBA, or drawn with probability ``lose_rate``, is
@@ -48,6 +49,8 @@ class FaultPlan:
     slow_lbas: set[int] = field(default_factory=set)
     slow_extra_us: float = 0.0
     error_lbas: set[int] = field(default_factory=set)
+    #: the commands ``error_lbas`` fail ("read", "write", "ats")
+    error_ops: set[str] = field(default_factory=lambda: {"read", "write", "ats"})
     error_rate: float = 0.0
     lose_lbas: set[int] = field(default_factory=set)
     lose_rate: float = 0.0
@@ -93,7 +96,7 @@ class FaultPlan:
     def error_for(self, op: str, offset: int, length: int) -> str | None:
         """Why this command fails (a message), or None.  Draws one random number per command
         whenever an error rate is set, so the sequence of draws depends on the commands only."""
-        lba = self._touches(self.error_lbas, offset, length)
+        lba = self._touches(self.error_lbas, offset, length) if op in self.error_ops else None
         draw = self._rng.random() if self.error_rate else 1.0
         if lba is not None:
             self.injected_errors += 1

@@ -64,6 +64,8 @@ class LunScan:
             "mounted": f"datastore '{self.label}' ({self.uuid})",
             "snapshot": f"snapshot volume '{self.label}' ({self.uuid}): not mounted, resignature to use it",
         }.get(self.status, self.message)
+        if self.status == "snapshot" and self.message:
+            what += f" ({self.message})"
         return f"{self.path} {self.device}: {self.status}: {what}"
 
 
@@ -274,18 +276,20 @@ class StorageSystem:
         missing = _missing_extents(devices)
         if missing:
             return each("incomplete", msg=f"logical volume {lv_uuid}: {missing}; not mounted")
+        # an interrupted resignature leaves the new LV UUID in the LVM and maybe the old one in
+        # the FS descriptor: open it without that check, to report it (and resume it)
+        pending = any(d.volume.state == STATE_RESIGNATURE_PENDING for d in devices)  # type: ignore[attr-defined]
         try:
             lv = LogicalVolume(devices)
-            volume = Volume(lv, lvm=lv)
+            volume = Volume(lv, lvm=None if pending else lv)
         except VmfsError as exc:
             return each("error", msg=_one_line(exc))
         uuid, label = volume.uuid, volume.label
-        pending = any(d.volume.state == STATE_RESIGNATURE_PENDING for d in devices)  # type: ignore[attr-defined]
         taken = any(ds.uuid == uuid or ds.lv_uuid == lv_uuid for ds in self.volumes.datastores())
         if taken or pending:
             volume.close()
             self.snapshots[uuid] = SnapshotVolume(uuid, lv_uuid, label, paths, pending)
-            return each("snapshot", uuid, label)
+            return each("snapshot", uuid, label, "resignature pending" if pending else "")
         ds = Datastore(self, volume, paths)
         self.volumes.add(ds)
         return each("mounted", uuid, label)
