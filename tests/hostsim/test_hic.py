@@ -31,6 +31,7 @@ from tests.conftest import tool
 from tests.oracles import debugvmfs_ls, debugvmfs_show, fsck_vmfs
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.errors import DeviceError, InvalidArgumentError, NotFoundError, VmfsError
+from vmfs.ondisk.common import parse_uuid
 from vmfs.volume.slots import read_slots
 from vmfs.write.posix import WritableFileSystem
 
@@ -415,6 +416,11 @@ def test_a_copy_is_a_snapshot_lun_and_resignatures_beside_the_original(
     assert [s.status for s in h.last_report.luns] == ["mounted"] * 4
     assert h.volumes["span"].uuid == FS_UUID
     h.close()
+    for image in copies:  # no byte of the copy still carries the old FS or LV UUID
+        data = image.read_bytes()
+        for old in (FS_UUID, lv_before):
+            assert parse_uuid(old) not in data and old.encode() not in data
+    assert parse_uuid(lv_before) in spanned[1].read_bytes()  # ...as the original does
     fsck_clean(*copies)
     fsck_clean(*spanned)
     shown = debugvmfs_show(copies, require=("UUID", "Label"))
