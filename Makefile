@@ -28,16 +28,19 @@ deps: system-deps venv
 
 # Man pages from the tools' click definitions (installed with the package when present at install time).
 man: venv
-	$(VENV)/bin/python -m pyvmfs_tools.manpages build/man
+	$(VENV)/bin/python -m pyvmfs_tools.manpages man
+	# the venv's install is editable, which installs no data files: put the pages where man(1)
+	# looks for them beside $(VENV)/bin
+	mkdir -p $(VENV)/share/man/man1 && cp man/*.1 $(VENV)/share/man/man1/
 
 lint: venv
 	$(VENV)/bin/ruff check vmfs hostsim tools tests bench
 
-test: deps lint
+test: deps lint man
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 demo: deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./scripts/demo.sh
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) demo man .pytest_cache .ruff_cache .hypothesis

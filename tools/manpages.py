@@ -1,5 +1,5 @@
 """Man pages for every tool, written from the tools' own click definitions (so a page cannot say
-something ``--help`` does not): ``python -m pyvmfs_tools.manpages [OUTDIR]`` (``make man``: build/man).
+something ``--help`` does not): ``python -m pyvmfs_tools.manpages [OUTDIR]`` (``make man``: man/).
 
 Every piece comes from click itself, the way ``--help`` gets it: the usage line from the command's
 ``format_usage``, the description from its help text (click's ``\\b`` paragraphs kept as they are),

@@ -33,6 +33,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
             shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(item, src / name)
+    # the man pages, as `make man` writes them before a package is built
+    made = subprocess.run([sys.executable, "-m", "pyvmfs_tools.manpages", str(src / "man")], capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "out"),
          str(src)], capture_output=True, text=True, timeout=300,
@@ -69,3 +73,12 @@ def test_console_scripts_point_into_the_installed_packages(wheel: zipfile.ZipFil
         module = target.split(":")[0]
         assert module.split(".")[0] in HOMES.values(), f"{name} -> {target}"
         assert f"{module.replace('.', '/')}.py" in wheel.namelist(), f"{name} -> {target}: no such module"
+
+
+def test_wheel_carries_a_man_page_per_tool(wheel: zipfile.ZipFile) -> None:
+    """Installed with the package: PREFIX/share/man/man1/<tool>.1 for every console script."""
+    (entry,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    parser = configparser.ConfigParser()
+    parser.read_string(wheel.read(entry).decode())
+    pages = {n.rsplit("/", 1)[1] for n in wheel.namelist() if "/data/share/man/man1/" in n}
+    assert pages == {f"{name}.1" for name in parser["console_scripts"]}
