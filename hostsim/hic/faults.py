@@ -13,8 +13,9 @@ faults, run after run.  What each fault does:
 * **lost writes**: a write touching a chosen LBA, or drawn with probability ``lose_rate``, is
   acknowledged but never stored (the array's cache lost it).  ATS is never lost: it reports
   its outcome, and a lost ATS would be a miscompare the caller could see;
-* **all paths down**: from :meth:`FaultPlan.paths_down` until :meth:`FaultPlan.paths_up`, every
-  command (flush included) fails at once with :class:`AllPathsDownError`.
+* **all paths down**: from :meth:`FaultPlan.paths_down` (or after a countdown of commands,
+  :meth:`FaultPlan.down_after`) until :meth:`FaultPlan.paths_up`, every command (flush
+  included) fails at once with :class:`AllPathsDownError`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class FaultPlan:
     lose_lbas: set[int] = field(default_factory=set)
     lose_rate: float = 0.0
     apd: bool = False
+    #: commands still served before all paths go down by themselves (None: no countdown)
+    apd_after: int | None = None
     #: how many writes were acknowledged without being stored, and how many errors were injected
     lost_writes: int = 0
     injected_errors: int = 0
@@ -75,6 +78,23 @@ class FaultPlan:
 
     def paths_up(self) -> None:
         self.apd = False
+        self.apd_after = None
+
+    def down_after(self, commands: int) -> None:
+        """All paths go down once ``commands`` more commands have been served (a LUN lost in
+        the middle of a transaction, at a chosen point)."""
+        if commands < 0:
+            raise ValueError("a command count cannot be negative")
+        self.apd_after = commands
+
+    def check_paths(self) -> bool:
+        """Whether all paths are down for the command being issued (counts the countdown)."""
+        if self.apd_after is not None and not self.apd:
+            if self.apd_after == 0:
+                self.apd = True
+            else:
+                self.apd_after -= 1
+        return self.apd
 
     @staticmethod
     def lbas(offset: int, length: int) -> range:

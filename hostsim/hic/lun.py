@@ -113,7 +113,7 @@ class Lun:
         store (not run for a lost write).  Returns what ``action`` returned."""
         now = self.clock.now_us()
         with self._lock:
-            if self.faults.apd:
+            if self.faults.check_paths():
                 rec = IoRecord(op, offset, length, now, now, now, now, "all paths down")
                 self._record(handle, rec)
                 raise AllPathsDownError(

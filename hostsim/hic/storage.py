@@ -370,7 +370,7 @@ def _missing_extents(devices: list[LvmDevice]) -> str:
     have = len(devices)
     head = any(d.volume.firstPE == 0 for d in devices)  # type: ignore[attr-defined]
     if have < want or not head:
-        first = "" if head else " (the first extent is among them)"
+        first = "" if head else ", the first extent among them"
         return f"{want - have if have < want else 1} of its {want} extents missing{first}"
     return ""
 
