@@ -9,6 +9,7 @@ Punching needs :class:`ThinStorage`.  None of them changes the CID: the content 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
@@ -21,8 +22,15 @@ from vmfs.vmdk.storage import DiskStorage, ProvisioningStorage, ThinStorage
 
 #: granularity of zero detection for ``punch_zero`` (a host file system block)
 PUNCH_BLOCK = 4096
-#: bytes allocated or scanned between two progress calls (each its own storage call)
+#: bytes allocated or scanned between two progress calls (each its own storage call), at least...
 PROVISION_CHUNK = 16 << 20
+#: ...and at most, for work that writes or reads the bytes (a Ctrl-C waits for one chunk)
+MAX_IO_CHUNK = 256 << 20
+#: ...and at most, for lazily zeroed allocation (metadata only)
+MAX_META_CHUNK = 4 << 30
+#: a long job is cut into about this many chunks: enough for every percent, few enough that the
+#: cost of each storage call (its transactions, on VMFS) stays small beside the work
+CHUNKS = 256
 
 #: ``progress(done, total)`` in sectors; it may raise (Ctrl-C) to stop between two chunks
 Progress = Callable[[int, int], None]
@@ -53,6 +61,13 @@ def _flat_extents(layer: Layer, what: str) -> list[FlatExtent]:
     return exts
 
 
+def chunk_size(span: int, limit: int, align: int = PROVISION_CHUNK) -> int:
+    """Bytes per step for a job of ``span`` bytes: about ``span / CHUNKS``, a multiple of
+    ``align`` between :data:`PROVISION_CHUNK` and ``limit``."""
+    size = min(max(span // CHUNKS, PROVISION_CHUNK), limit)
+    return max(size // align, 1) * align
+
+
 def _holes_in(storage: ThinStorage, name: str, start: int, end: int) -> list[tuple[int, int]]:
     holes = []
     pos = start
@@ -79,7 +94,7 @@ def provision_range(
     total: int = 0,
 ) -> int:
     """Allocate bytes ``[start, end)`` of file ``name`` per ``provisioning``, one
-    :data:`PROVISION_CHUNK` at a time: each chunk is its own storage call (its own transactions on
+    :func:`chunk_size` at a time: each chunk is its own storage call (its own transactions on
     VMFS) and leaves the file consistent, so ``progress(done, total)`` (in sectors) is called
     between chunks and may raise to stop there.  Chunks already allocated cost a look only, so
     running the operation again after a stop finishes it.  Returns ``done`` plus the sectors
@@ -94,8 +109,9 @@ def provision_range(
     holes = None
     if not isinstance(storage, ProvisioningStorage) and isinstance(storage, ThinStorage):
         holes = _holes_in(storage, name, start, end)  # found once: only this walk fills them
-    for pos in range(start, end, PROVISION_CHUNK):
-        stop = min(pos + PROVISION_CHUNK, end)
+    step = chunk_size(end - start, MAX_META_CHUNK if provisioning == "zeroedthick" else MAX_IO_CHUNK)
+    for pos in range(start, end, step):
+        stop = min(pos + step, end)
         if isinstance(storage, ProvisioningStorage):
             storage.set_provisioning(name, provisioning, offset=pos, length=stop - pos)
         elif holes is not None:
@@ -207,7 +223,7 @@ def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK, pro
     """Deallocate every all-zero block of a flat disk, which becomes thin (``vmkfstools -K``).
     Returns the number of bytes of the disk that are now unallocated (ranges that already were
     holes are punched again and counted: a host file system does not tell preallocated-but-unwritten
-    blocks from holes).  The disk is scanned and punched one :data:`PROVISION_CHUNK` at a time,
+    blocks from holes).  The disk is scanned and punched one :func:`chunk_size` at a time,
     with ``progress(done, total)`` (sectors) between chunks; if it raises, the disk reads the same
     and the chunks before the stop are punched (run again to finish)."""
     if not isinstance(storage, ThinStorage):
@@ -220,7 +236,9 @@ def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK, pro
         done = 0
         if progress is not None:
             progress(done, total)
-        step = max(PROVISION_CHUNK // block, 1) * block  # chunks start on a zero-detection block
+        # chunks start on a zero-detection block and on a multiple of PROVISION_CHUNK (so of a VMFS
+        # file block too: a block cut in two by a chunk boundary could only be zeroed, not freed)
+        step = chunk_size(total * SECTOR, MAX_IO_CHUNK, math.lcm(block, PROVISION_CHUNK))
         for ext in exts:
             base = ext.offset * SECTOR
             end = base + ext.capacity * SECTOR
