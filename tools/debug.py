@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 import click
-from pyvmfs_tools.common import report_errors
+from pyvmfs_tools.common import fail, report_errors
+from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 
 from vmfs.debug import views as I
 from vmfs.errors import InvalidArgumentError
@@ -263,20 +264,39 @@ def cmd_ls(s: Session, long: bool, path: str) -> None:
 
 
 @main.command("cat")
+@click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="progress on stderr: a bar with rate and time left (auto: when stderr is a terminal and "
+              "standard output is not), 'Copy: 45% done.' lines, or none; Ctrl-C stops and says how far it got")
 @click.argument("paths", nargs=-1, required=True)
 @click.pass_obj
 @report_errors()
-def cmd_cat(s: Session, paths: tuple[str, ...]) -> None:
+def cmd_cat(s: Session, paths: tuple[str, ...], progress_mode: str) -> None:
     """Write file contents to standard output."""
     out = sys.stdout.buffer
-    for path in paths:
-        reader = s.fs.reader(path)
-        pos = 0
-        while pos < reader.size:
-            chunk = reader.read(pos, 1 << 20)
-            out.write(chunk)
-            pos += len(chunk)
-    out.flush()
+    if progress_mode == "auto" and sys.stdout.isatty():
+        progress_mode = "none"  # a bar would be drawn into the file's bytes on the screen
+    progress = Progress("Copy", progress_mode, interrupt=SafeInterrupt())
+    readers = [s.fs.reader(path) for path in paths]
+    total, done = sum(r.size for r in readers), 0
+    assert progress.interrupt is not None
+    try:
+        with progress.interrupt:
+            progress(0, total)
+            for reader in readers:
+                pos = 0
+                while pos < reader.size:
+                    chunk = reader.read(pos, 1 << 20)
+                    out.write(chunk)
+                    pos += len(chunk)
+                    done += len(chunk)
+                    progress(done, total)
+        out.flush()
+    except Interrupted:
+        out.flush()
+        progress.finish()
+        fail(f"cat interrupted {progress.summary()}: the output is incomplete (nothing was written to the volume)",
+             130)
+    progress.finish()
 
 
 @main.command("blocks")

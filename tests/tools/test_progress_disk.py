@@ -7,7 +7,9 @@ again finishes the job."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -182,3 +184,93 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_finishes(name: str, volume: P
     assert allocation(volume, disk) == case.final
     assert capacity(volume, disk) == (case.start_mib + (DISK_MIB if name == "extend" else 0)) * MIB
     assert flat_bytes(volume, disk) == data + bytes(capacity(volume, disk) - len(data))
+
+
+def test_host_disk_inflate_punch_extend_report_lines_and_keep_the_bytes(tmp_path: Path) -> None:
+    """The same options on host files (HostStorage: ranges of posix_fallocate and hole punching)."""
+    source, _ = host_source(tmp_path, DISK_MIB)
+    disk = tmp_path / "h.vmdk"
+    flat = tmp_path / "h-flat.vmdk"
+    subprocess.run([tool("vmfs-vmdk"), "--progress", "none", "-i", str(source), "-d", "thin", str(disk)], check=True)
+
+    def run(*args: str) -> list[int]:
+        r = subprocess.run([tool("vmfs-vmdk"), "--progress", "lines", *args, str(disk)], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        percents = [int(m) for m in re.findall(r"^\w[\w ]*: (\d+)% done\.$", r.stderr, re.M)]
+        assert len(percents) == len(r.stderr.splitlines()) and percents[0] == 0 and percents[-1] == 100, r.stderr
+        same = subprocess.run(["qemu-img", "compare", str(source), str(disk)], capture_output=True, text=True)
+        assert same.returncode == 0, same.stdout + same.stderr  # what it reads has not changed
+        return percents
+
+    def allocated_mib() -> int:
+        return os.stat(flat).st_blocks * 512 // MIB
+
+    assert allocated_mib() <= DISK_MIB // 2 + 1
+    assert len(run("-j")) >= 10
+    assert allocated_mib() >= DISK_MIB
+    run("-K")
+    assert DISK_MIB // 2 <= allocated_mib() <= DISK_MIB // 2 + 1
+    run("-X", f"{2 * DISK_MIB}M", "-d", "eagerzeroedthick")
+    assert os.stat(flat).st_size == 2 * DISK_MIB * MIB
+    assert allocated_mib() >= DISK_MIB // 2 + DISK_MIB  # the new half is allocated
+
+
+def cat_into_file(argv: list[str], out: Path, timeout: float = 120.0) -> tuple[int, str]:
+    """Run with stdout into ``out`` and stderr on a pseudo-terminal: (exit status, what it drew)."""
+    with open(out, "wb") as sink:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=slave)
+        os.close(slave)
+        drawn = bytearray()
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        os.close(master)
+        return proc.wait(timeout=30), drawn.decode(errors="replace")
+
+
+def test_debug_cat_shows_progress_and_stops_on_ctrl_c(volume: Path, tmp_path: Path) -> None:
+    """vmfs-debug cat copies a file off the volume without a mount: a bar when stderr is a terminal
+    and the bytes go to a file, lines when asked, nothing on a pipe; Ctrl-C exits 130 in one line."""
+    source, data = host_source(tmp_path, DISK_MIB)
+    make_disk(volume, CASES["punch"], source, "c")  # eagerzeroedthick: every block is read from the image
+    cat = [tool("vmfs-debug"), str(volume), "cat"]
+    flat = "/vm/c-flat.vmdk"
+
+    code, drawn = cat_into_file([*cat, flat], tmp_path / "out.bin")
+    assert code == 0, drawn
+    frames = [f for f in drawn.split("\r") if f.startswith("Copy  [")]
+    assert len(frames) >= 2, drawn
+    assert re.search(r"\[#{30}\] 100%  [\d.]+ (KiB|MiB|GiB)/s  0:00:00 left", frames[-1]), frames[-1]
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+    r = subprocess.run([*cat, "--progress", "lines", flat], capture_output=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == data
+    lines = r.stderr.decode().splitlines()
+    assert [int(x.split()[1][:-1]) for x in lines] == list(range(101)), lines  # 1 MiB steps: every percent
+
+    r = subprocess.run([*cat, flat], capture_output=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == b"" and r.stdout == data
+
+    with open(tmp_path / "part.bin", "wb") as sink:
+        proc = subprocess.Popen([*cat, "--progress", "lines", flat], stdout=sink, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("Copy: 10%"):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read().splitlines()
+        assert proc.wait(timeout=60) == 130, rest
+    assert re.fullmatch(r"vmfs-debug: cat interrupted at (1\d|[2-9]\d)% \(\d+ of 512 MiB\): the output is incomplete "
+                        r"\(nothing was written to the volume\)", rest[-1]), rest
+    part = (tmp_path / "part.bin").read_bytes()
+    assert 0 < len(part) < len(data) and part == data[: len(part)]
