@@ -505,18 +505,31 @@ def test_a_datastore_survives_all_paths_down_between_transactions(tmp_path: Path
     fsck_clean(img)
 
 
-@pytest.mark.xfail(
+#: what the library does with an I/O error inside a change (found with this fault layer; a fresh
+#: vmfs-mkfs volume, one host, write_file of 5000 bytes = a create and a data transaction)
+_HALF_COMMIT = pytest.mark.xfail(
     strict=True,
-    reason="library: after an I/O error inside a commit (journal written, home writes cut) the "
-    "attachment carries on and close() empties the journal: the transaction stays half applied "
-    "and its locks stay on disk (vmfs-fsck: FD in use but no directory names it; locks of a gone host)",
+    reason="library: the create's journal is committed, its home writes cut; the host carries on "
+    "and close() empties the journal with the transaction half applied (vmfs-fsck: FD marked used "
+    "but not in use / FD in use but no directory names it)",
 )
-def test_a_datastore_survives_all_paths_down_inside_a_commit(tmp_path: Path, clock: StepClock) -> None:
-    """The LUN goes away after 16 commands of a file creation (the journal is written and
-    flushed, the first home writes done); paths come back; the same host goes on and unmounts.
-    The volume must be consistent (replayed or rolled back), as after a crash."""
+_LOCKS_LEFT = pytest.mark.xfail(
+    strict=True,
+    reason="library: the data transaction fails after its locks were taken by ATS; they are "
+    "never released, and close() frees the slot (vmfs-fsck: /during and .sbc.sf cluster 0 locked "
+    "by a host that is gone)",
+)
+
+
+@pytest.mark.parametrize(
+    "served",
+    [4, 10, 20, pytest.param(15, marks=_HALF_COMMIT), pytest.param(30, marks=_LOCKS_LEFT)],
+)
+def test_a_datastore_survives_all_paths_down_inside_a_change(tmp_path: Path, clock: StepClock, served: int) -> None:
+    """The LUN goes away after ``served`` commands of a file creation and write; paths come
+    back; the same host goes on and unmounts.  The volume must be consistent, as after a crash."""
     h, lun, fs, img = _attached(tmp_path, clock)
-    lun.faults.down_after(16)
+    lun.faults.down_after(served)
     with pytest.raises(AllPathsDownError):
         fs.write_file("/during", b"2" * 5000)
     lun.faults.paths_up()
