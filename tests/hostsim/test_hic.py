@@ -7,6 +7,7 @@ copies are checked with ``vmfs-fsck -n`` and with vmfs-tools (``debugvmfs``, ``f
 from __future__ import annotations
 
 import errno
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,7 @@ from hostsim.hic import (
 )
 from hostsim.hic.naming import parse_runtime_name
 from tests.conftest import tool
-from tests.oracles import debugvmfs_ls, debugvmfs_show, fsck_vmfs
+from tests.oracles import debugvmfs_ls, debugvmfs_show, fsck_vmfs, fuse_tree
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.errors import DeviceError, InvalidArgumentError, NotFoundError, VmfsError
 from vmfs.ondisk.common import parse_uuid
@@ -415,6 +416,8 @@ def test_a_copy_is_a_snapshot_lun_and_resignatures_beside_the_original(
     assert sorted(h.volumes) == sorted([FS_UUID, "span", ds.uuid, ds.label])
     assert [s.status for s in h.last_report.luns] == ["mounted"] * 4
     assert h.volumes["span"].uuid == FS_UUID
+    me = HostIdentity(uuid="60000001-00000000-0000-020000000001", ip="192.0.2.1", clock=ManualClock())
+    WritableFileSystem(ds.attach(me)).write_file("/copy-only", b"written on the copy")
     h.close()
     for image in copies:  # no byte of the copy still carries the old FS or LV UUID
         data = image.read_bytes()
@@ -427,7 +430,9 @@ def test_a_copy_is_a_snapshot_lun_and_resignatures_beside_the_original(
     assert (shown["UUID"], shown["Label"]) == (ds.uuid, ds.label)
     assert debugvmfs_show(copies, "lvm", require=("UUID",))["UUID"] == ds.lv_uuid
     assert debugvmfs_show(spanned, require=("UUID",))["UUID"] == FS_UUID
-    assert ".sdd.sf" in debugvmfs_ls(copies)
+    assert ".sdd.sf" in debugvmfs_ls(copies) and "copy-only" not in debugvmfs_ls(spanned)
+    tree = fuse_tree("vmfs-fuse", copies, tmp_path / "mnt", unreadable=frozenset({"/.sdd.sf"}))
+    assert tree["/copy-only"]["sha256"] == hashlib.sha256(b"written on the copy").hexdigest()
     report_vt = fsck_vmfs(*copies)
     assert report_vt.counts["Directory errors"] == 0 and report_vt.counts["Orphaned inodes"] == 0
     # a new host that sees both finds two distinct volumes and mounts both
