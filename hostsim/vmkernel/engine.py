@@ -4,7 +4,7 @@ Why hand-written and not SimPy or salabim: ``bench/bench_sim_engine.py`` runs th
 all three (``docs/hostsim.md``, "Engine", has the figures and the reasons).  The shape is SimPy's
 (``../shared/docs/style-anchors.md`` section 5): everything that acts over time is a *process*, a
 generator that ``yield``\\ s events (a :meth:`Engine.timeout`, a :class:`Request` on a
-:class:`Resource`, a bare :class:`Event`, another :class:`Process`) and is resumed when they fire;
+:class:`Resource`, a bare :class:`Event`, another :class:`Process`, a :class:`Condition`) and is resumed when they fire;
 time never moves inside a function call.
 
 Rules the rest of the simulator relies on:
@@ -308,6 +308,47 @@ class Resource:
         return len(self.users)
 
 
+class Condition(Event):
+    """Fires when the first of its events (``any``) or all of them (``all``) have been processed.
+
+    Built by :meth:`Engine.any_of` and :meth:`Engine.all_of`: "this I/O or an 8 s timeout",
+    "every vCPU has stopped".  A failed event fails the condition with its exception, unless the
+    condition has already fired (a later failure is then the concern of nobody: keep failures
+    inside processes that can handle them)."""
+
+    __slots__ = ("_events", "_left", "_need_all")
+
+    def __init__(self, engine: Engine, events: list[Event], need_all: bool) -> None:
+        Event.__init__(self, engine)
+        for ev in events:
+            if not isinstance(ev, Event) or ev.engine is not engine:
+                raise SimulationError(f"{'all_of' if need_all else 'any_of'}() needs events of this engine, got {ev!r}")
+        if not events and not need_all:
+            raise SimulationError("any_of() of no events would never fire")
+        self._events = events
+        self._need_all = need_all
+        self._left = len(events)
+        if not events:
+            self.succeed([])
+        for ev in events:
+            if ev.callbacks is None:
+                self._check(ev)
+            else:
+                ev.callbacks.append(self._check)
+
+    def _check(self, ev: Event) -> None:
+        if self._value is not _PENDING:
+            return
+        if not ev._ok:
+            self.fail(ev._value)
+        elif not self._need_all:
+            self.succeed(ev)
+        else:
+            self._left -= 1
+            if self._left == 0:
+                self.succeed([e._value for e in self._events])
+
+
 def _check_delay(delay: Any) -> int:
     if type(delay) is not int:
         if isinstance(delay, bool) or not isinstance(delay, int):
@@ -353,6 +394,14 @@ class Engine:
     def resource(self, capacity: int = 1, name: str = "resource") -> Resource:
         """A FIFO resource of ``capacity`` units."""
         return Resource(self, capacity, name)
+
+    def any_of(self, events: list[Event]) -> Condition:
+        """An event that fires with the first of ``events`` to be processed (its value is that event)."""
+        return Condition(self, list(events), need_all=False)
+
+    def all_of(self, events: list[Event]) -> Condition:
+        """An event that fires once all ``events`` are processed, with their values in order."""
+        return Condition(self, list(events), need_all=True)
 
     # -- running ------------------------------------------------------------------------------
 

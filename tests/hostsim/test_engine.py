@@ -119,6 +119,62 @@ def test_the_engine_is_the_clock_of_the_hardware_interface() -> None:
     assert eng.now_us() == 1234
 
 
+def _io_or_timeout(io_us: int) -> tuple[int, str]:
+    """A heartbeat write racing the 8 s ATS timeout of esx-design.md experiment 23."""
+    eng = Engine()
+    out: list[tuple[int, str]] = []
+
+    def heartbeat() -> Generator[Event, Any, None]:
+        write = eng.timeout(io_us, "written")
+        limit = eng.timeout(8 * SECOND, "timed out")
+        first = yield eng.any_of([write, limit])
+        out.append((eng.now, first.value))
+
+    eng.process(heartbeat())
+    eng.run()
+    return out[0]
+
+
+def test_any_of_fires_with_the_first_event() -> None:
+    assert _io_or_timeout(3 * SECOND) == (3 * SECOND, "written")
+    assert _io_or_timeout(9 * SECOND) == (8 * SECOND, "timed out")
+
+
+def test_all_of_fires_when_the_last_one_does_with_values_in_order() -> None:
+    """Three vCPUs stop at 30, 10 and 20: all_of fires at 30 with the values in the given order."""
+    eng = Engine()
+    out: list[tuple[int, list[str]]] = []
+
+    def stopper() -> Generator[Event, Any, None]:
+        done = yield eng.all_of([eng.timeout(30, "v0"), eng.timeout(10, "v1"), eng.timeout(20, "v2")])
+        out.append((eng.now, done))
+
+    eng.process(stopper())
+    eng.run()
+    assert out == [(30, ["v0", "v1", "v2"])]
+
+
+def test_a_failed_event_fails_the_condition() -> None:
+    eng = Engine()
+    broken = eng.event()
+    out: list[str] = []
+
+    def waiter() -> Generator[Event, Any, None]:
+        try:
+            yield eng.all_of([eng.timeout(50), broken])
+        except OSError as err:
+            out.append(f"{eng.now} {err}")
+
+    def breaker() -> Generator[Event, Any, None]:
+        yield eng.timeout(5)
+        broken.fail(OSError("all paths down"))
+
+    eng.process(waiter())
+    eng.process(breaker())
+    eng.run()
+    assert out == ["5 all paths down"]
+
+
 # -- determinism --------------------------------------------------------------------------------
 
 _WORKLOAD = """
@@ -237,7 +293,7 @@ def test_paced_run_at_double_speed() -> None:
 
 
 def test_work_posted_from_another_thread_runs_at_its_arrival_time() -> None:
-    """A thread posts a callback 100 ms into a 300 ms paced run with nothing else scheduled: the
+    """A thread posts a callback 100 ms into a 300 ms paced run with nothing else due then: the
     callback runs within the run, at a simulated time close to 100 ms, and can start a process
     that then runs in simulated time (a 50 ms sleep ending at arrival + 50 ms)."""
     eng = Engine()
@@ -252,7 +308,12 @@ def test_work_posted_from_another_thread_runs_at_its_arrival_time() -> None:
         eng.process(admin_job())
 
     timer = threading.Timer(0.1, eng.post, args=(callback,))
-    timer.start()
+
+    def start_timer() -> Generator[Event, Any, None]:
+        timer.start()  # from inside the run, so the 100 ms count from the run's own start
+        yield eng.timeout(0)
+
+    eng.process(start_timer())
     eng.run_paced(300 * MS)
     timer.join()
     (what1, at1), (what2, at2) = seen
@@ -405,6 +466,16 @@ def test_resource_and_run_misuse() -> None:
     with pytest.raises(SimulationError) as exc:
         Engine().step()
     _one_line(exc, "nothing is scheduled")
+
+
+def test_condition_misuse() -> None:
+    eng = Engine()
+    with pytest.raises(SimulationError) as exc:
+        eng.any_of([])
+    _one_line(exc, "never fire")
+    with pytest.raises(SimulationError) as exc:
+        eng.all_of([Engine().timeout(1)])
+    _one_line(exc, "events of this engine")
 
 
 def test_interrupt_misuse() -> None:
