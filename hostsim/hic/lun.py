@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from hostsim.hic.clock import Clock
 from hostsim.hic.faults import AllPathsDownError, FaultPlan, MediumError
-from hostsim.hic.model import DeviceModel, IoRecord, LunStats
+from hostsim.hic.model import DeviceModel, HostQueue, IoRecord, LunStats
 from hostsim.hic.naming import mpx_name, naa_name, runtime_name
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
@@ -63,6 +63,8 @@ class Lun:
         self.stats = LunStats(clock.now_us())
         #: called after every command (the VMkernel's storage stack listens here)
         self.listeners: list[IoListener] = []
+        #: each host's device queue on this LUN (all its handles share it)
+        self.queues: dict[str, HostQueue] = {}
         self._lock = threading.Lock()
         self.closed = False
 
@@ -120,7 +122,8 @@ class Lun:
                     f"{handle.name}: all paths down ({op} of {length} bytes at 0x{offset:x} failed)"
                 )
             extra = self.faults.latency_us(offset, length)
-            admit, start, complete = self.model.schedule(now, length, extra)
+            queue = self.queues.setdefault(handle.host, HostQueue())
+            admit, start, complete = self.model.schedule(now, length, extra, queue)
             error = self.faults.error_for(op, offset, length) if op != "flush" else None
             lost = op == "write" and error is None and self.faults.loses(offset, length)
             rec = IoRecord(op, offset, length, now, admit, start, complete, error)

@@ -4,16 +4,18 @@ Formulas (docs/hostsim.md, "Hardware interface", repeats them):
 
 * Service time of a command of ``n`` bytes: ``S = fixed_us + per_byte_us * n + extra_us``
   (``extra_us`` is the fault layer's added latency), rounded to whole microseconds.
-* The device accepts at most ``queue_depth`` outstanding commands.  Commands are admitted in the
-  order they are issued (the kernel queue is FIFO): command *i*, issued at ``t_i``, is admitted at
-  ``A_i = max(t_i, A_{i-1}, C*)`` where ``C*`` is the earliest completion time that brings the
-  number of outstanding admitted commands below ``queue_depth`` (``t_i`` itself when the queue
-  has room).
-* The device works on ``channels`` commands at a time (1 = one actuator, FIFO).  An admitted
-  command starts on the channel free first: ``B_i = max(A_i, free_k)``, completes at
-  ``C_i = B_i + S_i``, and that channel is free again at ``C_i``.
-* Per command: ``KAVG = A_i - t_i`` (time queued in the VMkernel because the device queue was
-  full), ``DAVG = C_i - A_i`` (time from handing the command to the device until it returns:
+* Each host may have at most ``queue_depth`` commands outstanding on the LUN (its device queue,
+  :class:`HostQueue`).  A host's commands are admitted in the order it issues them (the kernel
+  queue is FIFO): command *i*, issued at ``t_i``, is admitted at ``A_i = max(t_i, A_{i-1}, C*)``
+  where ``A_{i-1}`` is that host's previous admission and ``C*`` the earliest completion time
+  that brings the host's outstanding admitted commands below ``queue_depth`` (``t_i`` itself
+  when its queue has room).
+* The device (shared by all hosts) works on ``channels`` commands at a time (1 = one actuator),
+  in the order the commands are issued.  An admitted command starts on the channel free first:
+  ``B_i = max(A_i, free_k)``, completes at ``C_i = B_i + S_i``, and that channel is free again
+  at ``C_i``.
+* Per command: ``KAVG = A_i - t_i`` (time queued in the VMkernel because the host's device
+  queue was full), ``DAVG = C_i - A_i`` (time from handing the command to the device until it returns:
   waiting inside the device plus service), ``GAVG = DAVG + KAVG = C_i - t_i``
   (esx-design.md 6.3: GAVG/cmd = DAVG/cmd + KAVG/cmd).  esxtop's ``DAVG/cmd`` over an interval
   is the mean of DAVG over the commands issued in it, in milliseconds; ``CMDS/s`` is their count
@@ -56,11 +58,27 @@ class IoRecord:
         return self.complete_us - self.issue_us
 
 
+class HostQueue:
+    """One host's device queue for one LUN (esxtop's DQLEN): its admitted, unfinished commands.
+
+    ESX limits the commands each host has outstanding on a LUN; the array's channels are shared
+    by all hosts.  So each host gets its own queue (admission, KAVG) in front of the one device
+    (service, DAVG)."""
+
+    def __init__(self) -> None:
+        self.outstanding: list[int] = []  # completion times (a heap)
+        self.last_admit = 0
+
+    def active(self, now_us: int) -> int:
+        """Commands admitted and not yet complete at ``now_us`` (esxtop's ACTV)."""
+        return sum(1 for c in self.outstanding if c > now_us)
+
+
 class DeviceModel:
     """Completion times for the commands of one LUN (see the module docstring for the formulas).
 
     Defaults are assumptions of ours (no source gives them): 0.5 ms per command plus 5 ns per
-    byte (200 MB/s), a queue depth of 32 as commonly configured for a LUN, one channel."""
+    byte (200 MB/s), a queue depth of 32 per host as commonly configured for a LUN, one channel."""
 
     def __init__(
         self,
@@ -78,26 +96,29 @@ class DeviceModel:
         self.per_byte_us = per_byte_us
         self.queue_depth = queue_depth
         self.channels = channels
-        self._outstanding: list[int] = []  # completion times of admitted, unfinished commands
+        self.queue = HostQueue()  # the queue of callers that name none (one host)
         self._free = [0] * channels  # when each channel is free again
-        self._last_admit = 0
 
     def service_us(self, nbytes: int, extra_us: float = 0.0) -> int:
         return round(self.fixed_us + self.per_byte_us * nbytes + extra_us)
 
     def outstanding(self, now_us: int) -> int:
-        """Commands admitted and not yet complete at ``now_us`` (esxtop's ACTV)."""
-        return sum(1 for c in self._outstanding if c > now_us)
+        """Commands of the default queue admitted and not yet complete at ``now_us``."""
+        return self.queue.active(now_us)
 
-    def schedule(self, issue_us: int, nbytes: int, extra_us: float = 0.0) -> tuple[int, int, int]:
-        """(admit, start, complete) of a command issued at ``issue_us``; updates the queue."""
-        t = max(issue_us, self._last_admit)
-        out = self._outstanding
+    def schedule(
+        self, issue_us: int, nbytes: int, extra_us: float = 0.0, queue: HostQueue | None = None
+    ) -> tuple[int, int, int]:
+        """(admit, start, complete) of a command issued at ``issue_us`` through ``queue`` (a
+        host's device queue; default: the model's own); updates the queue and the channels."""
+        q = queue if queue is not None else self.queue
+        t = max(issue_us, q.last_admit)
+        out = q.outstanding
         while out and out[0] <= t:
             heapq.heappop(out)
         while len(out) >= self.queue_depth:
             t = max(t, heapq.heappop(out))
-        self._last_admit = t
+        q.last_admit = t
         k = min(range(self.channels), key=self._free.__getitem__)
         start = max(t, self._free[k])
         complete = start + self.service_us(nbytes, extra_us)

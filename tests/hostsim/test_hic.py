@@ -205,9 +205,29 @@ def test_a_full_queue_makes_commands_wait_in_the_kernel(clock: StepClock) -> Non
     assert [r.kavg_us for r in recs] == [0, 0, 1000, 2000, 3000, 4000]
     assert [r.davg_us for r in recs] == [1000, 2000, 2000, 2000, 2000, 2000]
     assert all(r.gavg_us == r.davg_us + r.kavg_us for r in recs)
-    assert lun.model.outstanding(2500) == 2  # commands 3 and 4 (admitted at 1000 and 2000)
+    assert lun.queues["esx1"].active(2500) == 2  # commands 3 and 4 (admitted at 1000 and 2000)
     s = lun.stats.sample(6000)
     assert s.davg_ms == pytest.approx(11000 / 6 / 1000) and s.kavg_ms == pytest.approx(10000 / 6 / 1000)
+
+
+def test_each_host_has_its_own_device_queue(clock: StepClock) -> None:
+    """Queue depth 1 per host, one shared channel, 1 ms per command: host A issues two commands,
+    host B one, all at t = 0.  B's command is admitted at once (its own queue) but waits for the
+    channel (DAVG); A's second waits in A's kernel queue for A's first (KAVG), then for the
+    channel."""
+    lun = Lun.memory(MIB, clock=clock, model=DeviceModel(fixed_us=1000, per_byte_us=0, queue_depth=1))
+    a = host(clock, "esxA").add_adapter().present(lun).open("esxA", readonly=True)
+    b = host(clock, "esxB").add_adapter().present(lun, target=1).open("esxB", readonly=True)
+    recs = records(lun)
+    a.read(0, 512)
+    b.read(0, 512)
+    a.read(0, 512)
+    times = [(r.admit_us, r.start_us, r.complete_us) for r in recs]
+    assert times == [(0, 0, 1000), (0, 1000, 2000), (1000, 2000, 3000)]
+    assert [(r.kavg_us, r.davg_us) for r in recs] == [(0, 1000), (0, 2000), (1000, 2000)]
+    sa, sb = a.stats.sample(3000), b.stats.sample(3000)
+    assert (sa.commands, sa.kavg_ms, sa.davg_ms) == (2, 0.5, 1.5)
+    assert (sb.commands, sb.kavg_ms, sb.davg_ms) == (1, 0.0, 2.0)
 
 
 def test_channels_serve_in_parallel(clock: StepClock) -> None:
