@@ -292,6 +292,25 @@ def test_paced_run_at_double_speed() -> None:
     assert 0.15 <= elapsed < 0.15 + 0.1
 
 
+def test_a_paced_run_that_falls_behind_skips_nothing() -> None:
+    """Ten steps 10 ms apart that each cost 20 ms of wall time: the run cannot keep up, so it takes
+    about 0.2 s instead of 0.1 s, and every step still happens at its own simulated time."""
+    eng = Engine()
+    times: list[int] = []
+
+    def heavy() -> Generator[Event, Any, None]:
+        while True:
+            yield eng.timeout(10 * MS)
+            times.append(eng.now)
+            time.sleep(0.02)
+
+    eng.process(heavy())
+    start = time.monotonic()
+    eng.run_paced(105 * MS)
+    assert times == [10 * MS * k for k in range(1, 11)]
+    assert time.monotonic() - start >= 0.2
+
+
 def test_work_posted_from_another_thread_runs_at_its_arrival_time() -> None:
     """A thread posts a callback 100 ms into a 300 ms paced run with nothing else due then: the
     callback runs within the run, at a simulated time close to 100 ms, and can start a process
