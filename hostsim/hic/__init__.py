@@ -6,7 +6,7 @@ VMFS volumes as datastores under ``/vmfs/volumes``.  See docs/hostsim.md, "Hardw
 from hostsim.hic.clock import Clock, StepClock, WallClock
 from hostsim.hic.faults import AllPathsDownError, FaultPlan, MediumError
 from hostsim.hic.lun import Lun, LunHandle, ScsiPath, StorageAdapter
-from hostsim.hic.model import DeviceModel, IoRecord, LunStats, StatsSample
+from hostsim.hic.model import DeviceModel, HostQueue, IoRecord, LunStats, StatsSample
 from hostsim.hic.storage import (
     VOLUMES,
     Datastore,
@@ -24,6 +24,7 @@ __all__ = [
     "Datastore",
     "DeviceModel",
     "FaultPlan",
+    "HostQueue",
     "IoRecord",
     "Lun",
     "LunHandle",

@@ -21,6 +21,7 @@ from hostsim.hic import (
     AllPathsDownError,
     DeviceModel,
     FaultPlan,
+    HostQueue,
     IoRecord,
     Lun,
     MediumError,
@@ -239,29 +240,31 @@ def test_channels_serve_in_parallel(clock: StepClock) -> None:
     assert [r.complete_us for r in recs] == [1000, 1000, 2000, 2000]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.integers(1, 8),
     st.integers(1, 3),
-    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 1 << 20)), min_size=1, max_size=60),
+    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 1 << 20), st.integers(0, 2)), min_size=1, max_size=60),
 )
-def test_model_invariants(depth: int, channels: int, cmds: list[tuple[int, int]]) -> None:
-    """For any arrival pattern: admission is FIFO and never before the issue; at no admission
-    are ``depth`` commands already outstanding; channels never overlap; C = B + S."""
+def test_model_invariants(depth: int, channels: int, cmds: list[tuple[int, int, int]]) -> None:
+    """For any arrival pattern from up to three hosts: each host's admission is FIFO and never
+    before the issue; at no admission does that host already have ``depth`` commands
+    outstanding; no more than ``channels`` commands are in service at once; C = B + S."""
     m = DeviceModel(fixed_us=100, per_byte_us=0.002, queue_depth=depth, channels=channels)
+    queues = [HostQueue() for _ in range(3)]
     t = 0
-    done: list[tuple[int, int, int, int]] = []
-    for gap, size in cmds:
+    done: list[tuple[int, int, int, int, int]] = []  # host, issue, admit, start, complete
+    for gap, size, who in cmds:
         t += gap
-        a, b, c = m.schedule(t, size)
+        a, b, c = m.schedule(t, size, queue=queues[who])
         assert t <= a <= b < c and c - b == m.service_us(size)
-        if done:
-            assert a >= done[-1][1]
-        assert sum(1 for (_, a0, _, c0) in done if a0 <= a < c0) < depth
-        done.append((t, a, b, c))
-    spans = sorted((b, c) for (_, _, b, c) in done)
-    for i, (b, _c) in enumerate(spans):  # at any start, fewer than `channels` others are busy
-        assert sum(1 for (b2, c2) in spans[:i] if b2 <= b < c2) < channels
+        mine = [d for d in done if d[0] == who]
+        if mine:
+            assert a >= mine[-1][2]
+        assert sum(1 for (_, _, a0, _, c0) in mine if a0 <= a < c0) < depth
+        done.append((who, t, a, b, c))
+    for _, _, _, b, _ in done:  # when any command starts, fewer than `channels` others are busy
+        assert sum(1 for (_, _, _, b2, c2) in done if b2 <= b < c2) <= channels
 
 
 # -- faults -----------------------------------------------------------------------------------------
