@@ -174,7 +174,8 @@ class Process(Event):
         """Throw :class:`Interrupt` (``cause``) into the process at its current ``yield``, now.
 
         The process stops waiting for its target; a :class:`Request` it was queued with is left in
-        the queue unless the process leaves a ``with`` block (which cancels it) or cancels it."""
+        the queue unless the process leaves a ``with`` block (which cancels it) or cancels it.  A
+        timeout it was waiting for still comes due at its time, with no one waiting."""
         if self._value is not _PENDING:
             raise SimulationError(f"cannot interrupt {self.name}: it has already ended")
         if self.engine.active_process is self:
@@ -455,7 +456,8 @@ class Engine:
 
         This is how an administrator (the console's command server) acts on a host that runs
         paced: the callback runs between events, at the simulated time of its arrival, and may
-        start processes or trigger events."""
+        start processes or trigger events.  Only :meth:`run_paced` runs posted work (a headless
+        :meth:`run` has no wall clock to map an arrival to)."""
         self._inbox.put(callback)
         self._wake.set()
 
