@@ -128,7 +128,7 @@ def test_bar_lines_and_silence(name: str, volume: Path, tmp_path: Path) -> None:
     assert all(re.fullmatch(rf"{case.label}: \d+% done\.", line) for line in lines), lines
     percents = [int(line.rsplit(" ", 2)[-2][:-1]) for line in lines]
     assert percents == sorted(set(percents)) and percents[0] == 0 and percents[-1] == 100, percents
-    assert len(percents) >= 10, percents  # reported along the way (16 MiB chunks)
+    assert len(percents) >= 8, percents  # reported along the way (16 or 64 MiB chunks)
 
     r = vmdk(volume, *case.argv, quiet)  # not a terminal, not asked: nothing on stderr
     assert r.returncode == 0 and r.stderr == "", r.stderr
@@ -207,7 +207,7 @@ def test_host_disk_inflate_punch_extend_report_lines_and_keep_the_bytes(tmp_path
         return os.stat(flat).st_blocks * 512 // MIB
 
     assert allocated_mib() <= DISK_MIB // 2 + 1
-    assert len(run("-j")) >= 10
+    assert len(run("-j")) >= 8  # 64 MiB steps
     assert allocated_mib() >= DISK_MIB
     run("-K")
     assert DISK_MIB // 2 <= allocated_mib() <= DISK_MIB // 2 + 1

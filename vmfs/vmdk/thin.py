@@ -24,6 +24,9 @@ from vmfs.vmdk.storage import DiskStorage, ProvisioningStorage, ThinStorage
 PUNCH_BLOCK = 4096
 #: bytes allocated or scanned between two progress calls (each its own storage call), at least...
 PROVISION_CHUNK = 16 << 20
+#: ...and at least, when zeros are written (each chunk costs a few journal commits on VMFS, whose
+#: syncs would otherwise double the time of an eager zeroing)
+MIN_ZERO_CHUNK = 64 << 20
 #: ...and at most, for work that writes or reads the bytes (a Ctrl-C waits for one chunk)
 MAX_IO_CHUNK = 256 << 20
 #: ...and at most, for lazily zeroed allocation (metadata only)
@@ -61,10 +64,10 @@ def _flat_extents(layer: Layer, what: str) -> list[FlatExtent]:
     return exts
 
 
-def chunk_size(span: int, limit: int, align: int = PROVISION_CHUNK) -> int:
+def chunk_size(span: int, low: int, high: int, align: int = PROVISION_CHUNK) -> int:
     """Bytes per step for a job of ``span`` bytes: about ``span / CHUNKS``, a multiple of
-    ``align`` between :data:`PROVISION_CHUNK` and ``limit``."""
-    size = min(max(span // CHUNKS, PROVISION_CHUNK), limit)
+    ``align`` between ``low`` and ``high``."""
+    size = min(max(span // CHUNKS, low), high)
     return max(size // align, 1) * align
 
 
@@ -109,7 +112,10 @@ def provision_range(
     holes = None
     if not isinstance(storage, ProvisioningStorage) and isinstance(storage, ThinStorage):
         holes = _holes_in(storage, name, start, end)  # found once: only this walk fills them
-    step = chunk_size(end - start, MAX_META_CHUNK if provisioning == "zeroedthick" else MAX_IO_CHUNK)
+    if provisioning == "zeroedthick":
+        step = chunk_size(end - start, PROVISION_CHUNK, MAX_META_CHUNK)
+    else:
+        step = chunk_size(end - start, MIN_ZERO_CHUNK, MAX_IO_CHUNK)
     for pos in range(start, end, step):
         stop = min(pos + step, end)
         if isinstance(storage, ProvisioningStorage):
@@ -238,7 +244,7 @@ def punch_zero(storage: DiskStorage, name: str, *, block: int = PUNCH_BLOCK, pro
             progress(done, total)
         # chunks start on a zero-detection block and on a multiple of PROVISION_CHUNK (so of a VMFS
         # file block too: a block cut in two by a chunk boundary could only be zeroed, not freed)
-        step = chunk_size(total * SECTOR, MAX_IO_CHUNK, math.lcm(block, PROVISION_CHUNK))
+        step = chunk_size(total * SECTOR, PROVISION_CHUNK, MAX_IO_CHUNK, math.lcm(block, PROVISION_CHUNK))
         for ext in exts:
             base = ext.offset * SECTOR
             end = base + ext.capacity * SECTOR

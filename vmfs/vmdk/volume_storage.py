@@ -328,8 +328,9 @@ class VolumeStorage:
         """``zeroedthick``: allocate every hole as a TBZ block.  ``eagerzeroedthick``: allocate the
         holes zeroed and zero every TBZ block (a write clears its flag, vmdk-format.md 7.2).
         ``thin`` gives nothing back (use :meth:`punch_zero`).  With ``offset``/``length`` only the
-        blocks of that byte range change (holes become TBZ blocks first, then are zeroed): every
-        step is its own transaction, so the file is consistent after each call."""
+        blocks of that byte range change (zeroedthick: ``fallocate``; eagerzeroedthick: zeros
+        written over its holes and TBZ blocks, which allocates and clears them in the same
+        transactions): every step is its own transaction, so the file is consistent after each call."""
         _check_provisioning(provisioning)
         if provisioning == "thin":
             return
@@ -338,18 +339,19 @@ class VolumeStorage:
         address = fd.address
         end = fd.size if length is None else min(fd.size, offset + length)
         whole = offset == 0 and end == fd.size
+        eager = provisioning == "eagerzeroedthick"
         with _translated(name):
             if whole:
-                wfs.allocate(address, fd.size, eager=provisioning == "eagerzeroedthick")
-            elif end > offset:
+                wfs.allocate(address, fd.size, eager=eager)
+            elif end > offset and not (eager and not fd.is_resident):
                 wfs.fallocate(address, offset, end - offset, keep_size=True)
-            if provisioning == "eagerzeroedthick" and end > offset:
+            if eager and end > offset:
                 fd = self.volume.read_fd(address)
                 if whole:
                     zeros = self._tbz_ranges(fd)
                 elif fd.is_resident:
                     zeros = []
-                else:  # the range has no holes now: what reads as zeros without I/O is TBZ
+                else:  # what reads as zeros without I/O: holes and TBZ blocks
                     zeros = [(pos, n) for pos, n, loc in FileReader(fd).extents(offset, end - offset) if loc is None]
                 for start, run in zeros:
                     pos = start
