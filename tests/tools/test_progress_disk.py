@@ -274,3 +274,18 @@ def test_debug_cat_shows_progress_and_stops_on_ctrl_c(volume: Path, tmp_path: Pa
                         r"\(nothing was written to the volume\)", rest[-1]), rest
     part = (tmp_path / "part.bin").read_bytes()
     assert 0 < len(part) < len(data) and part == data[: len(part)]
+
+
+def test_chunk_sizes_follow_the_job() -> None:
+    """About 256 steps per job, bounded: small jobs still report often, huge ones do not pay a
+    journal commit per 16 MiB, and a Ctrl-C never waits for more than one bounded chunk."""
+    from vmfs.vmdk.thin import MAX_IO_CHUNK, MAX_META_CHUNK, MIN_ZERO_CHUNK, PROVISION_CHUNK, chunk_size
+
+    assert chunk_size(512 * MIB, MIN_ZERO_CHUNK, MAX_IO_CHUNK) == 64 * MIB
+    assert chunk_size(32 << 30, MIN_ZERO_CHUNK, MAX_IO_CHUNK) == 128 * MIB
+    assert chunk_size(1 << 40, MIN_ZERO_CHUNK, MAX_IO_CHUNK) == MAX_IO_CHUNK
+    assert chunk_size(64 << 30, PROVISION_CHUNK, MAX_META_CHUNK) == 256 * MIB
+    assert chunk_size(100 << 40, PROVISION_CHUNK, MAX_META_CHUNK) == MAX_META_CHUNK
+    assert chunk_size(MIB, PROVISION_CHUNK, MAX_IO_CHUNK) == PROVISION_CHUNK
+    size = chunk_size((10 << 30) + 12345, PROVISION_CHUNK, MAX_IO_CHUNK, 3 * PROVISION_CHUNK)
+    assert size % (3 * PROVISION_CHUNK) == 0 and size >= PROVISION_CHUNK
