@@ -31,7 +31,7 @@ from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, repla
 from vmfs.cluster.locks import LockManager
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
-from vmfs.errors import BusyError, ReadOnlyError, UnsupportedError
+from vmfs.errors import BusyError, DeviceError, ReadOnlyError, UnsupportedError, VmfsError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
@@ -68,6 +68,10 @@ class HostAttachment:
         self.flush_hooks: list[Callable[[], None]] = []
         self.closed = False
         self._closing = False
+        #: a transaction whose commit the device cut after its journal record (its locks kept)
+        self._unfinished: Transaction | None = None
+        #: caches could not be re-read after a failure (the device was away)
+        self._caches_stale = False
         volume.bind_writer(self)
         try:
             self._attach()
@@ -196,18 +200,60 @@ class HostAttachment:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Collect metadata writes; commit through the journal on success, forget them (and every
-        cache that may hold their effects) on failure."""
+        cache that may hold their effects) on failure.
+
+        A device that fails under a commit (all paths down, I/O errors) may leave its record in
+        the journal and its home writes cut.  Then the transaction keeps its locks, which guard
+        the redo, and before anything else is written (the next transaction, or the unmount) the
+        journal is replayed as it would be after a crash; locks whose release failed are given
+        back then too.  While the device is still away those steps fail again, so nothing is
+        written on top of a half-applied change."""
         self.check_writable()
         with self.meta_lock:
+            self._recover_from_failed_io()
             tx = Transaction(self.volume.device, self.journal if self.journaling else None, self.locks)
             try:
                 yield tx
                 self.check_writable()
                 tx.commit()
             except BaseException:
-                tx.release_locks()
-                self.volume.invalidate_caches()
+                if tx.journal is not None and tx.journal.pending:
+                    self._unfinished = tx  # its locks stay until the redo is done
+                else:
+                    try:
+                        tx.release_locks()
+                    except VmfsError as exc:
+                        log.warning("giving back locks failed (%s); retried before the next change", exc)
+                self._drop_caches()
                 raise
+
+    def _drop_caches(self) -> None:
+        """Forget every cache (re-reading pinned FDs); when the device fails meanwhile, again at
+        the next transaction."""
+        try:
+            self.volume.invalidate_caches()
+            self._caches_stale = False
+        except VmfsError as exc:
+            self._caches_stale = True
+            log.warning("dropping caches failed (%s); done again before the next change", exc)
+
+    def _recover_from_failed_io(self) -> None:
+        """What an earlier device failure left: redo a commit cut after its journal record, give
+        back locks whose release failed, and drop caches that could not be re-read."""
+        if self._caches_stale:
+            self._drop_caches()
+            if self._caches_stale:
+                raise DeviceError(f"{self.volume.device.name}: the device is still failing")
+        journal = self.journal
+        if journal is not None and journal.pending:
+            applied = journal.replay()
+            log.warning("redid %d journal records of a commit the device cut short", applied)
+            self.volume.invalidate_caches()
+            unfinished, self._unfinished = self._unfinished, None
+            if unfinished is not None:
+                unfinished.release_locks()
+        if self.locks is not None and self.locks.unreleased:
+            self.locks.retry_releases()
 
     def lock_fd(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
         """Take ``fd``'s on-disk lock for the transaction and make sure our copy is current."""
@@ -282,8 +328,15 @@ class HostAttachment:
         hb = self.heartbeat
         volume = self.volume
         lost = hb.lost
-        if self.locks is not None:
-            self.locks.release_all()
+        try:
+            if lost is None:
+                with self.meta_lock:
+                    self._recover_from_failed_io()  # never empty a journal that still has work to redo
+            if self.locks is not None:
+                self.locks.release_all()
+        except BaseException:
+            hb.stop()  # as after a crash: slot, journal and locks stay for whoever recovers us
+            raise
         if self.journal is not None and lost is None:
             self.journal.clear()
         hb.stop()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
-from vmfs.errors import BusyError, NoSpaceError, VolumeLostError
+from vmfs.errors import BusyError, NoSpaceError, VmfsError, VolumeLostError
 from vmfs.ondisk.common import NULL_UUID, encode_name, fast
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, Heartbeat
 from vmfs.volume.slots import SlotView, read_slot, read_slots
@@ -220,6 +220,10 @@ class HeartbeatManager:
         except VolumeLostError as exc:
             log.error("%s", exc)
             return False
+        except VmfsError as exc:
+            # the device failed (all paths down): keep trying each period; if it stays away
+            # past the lease, this host loses the volume (``lost``) as it must
+            log.warning("heartbeat renewal failed: %s", exc)
         return True
 
     def start(self) -> None:

@@ -119,6 +119,10 @@ class Journal:
         self.host = host
         self.barriers = barriers
         self.sequence = 1
+        #: True from the moment a commit starts writing its record until its home writes are
+        #: durable: a failure in between (the device went away) leaves a transaction that may be
+        #: committed and not home; it must be redone (:meth:`replay`) before anything else is written
+        self.pending = False
         #: called with the byte count of every journal write (statistics, fault injection)
         self.on_write: Callable[[int], None] | None = None
 
@@ -134,6 +138,7 @@ class Journal:
             raise TransactionTooLarge(f"transaction of {len(blob)} bytes exceeds the journal ({self.area.size})")
         # pad to whole sectors so the write is sector-aligned
         pad = (-len(blob)) % 512
+        self.pending = True  # a write that fails may still have reached the disk
         self.device.write(self.area.offset, blob + bytes(pad))
         if self.barriers:
             self.device.flush()
@@ -143,11 +148,15 @@ class Journal:
             # The home copies must be durable before the next transaction overwrites this one in
             # the journal, and before our locks are released to another host.
             self.device.flush()
+        self.pending = False
         self.sequence += 1
 
     def replay(self) -> int:
-        """Apply a committed transaction found in the area; returns the records applied."""
-        return replay_area(self.device, self.area)
+        """Apply a committed transaction found in the area (none when its locks were let go: it
+        reached home); returns the records applied.  Clears :attr:`pending` once done."""
+        applied = replay_area(self.device, self.area)
+        self.pending = False
+        return applied
 
     def clear(self) -> None:
         """Empty the journal (clean unmount): no record of ours is ever left for another reader."""

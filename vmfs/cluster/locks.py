@@ -29,7 +29,7 @@ from construct import Container
 
 from vmfs.cluster.heartbeat import freed_slot
 from vmfs.cluster.journal import JournalArea, replay_area
-from vmfs.errors import BusyError, CorruptError, UnsupportedError, VolumeLostError
+from vmfs.errors import BusyError, CorruptError, UnsupportedError, VmfsError, VolumeLostError
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
 from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
@@ -100,6 +100,8 @@ class LockManager:
         self._recovering: set[tuple[int, int, str]] = set()
         #: called with the volume offset of every lock whose token moved under us
         self.on_stale_cache = None
+        #: offsets of locks still ours on disk because giving them back failed (device errors)
+        self.unreleased: set[int] = set()
 
     # -- identity -----------------------------------------------------------------------------------
 
@@ -298,6 +300,29 @@ class LockManager:
             if held.count > 0:
                 return
             del self.held[offset]
+        try:
+            self._give_back(offset, held)
+        except VmfsError:
+            # the device failed under us (all paths down): the lock is still ours on disk; keep
+            # knowing it, so the next transaction or the unmount gives it back
+            with self._mutex:
+                held.count = 0
+                self.held.setdefault(offset, held)
+                self.unreleased.add(offset)
+            raise
+        self.unreleased.discard(offset)
+
+    def retry_releases(self) -> None:
+        """Give back the locks whose release failed earlier (and that nobody took up again)."""
+        for offset in sorted(self.unreleased):
+            held = self.held.get(offset)
+            if held is None or held.count > 0:
+                self.unreleased.discard(offset)
+                continue
+            held.count = 1
+            self.release(offset)
+
+    def _give_back(self, offset: int, held: Held) -> None:
         if held.mode in SHARED_MODES:
             self._leave_shared(offset)
             return
@@ -338,6 +363,7 @@ class LockManager:
         return held.mode if held is not None else None
 
     def release_all(self) -> None:
+        """Give back every lock (unmount); a failure stops at the first, the rest stay known."""
         for offset in list(self.held):
             held = self.held.get(offset)
             if held is not None:

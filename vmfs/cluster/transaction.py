@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from vmfs.cluster.journal import Journal
 from vmfs.device.base import BlockDevice
+from vmfs.errors import VmfsError
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE
 
 SECTOR = 512
@@ -110,20 +111,26 @@ class Transaction:
                 self.locks.forget(offset)
 
     def release_locks(self) -> None:
+        """Give back every lock of the transaction; when the device fails, the others are still
+        tried and the first error is raised (the lock manager retries the failed ones)."""
         if self.locks is None:
             return
+        first: BaseException | None = None
         for offset in reversed(self._locked):
-            self.locks.release(offset)
+            try:
+                self.locks.release(offset)
+            except VmfsError as exc:
+                first = first or exc
         self._locked.clear()
+        if first is not None:
+            raise first
 
     def commit(self, *, release: bool = True) -> None:
         """Journal, then home writes; then give back the locks (unless the caller still needs
         them to order a following step, in which case it calls :meth:`release_locks`)."""
-        try:
-            self._commit()
-        finally:
-            if release:
-                self.release_locks()
+        self._commit()  # on failure the caller decides: a commit cut after its journal record keeps them
+        if release:
+            self.release_locks()
 
     def _commit(self) -> None:
         records = self.records()
