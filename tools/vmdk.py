@@ -92,11 +92,12 @@ class _Places:
 
 
 #: progress labels, as vmkfstools words them
-_LABELS = {"clone": "Clone", "delete_snapshot": "Consolidate", "consolidate": "Consolidate",
+_LABELS = {"create": "Create", "clone": "Clone", "delete_snapshot": "Consolidate", "consolidate": "Consolidate",
            "inflate": "Inflate", "eagerzero": "Eager zero", "punch": "Punch zero", "extend": "Extend"}
 #: what an interrupted action leaves behind
 _UNDONE = {
     "clone": "the partial copy was removed, the source is untouched",
+    "create": "the partial disk was removed",
 }
 #: actions that stop between two chunks with the disk consistent and finish when run again:
 #: what the disk is like then ({at}: the size done so far)
@@ -161,9 +162,10 @@ _ACTIONS = (
 @click.option("-p", "--parents", is_flag=True, help="create TARGET's missing directories inside the volume")
 @click.option("--host-uuid", default=None, help="host UUID for the volume's heartbeat when writing")
 @click.option("--progress", "progress_mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="progress of clone, inflate, eager-zero, punch-zero, extend and snapshot merges on stderr: "
-              "a bar with rate and time left (auto: when stderr is a terminal), vmkfstools' 'Clone: 45% done.' "
-              "lines, or none; Ctrl-C stops at the next chunk (a merge is finished first) and says what was done")
+              help="progress of create (thick disks), clone, inflate, eager-zero, punch-zero, extend and snapshot "
+              "merges on stderr: a bar with rate and time left (auto: when stderr is a terminal), vmkfstools' "
+              "'Clone: 45% done.' lines, or none; Ctrl-C stops at the next chunk (a merge is finished first) "
+              "and says what was done")
 @click.argument("target")
 def main(
     target: str,
@@ -252,7 +254,9 @@ def _run(
             parse_size(str(value)),
             disk_format or "zeroedthick",
             **({"adapter": adapter} if adapter else {}),
+            progress=progress,
         )
+        progress.finish()
     elif action == "clone":
         src_storage, src = places.where(str(value))
         ops.clone_disk(src_storage, src, storage, name, disk_format or "zeroedthick", adapter=adapter,

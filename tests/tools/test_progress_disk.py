@@ -289,3 +289,50 @@ def test_chunk_sizes_follow_the_job() -> None:
     assert chunk_size(MIB, PROVISION_CHUNK, MAX_IO_CHUNK) == PROVISION_CHUNK
     size = chunk_size((10 << 30) + 12345, PROVISION_CHUNK, MAX_IO_CHUNK, 3 * PROVISION_CHUNK)
     assert size % (3 * PROVISION_CHUNK) == 0 and size >= PROVISION_CHUNK
+
+
+def _files(image: Path, directory: str) -> list[str]:
+    r = subprocess.run([tool("vmfs-debug"), str(image), "ls", directory], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_thick_create_shows_progress_and_ctrl_c_removes_the_partial_disk(volume: Path) -> None:
+    """`-c SIZE -d eagerzeroedthick` writes SIZE of zeros: a bar on a terminal, lines when asked,
+    silence on a pipe; Ctrl-C removes what was made (nothing half-created is left) and fsck is clean."""
+    assert vmdk(volume, "-c", "1M", "-p", "/vm/seed.vmdk").returncode == 0
+    code, out = run_on_pty([tool("vmfs-vmdk"), "--volume", str(volume), "-c", f"{DISK_MIB}M", "-d",
+                            "eagerzeroedthick", "/vm/a.vmdk"])
+    assert code == 0, out
+    frames = [f for f in out.split("\r") if f.startswith("Create  [")]
+    assert len(frames) >= 2 and "100%" in frames[-1], out
+    r = vmdk(volume, "--progress", "lines", "-c", f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/b.vmdk")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "Create: 0% done." and lines[-1] == "Create: 100% done." and len(lines) >= 8, lines
+    r = vmdk(volume, "-c", f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/c.vmdk")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    for disk in ("/vm/a.vmdk", "/vm/b.vmdk", "/vm/c.vmdk"):
+        assert allocation(volume, disk) == (DISK_MIB, 0)  # every block allocated and zeroed
+    before = _files(volume, "/vm")
+
+    proc = subprocess.Popen([tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", "-c",
+                             f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/d.vmdk"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line.rstrip("\n"))
+        m = re.fullmatch(r"Create: (\d+)% done\.", seen[-1])
+        if m and int(m.group(1)) >= 10:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read().splitlines()
+    assert proc.wait(timeout=120) == 130, seen + rest
+    assert re.fullmatch(r"vmfs-vmdk: interrupted .*: the partial disk was removed; the volume was closed cleanly",
+                        rest[-1]), rest
+    assert _files(volume, "/vm") == before  # no d.vmdk, no d-flat.vmdk
+    fsck_clean(volume)
+    assert vmdk(volume, "-c", f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/d.vmdk").returncode == 0
+    assert allocation(volume, "/vm/d.vmdk") == (DISK_MIB, 0)
+    fsck_clean(volume)

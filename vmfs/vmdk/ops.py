@@ -164,8 +164,13 @@ def create_disk(
     grain_size: int = DEFAULT_GRAIN_SIZE,
     zeroed_grain: bool = False,
     hosted_provisioning: str = "zeroedthick",
+    progress: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Create a new, zero-filled disk of ``size`` bytes (rounded up to whole sectors)."""
+    """Create a new, zero-filled disk of ``size`` bytes (rounded up to whole sectors).
+
+    With ``progress`` (done, total in sectors) a thick VMFS-format disk is made thin first and
+    then allocated chunk by chunk (:func:`vmfs.vmdk.thin.provision_range`), so a long eager-zeroed
+    create reports and can be stopped between chunks; a stop removes what was created."""
     fmt = normalize_format(disk_format)
     if adapter not in ADAPTER_TYPES:
         raise InvalidArgumentError(f"unknown adapter type {adapter!r} (use one of {', '.join(ADAPTER_TYPES)})")
@@ -179,7 +184,12 @@ def create_disk(
             create_type, provisioning = VMFS_FORMATS[fmt]
             flat = f"{stem}-flat.vmdk"
             undo.check_free(join(directory, flat))
-            storage.create(undo.add(join(directory, flat)), capacity * SECTOR, provisioning)
+            if progress is None or provisioning == "thin":
+                storage.create(undo.add(join(directory, flat)), capacity * SECTOR, provisioning)
+            else:
+                storage.create(undo.add(join(directory, flat)), capacity * SECTOR, "thin")
+                provision_range(storage, join(directory, flat), 0, capacity * SECTOR, provisioning,
+                                progress=progress, total=capacity)
             ddb = _ddb(capacity, adapter, hwversion or DEFAULT_HW_VERSION_VMFS, thin=provisioning == "thin", cid=cid)
             desc = Descriptor.new(
                 create_type=create_type, extents=[ExtentLine("RW", capacity, "VMFS", flat)], cid=cid, ddb=ddb
