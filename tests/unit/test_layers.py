@@ -117,25 +117,39 @@ def cycles(edges: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
-def layer_of(module: str) -> str:
+#: the simulated host (esx-design.md 6.1): the hardware interface component (LUN drivers, device
+#: models, rescan, datastores) under the VMkernel (engine, worlds, schedulers, storage stack),
+#: one VMM per VM above it, the service console on top; hostsim uses vmfs, never the reverse
+HOSTSIM_LAYERS: dict[str, int] = {
+    "hostsim": 0,
+    "hostsim.hic": 1,
+    "hostsim.vmkernel": 2,
+    "hostsim.vmm": 3,
+    "hostsim.console": 4,
+}
+
+
+def layer_of(module: str, layers: dict[str, int] = LAYERS) -> str:
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
         name = ".".join(parts[:n])
-        if name in LAYERS:
+        if name in layers:
             return name
     raise KeyError(module)
 
 
-def upward_imports(edges: dict[str, dict[str, int]]) -> list[str]:
+def upward_imports(edges: dict[str, dict[str, int]], layers: dict[str, int] = LAYERS) -> list[str]:
     bad = []
     for module, targets in sorted(edges.items()):
         for target, line in sorted(targets.items()):
-            if LAYERS[layer_of(target)] > LAYERS[layer_of(module)]:
-                bad.append(f"{module}:{line} imports {target} ({layer_of(target)} is above {layer_of(module)})")
+            above, below = layer_of(target, layers), layer_of(module, layers)
+            if layers[above] > layers[below]:
+                bad.append(f"{module}:{line} imports {target} ({above} is above {below})")
     return bad
 
 
 GRAPH, HOSTSIM_IMPORTS = import_graph(ROOT / "vmfs")
+SIM_GRAPH, _ = import_graph(ROOT / "hostsim")
 
 
 def test_no_import_cycle() -> None:
@@ -185,3 +199,11 @@ def test_the_checker_sees_a_cycle_and_a_hostsim_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_every_layer_exists(layer: str) -> None:
     assert any(m == layer or m.startswith(layer + ".") for m in GRAPH), f"{layer} has no module"
+
+
+def test_hostsim_has_no_import_cycle_and_imports_point_down() -> None:
+    assert not cycles(SIM_GRAPH), cycles(SIM_GRAPH)
+    unknown = [m for m in SIM_GRAPH if not any(m == k or m.startswith(k + ".") for k in HOSTSIM_LAYERS)]
+    assert not unknown, f"hostsim modules outside every layer (add them to HOSTSIM_LAYERS): {unknown}"
+    bad = upward_imports(SIM_GRAPH, HOSTSIM_LAYERS)
+    assert not bad, "\n".join(bad)
