@@ -3,8 +3,8 @@
 A :class:`Lun` is the logical unit as the array (or the local disk) presents it: one backing
 store, one device model, one fault plan and one set of device counters, shared by every host
 that sees it, as a SAN LUN is one object for all its hosts.  Each host reaches it through its own
-:class:`LunHandle` (a :class:`vmfs.device.base.BlockDevice`, like
-:class:`vmfs.device.shared.SharedDevice`): closing a handle leaves the LUN open for the others,
+:class:`LunHandle` (a :class:`vmfs.device.shared.SharedDevice` whose commands go through the LUN's
+model and faults): closing a handle leaves the LUN open for the others,
 and every command of every handle goes through the same queue, faults and backing store, so
 ATS stays atomic between hosts.
 
@@ -28,6 +28,7 @@ from hostsim.hic.naming import mpx_name, naa_name, runtime_name
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
 from vmfs.device.memory import MemoryDevice
+from vmfs.device.shared import SharedDevice
 from vmfs.errors import DeviceError, ExistsError, InvalidArgumentError, NotFoundError
 
 T = TypeVar("T")
@@ -159,23 +160,18 @@ def _require(path: str, test: Callable[[int], bool], what: str) -> None:
         raise InvalidArgumentError(f"{path}: not {what}")
 
 
-class LunHandle(BlockDevice):
-    """One host's handle on a LUN: every command goes through the LUN's faults and model."""
+class LunHandle(SharedDevice):
+    """One host's handle on a LUN: a :class:`SharedDevice` on the LUN's backing store whose every
+    command goes through the LUN's faults and model."""
 
     def __init__(self, lun: Lun, host: str, name: str, *, readonly: bool) -> None:
-        super().__init__(readonly=readonly or lun.device.readonly)
+        super().__init__(lun.device, readonly=readonly)
         self.lun = lun
         self.host = host
         self.name = name
-        self.path = lun.path
         self.stats = LunStats(lun.clock.now_us())
         #: the last command this handle issued (its completion time is what a world waits for)
         self.last_io: IoRecord | None = None
-        self.closed = False
-
-    @property
-    def size(self) -> int:
-        return self.lun.size
 
     def _check(self) -> None:
         if self.closed:
@@ -185,27 +181,24 @@ class LunHandle(BlockDevice):
 
     def _read(self, offset: int, length: int) -> bytes:
         self._check()
-        out = self.lun.submit(self, "read", offset, length, lambda: self.lun.device.read(offset, length))
+        out = self.lun.submit(self, "read", offset, length, lambda: self.device.read(offset, length))
         assert out is not None
         return out
 
     def _write(self, offset: int, data: bytes) -> None:
         self._check()
-        self.lun.submit(self, "write", offset, len(data), lambda: self.lun.device.write(offset, data))
+        self.lun.submit(self, "write", offset, len(data), lambda: self.device.write(offset, data))
 
     def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
         self._check()
         done = self.lun.submit(
-            self, "ats", offset, len(new), lambda: self.lun.device.compare_and_write(offset, expected, new)
+            self, "ats", offset, len(new), lambda: self.device.compare_and_write(offset, expected, new)
         )
         return bool(done)
 
     def flush(self) -> None:
         self._check()
-        self.lun.submit(self, "flush", 0, 0, self.lun.device.flush)
-
-    def close(self) -> None:
-        self.closed = True
+        self.lun.submit(self, "flush", 0, 0, self.device.flush)
 
 
 class StorageAdapter:

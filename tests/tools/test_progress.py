@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 from pyvmfs_tools.progress import Interrupted, Progress, SafeInterrupt
@@ -36,10 +37,11 @@ def source_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "src.vmdk"
 
 
-def run_on_pty(argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
-    """Run with stdout and stderr on a pseudo-terminal; (exit status, everything it drew)."""
+def run_on_pty(argv: list[str], timeout: float = 120.0, stdout: IO[bytes] | None = None) -> tuple[int, str]:
+    """Run with stderr (and stdout, unless a file is given for it) on a pseudo-terminal;
+    (exit status, everything it drew)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave if stdout is None else stdout, stderr=slave)
     os.close(slave)
     out = bytearray()
     deadline = time.monotonic() + timeout

@@ -7,9 +7,7 @@ again finishes the job."""
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -146,19 +144,11 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_finishes(name: str, volume: P
     source, data = host_source(tmp_path, case.start_mib)
     disk = make_disk(volume, case, source, "d")
     before = allocation(volume, disk)
-    proc = subprocess.Popen([tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", *case.argv, disk],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None and proc.stdout is not None
-    seen = []
-    for line in proc.stderr:  # well into the job, far from its end
-        seen.append(line.rstrip("\n"))
-        m = re.fullmatch(rf"{case.label}: (\d+)% done\.", seen[-1])
-        if m and int(m.group(1)) >= 10:
-            break
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read().splitlines()
-    assert proc.wait(timeout=120) == 130, seen + rest
-    assert proc.stdout.read() == ""
+    code, seen, rest, out = interrupt_at(
+        [tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", *case.argv, disk], case.label
+    )
+    assert code == 130, seen + rest
+    assert out == ""
     assert rest and "Traceback" not in "\n".join(rest), rest
     m = re.fullmatch(rf"vmfs-vmdk: {case.label.lower()} interrupted at (\d+)% \(([\d.]+) MiB of {DISK_MIB}\.0 MiB\): "
                      r"(.*); run again to finish", rest[-1])
@@ -219,23 +209,23 @@ def test_host_disk_inflate_punch_extend_report_lines_and_keep_the_bytes(tmp_path
 def cat_into_file(argv: list[str], out: Path, timeout: float = 120.0) -> tuple[int, str]:
     """Run with stdout into ``out`` and stderr on a pseudo-terminal: (exit status, what it drew)."""
     with open(out, "wb") as sink:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=slave)
-        os.close(slave)
-        drawn = bytearray()
-        while True:
-            ready, _, _ = select.select([master], [], [], timeout)
-            if not ready:
-                break
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the last writer closed the terminal
-                break
-            if not chunk:
-                break
-            drawn += chunk
-        os.close(master)
-        return proc.wait(timeout=30), drawn.decode(errors="replace")
+        return run_on_pty(argv, timeout, stdout=sink)
+
+
+def interrupt_at(argv: list[str], label: str, percent: int = 10) -> tuple[int, list[str], list[str], str]:
+    """Run ``argv`` (with ``--progress lines``) and send SIGINT once ``label: N% done.`` reaches
+    ``percent``: (exit status, lines before the signal, lines after it, stdout)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    seen = []
+    for line in proc.stderr:  # well into the job, far from its end
+        seen.append(line.rstrip("\n"))
+        m = re.fullmatch(rf"{label}: (\d+)% done\.", seen[-1])
+        if m and int(m.group(1)) >= percent:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read().splitlines()
+    return proc.wait(timeout=120), seen, rest, proc.stdout.read()
 
 
 def test_debug_cat_shows_progress_and_stops_on_ctrl_c(volume: Path, tmp_path: Path) -> None:
@@ -316,19 +306,9 @@ def test_thick_create_shows_progress_and_ctrl_c_removes_the_partial_disk(volume:
         assert allocation(volume, disk) == (DISK_MIB, 0)  # every block allocated and zeroed
     before = _files(volume, "/vm")
 
-    proc = subprocess.Popen([tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", "-c",
-                             f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/d.vmdk"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line.rstrip("\n"))
-        m = re.fullmatch(r"Create: (\d+)% done\.", seen[-1])
-        if m and int(m.group(1)) >= 10:
-            break
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read().splitlines()
-    assert proc.wait(timeout=120) == 130, seen + rest
+    code, seen, rest, _ = interrupt_at([tool("vmfs-vmdk"), "--volume", str(volume), "--progress", "lines", "-c",
+                                        f"{DISK_MIB}M", "-d", "eagerzeroedthick", "/vm/d.vmdk"], "Create")
+    assert code == 130, seen + rest
     assert re.fullmatch(r"vmfs-vmdk: interrupted .*: the partial disk was removed; the volume was closed cleanly",
                         rest[-1]), rest
     assert _files(volume, "/vm") == before  # no d.vmdk, no d-flat.vmdk

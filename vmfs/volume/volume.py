@@ -283,10 +283,6 @@ class Volume:
         """Re-read ``fd`` from disk into the same object (its lock moved: another host wrote)."""
         self._reload(fd)
 
-    def now_us(self) -> int:
-        """Monotonic microseconds on the clock FD validation uses (the writer host's, if any)."""
-        return self._now_us()
-
     def read_fd(self, address: int) -> FileDescriptor:
         with self._lock:
             pinned = self._pinned.get(address)
