@@ -6,7 +6,8 @@ from starting the same VM.  Power-on takes them in ESX's order, configuration fi
 second host fails on the ``.vmx`` at once, naming the host that runs the VM; anything taken
 before a failure is given back, so a failed power-on leaves nothing locked or created.
 
-Order: reread and check the ``.vmx``; open it read-write (exclusive lock, kept until power-off);
+Order: open the ``.vmx`` read-write (exclusive lock, kept until power-off), then reread and
+check it (taking the lock re-reads the file's metadata if another host changed it);
 open every disk (:class:`~hostsim.vmm.scsi.VirtualScsi`); create the ``.vswp``
 (:class:`~hostsim.vmm.swapfile.SwapFile`) and record its path as ``sched.swap.derivedName``.
 Power-off undoes that in reverse and deletes the ``.vswp``.
@@ -40,12 +41,11 @@ class PoweredOnVm:
         """Take the VM's files; ``rng`` draws the swap file's name (the simulation's generator)."""
         if folder.running is not None:
             raise VmPoweredOnError(f"{folder.datastore_path}: the VM is already powered on")
-        folder.reload()
-        stem = posixpath.basename(folder.vmx_path)
         with translated(folder.fs, folder.vmx_path, "powering on"):
-            vmx = folder.storage.open(stem, "r+b")
+            vmx = folder.storage.open(posixpath.basename(folder.vmx_path), "r+b")
         scsi: VirtualScsi | None = None
         try:
+            folder.reload()  # under the lock: what another host wrote before is visible now
             scsi = VirtualScsi.open(folder)
             swap = SwapFile.create(folder.fs, folder.directory, folder.stem, folder.config.swap_mb, rng)
         except BaseException:

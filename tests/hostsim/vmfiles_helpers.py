@@ -67,9 +67,9 @@ class Datastore:
                 att.close()
 
 
-@pytest.fixture
-def datastore(tmp_path: Path) -> Iterator[Datastore]:
-    """A volume for one test; every host is detached and ``vmfs-fsck -n`` must pass afterwards."""
+def datastore_for(tmp_path: Path) -> Iterator[Datastore]:
+    """A volume for one test (a fixture's body); every host is detached and ``vmfs-fsck -n``
+    must pass afterwards."""
     ds = Datastore(mkfs(tmp_path / "ds1.img"))
     try:
         yield ds
