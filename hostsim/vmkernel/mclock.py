@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from hostsim.errors import HostsimError
@@ -134,22 +134,28 @@ class Tagged(Generic[T]):
     p: float
 
 
-@dataclass(eq=False)
 class Client(Generic[T]):
     """One VM's queue on the device and the tag state its next request builds on."""
 
-    name: str
-    controls: IoControls
-    order: int
-    queue: deque[Tagged[T]] = field(default_factory=deque)
-    r_last: float = -math.inf  # raw R tag of the newest request
-    l_last: float = -math.inf
-    p_last: float = -math.inf
-    #: sum of the 1/r reductions earned by weight-phase service (subtracted from raw R tags)
-    r_credit: float = 0.0
-    #: how far the P tags were moved up while the limit held the VM back (added to raw P tags)
-    p_shift: float = 0.0
-    active: bool = True
+    __slots__ = ("active", "controls", "l_last", "l_step", "name", "order", "p_last", "p_shift", "p_step",
+                 "queue", "r_credit", "r_last", "r_step")
+
+    def __init__(self, name: str, controls: IoControls, order: int) -> None:
+        self.name = name
+        self.order = order
+        self.queue: deque[Tagged[T]] = deque()
+        self.active = True
+        self.use(controls)
+        self.r_last = self.l_last = self.p_last = -math.inf  # tags of the newest request (R, P raw)
+        #: sum of the 1/r reductions earned by weight-phase service (subtracted from raw R tags)
+        self.r_credit = 0.0
+        #: how far the P tags were moved up while the limit held the VM back (added to raw P tags)
+        self.p_shift = 0.0
+
+    def use(self, controls: IoControls) -> None:
+        """Take new controls (the tag spacings are kept as floats: they are used per request)."""
+        self.controls = controls
+        self.r_step, self.l_step, self.p_step = controls.r_step, controls.l_step, controls.p_step
 
     def head_r(self) -> float:
         """Effective R tag of the oldest queued request."""
@@ -158,6 +164,9 @@ class Client(Generic[T]):
     def head_p(self) -> float:
         """Effective P tag of the oldest queued request."""
         return self.queue[0].p + self.p_shift
+
+    def __repr__(self) -> str:
+        return f"<Client {self.name} {len(self.queue)} queued>"
 
 
 class MClock(Generic[T]):
@@ -200,7 +209,7 @@ class MClock(Generic[T]):
         head_p = client.head_p() if client.queue else client.p_last + client.p_shift
         self.queued -= len(old)
         client.queue.clear()
-        client.controls = controls
+        client.use(controls)
         client.r_last = client.l_last = -math.inf
         client.r_credit = client.p_shift = 0.0
         client.p_last = max(head_p, self._virtual_now()) - controls.p_step
@@ -215,14 +224,18 @@ class MClock(Generic[T]):
 
     def enqueue(self, client: Client[T], item: T, now_us: int) -> Tagged[T]:
         """Tag ``item`` arriving now from ``client`` and queue it."""
-        ctl = client.controls
-        if ctl.reservation_iops:
-            r_eff = max(client.r_last - client.r_credit + ctl.r_step, now_us)
-            r = r_eff + client.r_credit
+        if client.r_step != math.inf:
+            credit = client.r_credit
+            r = client.r_last - credit + client.r_step
+            if r < now_us:
+                r = now_us
+            r += credit
         else:
             r = math.inf
-        lim = max(client.l_last + ctl.l_step, now_us)
-        p = client.p_last + client.p_shift + ctl.p_step  # effective
+        lim = client.l_last + client.l_step
+        if lim < now_us:
+            lim = now_us
+        p = client.p_last + client.p_shift + client.p_step  # effective
         if not client.queue and (self.anchor_idle or client.p_last == -math.inf):
             # idle (nothing queued): never behind the virtual now (an own queued request is
             # always at or after it, so a backlogged VM is never moved)
@@ -245,8 +258,9 @@ class MClock(Generic[T]):
         if not self.weight_only:
             best_r = math.inf
             for c in self.clients:
-                if c.queue:
-                    r = c.head_r()
+                q = c.queue
+                if q:
+                    r = q[0].r - c.r_credit
                     if r <= now_us and r < best_r:
                         best, best_r = c, r
             if best is not None:
@@ -254,10 +268,13 @@ class MClock(Generic[T]):
                 return best, self._pop(best).item, RESERVATION
         best_p = math.inf
         held: list[Client[T]] = []
+        weight_only = self.weight_only
         for c in self.clients:
-            if c.queue:
-                if self.weight_only or c.queue[0].l <= now_us:
-                    p = c.head_p()
+            q = c.queue
+            if q:
+                head = q[0]
+                if weight_only or head.l <= now_us:
+                    p = head.p + c.p_shift
                     if p < best_p:
                         best, best_p = c, p
                 else:
@@ -268,8 +285,8 @@ class MClock(Generic[T]):
         self._vtime = best_p
         for c in held:  # a VM its limit holds back does not fall behind in virtual time
             c.p_shift = max(c.p_shift, best_p - c.queue[0].p)
-        if not self.weight_only and best.controls.reservation_iops:
-            best.r_credit += best.controls.r_step
+        if not weight_only and best.r_step != math.inf:
+            best.r_credit += best.r_step
         self.dispatched[WEIGHT] += 1
         return best, tagged.item, WEIGHT
 

@@ -89,23 +89,26 @@ class _Tally:
         for name in self.__slots__:
             setattr(self, name, 0)
 
-    def add(self, cmd: IoCommand) -> None:
+    def add(self, cmd: IoCommand, dispatch_us: int) -> None:
+        """Count a completed command (``dispatch_us``: when it was sent, or its end if never)."""
         self.cmds += 1
-        ok = cmd.ok
-        if cmd.op == "read":
+        ok = cmd._ok
+        op = cmd.op
+        if op == "read":
             self.reads += 1
             if ok:
                 self.bytes_read += cmd.length
-        elif cmd.op == "write":
+        elif op == "write":
             self.writes += 1
             if ok:
                 self.bytes_written += cmd.length
         if not ok:
             self.errors += 1
-        self.davg_us_total += cmd.davg_us
-        self.kavg_us_total += cmd.kavg_us
-        self.qavg_us_total += cmd.qavg_us
-        self.gavg_us_total += cmd.gavg_us
+        submit, admit, complete = cmd.submit_us, cmd.admit_us, cmd.complete_us
+        self.davg_us_total += complete - admit
+        self.kavg_us_total += admit - submit
+        self.qavg_us_total += dispatch_us - submit
+        self.gavg_us_total += complete - submit
 
     def freeze(self) -> DiskCounters:
         return DiskCounters(*(getattr(self, name) for name in self.__slots__))
@@ -177,12 +180,16 @@ class StorageDevice:
         #: device commands the dispatched guest commands caused (VMFS metadata included)
         self.device_commands = 0
         self.worlds: list[StorageWorld] = []
+        #: every world ever registered here: the device's counters are the sum of theirs
+        self._all_worlds: list[StorageWorld] = []
         self._host_queue = HostQueue()  # this host's queue on a bare model
-        self._tally = _Tally()
         self._wake_at: int | None = None
 
     def counters(self) -> DiskCounters:
-        return self._tally.freeze()
+        """The sum of the counters of every world that has used the device (one tally per
+        command, not two: the device's figures are read far less often than commands complete)."""
+        tallies = [w.counters() for w in self._all_worlds]
+        return DiskCounters(*(sum(getattr(t, f) for t in tallies) for f in _Tally.__slots__))
 
     @property
     def queued(self) -> int:
@@ -272,6 +279,7 @@ class StorageStack:
         controls = IoControls(reservation_iops, limit_iops, shares)  # type: ignore[arg-type]
         world = StorageWorld(self, vm_name, dev, dev.scheduler.add(vm_name, controls))
         dev.worlds.append(world)
+        dev._all_worlds.append(world)
         return world
 
     def set_controls(self, world: StorageWorld, *, reservation_iops: int | None = None,
@@ -313,14 +321,10 @@ class StorageStack:
     def submit(self, world: StorageWorld, op: str, offset: int, length: int, action: Callable[[], Any]) -> IoCommand:
         """Queue a guest command; the returned event fires at its completion (see the module
         docstring for when ``action`` runs and what the times mean)."""
-        self._check_world(world)
-        if op not in OPS:
-            raise StorageError(f"{world.name}: unknown disk command {op!r} (expected read, write or flush)")
-        for what, v in (("offset", offset), ("length", length)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise StorageError(f"{world.name}: {op} {what} {v!r}: expected a non-negative integer")
-        if not callable(action):
-            raise StorageError(f"{world.name}: {op} needs a callable action, got {action!r}")
+        if (getattr(world, "stack", None) is not self or not world.registered or op not in OPS
+                or type(offset) is not int or type(length) is not int or offset < 0 or length < 0
+                or not callable(action)):
+            self._refuse(world, op, offset, length, action)
         cmd = IoCommand(world, op, offset, length, action)
         cmd.callbacks.append(self._on_complete)  # type: ignore[union-attr]  # first: before any waiter
         dev = world.device
@@ -328,6 +332,16 @@ class StorageStack:
         if dev.inflight < dev.queue_depth:
             self._pump(dev)
         return cmd
+
+    def _refuse(self, world: StorageWorld, op: str, offset: int, length: int, action: object) -> None:
+        """Raise the one-line error for a command :meth:`submit` cannot take."""
+        self._check_world(world)
+        if op not in OPS:
+            raise StorageError(f"{world.name}: unknown disk command {op!r} (expected read, write or flush)")
+        for what, v in (("offset", offset), ("length", length)):
+            if type(v) is not int or v < 0:
+                raise StorageError(f"{world.name}: {op} {what} {v!r}: expected a non-negative integer")
+        raise StorageError(f"{world.name}: {op} needs a callable action, got {action!r}")
 
     def _pump(self, dev: StorageDevice) -> None:
         """Dispatch while the device queue has room and mClock has an eligible request."""
@@ -393,12 +407,12 @@ class StorageStack:
         cmd: IoCommand = ev  # type: ignore[assignment]
         world = cmd.world
         dev = world.device
-        if cmd.dispatch_us is not None:
+        sent = cmd.dispatch_us
+        if sent is not None:
             dev.inflight -= 1
         else:  # aborted while queued
-            cmd.complete_us = cmd.admit_us = self.engine.now
-        world._tally.add(cmd)
-        dev._tally.add(cmd)
+            sent = cmd.complete_us = cmd.admit_us = self.engine.now
+        world._tally.add(cmd, sent)
         if dev.scheduler.queued:
             self._pump(dev)
 
