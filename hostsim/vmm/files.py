@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from hostsim.errors import HostsimError
 from vmfs import errors as vmfs_errors
 from vmfs.cluster.attachment import HostAttachment
-from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LockBlock
+from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_MULTI_WRITER, LOCK_READ_ONLY, MAX_HOLDERS, LockBlock, LockHolders
 from vmfs.vmdk import errors as vmdk_errors
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.namespace import FileSystem
@@ -67,16 +67,22 @@ def datastore_name(fs: FileSystem, path: str) -> str:
 
 def lock_owner(fs: FileSystem, path: str) -> tuple[str, str] | None:
     """(owner host UUID, mode word) of the on-disk lock of ``path`` as it is now, or None when
-    the file is unlocked or absent."""
+    the file is unlocked or absent; a shared lock gives its holders, comma-separated."""
     try:
         fd = fs.resolve(path)
     except vmfs_errors.VmfsError:
         return None
     lock = LockBlock.parse(fs.volume.device.read(fd.vol_offset, LockBlock.sizeof())).lock
-    owner = str(lock.owner)
-    if not lock.mode or set(owner) <= {"0", "-"}:
+    if not lock.mode:
         return None
-    return owner, _MODE_WORDS.get(lock.mode, f"mode {lock.mode}")
+    owners = [str(lock.owner)]
+    if lock.mode in (LOCK_READ_ONLY, LOCK_MULTI_WRITER):  # shared: the holders are listed
+        holders = LockHolders.parse(lock.holders)[: min(lock.numHolders, MAX_HOLDERS)]
+        owners = [str(h.owner) for h in holders]
+    owners = [o for o in owners if not set(o) <= {"0", "-"}]
+    if not owners:
+        return None
+    return ", ".join(owners), _MODE_WORDS.get(lock.mode, f"mode {lock.mode}")
 
 
 def locked_error(fs: FileSystem, path: str) -> VmFileLockedError:
