@@ -52,6 +52,7 @@ class MemoryManager:
                  balance_period_us: int = 15 * SECOND, sample_period_us: int | None = None,
                  sample_pages: int = 100, swap_in_us: int = 5 * MS, guest_fault_us: int | None = None,
                  balloon_mb_s: float = 16, swap_mb_s: float = 32,
+                 share_scan_vm: int | None = None, share_scan_total: int | None = None,
                  hash_fn: Callable[[bytes], int] = hash64, start: bool = True) -> None:
         if mode not in CEILING:
             raise MemConfigError(f"mode: {mode!r} is neither 'esx2' nor 'esx4'")
@@ -87,6 +88,8 @@ class MemoryManager:
         self.guest_fault_us = swap_in_us if guest_fault_us is None else guest_fault_us
         self.balloon_rate = max(1, int(balloon_mb_s * 2**20 // page_size))
         self.swap_rate = max(1, int(swap_mb_s * 2**20 // page_size))
+        self.share_scan_vm = share_scan_vm      # pages/s per VM (None: the mode's default; 0: off)
+        self.share_scan_total = share_scan_total
         self.vms: dict[str, VmMemory] = {}
         self.balance_runs = 0
         self._next_balance = 0
@@ -249,15 +252,19 @@ class MemoryManager:
             need = vm.mapped - vm.target_pages
             balloon = vm.balloon
             rest = 0
+            action = state
+            if state == "high" and vm.mapped > vm.limit_pages:
+                action, need = "soft", vm.mapped - vm.limit_pages  # a limit holds even on a free host
             if need <= 0:
                 balloon.set_target(balloon.size + need)  # deflate toward the target
-            elif state == "high":
+            elif action == "high":
                 balloon.set_target(min(balloon.target, balloon.size + need))  # finish, never grow
-            elif state == "soft" and balloon.present:
+            elif action == "soft" and balloon.present:
                 balloon.set_target(balloon.size + need)
                 rest = need - (balloon.target - balloon.size)
-            else:
-                rest = need  # soft without a driver, hard, low: swap
+            else:  # soft without a driver, hard, low: swap it all, and the balloon stops where
+                balloon.set_target(balloon.size)  # it is (else both would take the same pages)
+                rest = need
             vm.swap_target = len(vm.swap.swapped) + max(0, rest)
             pinned, _released = balloon.step()
             for ppn in pinned:
@@ -270,11 +277,17 @@ class MemoryManager:
         vms = list(self.vms.values())
         if not vms:
             return
-        if self.mode == "esx2":
+        if self.share_scan_vm is not None:
+            per_vm = [self.share_scan_vm] * len(vms)
+        elif self.mode == "esx2":
             per_vm = [SCAN_VM_PAGES_S] * len(vms)
-            total = SCAN_TOTAL_PAGES_S
         else:
             per_vm = [math.ceil(vm.pages / SCAN_TIME_S) for vm in vms]
+        if self.share_scan_total is not None:
+            total = self.share_scan_total
+        elif self.mode == "esx2":
+            total = SCAN_TOTAL_PAGES_S
+        else:
             total = int(SCAN_MB_S_PER_GHZ * self.host_ghz * 2**20 // self.page_size)
         if sum(per_vm) > total:  # share the total cap evenly, the remainder rotating
             base, extra = divmod(total, len(vms))

@@ -8,7 +8,7 @@ the current period's partial count; the estimate is the largest of the three, so
 rise within a period or two and lets a fall through only at the slow average's pace.
 
 Defaults: 100 pages per 30 s (ESX 2.x ``MemSamplePeriod``; 60 s in ESX 4 mode).  The EWMA
-weights are ours [A]: fast 0.7 (90 % of a step up within two periods), slow 0.1 (a step down
+weights are ours [A]: fast 0.8 (90 % of a step up within two periods), slow 0.1 (a step down
 takes about seven periods to fall halfway).  A VM starts at "fully active" (no tax before the
 first measurements).  Simplified: the period runs in simulated time, not VM execution time.
 """
@@ -24,7 +24,7 @@ class WorkingSetEstimator:
     __slots__ = ("alpha_fast", "alpha_slow", "fast", "n", "pages", "periods", "rng", "sample",
                  "slow", "touched")
 
-    def __init__(self, pages: int, rng: random.Random, *, n: int = 100, alpha_fast: float = 0.7,
+    def __init__(self, pages: int, rng: random.Random, *, n: int = 100, alpha_fast: float = 0.8,
                  alpha_slow: float = 0.1, initial: float = 1.0) -> None:
         self.pages = pages
         self.rng = rng
