@@ -6,6 +6,7 @@ contents are checked by our reader and, through vmfs-tools' ``vmfs-fuse``, by ``
 from __future__ import annotations
 
 import random
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hostsim.vmm.folder import DiskSpec, Inventory, SnapshotError, VmExistsError
 from hostsim.vmm.poweron import PoweredOnVm
 from hostsim.vmm.vmsd import SnapshotTree
 from hostsim.vmm.vmx import VmxError
+from tests.conftest import tool
 from tests.hostsim.vmfiles_helpers import (
     MIB,
     Datastore,
@@ -242,6 +244,11 @@ def test_snapshot_chain_read_by_qemu_through_vmfs_fuse(datastore: Datastore, tmp
     guest_write(folder, model, 32000, pattern(9))
     leaf = folder.vmx["scsi0:0.fileName"]
     datastore.close()
+    r = subprocess.run([tool("vmfs-vmdk"), "--volume", str(datastore.image), "--info", f"/vm1/{leaf}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    layers = [line.split()[:2] for line in r.stdout.splitlines() if line.startswith("  vm1")]
+    assert layers == [[leaf, "vmfsSparse"], ["vm1-000001.vmdk", "vmfsSparse"], ["vm1.vmdk", "vmfs"]]
     raw = tmp_path / "expected.raw"
     raw.write_bytes(model)
     with fuse_view(datastore.image, tmp_path / "mnt") as root:
