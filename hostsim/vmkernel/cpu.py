@@ -183,8 +183,13 @@ class Vcpu:
                            rdy_us=acc[READY] + acc[LIMITED], wait_us=idle + vmwait, vmwait_us=vmwait,
                            idle_us=idle, cstp_us=acc[COSTOP], mlmtd_us=acc[LIMITED], swpwt_us=acc[SWAP])
 
+    @property
+    def state_name(self) -> str:
+        """RUN, READY, LIMITED, COSTOP, IDLE, BLOCK or SWAP."""
+        return STATE_NAMES[self.state]
+
     def __repr__(self) -> str:
-        return f"<Vcpu {self.name} {STATE_NAMES[self.state]}>"
+        return f"<Vcpu {self.name} {self.state_name}>"
 
 
 def _check_us(us: object, what: str) -> int:
@@ -415,6 +420,10 @@ class CpuScheduler:
         used = p.used + (0 if p.busy_since is None else self.engine.now - p.busy_since)
         return PcpuCounters(used_us=used, idle_us=self.engine.now - self.t0 - used)
 
+    def skew_of(self, v: Vcpu) -> int:
+        """How far ``v`` is ahead of its slowest awake sibling now, µs (0 for the slowest)."""
+        return self._skew(v) if v.state in _AWAKE else 0
+
     def dump(self) -> str:
         """Every counter of every group, vCPU and pCPU, sorted by name: for determinism checks."""
         lines = []
@@ -473,11 +482,18 @@ class CpuScheduler:
             raise CpuConfigError(f"{v.name}: block() needs an event of this host's engine")
         p = v.pcpu
         if event.callbacks is None:  # already over: nothing to wait for
-            self._charge_sys(v, sys_us, None)
+            if p is None:
+                self._charge_sys(v, sys_us)
             return event
         v.req = event
-        self._set_state(v, BLOCK, pick=p is None or sys_us == 0)
-        self._charge_sys(v, sys_us, p)
+        if p is not None and sys_us:  # the pCPU stays busy with the I/O path: reserve it first
+            p.sys_until = self.engine.now + sys_us
+            self._set_state(v, BLOCK, pick=False)
+            v.sys += sys_us
+            self._arm_at(p, p.sys_until)
+        else:
+            self._set_state(v, BLOCK)
+            self._charge_sys(v, sys_us)
         v.wait_gen += 1
         event.callbacks.append(lambda _e, v=v, gen=v.wait_gen: self._end_block(v, gen))
         return event
@@ -488,25 +504,21 @@ class CpuScheduler:
         v.req = None
         self._set_state(v, IDLE)
 
-    def _charge_sys(self, v: Vcpu, sys_us: int, p: Pcpu | None) -> None:
-        """VMkernel time for ``v``'s I/O: on ``p`` (just left by ``v``), or on its last pCPU."""
+    def _charge_sys(self, v: Vcpu, sys_us: int) -> None:
+        """VMkernel time for the I/O of a ``v`` that is not running: on its last pCPU, inside the
+        run of whoever is there (OVRLP; their work is pushed back), or keeping it busy if idle."""
         if sys_us == 0:
             return
         v.sys += sys_us
-        if p is None:
-            p = v.last_pcpu or self.pcpus[0]
-            w = p.vcpu
-            if w is not None:  # stolen from whoever runs there
-                self._leave(w)
-                w.ovrlp += sys_us
-                if w.work > 0:
-                    w.work += sys_us
-                self._reevaluate(w)
-                return
-            if p.sys_until > self.engine.now:
-                p.sys_until += sys_us
-                self._arm_at(p, p.sys_until)
-                return
+        p = v.last_pcpu or self.pcpus[0]
+        w = p.vcpu
+        if w is not None:
+            self._leave(w)
+            w.ovrlp += sys_us
+            if w.work > 0:
+                w.work += sys_us
+            self._reevaluate(w)
+            return
         if p.busy_since is None:
             p.busy_since = self.engine.now
         p.sys_until = max(p.sys_until, self.engine.now) + sys_us
@@ -594,7 +606,7 @@ class CpuScheduler:
         victim, worst = None, -math.inf
         for p in self._eligible(v):
             w = p.vcpu
-            if w is not None and w.req is not None:
+            if w is not None:
                 vt = w.vt + (now - w.since) / w.e
                 if vt > worst:
                     victim, worst = w, vt
