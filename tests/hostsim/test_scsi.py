@@ -298,3 +298,41 @@ def test_missing_disk_file_fails_the_power_on_naming_it(datastore: Datastore) ->
     assert "vm1-flat.vmdk" in text and text.endswith("(scsi0:0)")
     assert lock_owner(folder.fs, "/vm1/vm1.vmx") is None and folder.running is None
     assert not any(name.endswith(".vswp") for name in folder.files())
+
+
+# -- through the hardware interface ---------------------------------------------------------------------------------
+
+
+def test_two_simulated_hosts_on_one_lun_through_hic_datastores(datastore: Datastore) -> None:
+    """The way the simulated host wires it: a LUN seen by two hosts' storage stacks, each
+    datastore attached with its own identity; the second host's power-on names the first's UUID."""
+    from hostsim.hic import Lun, StepClock, StorageSystem
+    from hostsim.vmm.files import host_filesystem
+
+    datastore.close()  # the image is used through the LUN from here on
+    clock = StepClock()
+    lun = Lun.image(datastore.image, clock=clock, serial="array-1-lun-0")
+    hosts = []
+    for n in (1, 2):
+        storage = StorageSystem(f"esx{n}", clock, seed=n, epoch_s=1_700_000_000)
+        storage.add_adapter().present(lun)
+        storage.rescan()
+        att = storage.volumes["ds1"].attach(datastore_identity(datastore, n))
+        hosts.append((storage, host_filesystem(att)))
+    try:
+        (_, fs1), (_, fs2) = hosts
+        folder = VmFolder.create(fs1, "vm1", memsize_mb=64, disks=(DiskSpec(4),))
+        vm = PoweredOnVm.power_on(folder, random.Random(1))
+        vm.scsi.disk("scsi0:0").write(8, b"Z" * 512)
+        with pytest.raises(VmFileLockedError, match=f"owner {host_uuid(1)}"):
+            PoweredOnVm.power_on(VmFolder.open(fs2, "/vm1/vm1.vmx"), random.Random(2))
+        vm.power_off()
+    finally:
+        for storage, _ in hosts:
+            storage.close()
+
+
+def datastore_identity(ds: Datastore, n: int):  # type: ignore[no-untyped-def]
+    from vmfs.cluster.host import HostIdentity
+
+    return HostIdentity(uuid=host_uuid(n), ip=f"192.0.2.{n}", clock=ds.clock)
