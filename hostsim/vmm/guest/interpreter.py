@@ -228,6 +228,9 @@ class VcpuGuest:
         key = f"ws:{node.seed}" if node.seed is not None else f"ws:{self.vm_seed}:{node.where}"
         k = max(1, round(node.fraction * count))
         subset = sorted(first + p for p in Random(key).sample(range(count), k))
+        if node.count:
+            rng = self.rng if node.seed is None else Random(f"touch:{node.seed}")
+            return _Touch(first, count, node.count, subset, rng, page)
         return _Touch(first, count, 0, subset, None, page)
 
     def _bind_disk(self, node: Disk) -> _Disk:
@@ -301,8 +304,12 @@ class VcpuGuest:
 
     def _touch(self, ins: _Touch) -> Generator[Event, Any, None]:
         touch, vcpu, page = self.platform.touch, self.vcpu, ins.page
-        if ins.pages is not None:
-            pages: Iterable[int] = ins.pages
+        if ins.pages is not None and ins.rng is not None:
+            subset, randrange = ins.pages, ins.rng.randrange
+            size = len(subset)
+            pages: Iterable[int] = (subset[randrange(size)] for _ in range(ins.draws))
+        elif ins.pages is not None:
+            pages = ins.pages
         elif ins.rng is not None:
             randrange, first, count = ins.rng.randrange, ins.first, ins.count
             pages = (first + randrange(count) for _ in range(ins.draws))

@@ -41,7 +41,7 @@ USAGE: dict[str, str] = {
     "compute": "compute DURATION",
     "halt": "halt DURATION",
     "idle": "idle DURATION",
-    "touch": "touch SIZE [at SIZE] [sequential | random COUNT | working-set FRACTION] [seed N] "
+    "touch": "touch SIZE [at SIZE] [sequential | random COUNT | working-set FRACTION [random COUNT]] [seed N] "
              "[read | write CONTENT]",
     "read": "read DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N]",
     "write": "write DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N] "
@@ -147,14 +147,18 @@ class _Words:
         return word.text
 
     def _quantity(self, what: str, units: Collection[str]) -> tuple[str, str]:
-        """A number and its unit, written ``4KiB`` or ``4 KiB``: (number text, unit text)."""
+        """A number and its unit, written ``4KiB`` or ``4 KiB``: (number text, unit text).
+
+        A separate word is taken as the unit when it is one of ``units`` (lower case) or, with
+        ``units`` empty, whenever it is a bare word (so ``5 sec`` is reported as a bad unit)."""
         text = self.take(what).text
         m = _QUANTITY.fullmatch(text)
         if not m:
             raise self.fail(f"{self.statement}: {what} must be a number with a unit, got {text!r}")
         number, unit = m.groups()
-        if not unit and self.peek() is not None and (self.peek() in units or
-                                                     str(self.peek()).lower() in units):
+        nxt = self.peek()
+        if not unit and nxt is not None and not self.words[self.i].quoted and (
+                nxt.lower() in units if units else nxt.isalpha() or nxt == "µs"):
             unit = self.take(what).text
         return number, unit
 
@@ -169,7 +173,7 @@ class _Words:
                 raise self.fail(f"{self.statement}: range {word.text} runs backwards")
             return Duration(lo, hi)
         self.i -= 1
-        number, unit = self._quantity(what, DURATION_UNITS)
+        number, unit = self._quantity(what, ())
         us, _ = self._one_duration(number + unit, "", what)
         return Duration(us, us)
 
@@ -192,7 +196,7 @@ class _Words:
 
     def size(self, what: str = "SIZE") -> Size:
         """``4KiB``, ``4 KiB``, ``100 pages``, ``8 sectors``."""
-        number, unit = self._quantity(what, tuple(_SIZE_ALIASES))
+        number, unit = self._quantity(what, (*_SIZE_ALIASES, *_DECIMAL_SIZES))
         if not unit:
             raise self.fail(f"{self.statement}: {what} {number} needs a unit (B, KiB, MiB, GiB, pages, sectors)")
         canonical = _SIZE_ALIASES.get(unit.lower()) if unit.lower() not in _DECIMAL_SIZES else None
@@ -312,7 +316,8 @@ class _Parser:
             raise words.fail(f"vcpu section inside a {block.kind} block (opened at {block.where}, missing end)")
         if self.section is None and self.stack[0].body:
             raise words.fail("statements before the first vcpu section (put them in a section: vcpu all)")
-        self.close_section()
+        if self.section is not None:
+            self.close_section()
         key: object
         if words.take_if("all"):
             key = "all"
@@ -424,16 +429,17 @@ class _Parser:
         seen: set[str] = set()
         while not words.at_end():
             key = words.take("option").text
-            group = {"sequential": "order", "random": "order", "working-set": "order"}.get(key, key)
-            if group in seen:
-                raise words.fail(f"touch: {key} given twice (or two orders) {words.usage()}")
-            seen.add(group)
+            if key in seen or (key == "sequential" and seen & {"random", "working-set"}) or (
+                    key in ("random", "working-set") and "sequential" in seen):
+                raise words.fail(f"touch: {key} given twice or with a conflicting order {words.usage()}")
+            seen.add(key)
             if key == "at":
                 at = words.size("offset")
             elif key == "sequential":
                 order = key
             elif key == "random":
-                order, count = key, words.integer("count")
+                count = words.integer("count")
+                order = "working-set" if order == "working-set" else key
             elif key == "working-set":
                 order, fraction = key, words.fraction("working-set fraction")
                 if not 0 < fraction <= 1:

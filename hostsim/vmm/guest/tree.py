@@ -88,7 +88,8 @@ class Touch:
 
     ``order``: ``sequential`` (each page once, ascending), ``random`` (``count`` pages drawn
     uniformly with replacement) or ``working-set`` (a fixed subset of ``fraction`` of the region's
-    pages, the same subset every time the statement runs, touched in ascending order).
+    pages, the same subset every time the statement runs, touched in ascending order, or, with
+    ``count`` above 0, ``count`` pages drawn uniformly from that subset).
     ``content`` None reads; otherwise each touched page is written with it."""
 
     where: str
