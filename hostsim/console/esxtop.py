@@ -569,9 +569,11 @@ HELP = "c: cpu  m: memory  u: disk device  v: disk VM  s: delay  h: help  q: qui
 
 
 def interactive(sampler: Sampler, *, delay_s: float = DEFAULT_DELAY_S, panel: str = "c",
-                stdin: IO[str] | None = None, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
+                iterations: int | None = None, stdin: IO[str] | None = None, stdout: IO[str] | None = None,
+                stderr: IO[str] | None = None) -> int:
     """The interactive screen: redraws every ``delay`` seconds (wall clock) with a fresh sample;
-    keys c/m/u/v switch panel, s asks for a new delay, h shows the keys, q quits.
+    keys c/m/u/v switch panel, s asks for a new delay, h shows the keys, q quits; with
+    ``iterations`` it stops by itself after that many refreshes (as ``esxtop -n``).
 
     Needs a terminal on both ends: without one it says so in one line and returns 1 (batch mode
     is the way to get numbers into a file or a pipe)."""
@@ -587,6 +589,7 @@ def interactive(sampler: Sampler, *, delay_s: float = DEFAULT_DELAY_S, panel: st
     delay_us = _delay_us(delay_s)
     history = [sampler(0), sampler(delay_us)]
     message = ""
+    refreshes = 0
     try:
         tty.setcbreak(fd)
         while True:
@@ -595,6 +598,9 @@ def interactive(sampler: Sampler, *, delay_s: float = DEFAULT_DELAY_S, panel: st
             message = ""
             ready, _, _ = select.select([fd], [], [], delay_us / 1_000_000)
             if not ready:
+                refreshes += 1
+                if iterations is not None and refreshes >= iterations:
+                    return 0
                 history = [*history[-200:], sampler(delay_us)]
                 continue
             key = os.read(fd, 1).decode(errors="replace")
@@ -651,4 +657,5 @@ def main(argv: Sequence[str], sampler: Sampler, *, stdin: IO[str] | None = None,
         stdout.write(batch(sampler, args.delay, args.iterations or 1))
         stdout.flush()
         return 0
-    return interactive(sampler, delay_s=args.delay, stdin=stdin, stdout=stdout, stderr=stderr)
+    return interactive(sampler, delay_s=args.delay, iterations=args.iterations, stdin=stdin, stdout=stdout,
+                       stderr=stderr)

@@ -3,6 +3,8 @@ line ``FILE:LINE: message`` naming the line that is wrong."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,16 @@ def test_a_full_file(tmp_path: Path) -> None:
     assert gold.mem == config.Allocation(20000, 1024, -1, True)
     assert silver.parent == "gold" and silver.cpu == config.Allocation()
     assert c.lun("scratch") is scratch
+
+
+def test_a_block_device_lun(tmp_path: Path) -> None:
+    node = tmp_path / "sdb"  # a device node of our own (loop0's numbers): nothing opens it
+    try:
+        os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    c = load(write(tmp_path, GOOD.replace("image = lun0.img", f"block_device = {node}")))
+    assert (c.luns[0].kind, c.luns[0].path) == ("block_device", node)
 
 
 def test_defaults(tmp_path: Path) -> None:

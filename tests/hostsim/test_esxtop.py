@@ -315,7 +315,7 @@ PTY_SCRIPT = textwrap.dedent("""
     def sampler(delay_us):
         now[0] += max(delay_us, 1)
         return sample(now[0])
-    sys.exit(esxtop.main(["-d", "0.3"], sampler))
+    sys.exit(esxtop.main(sys.argv[1:], sampler))
 """)
 
 
@@ -339,8 +339,8 @@ def test_interactive_switches_panels_on_a_pty(tmp_path: Path) -> None:
     script.write_text(PTY_SCRIPT.format(tests=str(Path(__file__).parent)))
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(script)], stdin=slave, stdout=slave, stderr=slave, env=env,
-                            close_fds=True)
+    proc = subprocess.Popen([sys.executable, str(script), "-d", "0.3"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, close_fds=True)
     os.close(slave)
     seen = bytearray()
     try:
@@ -360,6 +360,43 @@ def test_interactive_switches_panels_on_a_pty(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         os.close(master)
+
+
+def test_interactive_with_n_stops_by_itself(tmp_path: Path) -> None:
+    script = tmp_path / "run_esxtop.py"
+    script.write_text(PTY_SCRIPT.format(tests=str(Path(__file__).parent)))
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), "-d", "0.2", "-n", "3"], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = bytearray()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # read while it runs (a full pty would block it)
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # EIO: the child closed its end
+                    break
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=5) == 0
+        assert seen.count(b"PCPU USED(%)") == 3  # three refreshes, then it quit on its own
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_batch_file_is_the_same_under_other_hash_seeds() -> None:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_esxtop import history; "
+            "from hostsim.console.esxtop import batch_csv; sys.stdout.write(batch_csv(history(4)))")
+    outs = {subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1 and next(iter(outs)) == batch_csv(history(4)).encode()
 
 
 # -- plot ----------------------------------------------------------------------------------------
