@@ -192,6 +192,14 @@ class Vcpu:
         return f"<Vcpu {self.name} {self.state_name}>"
 
 
+def _under(pool: ResourcePool | None, pools: set[ResourcePool]) -> bool:
+    while pool is not None:
+        if pool in pools:
+            return True
+        pool = pool.parent
+    return False
+
+
 def _check_us(us: object, what: str) -> int:
     if isinstance(us, bool) or not isinstance(us, int) or us < 0:
         raise CpuConfigError(f"{what}() needs a non-negative integer number of microseconds, got {us!r}")
@@ -220,6 +228,7 @@ class CpuGroup:
         self.credit = 0
         self.credit_t = sched.engine.now
         self.limit_gen = 0
+        self.limit_now = self.configured_limit_mhz
         #: last computed entitlement and demand (MHz), for the console
         self.entitlement_mhz = 0.0
         self.demand_mhz = 0.0
@@ -236,13 +245,19 @@ class CpuGroup:
         return max(self.reservation_mhz, mins)
 
     @property
-    def effective_limit_mhz(self) -> int:
+    def configured_limit_mhz(self) -> int:
         """The limit (-1: none), lowered to the ESX 2.x max % of one pCPU when that is smaller."""
         lim = self.limit_mhz
         if self.max_pct is not None:
             m = self.max_pct * self.sched.mhz // 100
             lim = m if lim < 0 else min(lim, m)
         return lim
+
+    @property
+    def effective_limit_mhz(self) -> int:
+        """The limit the scheduler enforces now: the configured one, and, under a pool with a
+        limit, the group's entitlement (so the pool's VMs together never pass the pool's limit)."""
+        return self.limit_now
 
     def add_vcpu(self) -> Vcpu:
         """A new vCPU (index 0, 1, ...), idle until its guest asks for something."""
@@ -346,14 +361,7 @@ class CpuScheduler:
         except HostsimError:
             (group.shares_spec, group.reservation_mhz, group.limit_mhz, group.min_pct, group.max_pct) = old
             raise
-        for v in group.vcpus:
-            if v.state == RUN:
-                self._leave(v)
-        self._refill(group)
-        group.credit = min(group.credit, self._credit_cap(group))
-        if group.limited and group.effective_limit_mhz < 0:
-            self._unthrottle(group, group.limit_gen)
-        self._entitle()
+        self._entitle()  # new entitlements, and the new limit through _set_limit
         for v in list(group.vcpus):
             if v.state == RUN:
                 self._reevaluate(v)
@@ -541,7 +549,7 @@ class CpuScheduler:
             if v.work > 0:
                 v.work -= d
             g = v.group
-            if g.effective_limit_mhz >= 0:
+            if g.limit_now >= 0:
                 self._refill(g)
                 g.credit -= d * self.mhz
         elif st in _LAGGING:
@@ -581,7 +589,7 @@ class CpuScheduler:
 
     def _make_wanting(self, v: Vcpu) -> None:
         g = v.group
-        if g.effective_limit_mhz >= 0:
+        if g.limit_now >= 0:
             self._refill(g)
             if not g.limited and g.credit <= 0:
                 self._throttle(g)
@@ -653,7 +661,7 @@ class CpuScheduler:
         self._leave(v)
         g = v.group
         p = v.pcpu
-        if g.effective_limit_mhz >= 0 and not g.limited:
+        if g.limit_now >= 0 and not g.limited:
             self._refill(g)
             if g.credit <= 0:
                 self._throttle(g)
@@ -684,7 +692,7 @@ class CpuScheduler:
             return
         delay = min(v.qend - now, v.work)
         g = v.group
-        lim = g.effective_limit_mhz
+        lim = g.limit_now
         if lim >= 0:
             running = sum(1 for u in g.vcpus if u.state == RUN)
             rate = running * self.mhz - lim
@@ -729,12 +737,12 @@ class CpuScheduler:
     # -- limits ---------------------------------------------------------------------------------
 
     def _credit_cap(self, g: CpuGroup) -> int:
-        lim = g.effective_limit_mhz
+        lim = g.limit_now
         return 0 if lim < 0 else lim * self.quantum_us
 
     def _refill(self, g: CpuGroup) -> None:
         now = self.engine.now
-        lim = g.effective_limit_mhz
+        lim = g.limit_now
         if lim >= 0:
             g.credit = min(self._credit_cap(g), g.credit + lim * (now - g.credit_t))
         g.credit_t = now
@@ -745,10 +753,28 @@ class CpuScheduler:
         for v in g.vcpus:
             if v.state in (RUN, READY, COSTOP):
                 self._set_state(v, LIMITED)
-        lim = g.effective_limit_mhz
+        self._arm_unthrottle(g)
+
+    def _set_limit(self, g: CpuGroup, lim: int) -> None:
+        """A new limit (set_controls, or the pool's share moved): credit so far at the old rate."""
+        for v in g.vcpus:
+            if v.state == RUN:
+                self._leave(v)
+        self._refill(g)
+        was_unlimited = g.limit_now < 0
+        g.limit_now = lim
+        g.credit = self._credit_cap(g) if was_unlimited else min(g.credit, self._credit_cap(g))
+        if g.limited:
+            if lim < 0:
+                self._unthrottle(g, g.limit_gen)
+            else:
+                self._arm_unthrottle(g)
+
+    def _arm_unthrottle(self, g: CpuGroup) -> None:
+        lim = g.limit_now
         g.limit_gen += 1
-        delay = 1 if lim <= 0 else -(-(self._credit_cap(g) // 2 - g.credit) // lim)
         if lim > 0:
+            delay = -(-(self._credit_cap(g) // 2 - g.credit) // lim)
             t = self.engine.timeout(max(1, delay))
             t.callbacks.append(lambda _e, g=g, gen=g.limit_gen: self._unthrottle(g, gen))  # type: ignore[union-attr]
 
@@ -883,11 +909,18 @@ class CpuScheduler:
         leaves: dict[ResourcePool, list[tuple[CpuGroup, Claim]]] = {}
         for g in self.groups.values():
             g.demand_mhz = math.fsum(v.demand for v in g.vcpus) * self.mhz
-            claim = Claim(g.shares, g.effective_reservation_mhz, g.effective_limit_mhz, g.demand_mhz)
+            claim = Claim(g.shares, g.effective_reservation_mhz, g.configured_limit_mhz, g.demand_mhz)
             leaves.setdefault(g.pool, []).append((g, claim))
         ent = entitle(self.pool, len(self.pcpus) * self.mhz, leaves)  # type: ignore[arg-type]
+        capped = {p for p in self.pool.walk() if p.parent is not None and p.alloc["cpu"].limit >= 0}
         for g in self.groups.values():
             g.entitlement_mhz = ent.get(g, 0.0)
+            lim = g.configured_limit_mhz
+            if capped and _under(g.pool, capped):
+                cap = max(int(g.entitlement_mhz), self.mhz // 100)
+                lim = cap if lim < 0 else min(lim, cap)
+            if lim != g.limit_now:
+                self._set_limit(g, lim)
             total = math.fsum(v.demand for v in g.vcpus)
             for v in g.vcpus:
                 if v.state == RUN:

@@ -223,21 +223,23 @@ class ResourcePool:
             a = pool.alloc[kind]
             used = pool.reservation_used(kind)
             if a.limit >= 0 and used + need > a.limit:
-                raise self._refuse(kind, amount, action, pool, max(0, a.limit - used), "its limit leaves")
+                raise self._refuse(kind, amount, action, f"the limit of {pool.path()} leaves {max(0, a.limit - used)}")
             free = max(0, a.reservation - used)
             if need <= free:
                 return
             if not (a.expandable and pool.parent is not None):
-                raise self._refuse(kind, amount, action, pool, self.unreserved(kind), "unreserved:")
+                raise self._refuse(kind, amount, action, f"{self.unreserved(kind)} {UNITS[kind]} unreserved "
+                                   f"(up to {pool.path()})")
             need -= free  # borrowed from the parent: the pool's current reservation grows by this
             pool = pool.parent
 
-    def _refuse(self, kind: str, amount: int, action: str, where: ResourcePool, free: int,
-                what: str) -> PoolAdmissionError:
+    def _refuse(self, kind: str, amount: int, action: str, why: str) -> PoolAdmissionError:
         unit = UNITS[kind]
+        if not why.endswith(")"):
+            why += f" {unit}"
         return PoolAdmissionError(
-            f"cannot {action} in {self.path()}: insufficient resources: needs {amount} {unit} of {kind} "
-            f"reservation, {what} {free} {unit} (stopped at {where.path()})")
+            f"cannot {action} in {self.path()}: insufficient resources: needs {amount} {unit} more {kind} "
+            f"reservation, {why}")
 
     def identity_errors(self) -> list[str]:
         """The pools of the subtree where an accounting identity of section 5.1 fails (none, we hope).
