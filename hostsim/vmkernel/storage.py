@@ -307,11 +307,15 @@ class StorageStack:
             cmd.fail(IoAbortedError(f"{dev.name}: {world.name} was unregistered before its {cmd.op} was sent"))
 
     def _own(self, dev: object) -> None:
+        if isinstance(dev, StorageDevice) and dev.stack is not self:
+            raise StorageError(f"{self.host_name}: device {dev.name} is a device of {dev.stack.host_name}")
         if not isinstance(dev, StorageDevice) or self.devices.get(dev.name) is not dev:
             raise StorageError(f"{self.host_name}: {dev!r} is not a device of this host")
 
     def _check_world(self, world: object) -> None:
-        if not isinstance(world, StorageWorld) or world.stack is not self:
+        if isinstance(world, StorageWorld) and world.stack is not self:
+            raise StorageError(f"{self.host_name}: {world.name} is a world of {world.stack.host_name}")
+        if not isinstance(world, StorageWorld):
             raise StorageError(f"{self.host_name}: {world!r} is not a world of this host")
         if not world.registered:
             raise StorageError(f"{world.device.name}: {world.name} is not registered")
