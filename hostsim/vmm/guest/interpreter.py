@@ -335,12 +335,29 @@ class VcpuGuest:
             lba = ins.lba + ins.cursor * ins.sectors
             ins.cursor = (ins.cursor + 1) % ins.slots
         if not ins.write:
-            yield self.platform.disk_read(self.vcpu, ins.disk, lba, ins.sectors)
+            got = yield self.platform.disk_read(self.vcpu, ins.disk, lba, ins.sectors)
+            if ins.data is not None:
+                self._check_read(ins, lba, got)
             return
         data = ins.data(lba, ins.sectors)  # type: ignore[misc]
         yield self.platform.disk_write(self.vcpu, ins.disk, lba, data)
         if self.log is not None:
             self.log.writes.append(AckedWrite(self.engine.now, self.index, ins.disk, lba, data, ins.where))
+
+
+    def _check_read(self, ins: _Disk, lba: int, got: Any) -> None:
+        """``read ... expect CONTENT``: the bytes read must be exactly that content."""
+        want = ins.data(lba, ins.sectors)  # type: ignore[misc]
+        if got == want:
+            return
+        if not isinstance(got, (bytes, bytearray, memoryview)):
+            raise GuestRuntimeError(f"{ins.where}: expect needs the read's data, but the platform's "
+                                    f"disk_read gave {type(got).__name__}")
+        got = bytes(got)
+        first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
+        raise GuestRuntimeError(
+            f"{ins.where}: read {ins.disk} at LBA {lba}: data differs from what was expected from byte "
+            f"{first} (sector {lba + first // SECTOR}) on, at {self.engine.now} us")
 
 
 def start(engine: Engine, program: Program, platform: GuestPlatform, vcpus: Sequence[Any], *,

@@ -43,7 +43,8 @@ USAGE: dict[str, str] = {
     "idle": "idle DURATION",
     "touch": "touch SIZE [at SIZE] [sequential | random COUNT | working-set FRACTION [random COUNT]] [seed N] "
              "[read | write CONTENT]",
-    "read": "read DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N]",
+    "read": "read DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N] "
+            "[expect CONTENT]",
     "write": "write DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N] "
              "CONTENT",
     "flush": "flush DISK",
@@ -476,7 +477,10 @@ class _Parser:
         if length <= 0 or length % SECTOR:
             raise words.fail(f"{words.statement}: SIZE {size} is not a positive whole number of 512-byte sectors")
         place = self.place(words, length)
-        content = self.content(words) if words.statement == "write" else None
+        if words.statement == "write":
+            content: Content | None = self.content(words)
+        else:
+            content = self.content(words) if words.take_if("expect") else None
         return Disk(words.where, words.statement, disk, size, place, content)
 
     def place(self, words: _Words, length: Fraction) -> Place:

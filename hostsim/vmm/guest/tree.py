@@ -8,7 +8,7 @@ platform's page size, known only when the program is bound to a platform.  Every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 SECTOR = 512
@@ -70,7 +70,7 @@ class Image:
     name: str
     seed: int
     zero: Fraction
-    where: str
+    where: str = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,9 @@ class Place:
 
 @dataclass(frozen=True, slots=True)
 class Disk:
-    """``read`` (``content`` None) or ``write`` of ``size`` bytes on disk ``disk`` at ``place``."""
+    """``read`` or ``write`` of ``size`` bytes on disk ``disk`` at ``place``: a write puts
+    ``content`` there; a read with ``content`` checks that the bytes read are that content
+    (``expect``), so a guest can verify its own data after a crash or a failover."""
 
     where: str
     op: str
