@@ -534,11 +534,9 @@ def run_counting(eng: Engine, until: int) -> int:
     return steps
 
 
-def test_the_stacks_own_cost_per_command() -> None:
+def stack_run(sim: int) -> tuple[int, int, float, float]:
     """8 VMs (mixed controls) with 4 commands outstanding each on a 4000-IOPS device, trivial
-    actions: engine events per command, and wall µs per command against the same guests waiting
-    on bare timeouts of the same length (the stack's own cost is the difference)."""
-    sim = 10 * SECOND
+    actions: (commands, engine events, wall s, CPU s)."""
     eng = Engine(seed=1)
     stack = StorageStack(eng, "esx1")
     dev = stack.add_device("d", capacity_model(4000))
@@ -546,27 +544,42 @@ def test_the_stacks_own_cost_per_command() -> None:
     worlds = [stack.register(f"vm{i}", dev, *c) for i, c in enumerate(ctl)]
     for w in worlds:
         closed_loop(stack, w, 4)
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     steps = run_counting(eng, sim)
-    wall = time.perf_counter() - t0
-    cmds = dev.counters().cmds
+    return dev.counters().cmds, steps, time.perf_counter() - w0, time.process_time() - c0
 
-    base = Engine(seed=1)
+
+def bare_run(sim: int) -> tuple[int, int, float, float]:
+    """The same 32 guest loops waiting on bare timeouts (250 µs × 8 each: the same rate)."""
+    eng = Engine(seed=1)
 
     def bare() -> Generator[Event, Any, None]:
         while True:
-            yield base.timeout(8 * 250)  # 32 outstanding at 250 µs each: the same completion rate
+            yield eng.timeout(8 * 250)
 
     for _ in range(32):
-        base.process(bare())
-    t0 = time.perf_counter()
-    base_steps = run_counting(base, sim)
-    base_wall = time.perf_counter() - t0
-    per_cmd = wall / cmds * 1e6
-    own = per_cmd - base_wall / base_steps * 1e6
-    print(f"\nstack: {cmds} commands in {sim / SECOND:.0f} simulated s, {steps / cmds:.3f} engine events per command,"
-          f" {per_cmd:.1f} wall µs per command (guest loop included), {own:.1f} µs of it the stack's own;"
-          f" {sim / SECOND / wall:.0f} simulated s per wall s at {cmds / (sim / SECOND):.0f} IOPS")
+        eng.process(bare())
+    w0, c0 = time.perf_counter(), time.process_time()
+    steps = run_counting(eng, sim)
+    return steps, steps, time.perf_counter() - w0, time.process_time() - c0
+
+
+def test_the_stacks_own_cost_per_command() -> None:
+    """Engine events per command, and wall (and CPU) µs per command against the same guests on
+    bare timeouts (the difference is the stack's own cost); best of 3 interleaved runs, the
+    machine being shared."""
+    sim = 5 * SECOND
+    runs = [(stack_run(sim), bare_run(sim)) for _ in range(3)]
+    cmds, steps = runs[0][0][0], runs[0][0][1]
+    wall = min(s[2] for s, _ in runs) / cmds * 1e6
+    cpu = min(s[3] for s, _ in runs) / cmds * 1e6
+    base_wall = min(b[2] / b[1] for _, b in runs) * 1e6
+    base_cpu = min(b[3] / b[1] for _, b in runs) * 1e6
+    print(f"\nstack: {cmds} commands in {sim / SECOND:.0f} simulated s, {steps / cmds:.3f} engine events per command;"
+          f" per command {wall:.1f} µs wall / {cpu:.1f} µs CPU with the guest loop, of which the stack's own"
+          f" {wall - base_wall:.1f} / {cpu - base_cpu:.1f} µs; {sim / SECOND / (wall * cmds / 1e6):.0f} simulated s"
+          f" per wall s at {cmds / (sim / SECOND):.0f} IOPS")
     assert cmds == pytest.approx(4000 * sim / SECOND, rel=0.01)
+    assert all(s[:2] == (cmds, steps) for s, _ in runs)  # the same run each time
     assert steps / cmds < 1.01  # one event per command (plus the 32 process starts)
-    assert per_cmd < 200  # loose: the machine is shared; the figure is printed for the report
+    assert wall < 200  # loose: the machine is shared; the figure is printed for the report
