@@ -374,6 +374,11 @@ def test_one_body_per_vcpu_or_a_default_for_the_rest() -> None:
                                   (0, 3, "idle", 2000)]
 
 
+def test_a_section_for_a_vcpu_the_vm_lacks_is_refused() -> None:
+    with pytest.raises(GuestRuntimeError, match=r"^t\.guest:3: vcpu 2 has a section but the VM has 2 vCPUs$"):
+        run("vcpu all\ncompute 1ms\nvcpu 2\nhalt 1ms\n", vcpus=2)
+
+
 def test_a_vcpu_without_a_section_is_refused() -> None:
     with pytest.raises(GuestRuntimeError, match=r"^t\.guest: no section for vcpu 1 \(the program has vcpu 0"):
         run("vcpu 0\ncompute 1ms\n", vcpus=2)

@@ -366,6 +366,10 @@ def start(engine: Engine, program: Program, platform: GuestPlatform, vcpus: Sequ
     process per vCPU, named ``NAME.vcpuI``; returns the runs (each with ``.process``)."""
     runs: list[VcpuGuest] = []
     label = name or program.name
+    extra = [k for k in sorted(program.section_lines) if k >= len(vcpus)]
+    if extra:
+        raise GuestRuntimeError(f"{program.section_lines[extra[0]]}: vcpu {extra[0]} has a section but the VM "
+                                f"has {len(vcpus)} vCPU{'s' if len(vcpus) != 1 else ''}")
     for i, vcpu in enumerate(vcpus):
         run = VcpuGuest(engine, program, platform, vcpu, index=i, seed=seed, log=log)
         runs.append(run)

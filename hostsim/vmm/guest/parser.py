@@ -258,7 +258,8 @@ class _Parser:
             raise GuestSyntaxError(f"{open_block.where}: {open_block.kind} block is never closed (missing end)")
         self.close_section()
         return Program(self.filename, self.name, self.seed, dict(self.images), dict(self.bodies),
-                       self.default, frozenset(self.used_disks))
+                       self.default, frozenset(self.used_disks),
+                       {k: w for k, w in self.section_lines.items() if isinstance(k, int)})
 
     def line(self, line: Line) -> None:
         where = f"{self.filename}:{line.number}"

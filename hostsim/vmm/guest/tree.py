@@ -190,6 +190,8 @@ class Program:
     bodies: dict[int, tuple[Statement, ...]]
     default: tuple[Statement, ...] | None
     disks: frozenset[str]
+    #: vCPU index -> ``FILE:LINE`` of its ``vcpu`` section (to refuse sections the VM lacks)
+    section_lines: dict[int, str] = field(default_factory=dict)
 
     def body_for(self, index: int) -> tuple[Statement, ...] | None:
         """The statements vCPU ``index`` runs (None when the program has none for it)."""
