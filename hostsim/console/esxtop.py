@@ -27,6 +27,7 @@ What matches real esxtop (docs/hostsim.md, section esxtop, says which facts were
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import os
 import select
@@ -279,12 +280,15 @@ def overcommit(sample: HostSample) -> float:
     return max(0.0, sum(m.mem.memsz_mb for m in sample.memory) / managed - 1.0)
 
 
-def overcommit_averages(history: Sequence[HostSample]) -> tuple[float, float, float]:
-    """Mean overcommit of the samples inside the last 1, 5 and 15 minutes."""
+def overcommit_averages(history: Sequence[HostSample],
+                        values: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """Mean overcommit of the samples inside the last 1, 5 and 15 minutes (``values``: the
+    samples' overcommits if already known)."""
     last = history[-1]
+    values = [overcommit(s) for s in history] if values is None else values
     out = []
     for window in LOAD_WINDOWS_S:
-        inside = [overcommit(s) for s in history if last.time_us - s.time_us <= window * 1_000_000]
+        inside = [v for s, v in zip(history, values, strict=True) if last.time_us - s.time_us <= window * 1_000_000]
         out.append(sum(inside) / len(inside))
     return out[0], out[1], out[2]
 
@@ -440,8 +444,8 @@ def screen(history: Sequence[HostSample], panel: str = "c") -> str:
 
 # -- batch mode ---------------------------------------------------------------------------------
 
-#: a batch column: its counter path and how to read its value from an interval and the history
-Column = tuple[pdh.CounterPath, Callable[[Interval, Sequence[HostSample]], "float | int | str | None"]]
+#: a batch column: its counter path and how to read its value from an interval and the row's averages
+Column = tuple[pdh.CounterPath, Callable[[Interval, "_Averages"], "float | int | str | None"]]
 
 CPU_COUNTERS = (("% Used", "used"), ("% Run", "run"), ("% System", "sys"), ("% Wait", "wait"),
                 ("% VmWait", "vmwait"), ("% Ready", "rdy"), ("% Idle", "idle"), ("% Overlap", "ovrlp"),
@@ -461,9 +465,9 @@ VM_DISK_COUNTERS = (("Commands/sec", "cmds_s"), ("Reads/sec", "reads_s"), ("Writ
                     ("Average Guest MilliSec/Command", "gavg"))
 
 
-def _field(table: str, key: object, attr: str) -> Callable[[Interval, Sequence[HostSample]], float | None]:
+def _field(table: str, key: object, attr: str) -> Callable[[Interval, _Averages], float | None]:
     """Read ``getattr(iv.<table>[key], attr)``, or None when the entity is absent."""
-    def get(iv: Interval, _history: Sequence[HostSample]) -> float | None:
+    def get(iv: Interval, _avg: _Averages) -> float | None:
         row = getattr(iv, table).get(key)
         if table == "vm_disks" and row is not None:
             row = row.total
@@ -471,8 +475,28 @@ def _field(table: str, key: object, attr: str) -> Callable[[Interval, Sequence[H
     return get
 
 
-def _host_mem(attr: str) -> Callable[[Interval, Sequence[HostSample]], float]:
+def _host_mem(attr: str) -> Callable[[Interval, _Averages], float]:
     return lambda iv, _h: getattr(iv.after.host_memory, attr)
+
+
+class _Averages:
+    """The 1/5/15-minute averages of one row, computed once for the row's six columns."""
+
+    def __init__(self, history: Sequence[HostSample], overcommits: Sequence[float]) -> None:
+        self.history = history
+        self.overcommits = overcommits
+        self._load: tuple[float, float, float] | None = None
+        self._overcommit: tuple[float, float, float] | None = None
+
+    def load(self, i: int) -> float:
+        if self._load is None:
+            self._load = load_averages(self.history)
+        return self._load[i]
+
+    def overcommit(self, i: int) -> float:
+        if self._overcommit is None:
+            self._overcommit = overcommit_averages(self.history, self.overcommits)
+        return self._overcommit[i]
 
 
 def _columns(host: str, samples: Sequence[HostSample]) -> list[Column]:
@@ -484,10 +508,10 @@ def _columns(host: str, samples: Sequence[HostSample]) -> list[Column]:
     cols: list[Column] = []
     for i, label in enumerate(("1", "5", "15")):
         cols.append((path("Memory", None, f"Memory Overcommit ({label} Minute Avg)"),
-                     lambda _iv, h, i=i: overcommit_averages(h)[i]))
+                     lambda _iv, avg, i=i: avg.overcommit(i)))
     for i, label in enumerate(("1", "5", "15")):
         cols.append((path("Physical Cpu Load", None, f"Cpu Load ({label} Minute Avg)"),
-                     lambda _iv, h, i=i: load_averages(h)[i]))
+                     lambda _iv, avg, i=i: avg.load(i)))
     npcpus = max(s.npcpus for s in samples)
     for counter, fn in (("% Processor Time", Interval.pcpu_used), ("% Util Time", Interval.pcpu_util)):
         for i in range(npcpus):
@@ -538,11 +562,14 @@ def batch_csv(samples: Sequence[HostSample]) -> str:
     host = samples[0].host
     columns = _columns(host, samples)
     rows = []
+    times = [s.time_us for s in samples]
+    overcommits = [overcommit(s) for s in samples]
     for k in range(1, len(samples)):
         iv = Interval(samples[k - 1], samples[k])
-        history = samples[: k + 1]
+        start = bisect.bisect_left(times, times[k] - LOAD_WINDOWS_S[-1] * 1_000_000)  # older ones never count
+        averages = _Averages(samples[start: k + 1], overcommits[start: k + 1])
         rows.append((pdh.timestamp(samples[k].epoch_s, samples[k].time_us),
-                     [pdh.value(fn(iv, history)) for _path, fn in columns]))
+                     [pdh.value(fn(iv, averages)) for _path, fn in columns]))
     return pdh.render([p for p, _fn in columns], rows)
 
 

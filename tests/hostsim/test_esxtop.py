@@ -255,6 +255,21 @@ def test_an_entity_absent_from_a_refresh_is_blank() -> None:
     assert rows[1][col] == pdh.MISSING and rows[2][col] == "66.67"
 
 
+def test_load_averages_cover_their_windows() -> None:
+    def busy(t: int) -> HostSample:  # one pCPU fully used for 120 s, then half
+        used = min(t, 120 * S) + max(0, t - 120 * S) // 2
+        return HostSample(time_us=t, host="h", mhz=1000, pcpus=(PcpuSample(used_us=used, idle_us=t - used),))
+
+    samples = [busy(k * 10 * S) for k in range(31)]  # 0 to 300 s every 10 s
+    rows = list(csv.reader(io.StringIO(batch_csv(samples))))
+    col = {name: i for i, name in enumerate(rows[0])}
+    last = rows[-1]
+    assert last[col[r"\\h\Physical Cpu Load\Cpu Load (1 Minute Avg)"]] == "0.50"  # 240 to 300 s
+    assert last[col[r"\\h\Physical Cpu Load\Cpu Load (5 Minute Avg)"]] == "0.70"  # (120 + 90) / 300
+    assert last[col[r"\\h\Physical Cpu Load\Cpu Load (15 Minute Avg)"]] == "0.70"
+    assert rows[12][col[r"\\h\Physical Cpu Load\Cpu Load (1 Minute Avg)"]] == "1.00"  # at 120 s
+
+
 def test_batch_file_is_deterministic() -> None:
     assert batch_csv(history(4)).encode() == batch_csv(history(4)).encode()
 
