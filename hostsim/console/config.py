@@ -11,7 +11,7 @@ Every malformed case is a :class:`ConfigError` whose message is one line ``FILE:
 an unknown section or key, a missing required key, a bad number or size, a LUN whose image file
 or block device does not exist, two LUNs at one address, a pool whose parent is missing.
 
-Example (``hostsim/examples/demo.host``)::
+Example (``hostsim/examples/demo.host`` is a commented one)::
 
     [host]
     name = esx01
