@@ -15,13 +15,15 @@ Layout of a new VM ``NAME`` (ESX 4.x on VMFS5)::
     NAME/vmware.log        the VM's log, one line per event
     NAME/NAME-<8 hex>.vswp only while powered on (hostsim.vmm.swapfile)
 
-Snapshots (powered off, no memory state): *create* puts a ``vmfsSparse`` delta on each disk
-(``NAME-000001.vmdk`` + ``NAME-000001-delta.vmdk``, as ESX names them on VMFS5), repoints
-``scsiN:M.fileName`` at it and records the snapshot in the ``.vmsd``; *revert* empties the
-deltas the VM runs on (the disks read as at the current snapshot); *remove* of snapshot S merges
-the delta that holds the changes made after S into the disk S froze, so S's point in time is
-gone and every other one stays; *removeall* consolidates every disk into its base.  The chain must be linear (ESX
-allows branches after reverting to an older snapshot; hostsim reverts to the current one only).
+Snapshots (no memory state; taken with the disks closed: powered off, or through
+:class:`hostsim.vmm.poweron.PoweredOnVm` while the VM runs): *create* puts a ``vmfsSparse``
+delta on each disk (``NAME-000001.vmdk`` + ``NAME-000001-delta.vmdk``, as ESX names them on
+VMFS5), repoints ``scsiN:M.fileName`` at it and records the snapshot in the ``.vmsd``; *revert*
+empties the deltas the VM runs on (the disks read as at the current snapshot); *remove* of
+snapshot S merges the delta that holds the changes made after S into the disk S froze, so S's
+point in time is gone and every other one stays; *removeall* consolidates every disk into its
+base.  The chain must be linear (ESX allows branches after reverting to an older snapshot;
+hostsim reverts to the current one only).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Order: open the ``.vmx`` read-write (exclusive lock, kept until power-off), then
 check it (taking the lock re-reads the file's metadata if another host changed it);
 open every disk (:class:`~hostsim.vmm.scsi.VirtualScsi`); create the ``.vswp``
 (:class:`~hostsim.vmm.swapfile.SwapFile`) and record its path as ``sched.swap.derivedName``.
-Power-off undoes that in reverse and deletes the ``.vswp``.
+Power-off undoes that in reverse and deletes the ``.vswp``.  Snapshots of the running VM
+(create, remove, remove all) close the disks for the operation and reopen them on the new leaf.
 """
 
 from __future__ import annotations
@@ -18,13 +19,18 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import random
+from collections.abc import Callable
+from typing import TypeVar
 
 from hostsim.errors import HostsimError
 from hostsim.vmm.files import translated
 from hostsim.vmm.folder import VmFolder, VmPoweredOnError
 from hostsim.vmm.scsi import VirtualScsi
 from hostsim.vmm.swapfile import SwapFile
+from hostsim.vmm.vmsd import Snapshot
 from vmfs.vmdk.volume_storage import VolumeFile
+
+T = TypeVar("T")
 
 
 class PoweredOnVm:
@@ -64,6 +70,31 @@ class PoweredOnVm:
             vm.power_off()
             raise
         return vm
+
+    # -- snapshots of the running VM ----------------------------------------------------------
+
+    def create_snapshot(self, name: str, description: str = "") -> Snapshot:
+        """Take a snapshot while the VM runs: the disks are flushed and closed, the deltas made,
+        and the disks reopened on them (the guest's disk objects stay valid)."""
+        return self._disks_closed(lambda: self.folder.create_snapshot(name, description))
+
+    def remove_snapshot(self, uid: int) -> None:
+        self._disks_closed(lambda: self.folder.remove_snapshot(uid))
+
+    def remove_all_snapshots(self) -> None:
+        self._disks_closed(self.folder.remove_all_snapshots)
+
+    def _disks_closed(self, operation: Callable[[], T]) -> T:
+        """Run a folder operation with the disks closed (the ``.vmx`` and ``.vswp`` stay held).
+        Reverting is not offered: ESX powers a VM off to revert it to a powered-off snapshot."""
+        folder = self.folder
+        self.scsi.detach()
+        folder.running = None
+        try:
+            return operation()
+        finally:
+            folder.running = self
+            self.scsi.attach()
 
     def power_off(self) -> None:
         """Close the disks, delete the swap file, let go of the ``.vmx``."""

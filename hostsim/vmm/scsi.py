@@ -23,7 +23,7 @@ import posixpath
 from dataclasses import dataclass
 
 from hostsim.errors import HostsimError
-from hostsim.vmm.files import VmFileError, VmFileNotFoundError, locked_error
+from hostsim.vmm.files import VmFileError, VmFileLockedError, VmFileNotFoundError, locked_error
 from hostsim.vmm.folder import VmFolder
 from vmfs import errors as vmfs_errors
 from vmfs.vmdk import errors as vmdk_errors
@@ -89,22 +89,19 @@ class ScsiDisk:
     @classmethod
     def open(cls, folder: VmFolder, node: str, file_name: str) -> ScsiDisk:
         """Open the chain of ``file_name`` (leaf read-write, exclusively locked)."""
-        fs = folder.fs
-        path = folder.path(file_name)
-        shown = f"/vmfs/volumes/{fs.volume.uuid}{path}"
-        prefix = f"Cannot open the disk '{shown}' or one of the snapshot disks it depends on"
-        try:
-            disk = open_disk(folder.storage, folder.disk_name(file_name), writable=True)
-        except vmdk_errors.MissingExtentError as exc:
-            raise VmFileNotFoundError(f"{prefix}: {_one_line(exc)} ({node})") from None
-        except (vmdk_errors.VmdkError, vmfs_errors.VmfsError) as exc:
-            if getattr(exc, "errno", None) == errno.EBUSY:
-                locked = _locked_file(folder, exc)
-                why = locked_error(fs, locked) if locked else None
-                detail = str(why) if why is not None else _one_line(exc)
-                raise type(why or VmFileError)(f"{prefix}: Failed to lock the file. {detail}") from None
-            raise ScsiError(f"{prefix}: {_one_line(exc)}") from None
-        return cls(folder, node, file_name, disk)
+        return cls(folder, node, file_name, _open_chain(folder, node, file_name))
+
+    def detach(self) -> None:
+        """Close the chain but keep this object (a snapshot of the running VM is being taken)."""
+        self.close()
+
+    def attach(self, file_name: str) -> None:
+        """Open the chain again, on ``file_name`` (the new leaf after a snapshot operation)."""
+        if not self._disk.closed:
+            raise ScsiError(f"{self.node}: the disk is still open")
+        self._disk = _open_chain(self.folder, self.node, file_name)
+        self.file_name = file_name
+        self.sectors = self._disk.sectors
 
     @property
     def name(self) -> str:
@@ -202,6 +199,16 @@ class VirtualScsi:
             raise ScsiError(f"{self.folder.datastore_path}: no disk at {node} (has {', '.join(self.disks) or 'none'})")
         return self.disks[node]
 
+    def detach(self) -> None:
+        """Close every chain, keeping the disk objects (the guest's handles stay valid)."""
+        self.close()
+
+    def attach(self) -> None:
+        """Reopen every disk on the leaf the ``.vmx`` names now (after a snapshot operation)."""
+        names = {d.node: d.file_name for d in self.folder.config.disks}
+        for node, disk in self.disks.items():
+            disk.attach(names[node])
+
     def close(self) -> None:
         errors: list[BaseException] = []
         for disk in self.disks.values():
@@ -211,6 +218,28 @@ class VirtualScsi:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def _open_chain(folder: VmFolder, node: str, file_name: str) -> Disk:
+    """The chain of ``file_name``, leaf writable; errors as ESX words them, naming the file
+    (and, for a lock, the host that holds it)."""
+    fs = folder.fs
+    path = folder.path(file_name)
+    shown = f"/vmfs/volumes/{fs.volume.uuid}{path}"
+    prefix = f"Cannot open the disk '{shown}' or one of the snapshot disks it depends on"
+    try:
+        disk = open_disk(folder.storage, folder.disk_name(file_name), writable=True)
+    except vmdk_errors.MissingExtentError as exc:
+        raise VmFileNotFoundError(f"{prefix}: {_one_line(exc)} ({node})") from None
+    except (vmdk_errors.VmdkError, vmfs_errors.VmfsError) as exc:
+        if getattr(exc, "errno", None) == errno.EBUSY:
+            locked = _locked_file(folder, exc)
+            why = locked_error(fs, locked) if locked else None
+            if why is None:
+                raise VmFileError(f"{prefix}: Failed to lock the file. {_one_line(exc)}") from None
+            raise VmFileLockedError(f"{prefix}: Failed to lock the file. {why}", why.owner) from None
+        raise ScsiError(f"{prefix}: {_one_line(exc)}") from None
+    return disk
 
 
 def _locked_file(folder: VmFolder, exc: BaseException) -> str | None:

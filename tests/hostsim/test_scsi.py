@@ -336,3 +336,23 @@ def datastore_identity(ds: Datastore, n: int):  # type: ignore[no-untyped-def]
     from vmfs.cluster.host import HostIdentity
 
     return HostIdentity(uuid=host_uuid(n), ip=f"192.0.2.{n}", clock=ds.clock)
+
+
+def test_snapshots_of_a_running_vm_reopen_its_disks(datastore: Datastore) -> None:
+    folder = make_vm(datastore, disk_mb=8)
+    vm = PoweredOnVm.power_on(folder, random.Random(1))
+    disk = vm.scsi.disk("scsi0:0")
+    disk.write(0, b"A" * 8192)
+    snap = vm.create_snapshot("live")
+    assert snap.disks == [("scsi0:0", "vm1.vmdk")] and folder.running is vm
+    assert vm.scsi.disk("scsi0:0") is disk and disk.file_name == "vm1-000001.vmdk"
+    fs2 = datastore.host(2)
+    assert lock_owner(fs2, "/vm1/vm1-000001-delta.vmdk") == (host_uuid(1), "exclusive")
+    assert lock_owner(fs2, "/vm1/vm1-flat.vmdk") == (host_uuid(1), "read-only")
+    disk.write(8, b"B" * 4096)
+    assert disk.read(0, 24) == b"A" * 4096 + b"B" * 4096 + bytes(4096)
+    vm.remove_all_snapshots()
+    assert disk.file_name == "vm1.vmdk" and not any("-00000" in f for f in folder.files())
+    assert lock_owner(fs2, "/vm1/vm1-flat.vmdk") == (host_uuid(1), "exclusive")
+    assert disk.read(0, 24) == b"A" * 4096 + b"B" * 4096 + bytes(4096)
+    vm.power_off()
