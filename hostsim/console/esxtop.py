@@ -153,6 +153,12 @@ def disk_rates(before: DiskStat | None, after: DiskStat, seconds: float) -> Disk
     )
 
 
+def _restarted(old: DiskStat | None, new: DiskStat) -> bool:
+    """Counters that went down belong to a new object (counting from zero again)."""
+    return old is not None and (new.cmds < old.cmds or new.bytes_read < old.bytes_read
+                                or new.bytes_written < old.bytes_written)
+
+
 def _sum_disk(stats: Iterable[DiskStat]) -> DiskStat:
     total = DiskStat()
     for s in stats:
@@ -179,7 +185,9 @@ class Interval:
     """The difference of two samples of one host: what one esxtop refresh shows.
 
     An entity (group, VM, device) present only in the later sample started inside the interval:
-    its counters are counted from zero, as they were when it was created."""
+    its counters are counted from zero, as they were when it was created.  So is one whose GID
+    now carries another name, or whose counters went down (powered off and on again: a new
+    scheduler group, counting from zero)."""
 
     def __init__(self, before: HostSample, after: HostSample) -> None:
         if before.host != after.host:
@@ -194,6 +202,8 @@ class Interval:
         self.cpu = {g.gid: self._cpu(g, before) for g in after.groups}
         self.mem = {m.gid: self._mem(m, before) for m in after.memory}
         old_devices = {d.name: d.disk for d in before.devices}
+        old_devices = {d.name: old_devices[d.name] for d in after.devices
+                       if d.name in old_devices and not _restarted(old_devices[d.name], d.disk)}
         self.devices = {d.name: disk_rates(old_devices.get(d.name), d.disk, self.seconds) for d in after.devices}
         self.queue_depth = {d.name: d.queue_depth for d in after.devices}
         self.vm_disks = self._vm_disks()
@@ -203,8 +213,10 @@ class Interval:
         return 100.0 * us / self.elapsed_us
 
     def _cpu(self, g: GroupSample, before: HostSample) -> CpuRates:
-        old = next((o.cpu for o in before.groups if o.gid == g.gid), None)
+        old = next((o.cpu for o in before.groups if (o.gid, o.name) == (g.gid, g.name)), None)
         new = g.cpu
+        if old is not None and new.used_us < old.used_us:
+            old = None
 
         def d(name: str) -> float:
             return self.pct(getattr(new, name) - (getattr(old, name) if old else 0))
@@ -214,8 +226,10 @@ class Interval:
                         d("mlmtd_us"), d("swpwt_us"))
 
     def _mem(self, m: VmMemSample, before: HostSample) -> MemRates:
-        old = next((o.mem for o in before.memory if o.gid == m.gid), None)
+        old = next((o.mem for o in before.memory if (o.gid, o.name) == (m.gid, m.name)), None)
         s = m.mem
+        if old is not None and (s.swr_pages < old.swr_pages or s.sww_pages < old.sww_pages):
+            old = None
         swr = s.swr_pages - (old.swr_pages if old else 0)
         sww = s.sww_pages - (old.sww_pages if old else 0)
         return MemRates(m.gid, m.name, m.balloon, s.memsz_mb, s.grant_mb, s.sztgt_mb, s.tchd_mb, s.active_pct,
@@ -224,9 +238,12 @@ class Interval:
 
     def _vm_disks(self) -> dict[int, VmDiskRates]:
         old = {(v.gid, v.device): v.disk for v in self.before.vm_disks}
+        names = {v.gid: v.name for v in self.before.vm_disks}
         by_vm: dict[int, list] = {}
         for v in sorted(self.after.vm_disks, key=lambda v: (v.gid, v.device)):
             by_vm.setdefault(v.gid, []).append(v)
+            if names.get(v.gid, v.name) != v.name or _restarted(old.get((v.gid, v.device)), v.disk):
+                old.pop((v.gid, v.device), None)
         out = {}
         for gid, entries in by_vm.items():
             total_old = _sum_disk(old[(gid, e.device)] for e in entries if (gid, e.device) in old)

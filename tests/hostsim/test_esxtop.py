@@ -97,6 +97,21 @@ def test_a_group_that_appears_inside_the_interval_counts_from_zero() -> None:
     assert 11 in iv.mem
 
 
+def test_a_restarted_or_renamed_group_counts_from_zero() -> None:
+    before = sample(100 * S)
+    after = sample(5 * S, with_db=True)  # same GIDs, counters lower: powered off and on again
+    after = HostSample(**{**vars(after), "time_us": 105 * S})
+    iv = Interval(before, after)  # 5 s, in which the new group's whole 10/3 s count (not 10/3 - 200/3)
+    assert iv.cpu[10].used == pytest.approx(200 / 3, abs=1e-3)
+    assert iv.mem[10].swr_s == pytest.approx(256 * 5 * 4096 / 2**20 / 5)
+    assert iv.devices[LUN].cmds_s == pytest.approx(100)  # 500 commands since the restart
+    assert iv.vm_disks[10].total.cmds_s == pytest.approx(100)
+    renamed = HostSample(**{**vars(sample(10 * S)),
+                            "groups": tuple(GroupSample(g.gid, "other" if g.gid == 10 else g.name, g.cpu, g.vcpus,
+                                                        g.nworlds, g.kind) for g in sample(10 * S).groups)})
+    assert Interval(sample(5 * S), renamed).cpu[10].used == pytest.approx(2 * 10 / 3 / 5 * 100, abs=1e-3)
+
+
 def test_disk_means_are_per_command_and_gavg_is_davg_plus_kavg() -> None:
     iv = Interval(sample(5 * S), sample(15 * S))
     d = iv.devices[LUN]
