@@ -132,6 +132,7 @@ class Tagged(Generic[T]):
     r: float
     l: float  # noqa: E741 - the paper's name
     p: float
+    cost: float = 1.0
 
 
 class Client(Generic[T]):
@@ -205,7 +206,7 @@ class MClock(Generic[T]):
         (R and L from now, P from where its head stood or the virtual now if later), so a change
         neither grants a burst nor leaves stale tags behind (a limit lifted from a VM whose P tags
         lagged while it was throttled)."""
-        old = [t.item for t in client.queue]
+        old = [(t.item, t.cost) for t in client.queue]
         head_p = client.head_p() if client.queue else client.p_last + client.p_shift
         self.queued -= len(old)
         client.queue.clear()
@@ -213,8 +214,8 @@ class MClock(Generic[T]):
         client.r_last = client.l_last = -math.inf
         client.r_credit = client.p_shift = 0.0
         client.p_last = max(head_p, self._virtual_now()) - controls.p_step
-        for item in old:
-            self.enqueue(client, item, now_us)
+        for item, cost in old:
+            self.enqueue(client, item, now_us, cost)
 
     # -- arrivals -----------------------------------------------------------------------------
 
@@ -222,8 +223,10 @@ class MClock(Generic[T]):
         heads = [c.head_p() for c in self.clients if c.queue]
         return min(heads) if heads else self._vtime
 
-    def enqueue(self, client: Client[T], item: T, now_us: int) -> Tagged[T]:
-        """Tag ``item`` arriving now from ``client`` and queue it."""
+    def enqueue(self, client: Client[T], item: T, now_us: int, cost: float = 1.0) -> Tagged[T]:
+        """Tag ``item`` arriving now from ``client`` and queue it.  ``cost``: what the request
+        counts for in the weight phase (1: mClock's IOPS; ESX 2.x's consumption units are one per
+        command plus a part proportional to its size, esx-design.md 4.1)."""
         if client.r_step != math.inf:
             credit = client.r_credit
             r = client.r_last - credit + client.r_step
@@ -235,13 +238,13 @@ class MClock(Generic[T]):
         lim = client.l_last + client.l_step
         if lim < now_us:
             lim = now_us
-        p = client.p_last + client.p_shift + client.p_step  # effective
+        p = client.p_last + client.p_shift + client.p_step * cost  # effective
         if not client.queue and (self.anchor_idle or client.p_last == -math.inf):
             # idle (nothing queued): never behind the virtual now (an own queued request is
             # always at or after it, so a backlogged VM is never moved)
             p = max(p, self._virtual_now())
         p -= client.p_shift  # stored raw
-        tagged = Tagged(item, r, lim, p)
+        tagged = Tagged(item, r, lim, p, cost)
         client.r_last, client.l_last, client.p_last = r, lim, p
         client.queue.append(tagged)
         self.queued += 1

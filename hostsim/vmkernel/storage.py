@@ -183,6 +183,8 @@ class StorageDevice:
         #: every world ever registered here: the device's counters are the sum of theirs
         self._all_worlds: list[StorageWorld] = []
         self._host_queue = HostQueue()  # this host's queue on a bare model
+        #: ESX 2.x consumption units (0: every command counts 1 in the weight phase)
+        self.cost_unit_bytes = 0
         self._wake_at: int | None = None
 
     def counters(self) -> DiskCounters:
@@ -251,10 +253,15 @@ class StorageStack:
     # -- configuration ------------------------------------------------------------------------
 
     def add_device(self, name: str, model: DeviceModel | Lun, *, weight_only: bool = False,
-                   anchor_idle: bool = True) -> StorageDevice:
+                   anchor_idle: bool = True, cost_unit_bytes: int = 0) -> StorageDevice:
         """A device timed by ``model``: a LUN (its actions' device commands are timed by the
         LUN's model) or a bare device model (each guest command is one device command).
-        ``weight_only`` / ``anchor_idle``: see :class:`~hostsim.vmkernel.mclock.MClock`."""
+        ``weight_only`` / ``anchor_idle``: see :class:`~hostsim.vmkernel.mclock.MClock`.
+        ``cost_unit_bytes``: 0, shares divide commands (mClock, IOPS); else ESX 2.x's consumption
+        units (esx-design.md 4.1): a command of n bytes counts ``1 + n / cost_unit_bytes`` in the
+        weight phase, so shares divide bandwidth (reservations and limits stay in IOPS)."""
+        if isinstance(cost_unit_bytes, bool) or not isinstance(cost_unit_bytes, int) or cost_unit_bytes < 0:
+            raise StorageError(f"{name}: cost unit {cost_unit_bytes!r}: expected 0 or a positive number of bytes")
         if name in self.devices:
             raise StorageError(f"{self.host_name}: device {name} is already added")
         lun = model if isinstance(model, Lun) else None
@@ -267,6 +274,7 @@ class StorageStack:
             lun.listeners.append(self._on_device_command)
         dev = StorageDevice(self, name, dm, lun, MClock(weight_only=weight_only, anchor_idle=anchor_idle),
                             dm.queue_depth)
+        dev.cost_unit_bytes = cost_unit_bytes
         self.devices[name] = dev
         return dev
 
@@ -332,7 +340,8 @@ class StorageStack:
         cmd = IoCommand(world, op, offset, length, action)
         cmd.callbacks.append(self._on_complete)  # type: ignore[union-attr]  # first: before any waiter
         dev = world.device
-        dev.scheduler.enqueue(world.client, cmd, self.engine.now)
+        unit = dev.cost_unit_bytes
+        dev.scheduler.enqueue(world.client, cmd, self.engine.now, 1.0 + length / unit if unit else 1.0)
         if dev.inflight < dev.queue_depth:
             self._pump(dev)
         return cmd

@@ -187,6 +187,35 @@ def test_experiment_21_mclock_limit_and_idle_return() -> None:
     assert max(naive) > share * 1.5  # the rule the test checks is what prevents this
 
 
+def consumption(unit: int, sizes: tuple[int, int], shares: tuple[str, str]) -> list[float]:
+    """IOPS of two backlogged VMs issuing commands of ``sizes`` on a 1200-IOPS device."""
+    eng = Engine(seed=4)
+    stack = StorageStack(eng, "esx1")
+    dev = stack.add_device("d", capacity_model(1200), cost_unit_bytes=unit)
+    worlds = [stack.register(f"vm{i}", dev, shares=sh) for i, sh in enumerate(shares)]
+    for w, n in zip(worlds, sizes, strict=True):
+        closed_loop(stack, w, 48, length=n)
+    return iops(eng, worlds, 2 * SECOND, 12 * SECOND)
+
+
+def test_esx2_consumption_units_make_shares_divide_bandwidth() -> None:
+    """esx-design.md 4.1: a command costs one unit plus units proportional to its size, and twice
+    the shares give twice the bandwidth.  With 32 KiB units a 4 KiB command costs 1.125 and a
+    64 KiB one 3, so at equal shares the small-block VM gets 3 / 1.125 = 2.67 times the IOPS
+    (872.7 and 327.3); without units (mClock) the IOPS are equal; at shares 2:1 and equal sizes
+    the bandwidth is 2:1."""
+    iops_only = consumption(0, (4 * KIB, 64 * KIB), ("normal", "normal"))
+    units = consumption(32 * KIB, (4 * KIB, 64 * KIB), ("normal", "normal"))
+    double = consumption(32 * KIB, (64 * KIB, 64 * KIB), ("high", "normal"))
+    print("\nconsumption units: expected vs simulated IOPS")
+    print(f"  IOPS only, 4 KiB vs 64 KiB, equal shares   600 / 600      {iops_only[0]:.1f} / {iops_only[1]:.1f}")
+    print(f"  32 KiB units, same                         872.7 / 327.3  {units[0]:.1f} / {units[1]:.1f}")
+    print(f"  32 KiB units, 64 KiB each, shares 2:1      800 / 400      {double[0]:.1f} / {double[1]:.1f}")
+    assert iops_only == pytest.approx([600, 600], rel=0.02)
+    assert units == pytest.approx([1200 * 3 / 4.125, 1200 * 1.125 / 4.125], rel=0.02)
+    assert double == pytest.approx([800, 400], rel=0.02)
+
+
 # -- real I/O through the VMFS library ------------------------------------------------------------
 
 
@@ -509,6 +538,8 @@ def test_bad_input_gives_one_line_hostsim_errors() -> None:
          "vm: read needs a callable action, got None"),
         (lambda: dev.set_capacity(0), StorageError, "d: capacity 0: expected a positive number of IOPS"),
         (lambda: capacity_model(-5), StorageError, "capacity -5: expected a positive number of IOPS"),
+        (lambda: stack.add_device("f", capacity_model(10), cost_unit_bytes=-1), StorageError,
+         "f: cost unit -1: expected 0 or a positive number of bytes"),
     ]
     for call, kind, message in cases:
         with pytest.raises(kind) as exc:
