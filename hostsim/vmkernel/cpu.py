@@ -29,10 +29,10 @@ where each comes from.  In short:
 Accounting: per vCPU, cumulative microseconds in each state (RUN, READY, LIMITED, COSTOP, IDLE,
 BLOCK, SWAP) so that run + rdy + cstp + wait is exactly the vCPU's lifetime; ``rdy`` includes
 ``mlmtd`` (as esxtop's %RDY includes %MLMTD) and ``wait`` includes ``idle``, ``vmwait`` and
-``swpwt``.  ``sys`` is a VMkernel cost per :meth:`Vcpu.block` (the I/O path), done on the
-vCPU's pCPU right after it blocks, or, if it was not running, on its last pCPU: inside another
-world's run if one is there (that world's ``ovrlp``, and its work is pushed back), so
-used = run + sys − ovrlp.
+``swpwt``.  ``sys`` is a VMkernel cost per :meth:`Vcpu.block` (the I/O path, ``sys_us_per_block``):
+it keeps busy the pCPU the vCPU leaves (or, if it was not running, its last pCPU) for that long;
+a world that runs there meanwhile carries it as ``ovrlp`` and its own work is pushed back by as
+much, so used = run + sys − ovrlp and the pCPUs' busy time is the sum of every world's used.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class PcpuCounters:
 class Pcpu:
     """One physical CPU: who runs on it, its busy time, its one pending timer (by generation)."""
 
-    __slots__ = ("busy_since", "gen", "index", "sys_until", "used", "vcpu")
+    __slots__ = ("armed", "busy_since", "deadline", "gen", "index", "sys_until", "used", "vcpu")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -111,6 +111,8 @@ class Pcpu:
         self.busy_since: int | None = None
         self.used = 0
         self.gen = 0
+        self.armed = -1  # the generation of the pending timer, and when it is due
+        self.deadline = 0
         self.sys_until = 0
 
 
@@ -311,6 +313,7 @@ class CpuScheduler:
         self._gangs: dict[CpuGroup, None] = {}  # strict: co-stopped groups waiting to co-start
         self._seq = 0
         self._last_sample = engine.now
+        self._demand_key: tuple[float, ...] = ()
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -425,7 +428,8 @@ class CpuScheduler:
     def pcpu_counters(self, i: int) -> PcpuCounters:
         """Busy (any world or VMkernel work) and idle time of pCPU ``i`` since the scheduler began."""
         p = self.pcpus[i]
-        used = p.used + (0 if p.busy_since is None else self.engine.now - p.busy_since)
+        now = self.engine.now
+        used = p.used + (max(0, now - p.busy_since) if p.busy_since is not None else -max(0, p.sys_until - now))
         return PcpuCounters(used_us=used, idle_us=self.engine.now - self.t0 - used)
 
     def skew_of(self, v: Vcpu) -> int:
@@ -494,11 +498,10 @@ class CpuScheduler:
                 self._charge_sys(v, sys_us)
             return event
         v.req = event
-        if p is not None and sys_us:  # the pCPU stays busy with the I/O path: reserve it first
+        if p is not None and sys_us:  # the I/O path keeps the pCPU busy: mark it before anyone picks
             p.sys_until = self.engine.now + sys_us
-            self._set_state(v, BLOCK, pick=False)
             v.sys += sys_us
-            self._arm_at(p, p.sys_until)
+            self._set_state(v, BLOCK)
         else:
             self._set_state(v, BLOCK)
             self._charge_sys(v, sys_us)
@@ -527,10 +530,8 @@ class CpuScheduler:
                 w.work += sys_us
             self._reevaluate(w)
             return
-        if p.busy_since is None:
-            p.busy_since = self.engine.now
         p.sys_until = max(p.sys_until, self.engine.now) + sys_us
-        self._arm_at(p, p.sys_until)
+        p.used += sys_us  # an idle pCPU's VMkernel work is counted ahead (pcpu_counters takes back the rest)
 
     # -- states ---------------------------------------------------------------------------------
 
@@ -606,7 +607,7 @@ class CpuScheduler:
         if v.state != READY:
             return  # already dispatched while its siblings were being re-evaluated
         now = self.engine.now
-        idle = [p for p in self._eligible(v) if p.vcpu is None and p.sys_until <= now]
+        idle = [p for p in self._eligible(v) if p.vcpu is None]
         if idle:
             last = v.last_pcpu
             self._dispatch(v, last if last in idle else idle[0])
@@ -631,8 +632,17 @@ class CpuScheduler:
             del self._ready[v]
         self._leave(v)
         v.state, v.pcpu, p.vcpu = RUN, p, v
+        now = self.engine.now
+        rest = p.sys_until - now
+        if rest > 0:  # VMkernel work still under way there: it runs inside v's time (v's OVRLP)
+            v.ovrlp += rest
+            if v.work > 0:
+                v.work += rest
+            p.sys_until = now
+            if p.busy_since is None:
+                p.used -= rest  # counted ahead when the pCPU was idle; now part of v's busy time
         if p.busy_since is None:
-            p.busy_since = self.engine.now
+            p.busy_since = now
         v.qend = self.engine.now + self.quantum_us
         self._continue(p)
 
@@ -643,8 +653,12 @@ class CpuScheduler:
     # -- the pCPU's timer -----------------------------------------------------------------------
 
     def _arm_at(self, p: Pcpu, when: int) -> None:
+        when = max(when, self.engine.now + 1)
+        if p.armed == p.gen and p.deadline == when:
+            return  # that timer is already pending
         p.gen += 1
-        t = self.engine.timeout(max(1, when - self.engine.now))
+        p.armed, p.deadline = p.gen, when
+        t = self.engine.timeout(when - self.engine.now)
         t.callbacks.append(lambda _e, p=p, gen=p.gen: self._on_timer(p, gen))  # type: ignore[union-attr]
 
     def _on_timer(self, p: Pcpu, gen: int) -> None:
@@ -710,7 +724,7 @@ class CpuScheduler:
     def _pick(self, p: Pcpu) -> None:
         """``p`` is free: run the eligible ready vCPU with the smallest virtual time (or co-start a gang)."""
         now = self.engine.now
-        if p.vcpu is not None or p.sys_until > now:
+        if p.vcpu is not None:
             return
         if now - self._last_sample >= self.period_us:
             self._sample()
@@ -731,7 +745,7 @@ class CpuScheduler:
         if best is not None:
             self._dispatch(best, p)
         elif p.busy_since is not None:
-            p.used += now - p.busy_since
+            p.used += max(now, p.sys_until) - p.busy_since  # busy to the end of any VMkernel work
             p.busy_since = None
 
     # -- limits ---------------------------------------------------------------------------------
@@ -853,9 +867,8 @@ class CpuScheduler:
 
     def _costart(self, g: CpuGroup, p: Pcpu) -> bool:
         """Strict: start every co-stopped vCPU of ``g`` at once if enough pCPUs are free."""
-        now = self.engine.now
         waiting = [u for u in g.vcpus if u.state == COSTOP]
-        free = [q for q in self.pcpus if q.vcpu is None and q.sys_until <= now]
+        free = [q for q in self.pcpus if q.vcpu is None]
         free.sort(key=lambda q: q is not p)
         if len(free) < len(waiting):
             return False
@@ -876,14 +889,15 @@ class CpuScheduler:
     # -- entitlement ----------------------------------------------------------------------------
 
     def _min_vt(self) -> float | None:
+        """The smallest virtual time among the running and ready vCPUs (None if there are none)."""
         now = self.engine.now
-        best = None
-        for g in self.groups.values():
-            for u in g.vcpus:
-                if u.state in (RUN, READY):
-                    vt = u.vt + ((now - u.since) / u.e if u.state == RUN else 0.0)
-                    if best is None or vt < best:
-                        best = vt
+        best = min((u.vt for u in self._ready), default=None)
+        for p in self.pcpus:
+            u = p.vcpu
+            if u is not None:
+                vt = u.vt + (now - u.since) / u.e
+                if best is None or vt < best:
+                    best = vt
         return best
 
     def _sample(self) -> None:
@@ -901,8 +915,11 @@ class CpuScheduler:
                 sample = (want - v.want_prev) / dt
                 v.want_prev = want
                 v.ewma += alpha * (sample - v.ewma)
-                v.demand = max(sample, v.ewma)
-        self._entitle()
+                v.demand = round(max(sample, v.ewma), 2)  # steps of 1 %: a steady host recomputes nothing
+        key = tuple(v.demand for g in self.groups.values() for v in g.vcpus)
+        if key != self._demand_key:
+            self._demand_key = key
+            self._entitle()
 
     def _entitle(self) -> None:
         """Water-fill the host's MHz down the pool tree (esx-design.md 3.2) and reweight the vCPUs."""
