@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostsim.errors import HostsimError
 from hostsim.vmkernel.engine import MS, SECOND, Engine, Event
@@ -456,6 +458,94 @@ def test_every_mistake_is_one_line_with_file_and_line(source: str, line: int, me
     assert isinstance(info.value, HostsimError) and "\n" not in text
     assert text.startswith(f"t.guest:{line}: "), text
     assert message in text, text
+
+
+WORDS = ["compute", "halt", "idle", "touch", "read", "write", "flush", "mark", "repeat", "forever", "for",
+         "choose", "weight", "end", "vcpu", "all", "guest", "seed", "image", "at", "random", "next",
+         "within", "from", "sequential", "working-set", "expect", "zero", "byte", "text", "hex", "scsi0:0",
+         "scsi1:0", "1ms", "2", "0", "-1", "3us..9us", "5..1ms", "4KiB", "8", "pages", "sectors", "MB",
+         "25%", "0.5", "2,3", '"ab"', '"x', "0xff", "300", "#", "base", "..", "µs", "1.5", "1min"]
+
+
+class LooseDisks(Platform):
+    """Accepts any LBA (a dict of sectors), so random programs only meet the guest's own checks."""
+
+    def disk_write(self, vcpu: Any, disk: str, lba: int, data: bytes) -> Event:
+        return self.engine.timeout(DISK_LATENCY)
+
+    def disk_read(self, vcpu: Any, disk: str, lba: int, count: int) -> Event:
+        return self.engine.timeout(DISK_LATENCY, bytes(count * 512))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.lists(st.sampled_from(WORDS) | st.text(max_size=4), min_size=1, max_size=6),
+                min_size=1, max_size=8))
+def test_any_text_parses_or_fails_in_one_line_and_runs_or_fails_cleanly(lines: list[list[str]]) -> None:
+    """Random lines of keywords, numbers and junk: parse either succeeds or raises a
+    GuestSyntaxError of one line FILE:LINE:; what parses runs 20 ms on the engine, raising at
+    most a GuestError (never another exception)."""
+    source = "\n".join(" ".join(words) for words in lines)
+    try:
+        program = parse(source, "f.guest", disks=["scsi0:0", "scsi1:0"], memory_bytes=64 << 20)
+    except GuestSyntaxError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.startswith("f.guest:"), text
+        assert text.split(":")[1].isdigit(), text
+        return
+    eng = Engine()
+    plat = LooseDisks(eng)
+    try:
+        start(eng, program, plat, [0, 1, 2, 3])
+        eng.run(until=20 * MS)
+    except GuestError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("f.guest"), str(exc)
+
+
+DUR = st.sampled_from(["1us", "50us", "1ms", "2ms..3ms", "1..9us", "0us"])
+LEAF = st.one_of(
+    st.builds("{} {}".format, st.sampled_from(["compute", "halt", "idle"]), DUR),
+    st.builds("touch {} pages at {} pages {} {}".format, st.integers(1, 64), st.integers(0, 64),
+              st.sampled_from(["", "random 5", "working-set 50%", "working-set 10% random 3", "random 2 seed 4"]),
+              st.sampled_from(["", "read", "write zero", "write random", "write image base", 'write text "q"'])),
+    st.builds("write scsi0:0 {} sectors {} {}".format, st.integers(1, 16),
+              st.sampled_from(["at 7", "random within 1MiB", "next within 64KiB from 9", "random within 1MiB seed 2"]),
+              st.sampled_from(["zero", "byte 3", 'hex "0102"', "random", "random seed 1", "image base"])),
+    st.builds("read scsi0:0 {} sectors at {}".format, st.integers(1, 16), st.integers(0, 100)),
+    st.sampled_from(["flush scsi0:0", "mark m"]),
+)
+
+
+def blocks(children: st.SearchStrategy[list[str]]) -> st.SearchStrategy[list[str]]:
+    body = children.map(lambda lines: ["  " + line for line in lines])
+    return st.one_of(
+        st.builds(lambda n, b: [f"repeat {n}", *b, "end"], st.integers(0, 3), body),
+        st.builds(lambda d, b: [f"for {d}", *b, "compute 1us", "end"], st.sampled_from(["1ms", "3ms"]), body),
+        st.builds(lambda ws, bs: ["choose", *[x for w, b in zip(ws, bs, strict=False) for x in (f"weight {w}", *b)],
+                                  "end"],
+                  st.lists(st.sampled_from(["1", "2", "0.5"]), min_size=1, max_size=3), st.lists(body, min_size=3,
+                                                                                               max_size=3)),
+    )
+
+
+def flat(groups: list[list[str]]) -> list[str]:
+    return [line for group in groups for line in group]
+
+
+BODY = st.recursive(st.lists(LEAF.map(lambda x: [x]), min_size=1, max_size=4).map(flat),
+                    lambda inner: st.lists(blocks(inner) | LEAF.map(lambda x: [x]), min_size=1, max_size=3)
+                    .map(flat), max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(BODY, st.integers(0, 3))
+def test_generated_programs_run_the_same_twice(body: list[str], seed: int) -> None:
+    """Programs built from the grammar: they parse, run 30 ms on two vCPUs, and give the same
+    trace and disk bytes for the same seed."""
+    source = "image base seed 2 zero 50%\n" + "\n".join(body) + "\n"
+    program = parse(source, "g.guest", disks=["scsi0:0"])
+    a, la, _ = run("", program=program, vcpus=2, seed=seed, until=30 * MS)
+    b, lb, _ = run("", program=program, vcpus=2, seed=seed, until=30 * MS)
+    assert a.trace == b.trace and a.pages == b.pages and a.disks == b.disks and la == lb
 
 
 def test_runtime_checks_against_the_platform_page_size_name_the_line() -> None:
