@@ -106,6 +106,7 @@ class MemoryManager:
     def admit(self, name: str, max_mb: float, min_mb: float = 0, overhead_mb: float | None = None, *,
               vcpus: int = 1, vm_swap_mb: float | None = None) -> None:
         """Raise :class:`MemAdmissionError` if the VM could not power on now (nothing reserved)."""
+        check_size(f"{name}: max", max_mb, positive=True)
         ovhd = self._overhead(max_mb, vcpus, overhead_mb)
         self.admission.check(name, max_mb, min_mb, ovhd, vm_swap_mb)
 
@@ -118,6 +119,8 @@ class MemoryManager:
                  overhead_mb: float | None = None, vcpus: int = 1, swap: SwapBacking | None = None,
                  balloon: bool = True, limit_mb: float | None = None) -> VmMemory:
         """Admit, reserve and create a VM's memory (nothing is allocated until the guest touches)."""
+        check_size(f"{name}: max", max_mb, positive=True)
+        check_size(f"{name}: min", min_mb)
         ovhd = self._overhead(max_mb, vcpus, overhead_mb)
         if shares is None:
             shares = mem_shares("normal", max_mb)
