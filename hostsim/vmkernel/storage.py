@@ -211,11 +211,14 @@ class StorageDevice:
 
 
 class StorageWorld:
-    """One VM's I/O on one device: its mClock controls and counters."""
+    """One VM's I/O on one device (or one of its virtual disks there): mClock controls, counters."""
 
-    def __init__(self, stack: StorageStack, name: str, device: StorageDevice, client: Client[IoCommand]) -> None:
+    def __init__(self, stack: StorageStack, name: str, device: StorageDevice, client: Client[IoCommand],
+                 disk: str = "") -> None:
         self.stack = stack
         self.name = name
+        #: which of the VM's virtual disks on this device (ESX sets disk shares per virtual disk)
+        self.disk = disk
         self.device = device
         self.client = client
         self.registered = True
@@ -279,13 +282,17 @@ class StorageStack:
         return dev
 
     def register(self, vm_name: str, dev: StorageDevice, reservation_iops: int = 0, limit_iops: int = UNLIMITED,
-                 shares: int | str = 1000) -> StorageWorld:
-        """A VM's world on ``dev`` with its controls (shares: a number or low/normal/high)."""
+                 shares: int | str = 1000, *, disk: str = "") -> StorageWorld:
+        """A VM's world on ``dev`` with its controls (shares: a number or low/normal/high).  A VM
+        with several virtual disks on one device registers each under its own ``disk`` name
+        (``scsi0:1``): each has its own controls and queue, as ESX's per-disk shares and limits."""
         self._own(dev)
-        if any(w.name == vm_name for w in dev.worlds):
-            raise StorageError(f"{dev.name}: {vm_name} is already registered")
+        if any(w.name == vm_name and w.disk == disk for w in dev.worlds):
+            which = f"{vm_name} {disk}" if disk else vm_name
+            raise StorageError(f"{dev.name}: {which} is already registered")
         controls = IoControls(reservation_iops, limit_iops, shares)  # type: ignore[arg-type]
-        world = StorageWorld(self, vm_name, dev, dev.scheduler.add(vm_name, controls))
+        label = f"{vm_name}:{disk}" if disk else vm_name
+        world = StorageWorld(self, vm_name, dev, dev.scheduler.add(label, controls), disk)
         dev.worlds.append(world)
         dev._all_worlds.append(world)
         return world

@@ -512,6 +512,8 @@ def test_bad_input_gives_one_line_hostsim_errors() -> None:
     stack = StorageStack(eng, "esx1")
     dev = stack.add_device("d", capacity_model(1000))
     w = stack.register("vm", dev, reservation_iops=100)
+    second_disk = stack.register("vm", dev, disk="scsi0:1")  # a VM's second virtual disk there: its own world
+    assert second_disk is not w and second_disk.name == "vm" and second_disk.client.name == "vm:scsi0:1"
     other = StorageStack(eng, "esx2")
     odev = other.add_device("d", capacity_model(1000))
     cases: list[tuple[Callable[[], object], type[HostsimError], str]] = [
@@ -524,6 +526,7 @@ def test_bad_input_gives_one_line_hostsim_errors() -> None:
         (lambda: stack.set_controls(w, shares="medium"), IoControlsError,
          "disk shares 'medium': expected low, normal, high or a positive integer"),
         (lambda: stack.register("vm", dev), StorageError, "d: vm is already registered"),
+        (lambda: stack.register("vm", dev, disk="scsi0:1"), StorageError, "d: vm scsi0:1 is already registered"),
         (lambda: stack.register("x", odev), StorageError, "esx1: device d is a device of esx2"),
         (lambda: stack.submit("vm", "read", 0, 512, noop), StorageError,  # type: ignore[arg-type]
          "esx1: 'vm' is not a world of this host"),
