@@ -30,9 +30,11 @@ from hostsim.vmm.guest import (
     GuestRuntimeError,
     GuestSyntaxError,
     Program,
+    dry_run,
     image_page,
     load,
     parse,
+    render,
     seeded_page,
     seeded_sectors,
     start,
@@ -676,6 +678,23 @@ def test_disk_writer_example_bytes_match_the_acknowledged_log() -> None:
     expected = log.expected_sectors("scsi0:0")
     assert all(d[lba * 512:(lba + 1) * 512] == data for lba, data in expected.items())
     assert len(log.writes) > 256 + 3
+
+
+def test_dry_run_reports_each_vcpus_demand() -> None:
+    """smp-idle-loop for 10 s: vCPU 0 computes 1000 bursts of 10 ms (100 %), vCPU 1 spins in
+    its idle loop as long; disk-writer: 3 + 256 writes and 2 flushes before the loop, then
+    (write, flush, 10 ms halt) rounds, about 98 of them in the remaining second."""
+    demand = dry_run(example("smp-idle-loop.guest"), vcpus=2, seconds=10)
+    assert [(d.vcpu, d.compute_us, d.idle_us, d.halt_us, d.statements) for d in demand] == [
+        (0, 10 * SECOND, 0, 0, 1001), (1, 0, 10 * SECOND, 0, 1001)]
+    table = render(demand, 10).splitlines()
+    assert table[0].split()[:5] == ["vcpu", "stmts", "%compute", "%halt", "%idle"]
+    assert table[1].split()[:5] == ["0", "1001", "100.0", "0.0", "0.0"]
+    w = dry_run(example("disk-writer.guest"), seconds=1, latency_us=500)[0]
+    # header 3 writes + flush, 256 x (write 500 us + compute 50 us), flush: ~143 ms; then rounds of
+    # write 500 + flush 500 + halt 10000 = 11 ms
+    assert 3 + 256 + 70 <= w.disk_writes <= 3 + 256 + 80 and w.bytes_written >= (1 << 20) + 4096 + 65536 + 4096
+    assert w.marks == 2 and w.flushes == 2 + (w.disk_writes - 259)
 
 
 # -- cost ------------------------------------------------------------------------------------------

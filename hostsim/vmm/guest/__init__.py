@@ -6,6 +6,7 @@ vCPU, calling only the :class:`GuestPlatform` Protocol (compute, halt, idle loop
 disk reads/writes/flushes), each call an engine event the guest waits for."""
 
 from hostsim.vmm.guest.content import image_page, seeded_page, seeded_sector, seeded_sectors
+from hostsim.vmm.guest.dryrun import IdealPlatform, VcpuDemand, dry_run, render
 from hostsim.vmm.guest.errors import GuestError, GuestRuntimeError, GuestSyntaxError
 from hostsim.vmm.guest.interpreter import AckedWrite, GuestLog, MarkEntry, VcpuGuest, start
 from hostsim.vmm.guest.parser import load, parse
@@ -14,6 +15,6 @@ from hostsim.vmm.guest.tree import Program
 
 __all__ = [
     "AckedWrite", "GuestError", "GuestLog", "GuestPlatform", "GuestRuntimeError", "GuestSyntaxError",
-    "MarkEntry", "Program", "VcpuGuest", "image_page", "load", "parse", "seeded_page", "seeded_sector",
-    "seeded_sectors", "start",
+    "IdealPlatform", "MarkEntry", "Program", "VcpuDemand", "VcpuGuest", "dry_run", "image_page", "load", "parse",
+    "render", "seeded_page", "seeded_sector", "seeded_sectors", "start",
 ]
