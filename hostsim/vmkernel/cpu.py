@@ -370,7 +370,8 @@ class CpuScheduler:
                 self._reevaluate(v)
 
     def remove_group(self, group: CpuGroup) -> None:
-        """Power off: its vCPUs stop (pending requests never fire), its reservation is released."""
+        """Power off: its vCPUs stop (pending and later requests never fire: the VMM stops the
+        guest), its reservation is released, the other groups' shares are worth more."""
         self._check_live(group)
         group.removed = True
         freed = []
@@ -415,6 +416,9 @@ class CpuScheduler:
             raise CpuConfigError(f"{name}: min {min_pct} % is above max {max_pct} %")
 
     def _add_vcpu(self, group: CpuGroup) -> Vcpu:
+        if len(group.vcpus) >= len(self.pcpus if group.affinity is None else group.affinity):
+            raise CpuConfigError(f"{group.name}: a VM cannot have more vCPUs than the pCPUs it may run on "
+                                 f"({len(group.vcpus)})")
         v = Vcpu(group, len(group.vcpus), self._seq)
         self._seq += 1
         m = self._min_vt()
@@ -449,13 +453,13 @@ class CpuScheduler:
     # -- requests -------------------------------------------------------------------------------
 
     def _take(self, v: Vcpu) -> Event:
-        if v.group.removed:
-            raise CpuConfigError(f"{v.name}: its VM is powered off")
         if v.req is not None:
             raise CpuConfigError(f"{v.name}: the vCPU is still busy with its previous request")
         return self.engine.event()
 
     def _compute(self, v: Vcpu, us: int) -> Event:
+        if v.group.removed:
+            return self.engine.event()  # powered off: the world is gone, its requests never end
         ev = self._take(v)
         if us == 0:
             return ev.succeed()
@@ -471,6 +475,8 @@ class CpuScheduler:
         return ev
 
     def _timed_wait(self, v: Vcpu, us: int, state: int) -> Event:
+        if v.group.removed:
+            return self.engine.event()
         ev = self._take(v)
         v.req = ev
         self._set_state(v, state)
@@ -488,6 +494,8 @@ class CpuScheduler:
         ev.succeed()  # type: ignore[union-attr]
 
     def _block(self, v: Vcpu, event: Event, sys_us: int) -> Event:
+        if v.group.removed:
+            return self.engine.event()
         self._take(v)
         _check_us(sys_us, "block(sys_us)")
         if event.engine is not self.engine:

@@ -415,8 +415,11 @@ def test_power_off_gives_the_shares_back() -> None:
         start(eng, burner(g.vcpus[0]))
     w = window(eng, vms, 1 * SECOND, 4 * SECOND)
     assert all(abs(pct(c.used_us, 1 * SECOND, 4 * SECOND) - 100 / 3) < 1.5 for c in w.values())
-    sched.remove_group(vms.pop("c"))
+    gone = vms.pop("c")
+    sched.remove_group(gone)
+    late = gone.vcpus[0].compute(1 * MS)  # the guest of a powered-off VM: its request never ends
     w = window(eng, vms, 5 * SECOND, 8 * SECOND)
+    assert not late.triggered and gone.counters().run_us == gone.counters().run_us
     assert all(abs(pct(c.used_us, 5 * SECOND, 8 * SECOND) - 50) < 1.5 for c in w.values())
     assert sched.pool.usage("cpu").reservation_used == 0
 
@@ -488,3 +491,116 @@ def test_set_controls_limit_takes_effect_at_run_time() -> None:
     w = window(eng, {"g": g}, 3 * SECOND, 8 * SECOND)["g"]
     assert abs(pct(w.used_us, 3 * SECOND, 8 * SECOND) - 50) < 1
 
+
+
+def test_no_more_vcpus_than_pcpus() -> None:
+    sched = CpuScheduler(Engine(), pcpus=2, mhz=2000, coschedule="strict")
+    g = vm(sched, "vm", vcpus=2)
+    with pytest.raises(CpuConfigError, match="more vCPUs than the pCPUs"):
+        g.add_vcpu()
+
+
+def _invariants(sched: CpuScheduler) -> None:
+    """The scheduler's bookkeeping agrees with itself: who runs where, who is queued."""
+    for p in sched.pcpus:
+        if p.vcpu is not None:
+            assert p.vcpu.state_name == "RUN" and p.vcpu.pcpu is p
+    for g in sched.groups.values():
+        for v in g.vcpus:
+            assert (v.state_name == "RUN") == (v.pcpu is not None), v
+            assert (v.state_name == "READY") == (v in sched._ready), v
+            if g.limited:
+                assert v.state_name not in ("RUN", "READY"), v
+
+
+@pytest.mark.parametrize("mode", ["relaxed", "strict"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_hosts_keep_their_books(mode: str, seed: int) -> None:
+    """Seeded random hosts (1-3 pCPUs, VMs of 1-3 vCPUs with random controls and workloads,
+    power-ons, power-offs and control changes at run time): the bookkeeping holds at every
+    millisecond checked, per-vCPU times add up to the lifetime exactly, the pCPUs' busy time is
+    the worlds' used time, no limit is exceeded, and every CPU-bound vCPU makes progress."""
+    import random
+
+    rnd = random.Random(seed)
+    eng = Engine(seed)
+    npcpu = rnd.randint(1, 3)
+    sched = CpuScheduler(eng, pcpus=npcpu, mhz=2000, coschedule=mode)
+    sched.add_console()
+    start(eng, duty(sched.console.vcpus[0], 1 * MS, 20 * MS))  # type: ignore[union-attr]
+    born: dict[str, int] = {}
+    bound: list[Vcpu] = []
+    everyone: list[CpuGroup] = [sched.console]  # type: ignore[list-item]
+
+    def guest(v: Vcpu, kind: int) -> Gen:
+        while True:
+            r = rnd.random()
+            if kind == 0 or r < 0.5:
+                yield v.compute(rnd.randrange(1, 20 * MS))
+            elif r < 0.65:
+                yield v.halt(rnd.randrange(1, 5 * MS))
+            elif r < 0.8:
+                yield v.idle_loop(rnd.randrange(1, 5 * MS))
+            elif r < 0.95:
+                yield v.block(eng.timeout(rnd.randrange(1, 3 * MS)))
+            else:
+                yield v.swap_wait(rnd.randrange(1, 2 * MS))
+
+    def power_on(i: int) -> None:
+        controls: dict[str, Any] = {"shares": rnd.choice(["low", "normal", "high", rnd.randrange(1, 5000)])}
+        if rnd.random() < 0.3:
+            controls["limit_mhz"] = rnd.randrange(300, 3000)
+        if rnd.random() < 0.2:
+            controls["reservation_mhz"] = rnd.randrange(0, 300)
+        try:
+            g = vm(sched, f"vm{i}", vcpus=rnd.randint(1, npcpu), **controls)
+        except PoolAdmissionError:
+            return
+        everyone.append(g)
+        for v in g.vcpus:
+            kind = rnd.randrange(2)
+            start(eng, guest(v, kind))
+            born[v.name] = eng.now
+            if kind == 0 and "limit_mhz" not in controls:
+                bound.append(v)
+
+    for i in range(5):
+        power_on(i)
+
+    def admin() -> Gen:
+        i = 5
+        while True:
+            yield eng.timeout(rnd.randrange(50 * MS, 400 * MS))
+            live = [g for g in sched.groups.values() if g is not sched.console]
+            r = rnd.random()
+            if r < 0.3 and live:
+                sched.remove_group(rnd.choice(live))
+            elif r < 0.6 and live:
+                g = rnd.choice(live)
+                limit = rnd.choice([-1, rnd.randrange(500, 4000)])
+                sched.set_controls(g, shares=rnd.randrange(0, 4000), limit_mhz=limit)
+            else:
+                power_on(i)
+                i += 1
+
+    def checker() -> Gen:
+        while True:
+            yield eng.timeout(1 * MS)
+            _invariants(sched)
+
+    start(eng, admin())
+    start(eng, checker())
+    progress = {v.name: v.counters().run_us for v in bound}
+    eng.run(until=4 * SECOND)
+    busy = sum(sched.pcpu_counters(i).used_us for i in range(npcpu))
+    used = 0
+    for g in everyone:
+        for v in g.vcpus:
+            c = v.counters()
+            assert c.run_us + c.rdy_us + c.cstp_us + c.wait_us == eng.now - born.get(v.name, 0), v
+            assert c.used_us == c.run_us + c.sys_us - c.ovrlp_us
+            used += c.used_us
+    assert busy == used  # powered-off worlds' time included: their counters stop at power-off
+    for v in bound:
+        if not v.group.removed and eng.now - born[v.name] > 1 * SECOND:
+            assert v.counters().run_us > progress.get(v.name, 0), v
