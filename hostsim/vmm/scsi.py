@@ -12,8 +12,9 @@ qemu-img.
   same disk fails with ESX's message, naming the file and the host UUID that holds it.
 - A write that needs space the datastore does not have (a thin disk or a delta that cannot
   grow) raises :class:`GuestStun` with the question ESX asks ("There is no more space for virtual
-  disk …").  The failed write changed nothing (each write is one VMFS transaction); everything
-  acknowledged before is on disk.  After space is freed, retrying the same write succeeds.
+  disk …").  The failed piece changed nothing (each piece of at most 16 MiB is one VMFS
+  transaction); everything acknowledged before is on disk.  After space is freed, retrying the
+  same write succeeds (rewriting pieces already stored is harmless).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from vmfs.vmdk.extent import SECTOR
 
 #: ESX's choices for the out-of-space question
 STUN_CHOICES = ("Retry", "Cancel")
+#: bytes handed to vmfs.vmdk per call: below vmfs.write's 64 MiB transaction chunk, because a
+#: longer flat-extent write that runs out of space part-way is stored short without an error
+#: (VolumeFile.write returns a short count that FlatExtent.write ignores; reported to the lead)
+WRITE_PIECE = 16 << 20
 
 
 class ScsiError(HostsimError):
@@ -136,7 +141,9 @@ class ScsiDisk:
             raise ScsiError(f"{self.node}: a write of {len(data)} bytes is not whole 512-byte blocks")
         self._check(lba, len(data) // SECTOR)
         try:
-            self._disk.write_sectors(lba, bytes(data))
+            view = memoryview(bytes(data))
+            for start in range(0, len(view), WRITE_PIECE):
+                self._disk.write_sectors(lba + start // SECTOR, bytes(view[start : start + WRITE_PIECE]))
         except (vmdk_errors.VmdkError, vmfs_errors.VmfsError) as exc:
             if _is_enospc(exc):
                 self.stunned = True

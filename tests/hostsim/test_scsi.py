@@ -356,3 +356,20 @@ def test_snapshots_of_a_running_vm_reopen_its_disks(datastore: Datastore) -> Non
     assert lock_owner(fs2, "/vm1/vm1-flat.vmdk") == (host_uuid(1), "exclusive")
     assert disk.read(0, 24) == b"A" * 4096 + b"B" * 4096 + bytes(4096)
     vm.power_off()
+
+
+def test_a_large_write_that_runs_out_of_space_stuns_instead_of_storing_part(datastore: Datastore) -> None:
+    """One 96 MiB guest write with 80 MiB free: a stun, never a silent short write (vmfs.vmdk
+    alone acknowledges it after storing its first 64 MiB); the retry stores all of it."""
+    folder = make_vm(datastore, disk_mb=128)
+    vm = PoweredOnVm.power_on(folder, random.Random(3))
+    disk = vm.scsi.disk("scsi0:0")
+    filler = fill_datastore(folder, leave_blocks=80)
+    data = random.Random(5).randbytes(96 * MIB)
+    with pytest.raises(GuestStun):
+        disk.write(2048, data)
+    fs = folder.fs
+    fs.truncate(filler, fs.volume.read_fd(filler).size - 64 * MIB)
+    disk.write(2048, data)
+    assert disk.read(2048, 96 * 2048) == data and disk.read(0, 2048) == bytes(MIB)
+    vm.power_off()
