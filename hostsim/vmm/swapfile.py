@@ -102,7 +102,9 @@ class SwapFile:
         self._check(offset, len(data))
         with translated(self.fs, self.path, "swapping out"):
             self._fh.seek(offset)
-            self._fh.write(data)
+            stored = self._fh.write(data)
+        if stored != len(data):  # vmfs stores a long write short rather than fail (see scsi.py)
+            raise SwapFileError(f"{self.name}: only {stored} of {len(data)} bytes written at {offset}")
         self._writes += 1
         self._bytes_written += len(data)
 

@@ -373,3 +373,33 @@ def test_a_large_write_that_runs_out_of_space_stuns_instead_of_storing_part(data
     disk.write(2048, data)
     assert disk.read(2048, 96 * 2048) == data and disk.read(0, 2048) == bytes(MIB)
     vm.power_off()
+
+
+def test_the_vswp_backs_the_memory_managers_swapping(datastore: Datastore) -> None:
+    """The VMkernel's memory manager swaps a VM held to half its memory into the real .vswp:
+    the pages' bytes are in the file at their slots and come back on a touch."""
+    from hostsim.vmkernel.engine import MS, SECOND, Engine
+    from hostsim.vmkernel.memory import MemoryManager
+    from vmfs.volume.filereader import FileReader
+
+    folder = make_vm(datastore, memsize=4)
+    vm = PoweredOnVm.power_on(folder, random.Random(1))
+    engine = Engine(1)
+    mem = MemoryManager(engine, 512, seed=1, share_scan_vm=0, swap_in_us=7 * MS)
+    guest = mem.power_on("vm1", max_mb=4, swap=vm.swap, balloon=False, limit_mb=2)
+
+    def page(n: int) -> bytes:
+        return random.Random(n).randbytes(4096)
+
+    for ppn in range(guest.pages):
+        guest.touch(ppn, page(ppn))
+    engine.run(until=3 * SECOND)
+    swapped = dict(guest.swap.swapped)
+    assert len(swapped) == guest.pages // 2 and vm.swap.counters().writes >= len(swapped)
+    fd = folder.fs.resolve(vm.swap.path)
+    for ppn, slot in sorted(swapped.items())[:20]:
+        assert FileReader(fd).read(slot * 4096, 4096) == page(ppn)
+    victim = min(swapped)
+    assert guest.touch(victim) == 7 * MS and guest.read_page(victim) == page(victim)
+    mem.power_off(guest)
+    vm.power_off()
