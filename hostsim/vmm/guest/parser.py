@@ -168,6 +168,8 @@ class _Words:
         word = self.take(what)
         if ".." in word.text:
             left, _, right = word.text.partition("..")
+            if not left or not right:
+                raise self.fail(f"{self.statement}: range {word.text} needs both ends (like 1ms..5ms)")
             hi, unit = self._one_duration(right, "", what)
             lo, _ = self._one_duration(left, unit, what)
             if lo > hi:
@@ -431,9 +433,12 @@ class _Parser:
         seen: set[str] = set()
         while not words.at_end():
             key = words.take("option").text
-            if key in seen or (key == "sequential" and seen & {"random", "working-set"}) or (
+            if key in seen:
+                raise words.fail(f"touch: {key} given twice {words.usage()}")
+            if (key == "sequential" and seen & {"random", "working-set"}) or (
                     key in ("random", "working-set") and "sequential" in seen):
-                raise words.fail(f"touch: {key} given twice or with a conflicting order {words.usage()}")
+                raise words.fail(f"touch: sequential and {key if key != 'sequential' else 'a random order'} "
+                                 f"conflict (one order per touch) {words.usage()}")
             seen.add(key)
             if key == "at":
                 at = words.size("offset")
