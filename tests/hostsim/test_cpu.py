@@ -605,3 +605,18 @@ def test_random_hosts_keep_their_books(mode: str, seed: int) -> None:
     for v in bound:
         if not v.group.removed and eng.now - born[v.name] > 1 * SECOND:
             assert v.counters().run_us > progress.get(v.name, 0), v
+
+
+def test_set_controls_shares_take_effect_at_run_time() -> None:
+    """Two Normal CPU-bound VMs share one pCPU 50/50; one set to High (2000 vs 1000) gets 2/3."""
+    eng = Engine()
+    sched = CpuScheduler(eng, pcpus=1, mhz=2000)
+    a, b = vm(sched, "a"), vm(sched, "b")
+    for g in (a, b):
+        start(eng, burner(g.vcpus[0]))
+    w = window(eng, {"a": a, "b": b}, 1 * SECOND, 3 * SECOND)
+    assert abs(pct(w["a"].used_us, 1 * SECOND, 3 * SECOND) - 50) < 1
+    sched.set_controls(a, shares="high")
+    w = window(eng, {"a": a, "b": b}, 4 * SECOND, 8 * SECOND)
+    assert abs(pct(w["a"].used_us, 4 * SECOND, 8 * SECOND) - 200 / 3) < 2
+    assert (a.shares, a.entitlement_mhz) == (2000, pytest.approx(4000 / 3))
