@@ -56,16 +56,20 @@ class VmMemory:
     # -- the guest's accesses ---------------------------------------------------------------
 
     def touch(self, ppn: int, data: bytes | None = None) -> int:
-        """The guest reads (``data`` None) or writes a whole page; returns the µs to wait."""
-        if not 0 <= ppn < self.pages or isinstance(ppn, bool):
-            raise MemConfigError(f"{self.name}: page {ppn} is outside its {self.pages} pages")
-        if not self.powered_on:
-            raise MemConfigError(f"{self.name}: powered off")
-        if ppn in self.estimator.sample:
-            self.estimator.touched.add(ppn)
+        """The guest reads (``data`` None) or writes a whole page; returns the µs to wait.
+
+        Hot path first: a resident page is in ``pmap``, which also proves the page number valid
+        and the VM powered on (power-off empties it)."""
         entry = self.pmap.get(ppn)
+        estimator = self.estimator
+        if ppn in estimator.sample:
+            estimator.touched.add(ppn)
         delay = 0
         if entry is None:
+            if isinstance(ppn, bool) or not isinstance(ppn, int) or not 0 <= ppn < self.pages:
+                raise MemConfigError(f"{self.name}: page {ppn!r} is outside its {self.pages} pages")
+            if not self.powered_on:
+                raise MemConfigError(f"{self.name}: powered off")
             entry, delay = self._fault_in(ppn)
         if data is not None:
             data = self._normalize(data)
