@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 from hostsim.errors import HostsimError
 from hostsim.vmkernel.engine import MS, Engine, Event
@@ -119,7 +120,7 @@ class Pcpu:
 class Vcpu:
     """One virtual CPU world.  Its guest yields the events its requests return."""
 
-    __slots__ = ("acc", "affinity", "demand", "e", "ewma", "group", "index", "lag", "last_pcpu", "name",
+    __slots__ = ("acc", "affinity", "check_idle", "demand", "e", "ewma", "group", "index", "lag", "last_pcpu", "name",
                  "ovrlp", "pcpu", "qend", "req", "sched", "seq", "since", "state", "sys", "vt", "wait_gen",
                  "want_prev", "work")
 
@@ -147,6 +148,8 @@ class Vcpu:
         self.demand = 1.0
         self.want_prev = 0
         self.wait_gen = 0
+        #: called after a request's end has reached the guest (one bound callable, made once)
+        self.check_idle = partial(self.sched._check_idle, self)
 
     # -- what the guest yields ------------------------------------------------------------------
 
@@ -465,9 +468,12 @@ class CpuScheduler:
             return ev.succeed()
         v.req, v.work = ev, us
         if v.state == RUN:  # went on right after its previous request: no decision unless the quantum is over
-            self._leave(v)
-            if self.engine.now >= v.qend:
+            now = self.engine.now
+            if now >= v.qend:
                 self._requeue(v)
+            elif v.group.limit_now < 0 and len(v.group.vcpus) == 1:
+                self._leave(v)
+                self._arm_at(v.pcpu, min(v.qend, now + us))  # type: ignore[arg-type]
             else:
                 self._reevaluate(v)
         elif v.state not in _WANTS:
@@ -666,10 +672,11 @@ class CpuScheduler:
             return  # that timer is already pending
         p.gen += 1
         p.armed, p.deadline = p.gen, when
-        t = self.engine.timeout(when - self.engine.now)
-        t.callbacks.append(lambda _e, p=p, gen=p.gen: self._on_timer(p, gen))  # type: ignore[union-attr]
+        t = self.engine.timeout(when - self.engine.now, (p, p.gen))
+        t.callbacks.append(self._on_timer)  # type: ignore[union-attr]
 
-    def _on_timer(self, p: Pcpu, gen: int) -> None:
+    def _on_timer(self, t: Event) -> None:
+        p, gen = t.value
         if gen != p.gen:
             return  # superseded
         v = p.vcpu
@@ -705,7 +712,7 @@ class CpuScheduler:
             ev, v.req = v.req, None
             v.work = 0
             ev.succeed()
-            ev.callbacks.append(lambda _e, v=v: self._check_idle(v))  # type: ignore[union-attr]
+            ev.callbacks.append(v.check_idle)  # type: ignore[union-attr]
             return
         if v.req is None:
             return  # between a request's end and the guest's next one
@@ -724,7 +731,7 @@ class CpuScheduler:
             delay = min(delay, self._skew_bound(v))
         self._arm_at(p, now + max(1, delay))
 
-    def _check_idle(self, v: Vcpu) -> None:
+    def _check_idle(self, v: Vcpu, _ev: Event) -> None:
         """After a request's end has reached the guest: no new request means the vCPU idles."""
         if v.req is None and v.state in _WANTS and not v.group.removed:
             self._set_state(v, IDLE)
