@@ -39,7 +39,9 @@ class MemCounters:
 @dataclass(frozen=True)
 class HostMemCounters:
     """The host: free-memory state, free memory, PSHARE shared/common/saving, balloon and swap
-    totals; then machine, used, overhead, reserved memory and swap, scanner figures."""
+    totals; then machine, VMkernel, console, minFree (the high threshold) and unreserved memory,
+    the swap target and the pages swapped in/out (cumulative), used, overhead, reservations,
+    scanner figures."""
 
     state: str
     free_mb: float
@@ -49,6 +51,13 @@ class HostMemCounters:
     balloon_mb: float
     swap_used_mb: float
     machine_mb: float = 0.0
+    vmkernel_mb: float = 0.0
+    console_mb: float = 0.0
+    minfree_mb: float = 0.0
+    unreserved_mb: float = 0.0
+    swap_target_mb: float = 0.0
+    swr_pages: int = 0
+    sww_pages: int = 0
     used_mb: float = 0.0
     overhead_mb: float = 0.0
     reserved_mb: float = 0.0

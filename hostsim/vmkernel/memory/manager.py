@@ -92,6 +92,8 @@ class MemoryManager:
         self.share_scan_total = share_scan_total
         self.vms: dict[str, VmMemory] = {}
         self.balance_runs = 0
+        self._swr_done = 0  # swap-ins and -outs of VMs powered off since (the host's totals keep them)
+        self._sww_done = 0
         self._next_balance = 0
         self._next_tick = TICK_US
         self._ticks = 0
@@ -109,6 +111,10 @@ class MemoryManager:
         check_size(f"{name}: max", max_mb, positive=True)
         ovhd = self._overhead(max_mb, vcpus, overhead_mb)
         self.admission.check(name, max_mb, min_mb, ovhd, vm_swap_mb)
+
+    def overhead_for(self, max_mb: float, vcpus: int = 1, given: float | None = None) -> float:
+        """The overhead a VM reserves: ``given`` when set, else the mode's rule."""
+        return self._overhead(max_mb, vcpus, given)
 
     def _overhead(self, max_mb: float, vcpus: int, given: float | None) -> float:
         if given is not None:
@@ -160,6 +166,8 @@ class MemoryManager:
         for ppn in list(vm.hints):
             self.sharer.forget_hint(vm, ppn)
         vm.balloon.pinned.clear()
+        self._swr_done += vm.swap.swr
+        self._sww_done += vm.swap.sww
         vm.powered_on = False
         del self.vms[vm.name]
         self.admission.release(vm.name)
@@ -309,7 +317,13 @@ class MemoryManager:
             pshare_saving_mb=(sharer.mappings - sharer.frames) * mb,
             balloon_mb=sum(vm.balloon.size for vm in self.vms.values()) * mb,
             swap_used_mb=sum(len(vm.swap.swapped) for vm in self.vms.values()) * mb,
-            machine_mb=self.machine.total * mb, used_mb=self.machine.used * mb,
+            machine_mb=self.machine.total * mb, vmkernel_mb=self.vmkernel_mb, console_mb=self.console_mb,
+            minfree_mb=self.machine.total * self.states.thresholds["high"] * mb,
+            unreserved_mb=self.admission.vm_memory_mb - self.admission.reserved_mb,
+            swap_target_mb=sum(vm.swap_target for vm in self.vms.values()) * mb,
+            swr_pages=self._swr_done + sum(vm.swap.swr for vm in self.vms.values()),
+            sww_pages=self._sww_done + sum(vm.swap.sww for vm in self.vms.values()),
+            used_mb=self.machine.used * mb,
             overhead_mb=sum(vm.overhead_mb for vm in self.vms.values()),
             reserved_mb=self.admission.reserved_mb, swap_reserved_mb=self.admission.swap_reserved_mb,
             pshare_scanned_pages=sharer.scanned, pshare_false_matches=sharer.false_matches,

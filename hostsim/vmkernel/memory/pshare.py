@@ -17,12 +17,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from hostsim.vmkernel.memory.pages import Frame, MachineMemory, hash64
+from hostsim.vmkernel.memory.pages import Frame, IndexedSet, MachineMemory, hash64
 
-if TYPE_CHECKING:
-    from hostsim.vmkernel.memory.vm import VmMemory
+
+class VmMemory(Protocol):
+    """What the sharer needs of a VM's memory (:class:`hostsim.vmkernel.memory.vm.VmMemory`);
+    a protocol so the two modules do not import each other."""
+
+    pmap: dict[int, Any]
+    hints: dict[int, Any]
+    resident: IndexedSet
+    shared_pages: int
+    powered_on: bool
 
 
 class Hint:

@@ -11,17 +11,28 @@ wait (a swap-in, a page the guest had to take back from its balloon, a block in 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hostsim.vmkernel.memory.balloon import Balloon
 from hostsim.vmkernel.memory.counters import MemCounters
 from hostsim.vmkernel.memory.errors import MemConfigError
-from hostsim.vmkernel.memory.pages import Frame, IndexedSet, zero_page
+from hostsim.vmkernel.memory.pages import Frame, IndexedSet, MachineMemory, zero_page
+from hostsim.vmkernel.memory.pshare import PageSharer
 from hostsim.vmkernel.memory.sampling import WorkingSetEstimator
 from hostsim.vmkernel.memory.swap import SwapSpace
 
-if TYPE_CHECKING:
-    from hostsim.vmkernel.memory.manager import MemoryManager
+
+class MemoryManager(Protocol):
+    """What a VM's memory needs of the manager (:class:`hostsim.vmkernel.memory.manager.
+    MemoryManager`); a protocol so the two modules do not import each other."""
+
+    page_size: int
+    sharer: PageSharer
+    machine: MachineMemory
+    swap_in_us: int
+    guest_fault_us: int
+
+    def allocate(self, vm: VmMemory) -> int: ...
 
 
 class VmMemory:
