@@ -375,6 +375,21 @@ def test_same_seed_gives_a_byte_identical_counter_dump() -> None:
     assert dumps[0] != dumps[2]
 
 
+def test_counter_dump_is_the_same_under_other_hash_seeds() -> None:
+    """Nothing depends on hashing: two interpreters with different PYTHONHASHSEED dump the same."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; sys.path.insert(0, 'tests/hostsim'); from test_cpu import _mixed_host; "
+            "eng, sched = _mixed_host(5); eng.run(until=2_000_000); sys.stdout.write(sched.dump())")
+    outs = [subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1] and len(outs[0]) > 1000
+
+
 # -- console, control changes, pools --------------------------------------------------------------
 
 
