@@ -444,11 +444,16 @@ def test_cpu_reservation_admission() -> None:
     """A reservation the host cannot guarantee refuses the power-on (ESX 2.x admission of min)."""
     eng = Engine(10)
     sched = CpuScheduler(eng, pcpus=1, mhz=2000)
-    vm(sched, "a", reservation_mhz=1500)
+    a = vm(sched, "a", reservation_mhz=1500)
     with pytest.raises(PoolAdmissionError, match="insufficient resources") as exc:
         vm(sched, "b", min_pct=30)  # 600 MHz > 500 left
     assert "\n" not in str(exc.value) and "600 MHz" in str(exc.value)
     assert "b" not in sched.groups
+    with pytest.raises(PoolAdmissionError, match="insufficient resources"):
+        sched.set_controls(a, reservation_mhz=2500)
+    assert a.reservation_mhz == 1500 and sched.pool.reservation_used("cpu") == 1500
+    sched.set_controls(a, reservation_mhz=2000)
+    assert sched.pool.unreserved("cpu") == 0
 
 
 # -- bad input ------------------------------------------------------------------------------------
