@@ -172,6 +172,18 @@ def test_power_off_gives_everything_back() -> None:
         a.touch(0)
 
 
+def test_memory_exhausted_with_nothing_to_swap_is_one_line() -> None:
+    """A VM whose swap backing is full (0 bytes here) cannot be paged out: once machine memory
+    is gone, the next new page is refused with a one-line MemExhaustedError."""
+    mem = MemoryManager(Engine(10), 24 + 192 + 54 + 8, seed=10, start=False, share_scan_vm=0)
+    vm = mem.power_on("vm", max_mb=64, swap=MemorySwap(0))
+    with pytest.raises(HostsimError) as info:
+        for ppn in range(vm.pages):
+            vm.touch(ppn, page(ppn + 1))
+    assert str(info.value) == "vm: machine memory exhausted and nothing left to swap"
+    assert mem.machine.free == 0 and vm.counters().grant_mb == 8
+
+
 # -- balloon -------------------------------------------------------------------------------------
 
 

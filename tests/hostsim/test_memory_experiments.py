@@ -297,10 +297,10 @@ def run_cache_guest(max_mb: int, limit_mb: int | None, seed: int) -> tuple[float
     vm = mem.power_on("vm", max_mb=max_mb, limit_mb=limit_mb)
     guest = CacheGuest(engine, vm, blocks=240 * 16, seed=seed)
     engine.process(guest.run(), name="guest")
-    engine.run(until=400 * SECOND)  # balloon inflated (8 s at 16 MB/s), cache warm
+    engine.run(until=300 * SECOND)  # balloon inflated (8 s at 16 MB/s), cache warm
     start = guest.ops
-    engine.run(until=1000 * SECOND)
-    return (guest.ops - start) / 600, vm
+    engine.run(until=700 * SECOND)
+    return (guest.ops - start) / 400, vm
 
 
 def test_experiment_10_ballooning_fidelity() -> None:
