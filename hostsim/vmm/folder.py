@@ -32,6 +32,7 @@ import contextlib
 import posixpath
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hostsim.errors import HostsimError
@@ -50,6 +51,8 @@ from hostsim.vmm.vmsd import Snapshot, SnapshotTree
 from hostsim.vmm.vmx import PROGRAM_KEY, VmConfig, VmxFile, new_vmx
 from vmfs import errors as vmfs_errors
 from vmfs.vmdk import chain, ops
+from vmfs.vmdk import errors as vmdk_errors
+from vmfs.vmdk.disk import open_disk
 from vmfs.vmdk.volume_storage import VolumeStorage
 from vmfs.write.posix import WritableFileSystem
 
@@ -73,20 +76,66 @@ class SnapshotError(HostsimError):
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """A disk of a new VM: size in MB and provisioning (thin, zeroedthick, eagerzeroedthick)."""
+    """A disk of a new VM: size in MB, provisioning (thin, zeroedthick, eagerzeroedthick) and
+    the datastore it lives on (this host's filesystem of it; None: the VM's own folder)."""
 
     size_mb: int
     provisioning: str = "thin"
+    datastore: WritableFileSystem | None = None
+
+
+@dataclass(frozen=True)
+class DiskPlace:
+    """Where a disk file named in the ``.vmx`` is: which host filesystem (datastore), its volume
+    path, and the vmfs.vmdk storage rooted at its directory (deltas are made beside it, as
+    vSphere 5 places them with their parent)."""
+
+    fs: WritableFileSystem
+    path: str
+    own: bool  # in the VM's folder (the .vmx names it relatively)
+
+    @property
+    def directory(self) -> str:
+        return posixpath.dirname(self.path) or "/"
+
+    @property
+    def name(self) -> str:
+        """The storage name (the file's base name)."""
+        return posixpath.basename(self.path)
+
+    @property
+    def storage(self) -> VolumeStorage:
+        return VolumeStorage(self.fs, self.directory)
+
+    def file_name(self, storage_name: str) -> str:
+        """The ``scsiN:M.fileName`` of another file of this storage (a new leaf, a base)."""
+        path = join(self.directory, storage_name)
+        if self.own:
+            return posixpath.basename(path)
+        return f"/vmfs/volumes/{self.fs.volume.uuid}{path}"
+
+    def shown(self, storage_name: str | None = None) -> str:
+        return datastore_name(self.fs, join(self.directory, storage_name or self.name))
 
 
 class VmFolder:
     """One VM's folder on a datastore, read from and written to through one host's filesystem."""
 
-    def __init__(self, fs: WritableFileSystem, vmx_path: str, vmx: VmxFile) -> None:
+    def __init__(
+        self, fs: WritableFileSystem, vmx_path: str, vmx: VmxFile,
+        datastores: Iterable[WritableFileSystem] = (),
+    ) -> None:
+        """``datastores``: this host's filesystems of the other datastores the VM's disks may
+        be on (``/vmfs/volumes/<uuid or label>/…`` file names)."""
         self.fs = fs
         self.vmx_path = vmx_path
         self.vmx = vmx
         self.directory = posixpath.dirname(vmx_path) or "/"
+        self.datastores: dict[str, WritableFileSystem] = {}
+        for other in (fs, *datastores):
+            for key in (other.volume.uuid, other.volume.label):
+                if key:
+                    self.datastores.setdefault(key, other)
         #: set by the power-on code (hostsim.vmm.poweron) while this host runs the VM
         self.running: object | None = None
         self.config = VmConfig.from_vmx(vmx)
@@ -115,25 +164,28 @@ class VmFolder:
         """``/vmfs/volumes/<uuid>/NAME/NAME.vmx``: the path ESX writes into files."""
         return f"/vmfs/volumes/{self.fs.volume.uuid}{self.vmx_path}"
 
-    def path(self, name: str) -> str:
-        """Volume path of a file named in the ``.vmx`` (relative to the folder, or absolute)."""
+    def place(self, name: str) -> DiskPlace:
+        """Where a file named in the ``.vmx`` is (relative to the folder, or a
+        ``/vmfs/volumes/<uuid or label>/…`` path on this or another datastore)."""
         prefix = "/vmfs/volumes/"
         if name.startswith(prefix):
             head, _, rest = name[len(prefix) :].partition("/")
-            if head not in (self.fs.volume.uuid, self.fs.volume.label):
-                raise VmFileNotFoundError(f"{name}: not on datastore {self.fs.volume.label or self.fs.volume.uuid}")
-            return "/" + rest
-        return join(self.directory, name)
+            fs = self.datastores.get(head)
+            if fs is None:
+                raise VmFileNotFoundError(f"{self.datastore_path}: {name}: datastore {head} is not mounted here")
+            path = posixpath.normpath("/" + rest)
+            return DiskPlace(fs, path, own=fs is self.fs and posixpath.dirname(path) == self.directory)
+        path = join(self.directory, name)
+        return DiskPlace(self.fs, path, own=posixpath.dirname(path) == self.directory)
+
+    def path(self, name: str) -> str:
+        """Volume path of a file of the VM's own datastore named in the ``.vmx``."""
+        return self.place(name).path
 
     @property
     def storage(self) -> VolumeStorage:
-        """The folder as a vmfs.vmdk storage (disk names relative to the folder)."""
+        """The folder as a vmfs.vmdk storage (names relative to the folder)."""
         return VolumeStorage(self.fs, self.directory)
-
-    def disk_name(self, file_name: str) -> str:
-        """A ``scsiN:M.fileName`` as a storage name of :attr:`storage`."""
-        path = self.path(file_name)
-        return posixpath.relpath(path, self.directory)
 
     # -- creation and registration ------------------------------------------------------------------
 
@@ -164,42 +216,55 @@ class VmFolder:
         directory = join(parent, name)
         if exists(fs, directory):
             raise VmExistsError(f"{datastore_name(fs, directory)}: already exists")
-        disk_files = [f"{name}.vmdk" if i == 0 else f"{name}_{i}.vmdk" for i in range(len(disks))]
+        stems = [f"{name}.vmdk" if i == 0 else f"{name}_{i}.vmdk" for i in range(len(disks))]
+        others = [spec.datastore for spec in disks if spec.datastore is not None and spec.datastore is not fs]
+        places = [
+            DiskPlace(spec.datastore or fs, join(join(parent, name), stem), own=spec.datastore in (None, fs))
+            for stem, spec in zip(stems, disks, strict=True)
+        ]
         vmx_path = join(directory, f"{name}.vmx")
         vmx = new_vmx(vmx_path, name, memsize_mb=memsize_mb, numvcpus=numvcpus, guest_os=guest_os,
-                      disks=tuple(disk_files), program=program, extra=extra)
+                      disks=tuple(p.file_name(p.name) for p in places), program=program, extra=extra)
         with translated(fs, directory):
             fs.mkdir(directory)
+        made: list[DiskPlace] = []
         try:
-            storage = VolumeStorage(fs, directory)
-            for file_name, spec in zip(disk_files, disks, strict=True):
-                with translated(fs, join(directory, file_name), "creating the disk"):
-                    ops.create_disk(storage, file_name, spec.size_mb << 20, spec.provisioning, adapter="lsilogic")
+            for place, spec in zip(places, disks, strict=True):
+                if not place.own and not exists(place.fs, place.directory):
+                    with translated(place.fs, place.directory):
+                        place.fs.mkdir(place.directory)
+                made.append(place)
+                with translated(place.fs, place.path, "creating the disk"):
+                    ops.create_disk(place.storage, place.name, spec.size_mb << 20, spec.provisioning,
+                                    adapter="lsilogic")
             if program is not None and program_text is not None:
                 write_file(fs, join(directory, program), program_text)
             write_file(fs, join(directory, f"{name}.vmsd"), b"")
             write_file(fs, join(directory, f"{name}.nvram"), bytes(NVRAM_BYTES))
             write_file(fs, vmx_path, vmx.to_bytes())
-            folder = cls(fs, vmx_path, vmx)
+            folder = cls(fs, vmx_path, vmx, others)
             folder.log(f"created with {len(disks)} disk(s), memsize {memsize_mb} MB")
         except BaseException:
+            for place in made:
+                if not place.own:
+                    _remove_disk_elsewhere(place)
             _remove_tree(fs, directory)
             raise
         return folder
 
     @classmethod
-    def open(cls, fs: WritableFileSystem, vmx_path: str) -> VmFolder:
-        """An existing VM (registering it): its ``.vmx`` read and checked; its disks must exist."""
+    def open(cls, fs: WritableFileSystem, vmx_path: str, datastores: Iterable[WritableFileSystem] = ()) -> VmFolder:
+        """An existing VM (registering it): its ``.vmx`` read and checked; its disks must exist
+        (on ``fs`` or on one of this host's other ``datastores``)."""
         if not vmx_path.lower().endswith(".vmx"):
             raise VmFileError(f"{datastore_name(fs, vmx_path)}: not a .vmx file")
         data = read_file(fs, vmx_path)
         vmx = VmxFile.parse(data, datastore_name(fs, vmx_path))
-        folder = cls(fs, vmx_path, vmx)
+        folder = cls(fs, vmx_path, vmx, datastores)
         for disk in folder.config.disks:
-            path = folder.path(disk.file_name)
-            if not exists(fs, path):
-                shown = datastore_name(fs, vmx_path)
-                raise VmFileNotFoundError(f"{shown}: {disk.node} names {datastore_name(fs, path)}: no such file")
+            place = folder.place(disk.file_name)
+            if not exists(place.fs, place.path):
+                raise VmFileNotFoundError(f"{folder.datastore_path}: {disk.node} names {place.shown()}: no such file")
         return folder
 
     def reload(self) -> None:
@@ -232,8 +297,13 @@ class VmFolder:
         return datastore_name(self.fs, path), read_file(self.fs, path)
 
     def destroy(self) -> None:
-        """Delete the VM's folder and everything in it (vim-cmd vmsvc/destroy)."""
+        """Delete the VM's folder and everything in it, and its disks on other datastores
+        (vim-cmd vmsvc/destroy)."""
         self._check_off("destroy")
+        for disk in self.config.disks:
+            place = self.place(disk.file_name)
+            if not place.own:
+                _remove_disk_elsewhere(place)
         _remove_tree(self.fs, self.directory)
 
     def _check_off(self, what: str) -> None:
@@ -262,16 +332,17 @@ class VmFolder:
         """Take a snapshot: a vmfsSparse delta on every disk, the ``.vmx`` repointed at them."""
         self._check_off("snapshot")
         tree = self.snapshots()
-        taken: list[tuple[str, str]] = []
+        taken: list[tuple[str, DiskPlace, str]] = []
         try:
             for node, file_name in self._disk_keys():
-                with translated(self.fs, self.path(file_name), "taking a snapshot"):
-                    new = chain.create_snapshot(self.storage, self.disk_name(file_name), delta_format="vmfsSparse")
-                taken.append((node, new))
+                place = self.place(file_name)
+                with translated(place.fs, place.path, "taking a snapshot"):
+                    new = chain.create_snapshot(place.storage, place.name, delta_format="vmfsSparse")
+                taken.append((node, place, new))
         except BaseException:
-            for _, new in taken:
+            for _, place, new in taken:
                 with contextlib.suppress(Exception):
-                    chain.remove_disk_files(self.storage, new)
+                    chain.remove_disk_files(place.storage, new)
             raise
         uid = tree.last_uid + 1
         snap = Snapshot(
@@ -281,8 +352,8 @@ class VmFolder:
         )
         tree.snapshots.append(snap)
         tree.current, tree.last_uid = uid, uid
-        for node, new in taken:
-            self.vmx.set(f"{node}.fileName", new)
+        for node, place, new in taken:
+            self.vmx.set(f"{node}.fileName", place.file_name(new))
         self._save_tree(tree)
         self.save()
         self.log(f"snapshot {uid} ({name!r}) taken")
@@ -297,8 +368,9 @@ class VmFolder:
         if uid is not None and uid != tree.current:
             raise SnapshotError(f"{self.datastore_path}: only the current snapshot ({tree.current}) can be reverted to")
         for _, file_name in self._disk_keys():
-            with translated(self.fs, self.path(file_name), "reverting"):
-                chain.revert_snapshot(self.storage, self.disk_name(file_name))
+            place = self.place(file_name)
+            with translated(place.fs, place.path, "reverting"):
+                chain.revert_snapshot(place.storage, place.name)
         self.log(f"reverted to snapshot {tree.current}")
 
     def remove_snapshot(self, uid: int) -> None:
@@ -311,12 +383,12 @@ class VmFolder:
             raise SnapshotError(f"{self.datastore_path}: snapshot {uid} has branches; hostsim keeps chains linear")
         nodes = dict(snap.disks)
         for node, current in self._disk_keys():
-            leaf = self.disk_name(current)
-            below = self.disk_name(nodes[node]) if node in nodes else None
+            place = self.place(current)
+            below = self.place(nodes[node]).path if node in nodes else None
             # the delta made when ``uid`` was taken: the child of its disk in this node's chain
-            delta, above = self._delta_over(leaf, below)
-            with translated(self.fs, self.path(delta), "removing a snapshot"):
-                chain.delete_snapshot(self.storage, delta, child=above)
+            delta, above = self._delta_over(place, below)
+            with translated(place.fs, join(place.directory, delta), "removing a snapshot"):
+                chain.delete_snapshot(place.storage, delta, child=above)
             if above is None:
                 self.vmx.set(f"{node}.fileName", nodes[node])
         tree.snapshots.remove(snap)
@@ -329,20 +401,19 @@ class VmFolder:
         self.save()
         self.log(f"snapshot {uid} removed")
 
-    def _delta_over(self, leaf: str, base: str | None) -> tuple[str, str | None]:
-        """(delta whose parent is ``base``, that delta's child or None) in the chain of ``leaf``."""
-        from vmfs.vmdk.disk import open_disk
-
-        with translated(self.fs, self.path(leaf), "reading the snapshot chain"):
-            disk = open_disk(self.storage, leaf)
+    def _delta_over(self, leaf: DiskPlace, base: str | None) -> tuple[str, str | None]:
+        """(delta whose parent is the volume path ``base``, that delta's child or None) in the
+        chain of ``leaf``, as storage names of the leaf's storage."""
+        with translated(leaf.fs, leaf.path, "reading the snapshot chain"):
+            disk = open_disk(leaf.storage, leaf.name)
             try:
                 names = [layer.name for layer in disk.layers]  # leaf first
             finally:
                 disk.close()
-        norm = [posixpath.normpath(n) for n in names]
-        if base is None or posixpath.normpath(base) not in norm:
-            raise SnapshotError(f"{self.datastore_path}: disk {base} is not in the chain of {leaf}")
-        i = norm.index(posixpath.normpath(base))
+        paths = [join(leaf.directory, n) for n in names]
+        if base is None or base not in paths:
+            raise SnapshotError(f"{self.datastore_path}: disk {base} is not in the chain of {leaf.shown()}")
+        i = paths.index(base)
         if i == 0:
             raise SnapshotError(f"{self.datastore_path}: {base} has no delta above it")
         return names[i - 1], names[i - 2] if i >= 2 else None
@@ -352,13 +423,32 @@ class VmFolder:
         self._check_off("consolidate")
         tree = self.snapshots()
         for node, file_name in self._disk_keys():
-            with translated(self.fs, self.path(file_name), "consolidating"):
-                base = chain.consolidate(self.storage, self.disk_name(file_name))
-            self.vmx.set(f"{node}.fileName", base)
+            place = self.place(file_name)
+            with translated(place.fs, place.path, "consolidating"):
+                base = chain.consolidate(place.storage, place.name)
+            self.vmx.set(f"{node}.fileName", place.file_name(base))
         last = tree.last_uid
         self._save_tree(SnapshotTree(tree.path, last_uid=last))
         self.save()
         self.log("all snapshots removed (disks consolidated)")
+
+
+def _remove_disk_elsewhere(place: DiskPlace) -> None:
+    """Remove a disk (its whole chain) kept on another datastore, then its folder there if that
+    is left empty."""
+    with translated(place.fs, place.path):
+        if exists(place.fs, place.path):
+            try:
+                disk = open_disk(place.storage, place.name)
+                names = [layer.name for layer in disk.layers]
+                disk.close()
+            except vmdk_errors.VmdkError:
+                names = [place.name]
+            for name in names:
+                chain.remove_disk_files(place.storage, name)
+        entries = [e for e in place.fs.listdir(place.directory) if e.name not in (".", "..")]
+        if not entries and place.directory != "/":
+            place.fs.rmdir(place.directory)
 
 
 def _remove_tree(fs: WritableFileSystem, directory: str) -> None:

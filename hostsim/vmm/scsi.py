@@ -230,17 +230,17 @@ class VirtualScsi:
 def _open_chain(folder: VmFolder, node: str, file_name: str) -> Disk:
     """The chain of ``file_name``, leaf writable; errors as ESX words them, naming the file
     (and, for a lock, the host that holds it)."""
-    fs = folder.fs
-    path = folder.path(file_name)
-    shown = f"/vmfs/volumes/{fs.volume.uuid}{path}"
+    place = folder.place(file_name)
+    fs = place.fs
+    shown = f"/vmfs/volumes/{fs.volume.uuid}{place.path}"
     prefix = f"Cannot open the disk '{shown}' or one of the snapshot disks it depends on"
     try:
-        disk = open_disk(folder.storage, folder.disk_name(file_name), writable=True)
+        disk = open_disk(place.storage, place.name, writable=True)
     except vmdk_errors.MissingExtentError as exc:
         raise VmFileNotFoundError(f"{prefix}: {_one_line(exc)} ({node})") from None
     except (vmdk_errors.VmdkError, vmfs_errors.VmfsError) as exc:
         if getattr(exc, "errno", None) == errno.EBUSY:
-            locked = _locked_file(folder, exc)
+            locked = _locked_file(place.directory, exc)
             why = locked_error(fs, locked) if locked else None
             if why is None:
                 raise VmFileError(f"{prefix}: Failed to lock the file. {_one_line(exc)}") from None
@@ -249,12 +249,13 @@ def _open_chain(folder: VmFolder, node: str, file_name: str) -> Disk:
     return disk
 
 
-def _locked_file(folder: VmFolder, exc: BaseException) -> str | None:
-    """Volume path of the file a lock error is about: vmfs.vmdk names it first in its message."""
+def _locked_file(directory: str, exc: BaseException) -> str | None:
+    """Volume path of the file a lock error is about: vmfs.vmdk names it first in its message
+    (a storage name, relative to ``directory``)."""
     head = str(exc).split(": ", 1)[0].strip()
     if not head or " " in head:
         return None
-    return posixpath.normpath(posixpath.join(folder.directory, head)) if not head.startswith("/") else head
+    return posixpath.normpath(posixpath.join(directory, head)) if not head.startswith("/") else head
 
 
 def _one_line(exc: BaseException) -> str:

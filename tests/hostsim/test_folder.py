@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hostsim.errors import HostsimError
-from hostsim.vmm.files import DatastoreFullError, VmFileNotFoundError, read_file, write_file
+from hostsim.vmm.files import DatastoreFullError, VmFileNotFoundError, exists, lock_owner, read_file, write_file
 from hostsim.vmm.folder import DiskSpec, Inventory, SnapshotError, VmExistsError, VmFolder, VmPoweredOnError
 from hostsim.vmm.poweron import PoweredOnVm
 from hostsim.vmm.vmsd import SnapshotTree
@@ -23,7 +23,10 @@ from tests.hostsim.vmfiles_helpers import (
     MIB,
     Datastore,
     datastore_for,
+    fsck_clean,
     fuse_view,
+    host_uuid,
+    mkfs,
     needs_fuse,
     needs_qemu,
     qemu_compare,
@@ -270,3 +273,37 @@ def test_snapshot_operations_need_the_vm_powered_off(datastore: Datastore) -> No
     finally:
         vm.power_off()
     assert folder.running is None
+
+
+def test_a_disk_on_another_datastore(datastore: Datastore, tmp_path: Path) -> None:
+    """``disk=SIZE@DATASTORE``: the disk lives in folder NAME on the other datastore, the .vmx
+    names it by its /vmfs/volumes path; deltas go beside it; destroy removes it too."""
+    other = Datastore(mkfs(tmp_path / "ds2.img", label="ds2"))
+    other.clock = datastore.clock
+    try:
+        fs, fs2 = datastore.host(1), other.host(1)
+        folder = VmFolder.create(fs, "vm1", memsize_mb=64, disks=(DiskSpec(8), DiskSpec(8, "thin", datastore=fs2)))
+        far = f"/vmfs/volumes/{fs2.volume.uuid}/vm1/vm1_1.vmdk"
+        assert folder.vmx["scsi0:1.fileName"] == far
+        assert sorted(e.name for e in fs2.listdir("/vm1") if e.name not in (".", "..")) == [
+            "vm1_1-flat.vmdk", "vm1_1.vmdk"]
+        assert "vm1_1.vmdk" not in folder.files()
+        with pytest.raises(VmFileNotFoundError, match=f"datastore {fs2.volume.uuid} is not mounted here"):
+            VmFolder.open(fs, "/vm1/vm1.vmx")
+        folder = VmFolder.open(fs, "/vm1/vm1.vmx", datastores=[fs2])
+        vm = PoweredOnVm.power_on(folder, random.Random(0))
+        vm.scsi.disk("scsi0:1").write(0, b"far" * 512)
+        assert lock_owner(fs2, "/vm1/vm1_1-flat.vmdk") == (host_uuid(1), "exclusive")
+        vm.power_off()
+        folder.create_snapshot("s1")
+        assert folder.vmx["scsi0:1.fileName"] == f"/vmfs/volumes/{fs2.volume.uuid}/vm1/vm1_1-000001.vmdk"
+        assert exists(fs2, "/vm1/vm1_1-000001-delta.vmdk")
+        assert folder.vmx["scsi0:0.fileName"] == "vm1-000001.vmdk"
+        folder.remove_all_snapshots()
+        assert folder.vmx["scsi0:1.fileName"] == far
+        assert disk_bytes(folder, "scsi0:1")[:1536] == b"far" * 512
+        folder.destroy()
+        assert not exists(fs2, "/vm1") and not exists(fs, "/vm1")
+    finally:
+        other.close()
+    fsck_clean(other.image)

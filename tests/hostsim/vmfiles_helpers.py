@@ -32,10 +32,10 @@ def host_uuid(n: int) -> str:
     return f"6000000{n}-00000000-0000-02000000000{n}"
 
 
-def mkfs(image: Path, size: str = "600M") -> Path:
+def mkfs(image: Path, size: str = "600M", label: str = LABEL) -> Path:
     """A fresh VMFS5 volume made by the real tool."""
     r = subprocess.run(
-        [tool("vmfs-mkfs"), "--progress", "none", "-L", LABEL, "--size", size, str(image)],
+        [tool("vmfs-mkfs"), "--progress", "none", "-L", label, "--size", size, str(image)],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr
