@@ -21,8 +21,10 @@ from hostsim.vmkernel.memory import (
     MemoryManager,
     MemorySwap,
     mem_shares,
+    min_funding_targets,
     overhead_mb,
 )
+from hostsim.vmkernel.memory.shares import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = 4096
@@ -203,6 +205,36 @@ def test_balloon_polls_once_a_second_at_its_rate_up_to_its_ceiling() -> None:
     c = vm.counters()
     assert c.mctl_max_mb == 128 and c.grant_mb == 16 and c.swcur_mb == 256 - 128 - 16
     assert overhead_mb(256) == 54 and mem_shares("normal", 256) == 2560 == c.shares
+
+
+@pytest.mark.parametrize(("mode", "vms", "per_vm"), [("esx2", 2, 50), ("esx2", 8, 25), ("esx4", 2, 19)])
+def test_share_scanner_rate_caps(mode: str, vms: int, per_vm: int) -> None:
+    """ESX 2.x: 50 pages/s per VM, 200 pages/s in all (8 VMs get 25 each).  ESX 4: a whole VM per
+    60 min (64 MB = 16384 pages -> 5 pages/s... here 256 MB: ceil(65536 / 3600) = 19), under
+    4 MB/s per GHz (4 GHz: 4096 pages/s)."""
+    engine = Engine(11)
+    mem = MemoryManager(engine, 8192, mode=mode, seed=11)
+    for i in range(vms):
+        vm = mem.power_on(f"vm{i}", max_mb=256)
+        for ppn in range(100):
+            vm.touch(ppn, page(ppn))
+    engine.run(until=10 * SECOND + 1)
+    assert mem.counters().pshare_scanned_pages == 10 * vms * per_vm
+
+
+def test_min_holds_under_pressure_and_shares_split_the_rest() -> None:
+    """Three fully active 256 MB VMs (65536 pages each) with room for 400 MB (102400 pages): the
+    one with min 200 MB and low shares keeps its min; the other two (high and normal shares: 2:1
+    per page when both are fully active) split the rest 2:1; 0 shares pins a VM at its min."""
+    mb = 256
+    clients = [Client("floor", mem_shares("low", 256), 200 * mb, 256 * mb, 256 * mb),
+               Client("high", mem_shares("high", 256), 0, 256 * mb, 256 * mb),
+               Client("normal", mem_shares("normal", 256), 0, 256 * mb, 256 * mb)]
+    t = min_funding_targets(clients, 400 * mb, 0.75)
+    assert t["floor"] == 200 * mb and abs(sum(t.values()) - 400 * mb) <= 2
+    assert abs(t["high"] / t["normal"] - 2) < 0.001
+    pinned = min_funding_targets([Client("zero", 0, 10 * mb, 256 * mb, 0), *clients[1:]], 300 * mb, 0.75)
+    assert pinned["zero"] == 10 * mb and abs(pinned["high"] - 2 * pinned["normal"]) <= 2
 
 
 # -- admission -----------------------------------------------------------------------------------
