@@ -209,8 +209,8 @@ def test_balloon_polls_once_a_second_at_its_rate_up_to_its_ceiling() -> None:
 
 @pytest.mark.parametrize(("mode", "vms", "per_vm"), [("esx2", 2, 50), ("esx2", 8, 25), ("esx4", 2, 19)])
 def test_share_scanner_rate_caps(mode: str, vms: int, per_vm: int) -> None:
-    """ESX 2.x: 50 pages/s per VM, 200 pages/s in all (8 VMs get 25 each).  ESX 4: a whole VM per
-    60 min (64 MB = 16384 pages -> 5 pages/s... here 256 MB: ceil(65536 / 3600) = 19), under
+    """ESX 2.x: 50 pages/s per VM, 200 pages/s in all (8 VMs get 25 each).  ESX 4: a whole VM
+    per 60 min (256 MB = 65536 pages: ceil(65536 / 3600) = 19 pages/s), under the total of
     4 MB/s per GHz (4 GHz: 4096 pages/s)."""
     engine = Engine(11)
     mem = MemoryManager(engine, 8192, mode=mode, seed=11)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 
 
@@ -83,7 +84,8 @@ class IndexedSet:
     def __len__(self) -> int:
         return len(self._items)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
+        """A snapshot: callers remove pages while they walk."""
         return iter(list(self._items))
 
 

@@ -17,7 +17,7 @@ from hostsim.vmkernel.memory.balloon import Balloon
 from hostsim.vmkernel.memory.counters import MemCounters
 from hostsim.vmkernel.memory.errors import MemConfigError
 from hostsim.vmkernel.memory.pages import Frame, IndexedSet, MachineMemory, zero_page
-from hostsim.vmkernel.memory.pshare import PageSharer
+from hostsim.vmkernel.memory.pshare import Hint, PageSharer
 from hostsim.vmkernel.memory.sampling import WorkingSetEstimator
 from hostsim.vmkernel.memory.swap import SwapSpace
 
@@ -55,7 +55,7 @@ class VmMemory:
         self.powered_on = True
         self.pmap: dict[int, bytes | Frame] = {}
         self.resident = IndexedSet()
-        self.hints: dict = {}
+        self.hints: dict[int, Hint] = {}  # pages left as hints in the sharing table
         self.shared_pages = 0
         self.target_pages = pages
         self.swap_target = 0
