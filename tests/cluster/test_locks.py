@@ -9,6 +9,7 @@ import pytest
 from tests.cluster.conftest import host, mount
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
+from vmfs.cluster.locks import LockManager
 from vmfs.device.file import FileDevice
 from vmfs.device.shared import SharedDevice
 from vmfs.errors import BusyError, VolumeLostError
@@ -174,3 +175,38 @@ def test_recovery_never_undoes_later_changes_of_others(two_hosts) -> None:  # ty
     assert sorted(e.name for e in fb.listdir("/d")) == ["from-a", "from-b"]
     refs, used = referenced_resources(fb.volume), marked_used(fb.volume)
     assert all(refs[k] == used[k] for k in used)
+
+
+def test_remount_after_own_crash_lets_go_of_every_lock_of_the_old_incarnation(image: Path) -> None:
+    """A host that crashed holding a file open for writing (exclusive lock) and one open for
+    reading beside another host (shared lock) comes back with its own identity: both locks of its
+    previous generation are let go (the shared one keeps the other host), none is left for fsck
+    to find or for another host to wait a lease to break."""
+    clock = ManualClock()
+    a, b = mount(image, host(1, clock)), mount(image, host(2, clock))
+    fa, fb = WritableFileSystem(a), WritableFileSystem(b)
+    written = fa.write_file("/vm.vmdk", b"A writes")
+    shared = fa.write_file("/base.vmdk", b"parent")
+    fa.open_file(written.address, write=True)
+    fa.open_file(shared.address, write=False)
+    fb.open_file(shared.address, write=False)
+    old_gen = a.heartbeat.generation
+    assert lock_of(b.volume, written.address).hbGen == old_gen
+    assert lock_of(b.volume, shared.address).numHolders == 2
+    a.crash()
+    again = mount(image, host(1, clock))
+    try:
+        assert again.heartbeat.slot == a.heartbeat.slot and again.heartbeat.generation == old_gen + 1
+        lock = lock_of(again.volume, written.address)
+        assert lock.mode == LOCK_FREE and lock.hbGen == old_gen  # ESXi keeps the last holder's address
+        lock = lock_of(again.volume, shared.address)
+        assert lock.mode == LOCK_READ_ONLY and lock.numHolders == 1
+        assert [owner for _, _, owner in LockManager._holders(lock)] == [b.host.uuid]
+        fb.busy_timeout = 0
+        fb.close_file(shared.address, write=False)
+        assert lock_of(b.volume, shared.address).mode == LOCK_FREE
+        fb.open_file(written.address, write=True)  # at once: no lease to wait out
+        fb.close_file(written.address, write=True)
+    finally:
+        again.close()
+        b.close()

@@ -28,13 +28,14 @@ from vmfs.cluster.heartbeat import HeartbeatManager
 from vmfs.cluster.host import HostIdentity
 from vmfs.cluster.identitylock import IdentityLock
 from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, replay_area
-from vmfs.cluster.locks import LockManager
+from vmfs.cluster.locks import LockManager, lock_sites
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
-from vmfs.errors import BusyError, DeviceError, ReadOnlyError, UnsupportedError, VmfsError
+from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.slots import SlotView
 from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.attachment")
@@ -128,6 +129,7 @@ class HostAttachment:
         hb.reaper = self.locks.reap
         try:
             journal_addr = 0
+            found = None
             if previous is not None and previous.hb.journalAddr:
                 journal_addr = previous.hb.journalAddr
                 area = JournalArea(previous.journal_vol_addr, geo.block_size)
@@ -136,7 +138,8 @@ class HostAttachment:
                 if applied:
                     log.warning("replayed %d records of our own journal after an unclean stop", applied)
                     volume.invalidate_caches()
-                    self._release_leftover_locks(found[2] if found is not None else [])
+            if previous is not None:
+                self._release_leftover_locks(previous, found[2] if found is not None else [])
             if journal_addr:
                 block = codec.fb_block(journal_addr)
                 area = JournalArea(block * geo.block_size, geo.block_size)
@@ -168,16 +171,15 @@ class HostAttachment:
                     identity.release(f"failed to open: {exc}", slot_released=hb.slot is None)
             raise
 
-    def _release_leftover_locks(self, offsets: list[int]) -> None:
-        """The replayed transaction's locks are still held by our previous incarnation: take each
-        (the old generation counts as gone) and let it go, so no stale lock outlives the replay."""
+    def _release_leftover_locks(self, previous: SlotView, journaled: list[int]) -> None:
+        """Our previous incarnation's locks (the files it had open, the clusters of a transaction
+        it was in) are still on disk in its name: let them all go once its journal is replayed,
+        so none outlives the crash (fsck finds nothing, no host has to wait to break one)."""
         assert self.locks is not None
-        for offset in offsets:
-            try:
-                self.locks.acquire(offset, wait=0)
-            except BusyError:
-                continue  # another host broke and took it meanwhile: it is not ours any more
-            self.locks.release(offset)
+        sites = sorted(set(lock_sites(self.volume)) | set(journaled))
+        dropped = self.locks.release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, sites)
+        if dropped:
+            log.warning("let go of %d lock(s) our previous incarnation held", dropped)
 
     # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------
 

@@ -370,6 +370,35 @@ class LockManager:
                 held.count = 1
                 self.release(offset)
 
+    def release_incarnation(self, hb_addr: int, hb_gen: int, owner: str, offsets: list[int]) -> int:
+        """Let go of every lock at ``offsets`` that an earlier incarnation of this host (same
+        owner, that slot and generation) still holds on disk; returns how many were let go.
+
+        Run when we re-attach after our own unclean stop: nobody else can hold a lock in that
+        incarnation's name, and leaving them for other hosts to break means a first EBUSY and
+        an fsck finding for locks we know are ours to drop (esx-design.md 1.7, step 4)."""
+        old = (hb_addr, hb_gen, owner)
+        dropped = 0
+        for offset in offsets:
+            for _ in range(100):
+                raw = self.volume.device.read(offset, SECTOR)
+                lock = parse_lock(raw)
+                if lock.type >> 20 != 0x10C:
+                    break  # no lock block here (a freed object): nothing to let go
+                holders = self._holders(lock)
+                if old not in holders:
+                    break
+                remaining = [h for h in holders if h != old]
+                if lock.mode in SHARED_MODES and remaining:
+                    new = self._with_holders(lock, remaining)
+                else:
+                    new = self._cleared(lock)
+                    new.hbAddr, new.hbGen, new.token = lock.hbAddr, lock.hbGen, lock.token
+                if self.volume.device.compare_and_write(offset, raw, build_lock(new, raw)):
+                    dropped += 1
+                    break
+        return dropped
+
     # -- images ----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -418,6 +447,20 @@ class LockManager:
         return new
 
 
+def lock_sites(volume: Volume) -> list[int]:
+    """Volume offsets of every lock block a host may hold: the file descriptors in use and the
+    header of every resource cluster (vmfs-format.md 5)."""
+    from vmfs.ondisk import resource as R
+
+    sites = []
+    fds = volume.resources[R.RES_FD]
+    for c in range(fds.num_clusters):
+        sites.extend(fds.volume_offset(c, r) for r in fds.read_cluster(c).used_resources())
+    for res in volume.resources.values():
+        sites.extend(res.reader.volume_offset(res.cluster_header_offset(c)) for c in range(res.num_clusters))
+    return sites
+
+
 def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
     """True when the journal at ``area`` is in our format or holds no committed transaction.
 
@@ -432,4 +475,4 @@ def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
     return not any(head)
 
 
-__all__ = ["LOCK_EXCLUSIVE", "LOCK_MULTI_WRITER", "LOCK_READ_ONLY", "Held", "LockManager"]
+__all__ = ["LOCK_EXCLUSIVE", "LOCK_MULTI_WRITER", "LOCK_READ_ONLY", "Held", "LockManager", "lock_sites"]
