@@ -218,7 +218,8 @@ class VcpuGuest:
             raise GuestRuntimeError(f"{node.where}: offset {node.at} is not a multiple of the platform's "
                                     f"{ps}-byte page")
         first, count = at // ps, math.ceil(self._bytes(node.size, node.where, "size") / ps)
-        page = None if node.content is None else page_source(node.content, ps, self.rng, self.program.images)
+        page = None if node.content is None else page_source(
+            node.content, ps, self.rng, self.program.images, f"vcpu:{self.vm_seed}:{self.index}")
         if node.order == "sequential":
             return _Touch(first, count, 0, None, None, page)
         if node.order == "random":
