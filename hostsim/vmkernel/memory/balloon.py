@@ -51,7 +51,7 @@ class Balloon:
         """One poll: (pages to pin now, pages to give back now), at most ``rate`` of either."""
         gap = self.target - self.size
         if gap > 0:
-            picked = [p for p in self.policy(min(gap, self.rate)) if p not in self.pinned]
+            picked = [p for p in self.policy(min(gap, self.rate)) if 0 <= p < self.pages and p not in self.pinned]
             for ppn in picked:
                 self.pinned.add(ppn)
                 self._order.append(ppn)
