@@ -246,6 +246,12 @@ def test_a_shared_image_gives_identical_pages_in_different_vms_and_zero_pages_at
     assert len({page for page in img_a if page != bytes(4096)}) == 2000 - zeros  # no other duplicates
 
 
+def test_touch_by_page_range() -> None:
+    """16KiB..32KiB is pages 4..7; 10..12 pages is pages 10 and 11; 1..3pages is pages 1, 2."""
+    plat, _, _ = run("touch 16KiB..32KiB\ntouch 10..12 pages\ntouch 1..3pages write zero\n")
+    assert [e[3] for e in ops(plat, "touch")] == [4, 5, 6, 7, 10, 11, 1, 2]
+
+
 def test_touch_random_draws_uniformly_inside_the_region() -> None:
     plat, _, _ = run("touch 100 pages at 50 pages random 5000\n")
     pages = [e[3] for e in ops(plat, "touch")]
@@ -452,6 +458,11 @@ ERRORS = [
     ("touch 10MB read", 1, "touch: unknown size unit 'MB' (sizes are binary: KiB, MiB, GiB)"),
     ("touch 10 read", 1, "touch: SIZE 10 needs a unit"),
     ("touch 0 pages", 1, "touch: SIZE must be positive"),
+    ("touch 2MiB..1MiB", 1, "touch: range 2MiB..1MiB is empty or runs backwards"),
+    ("touch 1MiB..3 pages", 1, "touch: both ends of range 1MiB..3 need the same unit"),
+    ("touch 1..3 read", 1, "touch: range end 3 needs a unit"),
+    ("touch 1MiB..2MiB at 4KiB", 1, "touch: at given with a range"),
+    ("touch 0..2MiB at 4KiB", 1, "touch: at given with a range"),
     ("touch 1MiB at 100B", 1, "offset 100B is not a multiple of the 4096-byte page"),
     ("touch 1MiB random 3 sequential", 1, "touch: sequential and a random order conflict"),
     ("touch 1MiB sequential working-set 5%", 1, "touch: sequential and working-set conflict"),

@@ -41,7 +41,7 @@ USAGE: dict[str, str] = {
     "compute": "compute DURATION",
     "halt": "halt DURATION",
     "idle": "idle DURATION",
-    "touch": "touch SIZE [at SIZE] [sequential | random COUNT | working-set FRACTION [random COUNT]] [seed N] "
+    "touch": "touch (SIZE [at SIZE] | A..B) [sequential | random COUNT | working-set FRACTION [random COUNT]] [seed N] "
              "[read | write CONTENT]",
     "read": "read DISK SIZE (at LBA | random within SIZE [from LBA] | next within SIZE [from LBA]) [seed N] "
             "[expect CONTENT]",
@@ -200,6 +200,32 @@ class _Words:
     def size(self, what: str = "SIZE") -> Size:
         """``4KiB``, ``4 KiB``, ``100 pages``, ``8 sectors``."""
         number, unit = self._quantity(what, (*_SIZE_ALIASES, *_DECIMAL_SIZES))
+        return self._size(number, unit, what)
+
+    def region(self) -> tuple[Size, Size]:
+        """``SIZE`` (from 0) or a range ``A..B`` (``16MiB..66MiB``, ``0..100 pages``: from A up to,
+        not including, B): (size, offset)."""
+        nxt = self.peek()
+        if nxt is None or ".." not in nxt:
+            return self.size(), Size(Fraction(0), "B")
+        text = self.take("range").text
+        left, _, right = text.partition("..")
+        m_left, m_right = _QUANTITY.fullmatch(left), _QUANTITY.fullmatch(right)
+        if not m_left or not m_right:
+            raise self.fail(f"{self.statement}: range {text} must be A..B with sizes (like 16MiB..66MiB)")
+        hi_number, hi_unit = m_right.groups()
+        if not hi_unit and self.peek() is not None and self.peek().lower() in (*_SIZE_ALIASES, *_DECIMAL_SIZES):
+            hi_unit = self.take("unit").text
+        hi = self._size(hi_number, hi_unit, "range end")
+        lo_number, lo_unit = m_left.groups()
+        lo = self._size(lo_number, lo_unit or hi_unit, "range start")
+        if lo.unit != hi.unit:
+            raise self.fail(f"{self.statement}: both ends of range {text} need the same unit")
+        if hi.value <= lo.value:
+            raise self.fail(f"{self.statement}: range {text} is empty or runs backwards")
+        return Size(hi.value - lo.value, hi.unit), lo
+
+    def _size(self, number: str, unit: str, what: str) -> Size:
         if not unit:
             raise self.fail(f"{self.statement}: {what} {number} needs a unit (B, KiB, MiB, GiB, pages, sectors)")
         canonical = _SIZE_ALIASES.get(unit.lower()) if unit.lower() not in _DECIMAL_SIZES else None
@@ -423,10 +449,10 @@ class _Parser:
         return Flush(words.where, self.disk_name(words))
 
     def touch(self, words: _Words) -> Touch:
-        size = words.size()
+        ranged = ".." in (words.peek() or "")
+        size, at = words.region()
         if size.value == 0:
             raise words.fail("touch: SIZE must be positive")
-        at = Size(Fraction(0), "B")
         order, count, fraction = "sequential", 0, Fraction(1)
         seed: int | None = None
         content: Content | None = None
@@ -441,6 +467,8 @@ class _Parser:
                                  f"conflict (one order per touch) {words.usage()}")
             seen.add(key)
             if key == "at":
+                if ranged:
+                    raise words.fail("touch: at given with a range (the range already says where)")
                 at = words.size("offset")
             elif key == "sequential":
                 order = key
