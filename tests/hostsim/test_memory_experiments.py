@@ -402,8 +402,19 @@ def run_sharing(n: int, image: list[bytes], minutes: int = 30) -> dict[str, floa
             vm.touch(ppn, data if data else rng.randbytes(4096))
     engine.run(until=minutes * 60 * SECOND)
     c = mem.counters()
-    return {"shared": c.pshare_shared_mb, "common": c.pshare_common_mb, "saving": c.pshare_saving_mb,
-            "total": 40.0 * n, "false": c.pshare_false_matches, "zero": vms[0].counters().zero_mb}
+    out = {"shared": c.pshare_shared_mb, "common": c.pshare_common_mb, "saving": c.pshare_saving_mb,
+           "total": 40.0 * n, "false": c.pshare_false_matches, "zero": vms[0].counters().zero_mb}
+    # copy on write: vm0 writes over a page it shares; it gets a private copy, the refcount drops
+    # by one and every other VM still reads the old bytes
+    ppn = next(p for p in range(20, len(image)) if image[p] and not isinstance(vms[0].pmap.get(p), bytes)
+               and vms[0].pmap.get(p) is not None)
+    frame = vms[0].pmap[ppn]
+    refs, old = frame.refs, frame.data
+    vms[0].touch(ppn, b"\xff" * 4096)
+    assert frame.refs == refs - 1 and vms[0].read_page(ppn) == b"\xff" * 4096
+    assert all(vm.read_page(ppn) == old for vm in vms[1:])
+    out["cow_refs"] = (refs, frame.refs)
+    return out
 
 
 def test_experiment_12_page_sharing_identical_vms() -> None:
@@ -423,6 +434,7 @@ def test_experiment_12_page_sharing_identical_vms() -> None:
         ("n 1: reclaimed MB / of it zero pages", "~5 / > half", f"{runs[1]['saving']:.2f} / {runs[1]['zero']:.2f}"),
         ("n 10: shared % of VM memory", ">= 60 (67)", round(100 * r10["shared"] / r10["total"], 1)),
         ("n 10: reclaimed %", "55-60", round(100 * r10["saving"] / r10["total"], 1)),
+        ("n 10: refcount before / after a write", "r / r - 1", "{} / {}".format(*r10["cow_refs"])),
         ("wall s for the four runs / peak RSS MB", "< 60 / few 100", f"{wall:.1f} / {rss / 1024:.0f}"),
     ]
     table("experiment 12: page sharing, identical VMs", rows)
@@ -432,7 +444,9 @@ def test_experiment_12_page_sharing_identical_vms() -> None:
     assert 0.55 * r10["total"] <= r10["saving"] <= 0.61 * r10["total"]
     assert 4.0 <= runs[1]["saving"] <= 6.5
     assert runs[1]["zero"] - 4096 / 2**20 > runs[1]["saving"] / 2  # zero pages: one frame, the rest saved
-    assert all(r["false"] == 0 for r in runs.values())
+    assert all(r["false"] == 0 for r in runs.values())  # (test_memory forces false matches)
+    before, after = runs[10]["cow_refs"]
+    assert before >= 2 and after == before - 1
     assert wall < 60 and (rss - rss0) / 1024 < 400 and rss / 1024 < 600
 
 
