@@ -74,12 +74,9 @@ class PageSharer:
 
     def _consider(self, vm: VmMemory, ppn: int, data: bytes) -> None:
         key = self.hash_fn(data)
-        old = vm.hints.get(ppn)
+        old = vm.hints.pop(ppn, None)
         if old is not None:
-            if old.key == key:
-                return  # already a hint with these contents: nothing new to learn
-            self._remove(old)
-            del vm.hints[ppn]
+            self._remove(old)  # looked up afresh below: a frame may have formed since
         chain = self.table.setdefault(key, [])
         for entry in list(chain):
             if isinstance(entry, Frame):
