@@ -108,7 +108,7 @@ def run(source: str, *, vcpus: int = 1, seed: int | str = 0, until: int | None =
     eng = Engine()
     plat = Platform(eng, **(platform_args or {}))
     prog = program or parse(source, "t.guest")
-    log = GuestLog()
+    log = GuestLog(history=True)
     start(eng, prog, plat, list(range(vcpus)), seed=seed, log=log)
     eng.run(until=until)
     return plat, log, eng
@@ -324,6 +324,20 @@ def test_read_expect_checks_the_bytes_read() -> None:
     with pytest.raises(GuestRuntimeError, match=r"^t\.guest:3: read scsi0:0 at LBA 79: data differs from what "
                                                 r"was expected from byte 512 \(sector 80\) on, at 750 us$"):
         run(bad)
+
+
+def test_without_history_the_log_keeps_only_the_latest_bytes_per_sector() -> None:
+    """Sector 5 written three times (byte 1, 2, 3): the log holds 3 for it, counts 3 writes of
+    512 + 512 + 1024 bytes, and keeps no write objects."""
+    src = ("write scsi0:0 1 sectors at 5 byte 1\nwrite scsi0:0 1 sectors at 5 byte 2\n"
+           "write scsi0:0 2 sectors at 5 byte 3\nmark done\n")
+    eng = Engine()
+    log = GuestLog()
+    start(eng, parse(src, "t.guest"), Platform(eng), [0], log=log)
+    eng.run()
+    assert log.writes == [] and (log.acked_writes, log.acked_bytes) == (3, 2048)
+    assert log.expected_sectors("scsi0:0") == {5: b"\x03" * 512, 6: b"\x03" * 512}
+    assert [m.name for m in log.marks] == ["done"] and log.expected_sectors("scsi1:0") == {}
 
 
 def test_unacknowledged_writes_are_not_logged() -> None:
@@ -677,7 +691,7 @@ def test_toucher_example_steps_50_250_50_mib() -> None:
     one 20 s halt plus a compute); every page of a set is touched at least once per 30 s."""
     eng = Engine()
     plat = PageTimes(eng)
-    log = GuestLog()
+    log = GuestLog(history=True)
     start(eng, example("toucher.guest"), plat, [0], log=log)
     eng.run(until=21 * 60 * SECOND)
     marks = {m.name: m.time_us for m in log.marks}

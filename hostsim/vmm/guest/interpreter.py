@@ -65,20 +65,39 @@ class MarkEntry:
 
 @dataclass
 class GuestLog:
-    """What the guests of a VM did that a test checks afterwards: every acknowledged write (in
-    acknowledgement order) and every mark."""
+    """What the guests of a VM did that a test checks afterwards: the latest acknowledged bytes of
+    every sector written, the marks, counts, and (with ``history``) every acknowledged write in
+    acknowledgement order.
 
+    Why ``history`` is off by default: a VM that writes for an hour would keep every byte it ever
+    wrote; the latest bytes per sector (what the VMDK must hold) are bounded by the sectors
+    written, and the write objects are shared, not copied, until every sector of one is
+    overwritten."""
+
+    history: bool = False
     writes: list[AckedWrite] = field(default_factory=list)
     marks: list[MarkEntry] = field(default_factory=list)
+    acked_writes: int = 0
+    acked_bytes: int = 0
+    _latest: dict[str, dict[int, tuple[bytes, int]]] = field(default_factory=dict, repr=False)
+
+    def record(self, write: AckedWrite) -> None:
+        """Log one acknowledged write."""
+        self.acked_writes += 1
+        self.acked_bytes += len(write.data)
+        if self.history:
+            self.writes.append(write)
+        sectors = self._latest.get(write.disk)
+        if sectors is None:
+            sectors = self._latest[write.disk] = {}
+        data, lba = write.data, write.lba
+        for i in range(len(data) // SECTOR):
+            sectors[lba + i] = (data, i)
 
     def expected_sectors(self, disk: str) -> dict[int, bytes]:
         """Sector LBA -> the 512 bytes the last acknowledged write to it put there."""
-        sectors: dict[int, bytes] = {}
-        for w in self.writes:
-            if w.disk == disk:
-                for i in range(len(w.data) // SECTOR):
-                    sectors[w.lba + i] = w.data[i * SECTOR:(i + 1) * SECTOR]
-        return sectors
+        return {lba: data[i * SECTOR:(i + 1) * SECTOR]
+                for lba, (data, i) in sorted(self._latest.get(disk, {}).items())}
 
 
 # -- bound statements: the tree resolved for one vCPU on one platform -----------------------------
@@ -343,7 +362,7 @@ class VcpuGuest:
         data = ins.data(lba, ins.sectors)  # type: ignore[misc]
         yield self.platform.disk_write(self.vcpu, ins.disk, lba, data)
         if self.log is not None:
-            self.log.writes.append(AckedWrite(self.engine.now, self.index, ins.disk, lba, data, ins.where))
+            self.log.record(AckedWrite(self.engine.now, self.index, ins.disk, lba, data, ins.where))
 
 
     def _check_read(self, ins: _Disk, lba: int, got: Any) -> None:
