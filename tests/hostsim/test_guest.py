@@ -706,11 +706,15 @@ def test_toucher_example_steps_50_250_50_mib() -> None:
         assert plat.between(t, t + 30 * SECOND) >= bg
 
 
-def test_shared_image_example_makes_two_thirds_of_40_mib_identical_across_vms() -> None:
+def test_shared_image_example_makes_65_percent_of_40_mib_identical_across_vms() -> None:
+    """26 MiB of 40 are the image's pages in both VMs, byte for byte; the other 14 MiB differ;
+    about 12 % of the image (799 of 6656 pages expected) is zero."""
     a, _, _ = run("", program=example("shared-image.guest"), seed="vm1", until=SECOND)
     b, _, _ = run("", program=example("shared-image.guest"), seed="vm2", until=SECOND)
-    same = sum(a.pages[k] == b.pages[k] for k in a.pages)
-    assert len(a.pages) == 10240 and same == 27 * 256
+    same = [k for k in a.pages if a.pages[k] == b.pages[k]]
+    assert len(a.pages) == 10240 and sorted(p for _, p in same) == list(range(26 * 256))
+    zeros = sum(a.pages[(0, p)] == bytes(4096) for p in range(26 * 256))
+    assert 700 <= zeros <= 900, zeros
 
 
 def test_disk_writer_example_bytes_match_the_acknowledged_log() -> None:
