@@ -30,6 +30,7 @@ TOOLS: dict[str, str] = {
     "vmfs-vmdk": "pyvmfs_tools.vmdk:main",
     "mount.vmfs": "pyvmfs_tools.mount_helper:main",
     "umount.fuse.vmfs": "pyvmfs_tools.mount_helper:umount_main",
+    "hostsim": "pyvmfs_tools.hostsim:main",
 }
 
 

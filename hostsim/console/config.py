@@ -28,7 +28,7 @@ Example (``hostsim/examples/demo.host`` is a commented one)::
     target = 0
     lun = 0
     datastore = datastore1
-    format = vmfs3
+    format = vmfs5
 
     [pool gold]
     cpu_shares = high
@@ -52,7 +52,8 @@ from hostsim.errors import HostsimError
 MB = 1 << 20
 SHARE_LEVELS = ("low", "normal", "high")
 MODES = ("esx2", "esx4")
-VMFS_VERSIONS = ("vmfs3", "vmfs5", "vmfs6")
+#: the datastore formats the console can make on a blank LUN (the toolkit writes VMFS5 only)
+VMFS_VERSIONS = ("vmfs5",)
 
 
 class ConfigError(HostsimError):

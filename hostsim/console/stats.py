@@ -228,3 +228,26 @@ class HostSample:
     def npcpus(self) -> int:
         """The number of physical CPUs."""
         return len(self.pcpus)
+
+
+def sample_to_dict(sample: HostSample) -> dict[str, Any]:
+    """A sample as plain JSON-able data (the console server sends it to ``hostsim esxtop``)."""
+    from dataclasses import asdict
+
+    return asdict(sample)
+
+
+def sample_from_dict(data: dict[str, Any]) -> HostSample:
+    """The inverse of :func:`sample_to_dict` (a malformed one raises :class:`SampleError`)."""
+    try:
+        return HostSample(
+            time_us=data["time_us"], host=data["host"], mhz=data["mhz"], epoch_s=data.get("epoch_s", 0),
+            pcpus=tuple(PcpuSample(**p) for p in data["pcpus"]),
+            groups=tuple(GroupSample(**{**g, "cpu": CpuStat(**g["cpu"])}) for g in data["groups"]),
+            memory=tuple(VmMemSample(**{**m, "mem": MemStat(**m["mem"])}) for m in data["memory"]),
+            host_memory=HostMemStat(**data["host_memory"]),
+            devices=tuple(DeviceSample(**{**d, "disk": DiskStat(**d["disk"])}) for d in data["devices"]),
+            vm_disks=tuple(VmDiskSample(**{**v, "disk": DiskStat(**v["disk"])}) for v in data["vm_disks"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise SampleError(f"not a host sample: {exc}") from None

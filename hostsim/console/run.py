@@ -1,0 +1,176 @@
+"""Run a scenario headless: boot, do every step at its simulated time, sample esxtop, write the
+results (``hostsim run SCENARIO --out DIR``).
+
+Outputs in DIR: ``esxtop.csv`` (esxtop batch mode, PDH-CSV), ``esxtop.png`` (the run's counters
+over time), ``summary.json`` (per VM: its CPU, memory and disk totals and its last esxtop
+figures; per host: the same), ``events.log`` (every console action with its simulated time) and
+``vim-cmd.txt`` (``vmsvc/getallvms`` at the end).  Everything is a function of the scenario and
+its seed only: two runs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hostsim.console import scenario as sc
+from hostsim.console.esxtop import Interval, batch_csv
+from hostsim.console.host import Host
+from hostsim.console.plot import plot_run
+from hostsim.console.stats import HostSample
+from hostsim.console.vimcmd import vim_cmd
+from hostsim.vmkernel.engine import SECOND
+
+DEFAULT_INTERVAL_US = 5 * SECOND
+
+
+@dataclass
+class RunResult:
+    host: Host
+    samples: list[HostSample] = field(default_factory=list)
+
+
+def run_scenario(scenario: sc.Scenario, *, on_step: Callable[[Host, sc.Step], None] | None = None,
+                 keep_host: bool = False) -> RunResult:
+    """Execute ``scenario``; the host is shut down at the end unless ``keep_host``."""
+    steps = list(scenario.steps)
+    boot = steps.pop(0)
+    assert isinstance(boot, sc.Boot)
+    host = Host(boot.config)
+    result = RunResult(host)
+    interval = DEFAULT_INTERVAL_US
+    next_sample = 0
+    try:
+        result.samples.append(host.sample())
+        next_sample = interval
+        for step in steps:
+            next_sample = _advance(host, result, step.at_us, next_sample, interval)
+            if isinstance(step, sc.EsxtopInterval):
+                interval = step.interval_us
+                next_sample = host.engine.now + interval
+            else:
+                _do(host, step, scenario)
+            if on_step is not None:
+                on_step(host, step)
+        if not keep_host:
+            host.shutdown()
+    except BaseException:
+        if not host.closed:
+            host.crash()  # leave the volume as a dead host would: replayable, never half-closed by us
+        raise
+    return result
+
+
+def _advance(host: Host, result: RunResult, until_us: int, next_sample: int, interval: int) -> int:
+    while next_sample <= until_us:
+        host.run(next_sample)
+        result.samples.append(host.sample())
+        next_sample += interval
+    host.run(until_us)
+    return next_sample
+
+
+def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
+    where = f"{scenario.path}:{step.line}"
+    try:
+        if isinstance(step, sc.Advance):
+            return
+        if isinstance(step, sc.SetIdleTax):
+            host.set_idle_tax(step.tax)
+        elif isinstance(step, sc.CreateVm):
+            c = step.controls
+            datastores = {d.datastore for d in step.disks} or {None}
+            host.create_vm(step.name, memory_mb=step.memory_mb, vcpus=step.vcpus,
+                           datastore=sorted(datastores, key=str)[0],
+                           disks=tuple((max(1, d.size_bytes >> 20), d.kind) for d in step.disks),
+                           program=step.guest, pool=step.pool, balloon=step.balloon,
+                           cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
+                           cpu_limit_mhz=c.cpu_limit_mhz, mem_shares=c.mem_shares,
+                           mem_reservation_mb=c.mem_reservation_mb, mem_limit_mb=c.mem_limit_mb)
+        elif isinstance(step, sc.PowerOn):
+            host.power_on(step.vm)
+        elif isinstance(step, sc.PowerOff):
+            host.power_off(step.vm)
+        elif isinstance(step, sc.SetControls):
+            c = step.controls
+            host.set_controls(step.vm, cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
+                              cpu_limit_mhz=c.cpu_limit_mhz, cpu_min_pct=c.cpu_min_pct, cpu_max_pct=c.cpu_max_pct,
+                              mem_shares=c.mem_shares, mem_reservation_mb=c.mem_reservation_mb,
+                              mem_limit_mb=c.mem_limit_mb)
+        elif isinstance(step, sc.Snapshot):
+            _snapshot(host, step)
+        else:  # pragma: no cover - the parser makes no other step
+            raise sc.ScenarioError(f"{where}: cannot run a {type(step).__name__} step")
+    except sc.ScenarioError:
+        raise
+    except Exception as exc:
+        from hostsim.errors import HostsimError
+
+        if isinstance(exc, HostsimError):
+            raise type(exc)(f"{where}: {exc}") from None
+        raise
+
+
+def _snapshot(host: Host, step: sc.Snapshot) -> None:
+    """Snapshot operations on a running VM: power it off, do it, power it on again (the simulator
+    swaps disks only under a powered-off VM; docs/hostsim.md says why)."""
+    rec = host.record(step.vm)
+    was_on = rec.running is not None
+    if was_on:
+        host.power_off(rec.vmid)
+    try:
+        if step.op == "create":
+            host.snapshot_create(rec.vmid, step.snapshot)
+        elif step.op == "revert":
+            host.snapshot_revert(rec.vmid, step.snapshot)
+        elif step.op == "remove":
+            host.snapshot_remove(rec.vmid, step.snapshot)
+        else:
+            host.snapshot_removeall(rec.vmid)
+    finally:
+        if was_on:
+            host.power_on(rec.vmid)
+
+
+def summary(result: RunResult) -> dict[str, object]:
+    """The run in numbers: per VM the whole run's and the last interval's esxtop figures."""
+    host = result.host
+    s = result.samples
+    out: dict[str, object] = {"host": host.name, "seed": host.config.seed, "simulated_s": host.engine.now / SECOND,
+                              "samples": len(s), "events": len(host.events)}
+    if len(s) >= 2:
+        last, whole = Interval(s[-2], s[-1]), Interval(s[0], s[-1])
+        out["vms"] = {r.name: {"whole_run": _figures(r), "last_interval": _figures(last.cpu.get(gid))}
+                      for gid, r in sorted(whole.cpu.items()) if r.kind == "vm"}
+        out["pcpu_used_pct"] = [round(v, 3) for v in whole.pcpu_used()]
+    return out
+
+
+def _figures(rates: object) -> dict[str, object] | None:
+    if rates is None:
+        return None
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(rates).items()}  # type: ignore[call-overload]
+
+
+def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    csv_path = out_dir / "esxtop.csv"
+    csv_path.write_text(batch_csv(result.samples))
+    written.append(csv_path)
+    png = out_dir / "esxtop.png"
+    plot_run(result.samples, png, title=f"{result.host.name}: esxtop counters")
+    written.append(png)
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
+    written.append(summary_path)
+    events = out_dir / "events.log"
+    events.write_text("\n".join(result.host.events) + "\n")
+    written.append(events)
+    return written
+
+
+def vms_table(host: Host) -> str:
+    return vim_cmd(host, ["vmsvc/getallvms"])[0]

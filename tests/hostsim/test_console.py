@@ -1,0 +1,217 @@
+"""The service console of a whole simulated host: boot from a config, the console world, vim-cmd
+and vmware-cmd in their real output formats, esxtop's identities over real VMs, and a host that
+runs paced in its own process, administered from another one (esx-design.md 6.2, 6.3; section 8
+experiments 30 and 31)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hostsim.console import config as cfg
+from hostsim.console.esxtop import Interval
+from hostsim.console.host import Host, HostError
+from hostsim.console.vimcmd import vim_cmd, vmware_cmd
+from hostsim.vmkernel.engine import SECOND
+
+ROOT = Path(__file__).resolve().parents[2]
+GUESTS = ROOT / "hostsim" / "examples" / "guests"
+BIN = Path(sys.executable).parent
+
+HOST_CONFIG = """\
+[host]
+name = {name}
+pcpus = 2
+mhz = 2000
+memory_mb = 1024
+console_mb = 192
+vmkernel_mb = 24
+swap_mb = 2048
+mode = esx2
+seed = 7
+epoch = 2026-12-01T08:00:00Z
+
+[lun datastore1]
+memory = 2G
+datastore = datastore1
+format = vmfs5
+"""
+
+
+def write_config(tmp_path: Path, name: str = "esx01") -> Path:
+    path = tmp_path / f"{name}.host"
+    path.write_text(HOST_CONFIG.format(name=name))
+    return path
+
+
+@pytest.fixture
+def host(tmp_path: Path):  # type: ignore[no-untyped-def]
+    h = Host(cfg.load(write_config(tmp_path)))
+    yield h
+    if not h.closed:
+        h.shutdown()
+
+
+def test_experiment_31_console_defaults_and_cli(host: Host) -> None:
+    """After boot the console world runs on pCPU 0 with 2000 shares and an 8 % minimum;
+    vmware-cmd -l lists every registered .vmx, getstate prints `getstate() = on`; vim-cmd
+    vmsvc/getallvms prints its header and power.getstate `Powered on`."""
+    console = host.cpu.console
+    assert console is not None
+    a = host.create_vm("web1", memory_mb=128, disks=((64, "thin"),), program=GUESTS / "cpu-hog.guest")
+    b = host.create_vm("db1", memory_mb=128, disks=((64, "thin"),), program=GUESTS / "idle.guest")
+    host.power_on(a)
+    host.run(5 * SECOND)
+    out, _rc = vim_cmd(host, ["vmsvc/getallvms"])
+    lines = out.splitlines()
+    rows = [
+        ("console world pCPU", "0", str(console.affinity)),
+        ("console shares", "2000", str(console.shares)),
+        ("console min", "8 %", f"{console.min_pct} %"),
+        ("getallvms header", "Vmid Name File Guest OS Version Annotation", " ".join(lines[0].split())),
+        ("vmware-cmd getstate (on)", "getstate() = on", vmware_cmd(host, ["/vmfs/volumes/datastore1/web1/web1.vmx",
+                                                                        "getstate"])[0].strip()),
+        ("vmware-cmd getstate (off)", "getstate() = off", vmware_cmd(host, ["/vmfs/volumes/datastore1/db1/db1.vmx",
+                                                                          "getstate"])[0].strip()),
+        ("power.getstate", "Powered on", vim_cmd(host, ["vmsvc/power.getstate", str(a)])[0].splitlines()[-1]),
+    ]
+    print("\nexperiment 31: console defaults and CLI")
+    for what, expected, simulated in rows:
+        print(f"  {what:28} expected {expected!r:50} simulated {simulated!r}")
+    assert console.affinity == (0,) and console.shares == 2000 and console.min_pct == 8
+    assert " ".join(lines[0].split()) == "Vmid Name File Guest OS Version Annotation"
+    assert re.match(r"^1\s+web1\s+\[datastore1\] web1/web1\.vmx\s+\S+\s+vmx-\d\d$", lines[1])
+    assert re.match(r"^2\s+db1\s+\[datastore1\] db1/db1\.vmx\s+\S+\s+vmx-\d\d$", lines[2])
+    assert vmware_cmd(host, ["-l"]) == ("/vmfs/volumes/datastore1/web1/web1.vmx\n"
+                                         "/vmfs/volumes/datastore1/db1/db1.vmx\n", 0)
+    for what, expected, simulated in rows[3:]:
+        assert simulated == expected, what
+    # the console world really runs on pCPU 0 only, and the VM keeps pCPU time
+    assert host.cpu.console.vcpus[0].last_pcpu in (None, host.cpu.pcpus[0])
+    assert vim_cmd(host, ["vmsvc/power.on", str(b)]) == ("Powering on VM:\n", 0)
+    assert vmware_cmd(host, ["/vmfs/volumes/datastore1/db1/db1.vmx", "getstate"]) == ("getstate() = on\n", 0)
+    assert vmware_cmd(host, ["-q", "/vmfs/volumes/datastore1/db1/db1.vmx", "stop"]) == ("1\n", 0)
+    assert vim_cmd(host, ["vmsvc/power.getstate", str(b)])[0].endswith("Powered off\n")
+
+
+def test_vim_cmd_summaries_and_errors(host: Host) -> None:
+    a = host.create_vm("web1", memory_mb=128, vcpus=2, disks=((64, "thin"),), program=GUESTS / "cpu-hog.guest")
+    host.power_on(a)
+    host.run(10 * SECOND)
+    summary, rc = vim_cmd(host, ["vmsvc/get.summary", str(a)])
+    assert rc == 0 and summary.startswith("Listsummary:\n(vim.vm.Summary) {\n")
+    assert 'powerState = "poweredOn",' in summary and "numCpu = 2," in summary and "memorySizeMB = 128," in summary
+    used = int(re.search(r"overallCpuUsage = (\d+),", summary).group(1))  # type: ignore[union-attr]
+    assert 3000 <= used <= 4000  # two CPU-bound vCPUs on two 2 GHz pCPUs, beside the console
+    hs, rc = vim_cmd(host, ["hostsvc/hostsummary"])
+    assert rc == 0 and "numCpuCores = 2," in hs and "cpuMhz = 2000," in hs and 'name = "esx01",' in hs
+    assert vim_cmd(host, ["vmsvc/get.guestheartbeatStatus", str(a)]) == ("green\n", 0)
+    assert vim_cmd(host, ["vmsvc/power.getstate", "99"]) == ('Unable to find a VM corresponding to "99"\n', 1)
+    out, rc = vim_cmd(host, ["vmsvc/no.such"])
+    assert rc == 1 and "Unknown command" in out
+    out, rc = vim_cmd(host, ["vmsvc/power.on", str(a)])
+    assert rc == 1 and "cannot be performed in the current state (Powered on)" in out
+    assert vmware_cmd(host, ["/vmfs/volumes/datastore1/nope/nope.vmx", "getstate"])[1] == 1
+
+
+def test_experiment_30_esxtop_identities_over_real_vms(host: Host) -> None:
+    """Over a 5 s refresh with VMs contending for CPU, memory and disk: GAVG = DAVG + KAVG per VM
+    and device (±0.1 ms), %USED ≈ %RUN + %SYS − %OVRLP, and per vCPU %RUN + %RDY + %CSTP + %WAIT
+    ≈ 100 (±1)."""
+    vms = [host.create_vm("web1", memory_mb=128, disks=((64, "thin"),), program=GUESTS / "cpu-hog.guest"),
+           host.create_vm("db1", memory_mb=128, vcpus=2, disks=((64, "thin"),), program=GUESTS / "mixed.guest"),
+           host.create_vm("log1", memory_mb=64, disks=((64, "thin"),), program=GUESTS / "disk-writer.guest")]
+    for vmid in vms:
+        host.power_on(vmid)
+    host.run(10 * SECOND)
+    before = host.sample()
+    host.run(15 * SECOND)
+    after = host.sample()
+    iv = Interval(before, after)
+    print("\nexperiment 30: esxtop identities over 5 s")
+    checked = 0
+    for _gid, r in sorted(iv.cpu.items()):
+        lhs = r.used
+        rhs = r.run + r.sys - r.ovrlp
+        per_vcpu = (r.run + r.rdy + r.cstp + r.wait) / max(r.vcpus, 1)
+        print(f"  {r.name:8} %USED {lhs:7.2f} vs %RUN+%SYS-%OVRLP {rhs:7.2f};  "
+              f"(%RUN+%RDY+%CSTP+%WAIT)/vCPU {per_vcpu:7.2f} (expected 100 ±1)")
+        assert abs(lhs - rhs) <= 0.5
+        assert abs(per_vcpu - 100) <= 1
+        checked += 1
+    assert checked == 4  # three VMs and the console world
+    for _gid, d in sorted(iv.vm_disks.items()):
+        t = d.total
+        print(f"  {d.name:16} GAVG {t.gavg:7.3f} ms vs DAVG+KAVG {t.davg + t.kavg:7.3f} ms, {t.cmds_s:8.1f} cmds/s")
+        assert abs(t.gavg - (t.davg + t.kavg)) <= 0.1
+    assert any(d.total.cmds_s > 0 for d in iv.vm_disks.values())
+    for name, dev in iv.devices.items():
+        assert abs(dev.gavg - (dev.davg + dev.kavg)) <= 0.1, name
+
+
+def test_power_on_refusals_name_the_reason(host: Host) -> None:
+    big = host.create_vm("huge", memory_mb=4096, disks=((64, "thin"),))
+    with pytest.raises(Exception) as info:
+        host.power_on(big)
+    assert "insufficient" in str(info.value).lower() and "\n" not in str(info.value)
+    assert host.record(big).running is None
+    files = [e.name for e in host.filesystem("datastore1").listdir("/huge")]
+    assert not [f for f in files if f.endswith(".vswp")]  # nothing left by the refused power-on
+    with pytest.raises(HostError, match="no datastore 'nope'"):
+        host.create_vm("x", memory_mb=64, datastore="nope")
+    with pytest.raises(HostError, match='Unable to find a VM corresponding to "7"'):
+        host.power_on(7)
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.1)
+
+
+def test_a_paced_host_is_administered_from_another_process(tmp_path: Path) -> None:
+    """`hostsim boot` runs the host paced (here 20 simulated s per second); `hostsim vim-cmd`,
+    `vmware-cmd` and `esxtop -b` in other processes reach it through its console socket; SIGTERM
+    shuts it down cleanly (VMs off, datastores unmounted)."""
+    config = write_config(tmp_path, "esx02")
+    state = tmp_path / "state"
+    env = {**os.environ, "HOSTSIM_STATE_DIR": str(state)}
+    boot = subprocess.Popen([BIN / "hostsim", "boot", str(config), "--speed", "20"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(state / "esx02.sock")
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([BIN / "hostsim", *args], env=env, capture_output=True, text=True, timeout=120)
+
+        r = cli("vim-cmd", "vmsvc/getallvms")
+        assert r.returncode == 0
+        assert r.stdout.split() == ["Vmid", "Name", "File", "Guest", "OS", "Version", "Annotation"]
+        r = cli("vim-cmd", "hostsvc/hostsummary")
+        assert r.returncode == 0 and 'name = "esx02",' in r.stdout
+        r = cli("esxtop", "-b", "-d", "0.5", "-n", "2")
+        assert r.returncode == 0, r.stderr
+        rows = r.stdout.splitlines()
+        assert rows[0].startswith('"(PDH-CSV 4.0) (UTC)(0)"') and len(rows) == 3  # the header, then -n rows
+        assert "\\\\esx02\\Physical Cpu(0)\\% Util Time" in rows[0]
+        r = cli("vim-cmd", "vmsvc/power.on", "1")
+        assert r.returncode == 1 and 'Unable to find a VM corresponding to "1"' in r.stdout
+        r = cli("vmware-cmd", "-l")
+        assert r.returncode == 0 and r.stdout == ""
+        r = cli("vim-cmd", "--host", "nobody", "vmsvc/getallvms")
+        assert r.returncode == 1 and r.stderr.startswith("hostsim: ") and "Traceback" not in r.stderr
+    finally:
+        boot.send_signal(signal.SIGTERM)
+        _out, err = boot.communicate(timeout=120)
+    assert boot.returncode == 0, err
+    assert "esx02: shut down" in err and "Traceback" not in err
+    assert not (state / "esx02.sock").exists()
