@@ -235,6 +235,21 @@ def test_min_holds_under_pressure_and_shares_split_the_rest() -> None:
     assert abs(t["high"] / t["normal"] - 2) < 0.001
     pinned = min_funding_targets([Client("zero", 0, 10 * mb, 256 * mb, 0), *clients[1:]], 300 * mb, 0.75)
     assert pinned["zero"] == 10 * mb and abs(pinned["high"] - 2 * pinned["normal"]) <= 2
+    idle_host = min_funding_targets([Client("zero", 0, 10 * mb, 256 * mb, 0), *clients[1:]], 9999 * mb, 0.75)
+    assert idle_host == {"zero": 10 * mb, "high": 256 * mb, "normal": 256 * mb}  # even when memory is free
+
+
+def test_zero_shares_pin_a_vm_at_its_min_on_a_free_host() -> None:
+    """ESX 2.x: a VM with 0 shares is held at its min even when memory is free."""
+    engine = Engine(13)
+    mem = MemoryManager(engine, 4096, seed=13, page_size=65536, share_scan_vm=0)
+    vm = mem.power_on("pinned", max_mb=256, min_mb=64, shares=0)
+    for ppn in range(vm.pages):
+        vm.touch(ppn)
+    engine.run(until=30 * SECOND)
+    c = vm.counters()
+    assert mem.counters().state == "high" and c.sztgt_mb == 64 and c.grant_mb == 64
+    assert c.mctl_sz_mb == 128 and c.swcur_mb == 64  # balloon to its ceiling, the rest swapped
 
 
 # -- admission -----------------------------------------------------------------------------------

@@ -264,8 +264,9 @@ class MemoryManager:
             balloon = vm.balloon
             rest = 0
             action = state
-            if state == "high" and vm.mapped > vm.limit_pages:
-                action, need = "soft", vm.mapped - vm.limit_pages  # a limit holds even on a free host
+            cap = vm.min_pages if vm.shares == 0 else vm.limit_pages  # ESX2: 0 shares pins at min
+            if state == "high" and vm.mapped > cap:
+                action, need = "soft", vm.mapped - cap  # a limit holds even on a free host
             if need <= 0:
                 balloon.set_target(balloon.size + need)  # deflate toward the target
             elif action == "high":

@@ -64,15 +64,18 @@ def _alloc_at(client: Client, lam: float, k: float) -> float:
 def min_funding_targets(clients: list[Client], available: int, tau: float) -> dict[str, int]:
     """Target pages per client so the total fits ``available`` (every min kept, never above max).
 
-    A client with 0 shares stays at its min (ESX2: 0 shares pins the VM to its min).  When
-    even the mins do not fit, each gets its min (admission control makes that impossible)."""
+    A client with 0 shares stays at its min even when memory is free (ESX2: 0 shares pins the
+    VM to its min).  When even the mins do not fit, each gets its min (admission control makes
+    that impossible)."""
     k = tax_k(tau)
-    if sum(c.max_pages for c in clients) <= available:
-        return {c.name: c.max_pages for c in clients}
-    if sum(c.min_pages for c in clients) >= available:
-        return {c.name: c.min_pages for c in clients}
+    out = {c.name: c.min_pages for c in clients}
     funded = [c for c in clients if c.shares > 0]
     fixed = sum(c.min_pages for c in clients if c.shares <= 0)
+    if fixed + sum(c.max_pages for c in funded) <= available:
+        out.update({c.name: c.max_pages for c in funded})
+        return out
+    if sum(c.min_pages for c in clients) >= available:
+        return out
     lo, hi = 1e-12, 1e12  # lambda bounds: tiny lambda -> everyone at max, huge -> at min
     for _ in range(200):
         mid = (lo * hi) ** 0.5
@@ -80,7 +83,6 @@ def min_funding_targets(clients: list[Client], available: int, tau: float) -> di
             lo = mid
         else:
             hi = mid
-    out = {c.name: c.min_pages for c in clients}
     for c in funded:
         out[c.name] = int(_alloc_at(c, hi, k))
     return out
