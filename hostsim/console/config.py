@@ -52,6 +52,9 @@ from hostsim.errors import HostsimError
 MB = 1 << 20
 SHARE_LEVELS = ("low", "normal", "high")
 MODES = ("esx2", "esx4")
+#: simulated time 0 when the config gives no epoch: 2026-01-01T00:00:00Z (a fixed date, so runs
+#: stay byte-identical; VMFS refuses a creation time of 0)
+DEFAULT_EPOCH_S = 1_767_225_600
 #: the datastore formats the console can make on a blank LUN (the toolkit writes VMFS5 only)
 VMFS_VERSIONS = ("vmfs5",)
 
@@ -396,7 +399,7 @@ def _host(r: _Reader) -> dict:
         swap_mb=r.get("host", "swap_mb", lambda t: parse_int(t, 0, 1 << 24), memory_mb),
         mode=r.get("host", "mode", lambda t: _choice(t, MODES), "esx4"),
         seed=r.get("host", "seed", lambda t: parse_int(t, 0), 0),
-        epoch_s=r.get("host", "epoch", parse_epoch, 0),
+        epoch_s=r.get("host", "epoch", parse_epoch, DEFAULT_EPOCH_S),
         idle_tax=r.get("host", "idle_tax", lambda t: parse_float(t, 0.0, 0.99), 0.75),
         coschedule=r.get("host", "coschedule", lambda t: _choice(t, ("relaxed", "strict")), "relaxed"),
     )

@@ -51,7 +51,9 @@ from hostsim.vmkernel.storage import StorageStack, StorageWorld
 from hostsim.vmkernel.vmfsclock import EngineClock, heartbeat_world
 from hostsim.vmm.files import exists, host_filesystem
 from hostsim.vmm.folder import DiskSpec, VmFolder
+from hostsim.vmm.guest.parser import load as load_program
 from hostsim.vmm.guest.parser import parse as parse_program
+from hostsim.vmm.guest.tree import Program
 from hostsim.vmm.machine import Vmm
 from hostsim.vmm.poweron import PoweredOnVm
 from vmfs.cluster.attachment import HostAttachment
@@ -283,7 +285,9 @@ class Host:
                 text = Path(program).read_bytes()
             except OSError as exc:
                 raise HostError(f"{program}: cannot read the guest program ({exc.strerror})") from None
-            parse_program(text.decode("utf-8", "replace"), str(program))  # a bad program fails before any file is made
+            # a bad program fails before any file is made, with its FILE:LINE
+            load_program(program, disks=[f"scsi0:{i}" for i in range(len(disks))], memory_bytes=memory_mb << 20,
+                         page_size=self.memory.page_size)
             program_name = Path(program).name
         folder = VmFolder.create(fs, name, memsize_mb=memory_mb, numvcpus=vcpus,
                                  disks=tuple(DiskSpec(size_mb, kind) for size_mb, kind in disks),
@@ -315,16 +319,14 @@ class Host:
         overhead = None
         # admission before anything is taken: memory (ESX's reasons), then the pool's CPU and memory
         self.memory.admit(conf.display_name, conf.memsize_mb, conf.mem_min_mb, overhead, vcpus=conf.numvcpus)
-        ovhd_mb = self.memory._overhead(conf.memsize_mb, conf.numvcpus, overhead)
+        ovhd_mb = self.memory.overhead_for(conf.memsize_mb, conf.numvcpus, overhead)
         pool.admit(conf.display_name, mem_mb=int(conf.mem_min_mb + ovhd_mb + 0.999))
         files = cpu = mem = None
         worlds: dict[str, StorageWorld] = {}
         try:
             files = PoweredOnVm.power_on(folder, self.rng)
             program_file = folder.program()
-            program_text = "" if program_file is None else program_file[1].decode("utf-8", "replace")
-            program = parse_program(program_text or "vcpu all\n  halt 1s\n  forever\n    halt 1s\n",
-                                    program_file[0] if program_file else f"{folder.name} (no program: idle)")
+            program = self._program(folder, program_file)
             cpu = self.cpu.add_group(conf.display_name, shares=conf.cpu_shares, reservation_mhz=conf.cpu_min_mhz,
                                      limit_mhz=conf.cpu_max_mhz, pool=pool)
             vcpus = [cpu.add_vcpu() for _ in range(conf.numvcpus)]
@@ -353,6 +355,21 @@ class Host:
         vmm.start(program, seed=f"{self.config.seed}:{conf.display_name}")
         self.event(f"powered on vmid {rec.vmid} ({conf.display_name}): {conf.numvcpus} vCPU, {conf.memsize_mb} MB, "
                    f"swap {files.swap.name}")
+
+    def _program(self, folder: VmFolder, program_file: tuple[str, bytes] | None) -> Program:
+        """The guest program the ``.vmx`` names, checked against the VM's disks and memory; a VM
+        without one halts for ever (an idle guest)."""
+        conf = folder.config
+        if program_file is None:
+            return parse_program("forever\n    halt 1s\nend\n", f"{folder.name} (no guest program: idle)")
+        name, raw = program_file
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise HostError(f"{name}:{line}: not UTF-8 text") from None
+        return parse_program(text, name, disks=[d.node for d in conf.disks], memory_bytes=conf.memsize_mb << 20,
+                             page_size=self.memory.page_size)
 
     def _device_of(self, datastore: str):  # type: ignore[no-untyped-def]
         ds = self.datastores[datastore]

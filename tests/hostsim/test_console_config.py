@@ -100,7 +100,7 @@ def test_a_block_device_lun(tmp_path: Path) -> None:
 def test_defaults(tmp_path: Path) -> None:
     c = load(write(tmp_path, "[host]\nname = h\npcpus = 1\nmhz = 1000\nmemory_mb = 512\n"))
     assert (c.console_mb, c.vmkernel_mb, c.swap_mb, c.mode, c.seed, c.epoch_s, c.idle_tax, c.coschedule) == (
-        192, 24, 512, "esx4", 0, 0, 0.75, "relaxed")
+        192, 24, 512, "esx4", 0, 1_767_225_600, 0.75, "relaxed")  # 2026-01-01T00:00:00Z
     assert c.luns == () and c.pools == ()
 
 
