@@ -467,17 +467,14 @@ class Host:
     # -- snapshots -------------------------------------------------------------------------------------
 
     def snapshot_create(self, vmid: int | str, name: str, description: str = "") -> None:
+        """Take a snapshot; a running VM keeps running (its disks are flushed, closed, given their
+        deltas and reopened between two of its commands, as ESX stuns a VM briefly)."""
         rec = self.record(vmid)
-        self._offline(rec, "take a snapshot")
-        snap = rec.folder.create_snapshot(name, description)
-        self.event(f"{rec.folder.name}: snapshot {name!r} created (uid {snap.uid})")
-
-    def _offline(self, rec: VmRecord, what: str) -> None:
-        """Snapshot operations swap the disks under the VM: the simulator does them powered off
-        (the VM is powered off and on around them, as a scenario would see a quick stun)."""
         if rec.running is not None:
-            raise HostError(f"{rec.folder.name}: power the VM off to {what} (hostsim does snapshot operations "
-                            "on powered-off VMs)")
+            snap = rec.running.files.create_snapshot(name, description)
+        else:
+            snap = rec.folder.create_snapshot(name, description)
+        self.event(f"{rec.folder.name}: snapshot {name!r} created (uid {snap.uid})")
 
     def _snapshot_uid(self, rec: VmRecord, key: int | str) -> int:
         tree = rec.folder.snapshots()
@@ -487,21 +484,33 @@ class Host:
         raise HostError(f"{rec.folder.name}: no snapshot {key!r}")
 
     def snapshot_revert(self, vmid: int | str, snapshot: int | str) -> None:
+        """Revert to a snapshot: ESX powers the VM off to revert it to a powered-off snapshot (the
+        state of its disks then); a VM that was on is powered on again afterwards."""
         rec = self.record(vmid)
-        self._offline(rec, "revert to a snapshot")
-        rec.folder.revert_snapshot(self._snapshot_uid(rec, snapshot))
+        uid = self._snapshot_uid(rec, snapshot)
+        was_on = rec.running is not None
+        if was_on:
+            self.power_off(rec.vmid)
+        rec.folder.revert_snapshot(uid)
         self.event(f"{rec.folder.name}: reverted to snapshot {snapshot}")
+        if was_on:
+            self.power_on(rec.vmid)
 
     def snapshot_remove(self, vmid: int | str, snapshot: int | str) -> None:
         rec = self.record(vmid)
-        self._offline(rec, "remove a snapshot")
-        rec.folder.remove_snapshot(self._snapshot_uid(rec, snapshot))
+        uid = self._snapshot_uid(rec, snapshot)
+        if rec.running is not None:
+            rec.running.files.remove_snapshot(uid)
+        else:
+            rec.folder.remove_snapshot(uid)
         self.event(f"{rec.folder.name}: snapshot {snapshot} removed")
 
     def snapshot_removeall(self, vmid: int | str) -> None:
         rec = self.record(vmid)
-        self._offline(rec, "remove all snapshots")
-        rec.folder.remove_all_snapshots()
+        if rec.running is not None:
+            rec.running.files.remove_all_snapshots()
+        else:
+            rec.folder.remove_all_snapshots()
         self.event(f"{rec.folder.name}: all snapshots removed")
 
     # -- time -----------------------------------------------------------------------------------------
@@ -537,9 +546,13 @@ class Host:
                 continue
             memory.append(VmMemSample(1000 + rec.vmid, rec.folder.name, MemStat.of(run.memory.counters()),
                                       balloon=rec.balloon))
-            for node, world in sorted(run.worlds.items()):
-                vm_disks.append(VmDiskSample(1000 + rec.vmid, f"{rec.folder.name}:{node}", world.device.name,
-                                             DiskStat.of(world.counters())))
+            per_device: dict[str, list[DiskStat]] = {}
+            for _node, world in sorted(run.worlds.items()):
+                per_device.setdefault(world.device.name, []).append(DiskStat.of(world.counters()))
+            for device, stats in sorted(per_device.items()):  # esxtop's v panel: one row per VM and device
+                total = DiskStat(*(sum(getattr(st, f) for st in stats) for f in DiskStat.__dataclass_fields__))
+                vm_disks.append(VmDiskSample(1000 + rec.vmid, rec.folder.name,
+                                             self.luns[device].canonical_name or device, total))
         hm = self.memory.counters()
         c = self.config
         host_memory = HostMemStat.of(hm, machine_mb=c.memory_mb, vmkernel_mb=c.vmkernel_mb, console_mb=c.console_mb)

@@ -114,24 +114,15 @@ def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
 
 
 def _snapshot(host: Host, step: sc.Snapshot) -> None:
-    """Snapshot operations on a running VM: power it off, do it, power it on again (the simulator
-    swaps disks only under a powered-off VM; docs/hostsim.md says why)."""
     rec = host.record(step.vm)
-    was_on = rec.running is not None
-    if was_on:
-        host.power_off(rec.vmid)
-    try:
-        if step.op == "create":
-            host.snapshot_create(rec.vmid, step.snapshot)
-        elif step.op == "revert":
-            host.snapshot_revert(rec.vmid, step.snapshot)
-        elif step.op == "remove":
-            host.snapshot_remove(rec.vmid, step.snapshot)
-        else:
-            host.snapshot_removeall(rec.vmid)
-    finally:
-        if was_on:
-            host.power_on(rec.vmid)
+    if step.op == "create":
+        host.snapshot_create(rec.vmid, step.snapshot)
+    elif step.op == "revert":
+        host.snapshot_revert(rec.vmid, step.snapshot)
+    elif step.op == "remove":
+        host.snapshot_remove(rec.vmid, step.snapshot)
+    else:
+        host.snapshot_removeall(rec.vmid)
 
 
 def summary(result: RunResult) -> dict[str, object]:
