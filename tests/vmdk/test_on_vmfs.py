@@ -29,7 +29,7 @@ from vmfs.vmdk.errors import ExistsError, InvalidArgumentError, MissingExtentErr
 from vmfs.vmdk.storage import DiskStorage, HostStorage, ProvisioningStorage, ThinStorage
 from vmfs.vmdk.volume_storage import VolumeStorage, open_volume_storage, vmkfstools_d
 from vmfs.volume.filedesc import BlockMap
-from vmfs.volume.usage import marked_used, referenced_resources, resource_usage
+from vmfs.volume.usage import marked_used, referenced_resources, resource_usage, volume_usage
 
 GIB = 1 << 30
 KIB64 = 64 << 10
@@ -673,3 +673,23 @@ def test_spanned_volume(tmp_path: Path) -> None:
             assert fh.read(KIB64) == bytes([offset % 251 + 1]) * KIB64
         fh.seek(MIB)
         assert fh.read(MIB) == bytes(MIB)
+
+
+def test_a_long_write_that_fills_the_volume_fails_instead_of_storing_short(tmp_path: Path) -> None:
+    """A guest write larger than one library chunk (64 MiB) that runs out of space part way:
+    the library's POSIX write stores what fits and returns the short count; the disk layer must
+    not take that for success (it used to: 192 of 282 MiB stored, no error).  Now the rest is
+    written again and the ENOSPC comes through; what was stored before it is still readable."""
+    image = make_volume(tmp_path / "small.img", 300 << 20)
+    with open_volume_storage([image], writable=True, host=HostIdentity(uuid=HOST_UUID)) as st:
+        free = volume_usage(st.volume)["blocks_free"]
+        ops.create_disk(st, "d.vmdk", 512 * MIB, "thin")
+        disk = open_disk(st, "d.vmdk", writable=True)
+        try:
+            with pytest.raises(VmdkError) as info:
+                disk.pwrite(0, b"\xab" * ((free + 40) * MIB))
+            assert getattr(info.value, "errno", None) == errno.ENOSPC
+            head = disk.pread(0, MIB)
+            assert head == b"\xab" * MIB
+        finally:
+            disk.close()

@@ -88,6 +88,20 @@ def _translated(name: str) -> Iterator[None]:
         raise VmdkError(f"{name}: {exc}", errno=exc.errno) from None
 
 
+def write_all(wfs: Any, address: int, offset: int, data: bytes) -> int:
+    """Write all of ``data`` or raise.  :meth:`WritableFileSystem.write` keeps POSIX's short
+    write (a full volume part way through returns the bytes stored); a disk layer that took the
+    short count for success would lose the rest silently, so the remainder is written again,
+    which raises the error that stopped it (ENOSPC, EIO)."""
+    done = 0
+    while done < len(data):
+        n = wfs.write(address, offset + done, data[done:])
+        if n <= 0:
+            raise NoSpaceError(f"no progress writing {len(data) - done} bytes at offset {offset + done}")
+        done += n
+    return done
+
+
 class VolumeFile(io.RawIOBase):
     """One open file of the volume, as a seekable binary stream (``DiskStorage.open``)."""
 
@@ -151,8 +165,9 @@ class VolumeFile(io.RawIOBase):
         self._check_open()
         if not self._writable:
             raise ReadOnlyError(f"{self.name}: file is open read-only")
+        data = bytes(data)
         with _translated(self.name):
-            n = self._storage.wfs.write(self._address, self._pos, bytes(data))
+            n = write_all(self._storage.wfs, self._address, self._pos, data)
         self._pos += n
         return n
 
@@ -357,7 +372,7 @@ class VolumeStorage:
                     pos = start
                     while pos < start + run:
                         n = min(WRITE_CHUNK, start + run - pos)
-                        wfs.write(address, pos, bytes(n))
+                        write_all(wfs, address, pos, bytes(n))
                         pos += n
             wfs.flush_fd(self.volume.read_fd(address))
 
@@ -411,7 +426,7 @@ class VolumeStorage:
         with _translated(name):
             wfs.flush_fd(fd)
             if fd.is_resident:
-                wfs.write(address, offset, bytes(end - offset))
+                write_all(wfs, address, offset, bytes(end - offset))
                 return
             bs = fd.block_size
             first = -(-offset // bs)
@@ -430,7 +445,7 @@ class VolumeStorage:
         fd = self.volume.read_fd(address)
         for pos, n, loc in list(FileReader(fd).extents(start, end - start)):
             if loc is not None:
-                self.wfs.write(address, pos, bytes(n))
+                write_all(self.wfs, address, pos, bytes(n))
 
     # -- lock information ------------------------------------------------------------------------------
 
