@@ -1,6 +1,6 @@
-"""The simulated ESX host (hardware interface, VMkernel resource managers, one VMM per VM, service
-console), built on :mod:`vmfs`.  Several simulated hosts share a datastore only through on-disk
-heartbeats and locks, as ESX hosts do; ``tests/cluster/worker.py`` already runs such hosts as
-real processes.  Built so far (docs/hostsim.md): :mod:`hostsim.hic`, the hardware interface, and
-:mod:`hostsim.vmkernel.engine`, the deterministic event engine everything runs on; the resource
-managers, the VMMs and the console are to come (issue 12; ../shared/docs/esx-design.md)."""
+"""The simulated ESX host (esx-design.md 6.1), built on :mod:`vmfs`: the hardware interface
+(:mod:`hostsim.hic`), the VMkernel with its resource managers (:mod:`hostsim.vmkernel`), one VMM
+per powered-on VM (:mod:`hostsim.vmm`) and the service console (:mod:`hostsim.console`), layered
+in that order.  A simulated host opens its datastores with its own VMFS identity, heartbeat slot,
+journal and locks, so hosts share a volume only through the disk, as ESX hosts do.  The front-end
+is the ``hostsim`` command (tools/hostsim.py); docs/hostsim.md describes every part."""
