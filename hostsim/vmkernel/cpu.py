@@ -502,8 +502,10 @@ class CpuScheduler:
     def _block(self, v: Vcpu, event: Event, sys_us: int) -> Event:
         if v.group.removed:
             return self.engine.event()
-        self._take(v)
-        _check_us(sys_us, "block(sys_us)")
+        if v.req is not None:
+            self._take(v)  # raises: still busy
+        if type(sys_us) is not int or sys_us < 0:
+            _check_us(sys_us, "block(sys_us)")
         if event.engine is not self.engine:
             raise CpuConfigError(f"{v.name}: block() needs an event of this host's engine")
         p = v.pcpu

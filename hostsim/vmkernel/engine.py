@@ -103,9 +103,11 @@ class Event:
 
     def succeed(self, value: Any = None) -> Event:
         """Trigger the event now with ``value``; it is processed after events already due now."""
-        self._check_untriggered()
+        if self._value is not _PENDING:
+            self._check_untriggered()
         self._value = value
-        self.engine._schedule(self, 0)
+        engine = self.engine
+        heapq.heappush(engine._heap, (engine.now, next(engine._seq), self))
         return self
 
     def fail(self, exc: BaseException) -> Event:
@@ -161,7 +163,8 @@ class Process(Event):
         self.name = name or getattr(gen, "__name__", "process")
         start = Event(engine)
         start.callbacks.append(self._resume)  # type: ignore[union-attr]
-        start.succeed()
+        start._value = None  # start.succeed(), without its checks: a new event is untriggered
+        heapq.heappush(engine._heap, (engine.now, next(engine._seq), start))
         #: the event the process is waiting for (None once it has ended)
         self._target: Event | None = start
 
@@ -437,9 +440,15 @@ class Engine:
             return
         until = self._check_until(until)
         heap = self._heap
-        step = self.step
-        while heap and heap[0][0] < until:
-            step()
+        pop = heapq.heappop
+        while heap and heap[0][0] < until:  # step(), inlined: this loop is every event's cost
+            self.now, _, event = pop(heap)
+            callbacks = event.callbacks
+            event.callbacks = None
+            for callback in callbacks:  # type: ignore[union-attr]
+                callback(event)
+            if not event._ok and not callbacks:
+                raise event._value
         self.now = until
 
     def _check_until(self, until: Any) -> int:

@@ -40,6 +40,7 @@ queued request is held back by its limit.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,7 @@ from typing import Any
 from hostsim.errors import HostsimError
 from hostsim.hic.lun import Lun
 from hostsim.hic.model import DeviceModel, HostQueue, IoRecord
-from hostsim.vmkernel.engine import Engine, Event
+from hostsim.vmkernel.engine import _PENDING, Engine, Event
 from hostsim.vmkernel.mclock import UNLIMITED, Client, IoControls, MClock
 
 #: what a guest command may be
@@ -155,10 +156,12 @@ class IoCommand(Event):
 
     def _fire_at(self, complete_us: int, ok: bool, value: Any) -> None:
         """Like a Timeout: the outcome is known now, it becomes visible at ``complete_us``."""
-        self._check_untriggered()
+        if self._value is not _PENDING:
+            self._check_untriggered()  # raises
         self._ok = ok
         self._value = value
-        self.engine._schedule(self, complete_us - self.engine.now)
+        engine = self.engine
+        heapq.heappush(engine._heap, (complete_us, next(engine._seq), self))
 
     def __repr__(self) -> str:
         return f"<IoCommand {self.world.name} {self.op} {self.length}@{self.offset:#x}>"
