@@ -109,7 +109,11 @@ def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
         from hostsim.errors import HostsimError
 
         if isinstance(exc, HostsimError):
-            raise type(exc)(f"{where}: {exc}") from None
+            try:
+                located = type(exc)(f"{where}: {exc}")
+            except TypeError:  # a subclass whose constructor takes more than the message
+                located = HostsimError(f"{where}: {exc}")
+            raise located from None
         raise
 
 
