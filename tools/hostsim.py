@@ -97,6 +97,9 @@ def boot_command(config: Path, state_dir: Path, speed: float, duration: float | 
         host = Host(cfg.load(config))
     except (HostsimError, VmfsError) as exc:
         _fail(str(exc))
+    for line in host.events:  # a VM folder the host could not register: say why (it boots on)
+        if ": not registered: " in line:
+            click.echo(f"hostsim: {line.split(None, 1)[1]}", err=True)
     try:
         server = CommandServer(socket_path(state_dir, host.name), lambda req: _serve(host, req), host.engine.post)
     except (HostsimError, OSError) as exc:
@@ -122,7 +125,10 @@ def boot_command(config: Path, state_dir: Path, speed: float, duration: float | 
         _fail(f"{host.name}: stopped: {exc}")
     finally:
         server.close()
-    host.shutdown()
+    try:
+        host.shutdown()
+    except (HostsimError, VmfsError) as exc:  # e.g. the volume changed under the host: one line
+        _fail(f"{host.name}: shutdown failed: {exc}")
     click.echo(f"{host.name}: shut down", err=True)
 
 
