@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -424,3 +425,155 @@ def test_two_runs_in_fresh_processes_give_byte_identical_outputs(runs: list[Run]
         assert a.read_bytes() == b.read_bytes(), f"{name} differs between the two runs"
         print(f"{name}: {a.stat().st_size} bytes, identical")
     fsck_clean(runs[1].image)
+
+
+# -- bad input through the command line ------------------------------------------------------------------
+
+_HOST = (DATA / "e2e.host").read_text()
+
+
+@dataclass(frozen=True)
+class BadCase:
+    """A ``hostsim run`` that must fail: the files it adds to a copy of data/ (on a copy of a fresh
+    image), and a piece of the one line it must print."""
+
+    files: dict[str, str]
+    expect: str
+
+
+_BOOT_SMALL = "boot e2e.host\nesxtop every 1s\n"
+BAD_RUNS: dict[str, BadCase] = {
+    "config": BadCase({"bad.host": _HOST.replace("pcpus = 2", "pcpus = two"), "case.scenario": "boot bad.host\n"},
+                      "bad.host:8: pcpus: not a whole number: 'two'"),
+    "config-missing": BadCase({"case.scenario": "boot nothere.host\nrun 1s\n"}, "nothere.host"),
+    "image-missing": BadCase({"bad.host": _HOST.replace("image = ds1.img", "image = nothere.img"),
+                              "case.scenario": "boot bad.host\n"}, "bad.host:19: image: nothere.img"),
+    "scenario": BadCase({"case.scenario": _BOOT_SMALL + "frobnicate now\n"},
+                        "case.scenario:3: unknown command 'frobnicate'"),
+    "guest": BadCase({"guests/bad.guest": "guest bad\nwrite scsi0:0 4KB at 0 zero\n",
+                      "case.scenario": _BOOT_SMALL + "create vm g memory=64M guest=guests/bad.guest disk=64M:thin\n"
+                                                     "run 1s\n"},
+                     "guests/bad.guest:2: write: unknown size unit 'KB'"),
+    "guest-runtime": BadCase({"guests/big.guest": "guest big\nwrite scsi0:0 4KiB at 131070 zero\nforever\n"
+                                                  "    halt 1s\nend\n",
+                              "case.scenario": _BOOT_SMALL + "create vm g memory=64M guest=guests/big.guest "
+                                                             "disk=64M:thin\npower on g\nat 2s power off g\n"},
+                             "g: The attempted operation cannot be performed in the current state (Powered off)"),
+    "datastore-label": BadCase({"bad.host": _HOST.replace("datastore = ds1", "datastore = nosuch"),
+                                "case.scenario": "boot bad.host\n"}, "LUN lun0 carries no datastore 'nosuch'"),
+    "datastore-disk": BadCase({"case.scenario": _BOOT_SMALL + "create vm g memory=64M disk=64M:thin@nowhere\n"},
+                              "case.scenario:3: disk: no datastore 'nowhere'"),
+    "insufficient-memory": BadCase({"case.scenario": _BOOT_SMALL + "create vm big memory=256M mem.reservation=250M "
+                                                                   "disk=64M:thin\npower on big\nrun 1s\n"},
+                                   "case.scenario:4: big: insufficient memory: min + overhead = 250 + 54 = 304 MB"),
+    "insufficient-swap": BadCase({"bad.host": _HOST.replace("swap_mb = 1024", "swap_mb = 64"),
+                                  "case.scenario": "boot bad.host\nesxtop every 1s\ncreate vm sw memory=192M "
+                                                   "disk=64M:thin\npower on sw\nrun 1s\n"},
+                                 "case.scenario:4: sw: insufficient swap: max - min = 192 - 0 = 192 MB > 64 MB"),
+}
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, f"not one line: {text!r}"
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Every BAD_RUNS case at once, each in its own folder on its own copy of one fresh image."""
+    if MISSING is not None:
+        pytest.skip(f"missing: {MISSING}")
+    base = tmp_path_factory.mktemp("bad")
+    fresh = mkfs(base / "fresh.img")
+    procs = {}
+    for name, case in BAD_RUNS.items():
+        folder = base / name
+        shutil.copytree(DATA, folder)
+        subprocess.run(["cp", "--sparse=always", str(fresh), str(folder / "ds1.img")], check=True)
+        for rel, text in case.files.items():
+            (folder / rel).write_text(text)
+        procs[name] = (folder, subprocess.Popen([HOSTSIM, "run", "case.scenario", "--out", "out"], cwd=folder,
+                                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    done = {}
+    for name, (folder, proc) in procs.items():
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        done[name] = (folder, subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+@needs_tools
+@pytest.mark.parametrize("name", sorted(BAD_RUNS))
+def test_bad_input_to_hostsim_run_is_one_line_and_leaves_the_volume_clean(
+        name: str, bad_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+    folder, r = bad_runs[name]
+    assert r.returncode == 1, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    line = _one_line(r.stderr)
+    assert line.startswith("hostsim: ") and BAD_RUNS[name].expect in line, line
+    print(f"\n{name}: {line}")
+    fsck_clean(folder / "ds1.img")
+
+
+@needs_tools
+def test_bad_vm_files_and_config_through_hostsim_boot_and_vim_cmd(tmp_path: Path) -> None:
+    """VM folders broken on the datastore (a malformed ``.vmx``, a missing descriptor, a missing
+    flat file), edited through our read-write mount between a scenario that made them and a paced
+    boot: the boot names each folder it could not register in one line and runs on; power-on of
+    the VM whose flat file is missing is refused in one line; a malformed config fails the boot
+    and vim-cmd without a host says so; after a clean stop ``vmfs-fsck -n`` passes."""
+    shutil.copytree(DATA, tmp_path / "d")
+    folder = tmp_path / "d"
+    mkfs(folder / "ds1.img")
+    (folder / "setup.scenario").write_text(_BOOT_SMALL + "".join(
+        f"create vm {vm} memory=64M disk=64M:thin\n" for vm in ("noflat", "badvmx", "nodesc")) + "run 1s\n")
+    r = subprocess.run([HOSTSIM, "run", "-q", "setup.scenario", "--out", "out"], cwd=folder, capture_output=True,
+                       text=True, timeout=RUN_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+    with Mount([tool("vmfs-mount"), "-f", "-o", "rw", str(folder / "ds1.img"), str(tmp_path / "rw")],
+               tmp_path / "rw") as rw:
+        (rw / "noflat" / "noflat-flat.vmdk").unlink()
+        (rw / "nodesc" / "nodesc.vmdk").unlink()
+        vmx = rw / "badvmx" / "badvmx.vmx"
+        text = vmx.read_text()
+        assert 'memsize = "64"\n' in text
+        vmx.write_text(text.replace('memsize = "64"\n', 'memsize = "lots"\n'))
+        vmx_line = text.splitlines().index('memsize = "64"') + 1
+    fsck_clean(folder / "ds1.img")
+
+    state = tmp_path / "state"
+    r = subprocess.run([HOSTSIM, "vim-cmd", "--state-dir", str(state), "vmsvc/getallvms"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "no booted host has a console" in _one_line(r.stderr)
+    (folder / "bad.host").write_text(_HOST.replace("memory_mb = 512", "memory_mb = 512 MB"))
+    r = subprocess.run([HOSTSIM, "boot", "bad.host", "--state-dir", str(state)], cwd=folder, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and _one_line(r.stderr).startswith("hostsim: bad.host:10: memory_mb"), r.stderr
+
+    log = tmp_path / "boot.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([HOSTSIM, "boot", "e2e.host", "--state-dir", str(state)], cwd=folder,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while "booted; console at" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        listed = subprocess.run([HOSTSIM, "vim-cmd", "--state-dir", str(state), "vmsvc/getallvms"],
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and [ln.split()[1] for ln in listed.stdout.splitlines()[1:]] == ["noflat"]
+        on = subprocess.run([HOSTSIM, "vim-cmd", "--state-dir", str(state), "vmsvc/power.on", "1"],
+                            capture_output=True, text=True, timeout=60)
+        refused = _one_line(on.stdout + on.stderr)
+        assert on.returncode == 1 and "extent file 'noflat-flat.vmdk' does not exist" in refused, refused
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    lines = log.read_text().splitlines()
+    print("\n" + "\n".join(lines) + f"\nvim-cmd vmsvc/power.on 1: {refused}")
+    assert rc == 0 and lines[-1] == "esxe2e: shut down", lines
+    assert f"hostsim: esxe2e: not registered: [ds1] badvmx/badvmx.vmx:{vmx_line}: memsize: 'lots' is not a " \
+           "whole number" in lines
+    assert any(ln.startswith("hostsim: esxe2e: not registered: [ds1] nodesc/nodesc.vmx: scsi0:0 names "
+                             "[ds1] nodesc/nodesc.vmdk: no such file") for ln in lines), lines
+    assert "Traceback" not in log.read_text()
+    fsck_clean(folder / "ds1.img")
