@@ -6,16 +6,17 @@ separate processes:
 
 1. ``data/crash-setup.scenario`` boots ``data/crash.host`` on a blank image file (the console
    makes the VMFS5 datastore) and creates the VM ``writer`` (guest ``crash-writer.guest``).
-2. ``hostsim boot crash.host --speed 10`` (host esxcrash) runs paced; ``vim-cmd vmsvc/power.on``
+2. ``hostsim boot crash.host --speed 5`` (host esxcrash) runs paced; ``vim-cmd vmsvc/power.on``
    starts the writer.  Its generation k writes 64 KiB of ``random seed 51`` at LBA 2048 + 128 k,
    flushes, then writes sentinel sector 1024 + k (``random seed 52``).
 3. Meanwhile ``hostsim boot crash-other.host`` (host esxother, same image) registers the VM too,
    and its ``vim-cmd vmsvc/power.on`` is refused: the ``.vmx`` is locked, the message names the
    owner by the host UUID that esxcrash's ``hostsvc/hostsummary`` reports.  esxother stops cleanly.
 4. **How the test knows what was acknowledged:** it scans the image file (outside the simulator,
-   reading only the bytes on the LUN) until sentinel K is there.  A sentinel reaches the LUN only
-   when its write is dispatched, which the guest does only after the flush before it completed,
-   i.e. after every data write of generations 0..K was acknowledged.  Then SIGKILL.
+   reading only the bytes on the LUN) for the sentinels, until those of generations 0..K (K ≥ 8)
+   are all there, and then sends SIGKILL.  A sentinel reaches the LUN only when its write is
+   dispatched, which the guest does only after the flush before it completed, i.e. after every
+   data write of its generation and the earlier ones was acknowledged.
 5. ``hostsim boot crash.host --speed 1`` again: same name, so the same VMFS identity; its mount
    replays the journal the killed host left and lets go of its old locks.  ``vim-cmd
    vmsvc/power.on`` must succeed; the guest is still in its first 20 s halt (checked by its
@@ -48,8 +49,8 @@ SECTOR = 512
 #: the writer's generations (data/guests/crash-writer.guest; checked against the file below)
 DATA_LBA, DATA_SECTORS, DATA_SEED = 2048, 128, 51
 SENTINEL_LBA, SENTINEL_SEED = 1024, 52
-#: the sentinel generation the test waits for before the kill
-KILL_AFTER = 8
+#: the writer's generations, and the sentinel generation the test waits for at least before the kill
+GENERATIONS, KILL_AFTER = 300, 8
 WAIT_S = 120.0
 
 
@@ -140,8 +141,11 @@ def boot(folder: Path, config: str, name: str, speed: int) -> Booted:
     return booted
 
 
-def image_holds(image: Path, needle: bytes) -> bool:
-    """Whether the bytes on the LUN (the image file, read around its holes) contain ``needle``."""
+def sentinels_on_lun(image: Path) -> set[int]:
+    """The generations whose sentinel sector is in the image file (the bytes on the LUN, read
+    around its holes; sectors are 512-byte aligned there as in the flat file)."""
+    wanted = {sentinel(k): k for k in range(GENERATIONS)}
+    found: set[int] = set()
     fd = os.open(image, os.O_RDONLY)
     try:
         size, offset = os.fstat(fd).st_size, 0
@@ -149,18 +153,26 @@ def image_holds(image: Path, needle: bytes) -> bool:
             try:
                 start = os.lseek(fd, offset, os.SEEK_DATA)
             except OSError:  # ENXIO: no data after offset
-                return False
+                break
             end = os.lseek(fd, start, os.SEEK_HOLE)
-            pos = start
-            while pos < end:
+            for pos in range(start, end, 16 << 20):
                 chunk = os.pread(fd, min(16 << 20, end - pos), pos)
-                if needle in chunk:
-                    return True
-                pos += len(chunk)
+                for i in range(0, len(chunk), SECTOR):
+                    k = wanted.get(chunk[i:i + SECTOR])
+                    if k is not None:
+                        found.add(k)
             offset = end
-        return False
     finally:
         os.close(fd)
+    return found
+
+
+def acknowledged(found: set[int]) -> int:
+    """The last generation k with every sentinel 0..k on the LUN (-1: none)."""
+    k = -1
+    while k + 1 in found:
+        k += 1
+    return k
 
 
 # -- the sequence ------------------------------------------------------------------------------------
@@ -176,6 +188,7 @@ class Crash:
     other_exit: int | None = None
     other_stderr: str = ""
     acknowledged: int = -1
+    on_lun_after_kill: list[int] = field(default_factory=list)
     killed_rc: int | None = None
     fsck_before_replay: str = ""
     second_power_on: subprocess.CompletedProcess[str] | None = None
@@ -205,7 +218,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
     assert r.returncode == 0, r.stderr
     booted: list[Booted] = []
     try:
-        first = boot(folder, "crash.host", "esxcrash", speed=10)
+        first = boot(folder, "crash.host", "esxcrash", speed=5)
         booted.append(first)
         result.timings["setup and first boot"] = time.monotonic() - started
         summary = first.vim("hostsvc/hostsummary")
@@ -215,23 +228,23 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
         on = first.vim("vmsvc/power.on", "1")
         assert on.returncode == 0, on.stdout + on.stderr
 
-        other = boot(folder, "crash-other.host", "esxother", speed=10)
+        other = boot(folder, "crash-other.host", "esxother", speed=5)
         booted.append(other)
         result.other_power_on = other.vim("vmsvc/power.on", "1")
         result.other_exit = other.stop(signal.SIGTERM)
         result.other_stderr = other.stderr
 
         deadline = time.monotonic() + WAIT_S
-        while not image_holds(result.image, sentinel(KILL_AFTER)):
+        while (seen := acknowledged(sentinels_on_lun(result.image))) < KILL_AFTER:
             assert first.proc.poll() is None, f"esxcrash exited {first.proc.returncode}: {first.log.read_text()}"
             assert time.monotonic() < deadline, f"sentinel {KILL_AFTER} never reached the LUN"
             time.sleep(0.05)
-        result.acknowledged = KILL_AFTER
+        result.acknowledged = seen
         result.killed_rc = first.stop(signal.SIGKILL)
+        result.on_lun_after_kill = sorted(sentinels_on_lun(result.image))
         result.timings["until the kill"] = time.monotonic() - started
         r = subprocess.run([tool("vmfs-fsck"), "-n", str(result.image)], capture_output=True, text=True)
-        last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()
-        result.fsck_before_replay = f"exit {r.returncode}: {last}"
+        result.fsck_before_replay = f"exit {r.returncode}:\n{r.stdout}{r.stderr}"
 
         second = boot(folder, "crash.host", "esxcrash", speed=1)
         booted.append(second)
@@ -247,8 +260,10 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
             if b.proc.poll() is None:
                 b.proc.kill()
                 b.proc.wait()
-    print(f"\ncrash sequence: {', '.join(f'{k} {v:.1f} s' for k, v in result.timings.items())}; "
-          f"vmfs-fsck -n right after the kill: {result.fsck_before_replay}")
+    print(f"\ncrash sequence: {', '.join(f'{k} {v:.1f} s' for k, v in result.timings.items())}; generations "
+          f"0..{result.acknowledged} acknowledged before the kill (sentinels on the LUN after it: "
+          f"{result.on_lun_after_kill})\nvmfs-fsck -n right after the kill: "
+          f"{result.fsck_before_replay}\nsecond boot's stderr:\n{result.second_stderr}")
     yield result
 
 
@@ -271,6 +286,20 @@ def test_the_killed_host_is_booted_again_and_the_vm_powers_on(crash: Crash) -> N
     assert 0 <= crash.second_uptime_s < 15, "the guest may have begun writing again; the check would be void"
     assert crash.second_exit == 0 and "esxcrash: shut down" in crash.second_stderr, crash.second_stderr
     assert "Traceback" not in crash.second_stderr
+
+
+def test_the_second_boot_recovers_what_the_killed_host_left(crash: Crash) -> None:
+    """Right after the kill the volume shows the dead host's heartbeat slot in use and its three
+    locks (.vmx, flat, .vswp) held; the second boot (same identity) says it let go of them, and
+    after its clean stop no slot is in use."""
+    before = crash.fsck_before_replay
+    assert f"in use by host {crash.owner_uuid}" in before, before
+    for held in ("/writer/writer.vmx", "/writer/writer-flat.vmdk", ".vswp"):
+        assert re.search(rf"\([^)]*{re.escape(held)}\) is locked \(mode \d\) by live host {crash.owner_uuid}",
+                         before), (held, before)
+    assert "let go of 3 lock(s) our previous incarnation held" in crash.second_stderr, crash.second_stderr
+    r = subprocess.run([tool("vmfs-fsck"), "-n", str(crash.image)], capture_output=True, text=True)
+    assert "in use by host" not in r.stdout and "is locked" not in r.stdout, r.stdout
 
 
 @pytest.mark.skipif(MISSING is not None, reason=f"missing: {MISSING}")
