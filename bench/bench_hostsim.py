@@ -4,6 +4,7 @@
                                             [--guests server,cpu,memory,disk] [--seconds 10]
                                             [--warmup 2] [--repeat 1] [--seed 1] [--json out.json]
     .venv/bin/python bench/bench_hostsim.py --profile DIR --vms 8 --guests server   # where the time goes
+    .venv/bin/python bench/bench_hostsim.py --one memory:8:server:10:2:1            # one case, JSON
 
 A host is booted through :class:`hostsim.console.host.Host` from a generated config (4 pCPUs at
 2 GHz, memory for every VM, ESX 4 mode) on one LUN (the default device model, 0.5 ms + 200 MB/s
@@ -21,7 +22,11 @@ disk's first block allocations), then ``--seconds`` more, which are timed.  Gues
   100 disk commands of 4, 16 or 64 KiB (half reads, half writes of fresh bytes, random over the
   whole 32 MiB disk), each really read from or written to the VMDK on the VMFS volume;
 * ``cpu``, ``memory``, ``disk``: the server's CPU bursts only, its page touches only, its disk
-  commands only (each with the server's halts), so the cost of each part shows on its own.
+  commands only (each with the server's halts), so the cost of each part shows on its own;
+* ``light``: what the goal leaves room for today (per simulated second 2 bursts of 5-15 ms, 100
+  touches, 2 reads and 2 writes of 64 KiB);
+* ``idle``: one halt a second (the host's own periodic work: memory manager, scheduler periods,
+  VMFS heartbeat).
 
 Reported per case: simulated s per wall s (the goal is >= 100 at 8 VMs), CPU seconds of the
 process beside the wall seconds (the machine is shared), engine events per simulated second (the
@@ -31,10 +36,10 @@ interpreter (``--one``), best of ``--repeat`` by wall time.  ``--profile DIR`` r
 once more under cProfile (the timed part only), writes ``DIR/<case>.prof`` and prints the wall
 time split by area (engine, CPU scheduler, storage stack, memory, guest, VMM, VMFS, hic) and the
 top functions by own time with file:line, calls, % and µs per call; cProfile inflates small
-functions, so the split is a guide and the speed figure is the unprofiled run's.  The baseline
-is the same host with idle guests (``idle``: one halt a second), which costs the engine, the
-esxtop-free host's own periodic work (memory manager, scheduler periods, heartbeats) and nothing
-else.  A script, not a test: the figures depend on the machine and its load.
+functions, so the split is a guide and the speed figure is the unprofiled run's.  ``--pyspy DIR``
+runs each case under py-spy (a sampler: it does not inflate small functions) and prints the
+same split from its samples.  The baseline is the ``idle`` guest: what the host costs with
+nothing to do.  A script, not a test: the figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -97,6 +102,16 @@ GUESTS = {
     "memory": HEAP + "forever\n" + MEM_PART + PACE + "end\n",
     "disk": "forever\n" + DISK_PART + PACE + "end\n",
     "idle": "forever\n    halt 1s\nend\n",
+    # what fits the 100x goal at 8 VMs today: per second 2 bursts, 100 touches, 4 commands of 64 KiB
+    "light": HEAP + """forever
+    compute 5ms..15ms
+    touch 16MiB working-set 50% random 40 read
+    touch 16MiB working-set 50% random 10 write random
+    read scsi0:0 64KiB random within 32MiB
+    write scsi0:0 64KiB random within 32MiB random
+    halt 480ms..500ms
+end
+""",
 }
 
 AREAS = (  # file path fragment -> area, first match wins
@@ -297,7 +312,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vms", default="1,8,32")
     ap.add_argument("--luns", default="memory,image")
-    ap.add_argument("--guests", default="server,cpu,memory,disk,idle")
+    ap.add_argument("--guests", default="server,light,cpu,memory,disk,idle")
     ap.add_argument("--seconds", type=int, default=10, help="timed simulated seconds")
     ap.add_argument("--warmup", type=int, default=2, help="simulated seconds run before the timing")
     ap.add_argument("--repeat", type=int, default=1)
@@ -305,11 +320,12 @@ def main() -> None:
     ap.add_argument("--json", help="also write every run's figures to this file")
     ap.add_argument("--profile", help="also run each case under cProfile and write DIR/<case>.prof")
     ap.add_argument("--pyspy", help="also run each case under py-spy (on PATH or beside python) into DIR")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--one", help="run one case here and print its figures as JSON: LUN:VMS:GUEST:SECONDS:WARMUP:SEED")
     args = ap.parse_args()
     if args.one:
-        lun, vms, guest, seconds, warmup, seed, prof = json.loads(args.one)
-        print(json.dumps(run_case(lun, vms, guest, seconds, warmup, seed, Path(prof) if prof else None)))
+        lun, vms, guest, seconds, warmup, seed, prof = [*args.one.split(":", 6), ""][:7]
+        print(json.dumps(run_case(lun, int(vms), guest, int(seconds), int(warmup), int(seed),
+                                  Path(prof) if prof else None)))
         return
     print(f"host: {PCPUS} pCPUs, VMs of {VM_MB} MB with a {DISK_MB} MB eagerzeroedthick disk; "
           f"{args.seconds} simulated s timed after {args.warmup} s of warm-up (+ the creation backlog); "
@@ -340,7 +356,7 @@ def main() -> None:
 
 
 def _child(spec: list[Any], pyspy: Path | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
+    cmd = [sys.executable, __file__, "--one", ":".join(str(x) for x in spec if x is not None)]
     if pyspy is not None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         cmd = [exe, "record", "-r", "500", "-f", "raw", "-o", str(pyspy), "--", *cmd]
