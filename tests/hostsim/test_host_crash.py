@@ -9,7 +9,8 @@ separate processes:
 2. ``hostsim boot crash.host --speed 5`` (host esxcrash) runs paced; ``vim-cmd vmsvc/power.on``
    starts the writer.  Its generation k writes 64 KiB of ``random seed 51`` at LBA 2048 + 128 k,
    flushes, then writes sentinel sector 1024 + k (``random seed 52``).
-3. Meanwhile ``hostsim boot crash-other.host`` (host esxother, same image) registers the VM too,
+3. Meanwhile ``hostsim boot crash-other.host --speed 5`` (host esxother, same image; the same
+   speed, or each host would see the other's heartbeat age at its own pace) registers the VM too,
    and its ``vim-cmd vmsvc/power.on`` is refused: the ``.vmx`` is locked, the message names the
    owner by the host UUID that esxcrash's ``hostsvc/hostsummary`` reports.  esxother stops cleanly.
 4. **How the test knows what was acknowledged:** it scans the image file (outside the simulator,
@@ -17,7 +18,7 @@ separate processes:
    are all there, and then sends SIGKILL.  A sentinel reaches the LUN only when its write is
    dispatched, which the guest does only after the flush before it completed, i.e. after every
    data write of its generation and the earlier ones was acknowledged.
-5. ``hostsim boot crash.host --speed 1`` again: same name, so the same VMFS identity; its mount
+5. ``hostsim boot crash.host --speed 0.5`` again: same name, so the same VMFS identity; its mount
    replays the journal the killed host left and lets go of its old locks.  ``vim-cmd
    vmsvc/power.on`` must succeed; the guest is still in its first 20 s halt (checked by its
    uptime) when SIGTERM stops the host cleanly, so what is on disk is what the first boot left.
@@ -130,7 +131,7 @@ class Booted:
         return self.exit_code
 
 
-def boot(folder: Path, config: str, name: str, speed: int) -> Booted:
+def boot(folder: Path, config: str, name: str, speed: float) -> Booted:
     state = folder / f"state-{name}"
     log = folder / f"{name}-{len(list(folder.glob(f'{name}-*.log')))}.log"
     with open(log, "w") as err:
@@ -246,7 +247,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
         r = subprocess.run([tool("vmfs-fsck"), "-n", str(result.image)], capture_output=True, text=True)
         result.fsck_before_replay = f"exit {r.returncode}:\n{r.stdout}{r.stderr}"
 
-        second = boot(folder, "crash.host", "esxcrash", speed=1)
+        second = boot(folder, "crash.host", "esxcrash", speed=0.5)
         booted.append(second)
         result.second_power_on = second.vim("vmsvc/power.on", "1")
         result.second_state = second.vim("vmsvc/power.getstate", "1").stdout
