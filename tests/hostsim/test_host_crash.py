@@ -291,14 +291,15 @@ def test_the_killed_host_is_booted_again_and_the_vm_powers_on(crash: Crash) -> N
 
 def test_the_second_boot_recovers_what_the_killed_host_left(crash: Crash) -> None:
     """Right after the kill the volume shows the dead host's heartbeat slot in use and its three
-    locks (.vmx, flat, .vswp) held; the second boot (same identity) says it let go of them, and
-    after its clean stop no slot is in use."""
+    locks (.vmx, flat, .vswp) held; the second boot (same identity) says it let go of them (and of
+    those of a transaction the kill cut), and after its clean stop no slot is in use."""
     before = crash.fsck_before_replay
     assert f"in use by host {crash.owner_uuid}" in before, before
     for held in ("/writer/writer.vmx", "/writer/writer-flat.vmdk", ".vswp"):
         assert re.search(rf"\([^)]*{re.escape(held)}\) is locked \(mode \d\) by live host {crash.owner_uuid}",
                          before), (held, before)
-    assert "let go of 3 lock(s) our previous incarnation held" in crash.second_stderr, crash.second_stderr
+    m = re.search(r"let go of (\d+) lock\(s\) our previous incarnation held", crash.second_stderr)
+    assert m and int(m.group(1)) >= 3, crash.second_stderr  # more when the kill cut a transaction
     r = subprocess.run([tool("vmfs-fsck"), "-n", str(crash.image)], capture_output=True, text=True)
     assert "in use by host" not in r.stdout and "is locked" not in r.stdout, r.stdout
 
@@ -307,7 +308,7 @@ def test_the_second_boot_recovers_what_the_killed_host_left(crash: Crash) -> Non
 def test_every_acknowledged_write_is_on_disk_after_the_replay(crash: Crash, tmp_path: Path) -> None:
     """Generations 0..K (acknowledged before the kill) are in writer-flat.vmdk, read by our
     read-only mount and by vmfs-fuse; the sentinels up to K too."""
-    assert crash.acknowledged == KILL_AFTER
+    assert crash.acknowledged >= KILL_AFTER
     with Mount([tool("vmfs-mount"), str(crash.image), str(tmp_path / "ours")], tmp_path / "ours") as ours, \
             OracleMount("vmfs-fuse", [crash.image], tmp_path / "fuse") as fuse:
         for label, root in (("vmfs-mount", ours), ("vmfs-fuse", fuse)):
