@@ -23,8 +23,8 @@ disk's first block allocations), then ``--seconds`` more, which are timed.  Gues
   whole 32 MiB disk), each really read from or written to the VMDK on the VMFS volume;
 * ``cpu``, ``memory``, ``disk``: the server's CPU bursts only, its page touches only, its disk
   commands only (each with the server's halts), so the cost of each part shows on its own;
-* ``light``: what the goal leaves room for today (per simulated second 2 bursts of 5-15 ms, 100
-  touches, 2 reads and 2 writes of 64 KiB);
+* ``light``: what the goal leaves room for today (per simulated second one burst of 10-30 ms,
+  100 touches of which 10 writes, one read and one write of 16 KiB);
 * ``idle``: one halt a second (the host's own periodic work: memory manager, scheduler periods,
   VMFS heartbeat).
 
@@ -102,14 +102,14 @@ GUESTS = {
     "memory": HEAP + "forever\n" + MEM_PART + PACE + "end\n",
     "disk": "forever\n" + DISK_PART + PACE + "end\n",
     "idle": "forever\n    halt 1s\nend\n",
-    # what fits the 100x goal at 8 VMs today: per second 2 bursts, 100 touches, 4 commands of 64 KiB
+    # what fits the 100x goal at 8 VMs today: per second 1 burst, 100 touches, 2 commands of 16 KiB
     "light": HEAP + """forever
-    compute 5ms..15ms
-    touch 16MiB working-set 50% random 40 read
+    compute 10ms..30ms
+    touch 16MiB working-set 50% random 90 read
     touch 16MiB working-set 50% random 10 write random
-    read scsi0:0 64KiB random within 32MiB
-    write scsi0:0 64KiB random within 32MiB random
-    halt 480ms..500ms
+    read scsi0:0 16KiB random within 32MiB
+    write scsi0:0 16KiB random within 32MiB random
+    halt 960ms..990ms
 end
 """,
 }
