@@ -13,6 +13,7 @@ from __future__ import annotations
 from hostsim.errors import HostsimError
 from hostsim.vmkernel.engine import MS, Engine, ProcessGenerator
 from vmfs.cluster.host import ManualClock
+from vmfs.errors import BusyError
 
 #: how often the VMkernel lets the VMFS module renew heartbeats and watch other hosts' slots
 TICK_US = 500 * MS
@@ -36,9 +37,12 @@ class EngineClock(ManualClock):
 
     def sleep(self, seconds: float) -> None:
         """Nothing inside a simulated host may block for simulated time in a function call (time
-        moves only between events), so the VMFS module is used with lock waits of 0."""
+        moves only between events), so a VMFS wait that would sleep ends at once as EBUSY: a lock
+        another host holds (the caller names its owner from the lock on disk) or a heartbeat
+        slot that must be watched.  Pretending the time passed instead would make other hosts'
+        leases run out early and their live locks look breakable."""
         if seconds > 0:
-            raise HostsimError(f"the VMFS module tried to wait {seconds:g} s inside a simulated host")
+            raise BusyError(f"busy, and a simulated host cannot wait {seconds:g} s inside a VMFS call")
 
     def advance(self, seconds: float) -> None:
         raise HostsimError("an engine clock moves with the engine, not by advance()")

@@ -12,7 +12,7 @@ from vmfs.cluster.host import ManualClock
 from vmfs.cluster.locks import LockManager
 from vmfs.device.file import FileDevice
 from vmfs.device.shared import SharedDevice
-from vmfs.errors import BusyError, VolumeLostError
+from vmfs.errors import BusyError, NotFoundError, VolumeLostError
 from vmfs.ondisk.heartbeat import HB_FREE
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_FREE, LOCK_READ_ONLY, parse_lock
 from vmfs.volume.slots import read_slot, read_slots
@@ -210,3 +210,18 @@ def test_remount_after_own_crash_lets_go_of_every_lock_of_the_old_incarnation(im
     finally:
         again.close()
         b.close()
+
+
+def test_a_cached_directory_another_host_changed_is_read_again_not_called_corrupt(two_hosts) -> None:  # type: ignore[no-untyped-def]
+    """B listed /d (its directory is cached and trusted for a short while), then A deletes f:
+    B's next lookup of f lands on a freed FD, which means B's copy is stale, not that the volume
+    is corrupt: B reads the directory again and answers ENOENT (it used to raise CorruptError)."""
+    fa, fb, _ca, _cb = two_hosts
+    fa.mkdir("/d")
+    fa.write_file("/d/f", b"A's file")
+    assert sorted(e.name for e in fb.listdir("/d") if e.name not in (".", "..")) == ["f"]  # B caches /d
+    fa.unlink("/d/f")
+    fa.write_file("/d/g", b"new")
+    with pytest.raises(NotFoundError):
+        fb.resolve("/d/f")
+    assert fb.volume.reader(fb.resolve("/d/g")).read(0, 3) == b"new"

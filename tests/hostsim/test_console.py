@@ -215,3 +215,41 @@ def test_a_paced_host_is_administered_from_another_process(tmp_path: Path) -> No
     assert boot.returncode == 0, err
     assert "esx02: shut down" in err and "Traceback" not in err
     assert not (state / "esx02.sock").exists()
+
+
+def test_a_vm_another_host_runs_cannot_be_powered_on_here(tmp_path: Path) -> None:
+    """Two simulated hosts on one image LUN (each with its own identity, heartbeat slot and
+    locks): the second host's power-on of a VM the first runs fails at once, naming the first
+    host as the lock owner; once the first powers it off, the second can run it."""
+    image = tmp_path / "shared.img"
+    with open(image, "wb") as f:
+        f.truncate(2 << 30)
+    configs = []
+    for name in ("esx-a", "esx-b"):
+        text = HOST_CONFIG.format(name=name).replace("memory = 2G", f"image = {image}")
+        (tmp_path / f"{name}.host").write_text(text)
+        configs.append(tmp_path / f"{name}.host")
+    a = Host(cfg.load(configs[0]))  # formats the blank image
+    try:
+        vmid = a.create_vm("vm1", memory_mb=64, disks=((64, "thin"),), program=GUESTS / "disk-writer.guest")
+        a.power_on(vmid)
+        a.run(2 * SECOND)
+        b = Host(cfg.load(configs[1]))
+        try:
+            (rec,) = [r for r in b.inventory.values() if r.folder.name == "vm1"]  # registered at boot
+            with pytest.raises(Exception) as info:
+                b.power_on(rec.vmid)
+            message = str(info.value)
+            print(f"\nsecond host's power-on: {message}")
+            assert a.identity.uuid in message and "lock" in message.lower() and "\n" not in message
+            assert b.record(rec.vmid).running is None
+            a.power_off(vmid)
+            b.power_on(rec.vmid)
+            b.run(2 * SECOND)
+            assert b.record(rec.vmid).running is not None
+        finally:
+            b.shutdown()
+    finally:
+        a.shutdown()
+    fsck = subprocess.run([BIN / "vmfs-fsck", "-n", str(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -8,8 +8,8 @@ the guest loop can sweep quickly.  Page sharing (experiment 12) runs with real 4
 from __future__ import annotations
 
 import random
-import resource
 import time
+import tracemalloc
 from collections.abc import Generator
 
 import pytest
@@ -420,11 +420,18 @@ def run_sharing(n: int, image: list[bytes], minutes: int = 30) -> dict[str, floa
 def test_experiment_12_page_sharing_identical_vms() -> None:
     """n identical 40 MB VMs for 30 simulated minutes: shared memory grows linearly with n; at
     n = 10 >= 60 % of all VM memory is shared and 55-60 % reclaimed (paper 67 % / ~60 %); one
-    VM alone reclaims ~5 MB, over half of it zero pages.  Also the wall time and peak RSS."""
+    VM alone reclaims ~5 MB, over half of it zero pages.  Also the wall time and the peak of
+    memory the runs allocate (tracemalloc: the process's own peak RSS says nothing once earlier
+    tests of the same session have raised it)."""
     image = identical_vm_image(10240, seed=12)
-    t0, rss0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    runs = {n: run_sharing(n, image) for n in (1, 2, 5, 10)}
-    wall, rss = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        runs = {n: run_sharing(n, image) for n in (1, 2, 5, 10)}
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    wall, rss = time.perf_counter() - t0, peak // 1024
     rows = []
     for n, r in runs.items():
         rows.append((f"n {n}: shared MB / shared per VM", "", f"{r['shared']:.1f} / {r['shared'] / n:.2f}"))
@@ -435,7 +442,7 @@ def test_experiment_12_page_sharing_identical_vms() -> None:
         ("n 10: shared % of VM memory", ">= 60 (67)", round(100 * r10["shared"] / r10["total"], 1)),
         ("n 10: reclaimed %", "55-60", round(100 * r10["saving"] / r10["total"], 1)),
         ("n 10: refcount before / after a write", "r / r - 1", "{} / {}".format(*r10["cow_refs"])),
-        ("wall s for the four runs / peak RSS MB", "< 60 / few 100", f"{wall:.1f} / {rss / 1024:.0f}"),
+        ("wall s for the four runs / peak allocated MB", "< 60 / few 100", f"{wall:.1f} / {rss / 1024:.0f}"),
     ]
     table("experiment 12: page sharing, identical VMs", rows)
     per_vm = [runs[n]["shared"] / n for n in (2, 5, 10)]
@@ -447,7 +454,7 @@ def test_experiment_12_page_sharing_identical_vms() -> None:
     assert all(r["false"] == 0 for r in runs.values())  # (test_memory forces false matches)
     before, after = runs[10]["cow_refs"]
     assert before >= 2 and after == before - 1
-    assert wall < 60 and (rss - rss0) / 1024 < 400 and rss / 1024 < 600
+    assert wall < 60 and rss / 1024 < 400
 
 
 # -- 13 ------------------------------------------------------------------------------------------

@@ -93,6 +93,17 @@ class FileSystem:
         return open_directory(self.volume, fd)
 
     def _child(self, parent: FileDescriptor, name: str) -> tuple[DirEntry, FileDescriptor]:
+        try:
+            return self._child_once(parent, name)
+        except CorruptError:
+            # The directory may be a cached copy another host has changed since (the cache is
+            # trusted for a short while without looking at the lock token): an entry whose FD is
+            # freed or reused is the sign.  Read the directory from disk once; only an entry that
+            # still dangles then is corruption.
+            self.volume.reload_fd(parent)
+            return self._child_once(parent, name)
+
+    def _child_once(self, parent: FileDescriptor, name: str) -> tuple[DirEntry, FileDescriptor]:
         entry = self.directory(parent).lookup(name)
         fd = self.volume.read_fd(entry.address)
         if fd.generation != entry.generation:
