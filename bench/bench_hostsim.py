@@ -31,7 +31,9 @@ disk's first block allocations), then ``--seconds`` more, which are timed.  Gues
 Reported per case: simulated s per wall s (the goal is >= 100 at 8 VMs), CPU seconds of the
 process beside the wall seconds (the machine is shared), engine events per simulated second (the
 engine's scheduling counter), guest disk commands, the LUN's device commands and guest page touches
-per simulated second, and wall microseconds per guest operation.  Each case runs in a fresh
+per simulated second, and wall microseconds per guest operation; ``digest`` (in the JSON of
+``--one`` and ``--json``) hashes the scheduler's dump, every disk world's counters and the run's
+totals, so two builds can be shown to simulate the same thing for the same seed.  Each case runs in a fresh
 interpreter (``--one``), best of ``--repeat`` by wall time.  ``--profile DIR`` runs each case
 once more under cProfile (the timed part only), writes ``DIR/<case>.prof`` and prints the wall
 time split by area (engine, CPU scheduler, storage stack, memory, guest, VMM, VMFS, hic) and the
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import pstats
 import shutil
@@ -205,6 +208,8 @@ def run_case(lun: str, vms: int, guest: str, seconds: int, warmup: int, seed: in
                  dev.device_commands, sum(r.statements for r in runs))
         events, touches, cmds, devcmds, stmts = (a - b for a, b in zip(after, before, strict=True))
         used = sum(rec.running.cpu.counters().used_us for rec in host.inventory.values() if rec.running)
+        digest = hashlib.sha256("\n".join([host.cpu.dump(), *(repr(w.counters()) for w in worlds),
+                                            repr(after)]).encode()).hexdigest()[:16]
         host.shutdown()
     out = {"lun": lun, "vms": vms, "guest": guest, "seconds": seconds, "warmup": warmup, "backlog_s": backlog_s,
            "seed": seed,
@@ -213,7 +218,8 @@ def run_case(lun: str, vms: int, guest: str, seconds: int, warmup: int, seed: in
            "events_per_sim_s": events / seconds, "cmds_per_sim_s": cmds / seconds,
            "devcmds_per_sim_s": devcmds / seconds, "touches_per_sim_s": touches / seconds,
            "statements_per_sim_s": stmts / seconds, "vm_cpu_pct": 100 * used / (warmup + seconds) / SECOND / vms,
-           "us_per_event": 1e6 * wall / events if events else 0.0}
+           "us_per_event": 1e6 * wall / events if events else 0.0,
+           "digest": digest}  # the run's scheduler dump, disk counters and totals: same seed, same digest
     if prof:
         profile.mkdir(parents=True, exist_ok=True)
         path = profile / f"{lun}-{vms}-{guest}.prof"
