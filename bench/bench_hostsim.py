@@ -31,7 +31,7 @@ disk's first block allocations), then ``--seconds`` more, which are timed.  Gues
 Reported per case: simulated s per wall s (the goal is >= 100 at 8 VMs), CPU seconds of the
 process beside the wall seconds (the machine is shared), engine events per simulated second (the
 engine's scheduling counter), guest disk commands, the LUN's device commands and guest page touches
-per simulated second, and wall microseconds per guest operation; ``digest`` (in the JSON of
+per simulated second, and wall microseconds per engine event; ``digest`` (in the JSON of
 ``--one`` and ``--json``) hashes the scheduler's dump, every disk world's counters and the run's
 totals, so two builds can be shown to simulate the same thing for the same seed.  Each case runs in a fresh
 interpreter (``--one``), best of ``--repeat`` by wall time.  ``--profile DIR`` runs each case
