@@ -225,3 +225,32 @@ def test_a_cached_directory_another_host_changed_is_read_again_not_called_corrup
     with pytest.raises(NotFoundError):
         fb.resolve("/d/f")
     assert fb.volume.reader(fb.resolve("/d/g")).read(0, 3) == b"new"
+
+
+def test_a_host_recovered_while_its_time_stood_still_gives_nothing_back_at_close(image: Path) -> None:
+    """B stops beating without knowing it (its clock stands still: a stalled process, or a
+    simulated host whose engine did not run) while A's clock runs on: A recovers B (journal
+    replayed and freed, slot cleared).  B's close must see that its slot is no longer its own
+    and give nothing back: freeing its journal block again used to fail as "freed twice" or,
+    worse, free a block A had reused."""
+    clock_a, clock_b = ManualClock(), ManualClock()
+    a, b = mount(image, host(1, clock_a)), mount(image, host(2, clock_b))
+    fb = WritableFileSystem(b)
+    fb.write_file("/from-b", b"B wrote this before it stalled")
+    slot_b = b.heartbeat.slot
+    clock_a.advance(20)  # A watches B's stamp stand still for more than a lease
+    clock_a.advance(20)
+    assert read_slot(a.volume, slot_b).hb.state == HB_FREE  # A recovered B
+    fa = WritableFileSystem(a)
+    fa.write_file("/from-a", b"A goes on" * 1000)  # may reuse what B held
+    b.close()  # no exception, nothing freed a second time
+    assert b.heartbeat.lost is not None
+    a.close()
+    vol = HostAttachment.open(image, host=host(3, ManualClock()))
+    try:
+        refs, used = referenced_resources(vol.volume), marked_used(vol.volume)
+        assert all(refs[k] == used[k] for k in used)
+        fs = WritableFileSystem(vol)
+        assert fs.volume.reader(fs.resolve("/from-b")).read(0, 30) == b"B wrote this before it stalled"
+    finally:
+        vol.close()

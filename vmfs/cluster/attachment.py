@@ -31,7 +31,7 @@ from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, repla
 from vmfs.cluster.locks import LockManager, lock_sites
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
-from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError
+from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError, VolumeLostError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
@@ -312,9 +312,8 @@ class HostAttachment:
                 for hook in list(self.flush_hooks):
                     hook()
             finally:
-                lost = hb.lost
                 self._release()
-                outcome = "clean" if lost is None else f"lost: {lost}"
+                outcome = "clean" if hb.lost is None else f"lost: {hb.lost}"
         except BaseException as exc:
             outcome = f"failed: {exc}"
             raise
@@ -329,6 +328,13 @@ class HostAttachment:
         can take the block meanwhile because the cluster stays locked until the slot is free."""
         hb = self.heartbeat
         volume = self.volume
+        if hb.lost is None:
+            # Is the slot still ours?  A host that stopped beating for a lease (a stalled process,
+            # a simulated host whose time stood still) may have been recovered by another one,
+            # which then freed its journal block and broke its locks: giving them back now would
+            # free what is no longer ours.  One ATS of our own image tells.
+            with contextlib.suppress(VolumeLostError):
+                hb.renew()
         lost = hb.lost
         try:
             if lost is None:
