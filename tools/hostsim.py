@@ -29,7 +29,7 @@ from hostsim.console import stats as st
 from hostsim.console.esxtop import Interval, cpu_panel, memory_panel
 from hostsim.console.esxtop import main as esxtop_main
 from hostsim.console.host import Host
-from hostsim.console.run import run_scenario, write_outputs
+from hostsim.console.run import ScenarioFailed, run_scenario, write_outputs
 from hostsim.console.server import CommandServer, ConsoleUnreachable, request, socket_path
 from hostsim.console.vimcmd import vim_cmd, vmware_cmd
 from hostsim.errors import HostsimError
@@ -62,6 +62,14 @@ def run_command(scenario: Path, out_dir: Path, quiet: bool) -> None:
         result = run_scenario(parsed)
         wall = time.monotonic() - started
         written = write_outputs(result, out_dir)
+    except ScenarioFailed as exc:
+        # what ran until the failure is still worth reading (the event log says why)
+        try:
+            for path in write_outputs(exc.result, out_dir):
+                click.echo(f"wrote {path} (up to the failure)", err=True)
+        except (HostsimError, OSError):
+            pass
+        _fail(str(exc))
     except (HostsimError, VmfsError) as exc:
         _fail(str(exc))
     except OSError as exc:

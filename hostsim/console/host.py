@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hostsim.console import config as cfg
@@ -103,14 +103,18 @@ class VmRecord:
     balloon: bool = True
     mem_limit_mb: int | None = None
     running: RunningVm | None = None
-    snapshot_ids: dict[str, int] = field(default_factory=dict)
+    #: why the host last powered the VM off by itself (its guest failed), for later errors
+    stopped_because: str | None = None
 
 
 class Host:
     """One simulated ESX host (see the module docstring)."""
 
-    def __init__(self, config: cfg.HostConfig) -> None:
+    def __init__(self, config: cfg.HostConfig, *, track_guest_writes: bool = False) -> None:
+        """``track_guest_writes``: every VMM keeps the bytes of every sector its guest wrote
+        (``vmm.log.expected_sectors``), for tests that compare the VMDKs with them."""
         self.config = config
+        self.track_guest_writes = track_guest_writes
         self.name = config.name
         self.engine = Engine(seed=config.seed)
         self.rng = random.Random(f"{config.seed}:console")
@@ -338,7 +342,8 @@ class Host:
                 worlds[node] = self.stack.register(f"{conf.display_name}:{node}", device)
             vmm = Vmm(self.engine, conf.display_name, cpu=cpu, vcpus=vcpus, memory=mem, stack=self.stack,
                       worlds=worlds, scsi=files.scsi, page_size=self.memory.page_size,
-                      on_cancel=lambda v, r=rec: self._cancelled(r), on_failure=lambda v, e, r=rec: self._failed(r, e))
+                      on_cancel=lambda v, r=rec: self._cancelled(r), on_failure=lambda v, e, r=rec: self._failed(r, e),
+                      track_writes=self.track_guest_writes)
         except BaseException:
             for w in worlds.values():
                 self.stack.unregister(w)
@@ -352,6 +357,7 @@ class Host:
                     files.power_off()
             raise
         rec.running = RunningVm(files, mem, cpu, worlds, vmm, pool, self.engine.now)
+        rec.stopped_because = None
         vmm.start(program, seed=f"{self.config.seed}:{conf.display_name}")
         self.event(f"powered on vmid {rec.vmid} ({conf.display_name}): {conf.numvcpus} vCPU, {conf.memsize_mb} MB, "
                    f"swap {files.swap.name}")
@@ -383,8 +389,9 @@ class Host:
         rec = self.record(vmid)
         run = rec.running
         if run is None:
+            why = f"; {rec.stopped_because}" if rec.stopped_because else ""
             raise HostError(f"{rec.folder.name}: The attempted operation cannot be performed in the current state "
-                            "(Powered off)")
+                            f"(Powered off{why})")
         run.vmm.stop()
         for w in run.worlds.values():
             self.stack.unregister(w)
@@ -404,6 +411,7 @@ class Host:
         self.engine.process(self._later(lambda: self.power_off(rec.vmid)), name="power-off")
 
     def _failed(self, rec: VmRecord, exc: BaseException) -> None:
+        rec.stopped_because = f"powered off at {self.engine.now / SECOND:g} s: guest stopped: {exc}"
         self.event(f"{rec.folder.name}: guest stopped: {exc}")
         if rec.running is not None:
             self.engine.process(self._later(lambda: self.power_off(rec.vmid)), name="power-off")

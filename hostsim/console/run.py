@@ -20,7 +20,7 @@ from hostsim.console.esxtop import Interval, batch_csv
 from hostsim.console.host import Host
 from hostsim.console.plot import plot_run
 from hostsim.console.stats import HostSample
-from hostsim.console.vimcmd import vim_cmd
+from hostsim.errors import HostsimError
 from hostsim.vmkernel.engine import SECOND
 
 DEFAULT_INTERVAL_US = 5 * SECOND
@@ -32,9 +32,22 @@ class RunResult:
     samples: list[HostSample] = field(default_factory=list)
 
 
+class ScenarioFailed(HostsimError):
+    """A step of the scenario failed: the message says where; ``result`` holds what ran until
+    then (the samples, the host's event log), so the outputs can still be written."""
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def run_scenario(scenario: sc.Scenario, *, on_step: Callable[[Host, sc.Step], None] | None = None,
                  keep_host: bool = False) -> RunResult:
-    """Execute ``scenario``; the host is shut down at the end unless ``keep_host``."""
+    """Execute ``scenario``; the host is shut down at the end unless ``keep_host``.
+
+    A step that fails (a user error: a refused power-on, a guest that stopped) ends the run with
+    :class:`ScenarioFailed`: the host is shut down cleanly first, as an administrator would,
+    and only a host that cannot be shut down is left as a crashed one (replayable)."""
     steps = list(scenario.steps)
     boot = steps.pop(0)
     assert isinstance(boot, sc.Boot)
@@ -54,13 +67,27 @@ def run_scenario(scenario: sc.Scenario, *, on_step: Callable[[Host, sc.Step], No
                 _do(host, step, scenario)
             if on_step is not None:
                 on_step(host, step)
+        if result.samples[-1].time_us < host.engine.now:  # the end, whatever the interval
+            result.samples.append(host.sample())
         if not keep_host:
             host.shutdown()
+    except HostsimError as exc:
+        _stop(host)
+        raise ScenarioFailed(str(exc), result) from None
     except BaseException:
-        if not host.closed:
-            host.crash()  # leave the volume as a dead host would: replayable, never half-closed by us
+        _stop(host)
         raise
     return result
+
+
+def _stop(host: Host) -> None:
+    if host.closed:
+        return
+    try:
+        host.shutdown()
+    except Exception as exc:  # the volume must stay consistent: leave it as a dead host would
+        host.event(f"clean shutdown failed ({exc}); leaving the datastores as a crashed host")
+        host.crash()
 
 
 def _advance(host: Host, result: RunResult, until_us: int, next_sample: int, interval: int) -> int:
@@ -105,16 +132,8 @@ def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
             raise sc.ScenarioError(f"{where}: cannot run a {type(step).__name__} step")
     except sc.ScenarioError:
         raise
-    except Exception as exc:
-        from hostsim.errors import HostsimError
-
-        if isinstance(exc, HostsimError):
-            try:
-                located = type(exc)(f"{where}: {exc}")
-            except TypeError:  # a subclass whose constructor takes more than the message
-                located = HostsimError(f"{where}: {exc}")
-            raise located from None
-        raise
+    except HostsimError as exc:
+        raise HostsimError(f"{where}: {exc}") from None
 
 
 def _snapshot(host: Host, step: sc.Snapshot) -> None:
@@ -130,16 +149,26 @@ def _snapshot(host: Host, step: sc.Snapshot) -> None:
 
 
 def summary(result: RunResult) -> dict[str, object]:
-    """The run in numbers: per VM the whole run's and the last interval's esxtop figures."""
+    """The run in numbers: per VM its esxtop figures over the samples it ran in, and over the
+    last interval it ran in."""
     host = result.host
     s = result.samples
     out: dict[str, object] = {"host": host.name, "seed": host.config.seed, "simulated_s": host.engine.now / SECOND,
                               "samples": len(s), "events": len(host.events)}
     if len(s) >= 2:
-        last, whole = Interval(s[-2], s[-1]), Interval(s[0], s[-1])
-        out["vms"] = {r.name: {"whole_run": _figures(r), "last_interval": _figures(last.cpu.get(gid))}
-                      for gid, r in sorted(whole.cpu.items()) if r.kind == "vm"}
-        out["pcpu_used_pct"] = [round(v, 3) for v in whole.pcpu_used()]
+        vms: dict[str, object] = {}
+        names = sorted({g.name for x in s for g in x.groups if g.kind == "vm"})
+        for name in names:
+            seen = [i for i, x in enumerate(s) if any(g.name == name for g in x.groups)]
+            last = seen[-1]
+            gid = next(g.gid for g in s[last].groups if g.name == name)
+            whole = Interval(s[0], s[last]) if last > 0 else None
+            final = Interval(s[last - 1], s[last]) if last > 0 else None
+            vms[name] = {"from_s": s[seen[0]].time_us / SECOND, "to_s": s[last].time_us / SECOND,
+                         "whole_run": _figures(whole.cpu.get(gid)) if whole else None,
+                         "last_interval": _figures(final.cpu.get(gid)) if final else None}
+        out["vms"] = vms
+        out["pcpu_used_pct"] = [round(v, 3) for v in Interval(s[0], s[-1]).pcpu_used()]
     return out
 
 
@@ -150,22 +179,19 @@ def _figures(rates: object) -> dict[str, object] | None:
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
+    """The run's files in ``out_dir``; the event log always, esxtop's files once there are two
+    samples to take a difference of (a run that failed at once has only the first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    csv_path = out_dir / "esxtop.csv"
-    csv_path.write_text(batch_csv(result.samples))
-    written.append(csv_path)
-    png = out_dir / "esxtop.png"
-    plot_run(result.samples, png, title=f"{result.host.name}: esxtop counters")
-    written.append(png)
+    events = out_dir / "events.log"
+    events.write_text("\n".join(result.host.events) + "\n")
+    written = [events]
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
     written.append(summary_path)
-    events = out_dir / "events.log"
-    events.write_text("\n".join(result.host.events) + "\n")
-    written.append(events)
+    if len(result.samples) >= 2:
+        csv_path = out_dir / "esxtop.csv"
+        csv_path.write_text(batch_csv(result.samples))
+        png = out_dir / "esxtop.png"
+        plot_run(result.samples, png, title=f"{result.host.name}: esxtop counters")
+        written += [csv_path, png]
     return written
-
-
-def vms_table(host: Host) -> str:
-    return vim_cmd(host, ["vmsvc/getallvms"])[0]

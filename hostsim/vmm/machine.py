@@ -50,7 +50,8 @@ class Vmm:
 
     def __init__(self, engine: Engine, name: str, *, cpu: CpuGroup, vcpus: list[Vcpu], memory: VmMemory,
                  stack: StorageStack, worlds: dict[str, StorageWorld], scsi: VirtualScsi, page_size: int,
-                 on_cancel: Callable[[Vmm], None], on_failure: Callable[[Vmm, BaseException], None]) -> None:
+                 on_cancel: Callable[[Vmm], None], on_failure: Callable[[Vmm, BaseException], None],
+                 track_writes: bool = False) -> None:
         self.engine = engine
         self.name = name
         self.cpu = cpu
@@ -62,7 +63,8 @@ class Vmm:
         self.page_size = page_size
         self.on_cancel = on_cancel
         self.on_failure = on_failure
-        self.log = GuestLog()
+        #: marks and counts always; the bytes of every sector written only when asked (tests)
+        self.log = GuestLog(sectors=track_writes)
         self.question: Question | None = None
         self._answer: Event | None = None
         self.runs: list[VcpuGuest] = []
@@ -139,40 +141,60 @@ class Vmm:
 
     def disk_read(self, vcpu: Vcpu, disk: str, lba: int, count: int) -> Event:
         scsi = self.scsi.disk(disk)
-        return vcpu.block(self._command(disk, "read", lba * SECTOR, count * SECTOR, lambda: scsi.read(lba, count)))
+        return self._command(vcpu, disk, "read", lba * SECTOR, count * SECTOR, lambda: scsi.read(lba, count))
 
     def disk_write(self, vcpu: Vcpu, disk: str, lba: int, data: bytes) -> Event:
         scsi = self.scsi.disk(disk)
-        return vcpu.block(self._command(disk, "write", lba * SECTOR, len(data), lambda: scsi.write(lba, data)))
+        return self._command(vcpu, disk, "write", lba * SECTOR, len(data), lambda: scsi.write(lba, data))
 
     def flush(self, vcpu: Vcpu, disk: str) -> Event:
         scsi = self.scsi.disk(disk)
-        return vcpu.block(self._command(disk, "flush", 0, 0, scsi.flush))
+        return self._command(vcpu, disk, "flush", 0, 0, scsi.flush)
 
-    def _command(self, disk: str, op: str, offset: int, length: int, action: Callable[[], Any]) -> Event:
-        world = self.worlds[disk]
-        return self.engine.process(self._io(disk, world, op, offset, length, action), name=f"{self.name}.{op}")
+    def _command(self, vcpu: Vcpu, disk: str, op: str, offset: int, length: int,
+                 action: Callable[[], Any]) -> Event:
+        """One guest command: queued on the storage stack, the vCPU blocked until it completes.
 
-    def _io(self, disk: str, world: StorageWorld, op: str, offset: int, length: int,
-            action: Callable[[], Any]) -> Generator[Event, Any, Any]:
-        """One guest command, retried for as long as the answer to an out-of-space stun is retry."""
-        while True:
-            stun = self._stunned()
-            if stun is not None:
-                yield stun
-                if self.stopped:
-                    return None
-            try:
-                return (yield self.stack.submit(world, op, offset, length, action))
-            except GuestStun as exc:
-                if self.stopped:
-                    return None
-                if self._answer is None:
-                    self.question = Question(exc.question, disk)
-                    self._answer = self.engine.event()
-                choice = yield self._answer
-                if choice != "retry":
-                    return None
+        Why no process per command: a command that completes (or fails with a real error) is
+        its storage command's own event, handed to the guest; only a stun needs more, and then
+        the guest's event is completed by hand when the retried command is (one event per
+        command, not three: bench/bench_hostsim.py)."""
+        stun = self._stunned()
+        if stun is None:
+            cmd = self.stack.submit(self.worlds[disk], op, offset, length, action)
+            if op != "write":
+                return vcpu.block(cmd)
+        done = self.engine.event()
+        if stun is not None:
+            self._after_answer(stun, done, disk, op, offset, length, action)
+        else:
+            cmd.callbacks.append(lambda ev: self._completed(ev, done, disk, op, offset, length, action))  # type: ignore[union-attr]
+        return vcpu.block(done)
+
+    def _completed(self, cmd: Event, done: Event, disk: str, op: str, offset: int, length: int,
+                   action: Callable[[], Any]) -> None:
+        if cmd.ok:
+            done.succeed(cmd.value)
+            return
+        exc = cmd.value
+        if not isinstance(exc, GuestStun) or self.stopped:
+            done.fail(exc) if not self.stopped else done.succeed(None)
+            return
+        if self._answer is None:  # the first command to hit the full datastore stuns the VM
+            self.question = Question(exc.question, disk)
+            self._answer = self.engine.event()
+        self._after_answer(self._answer, done, disk, op, offset, length, action)
+
+    def _after_answer(self, answer: Event, done: Event, disk: str, op: str, offset: int, length: int,
+                      action: Callable[[], Any]) -> None:
+        def resume(ev: Event) -> None:
+            if ev.value != "retry" or self.stopped:
+                done.succeed(None)  # cancelled: the VM is being powered off
+                return
+            cmd = self.stack.submit(self.worlds[disk], op, offset, length, action)
+            cmd.callbacks.append(lambda c: self._completed(c, done, disk, op, offset, length, action))  # type: ignore[union-attr]
+
+        answer.callbacks.append(resume)  # type: ignore[union-attr]
 
 
 __all__ = ["GuestFailed", "Question", "Vmm"]

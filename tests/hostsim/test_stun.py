@@ -48,7 +48,7 @@ end
 @pytest.fixture
 def host(tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "stun.host").write_text(HOST)
-    h = Host(cfg.load(tmp_path / "stun.host"))
+    h = Host(cfg.load(tmp_path / "stun.host"), track_guest_writes=True)
     yield h
     if not h.closed:
         h.shutdown()
