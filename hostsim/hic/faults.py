@@ -69,6 +69,14 @@ class FaultPlan:
                 raise ValueError(f"{name} must be a probability, got {p}")
         self._rng = random.Random(self.seed)
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing can go wrong: no latency, error, loss or path failure is planned (the LUN then
+        skips the per-command fault checks; the plan may change at any time, so this is asked
+        per command)."""
+        return not (self.apd or self.apd_after is not None or self.extra_us or self.slow_lbas
+                    or self.error_lbas or self.error_rate or self.lose_lbas or self.lose_rate)
+
     def reseed(self, seed: int) -> None:
         self.seed = seed
         self._rng = random.Random(seed)
