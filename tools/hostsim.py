@@ -191,7 +191,11 @@ def _with_client_options(func: Any) -> Any:
 @_with_client_options
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def vim_cmd_command(host_name: str | None, state_dir: Path, args: tuple[str, ...]) -> None:
-    """vim-cmd on a booted host (vmsvc/getallvms, vmsvc/power.on VMID, hostsvc/hostsummary, …)."""
+    """vim-cmd on a booted host (vmsvc/getallvms, vmsvc/power.on VMID, hostsvc/hostsummary, …;
+    hostsim/createvm NAME memory=SIZE guest=FILE disk=SIZE:TYPE … makes a VM as a scenario's
+    `create vm` line does)."""
+    if args and args[0] == "hostsim/createvm":  # the host reads the guest file: say where it is
+        args = tuple(f"guest={Path(a[6:]).resolve()}" if a.startswith("guest=") else a for a in args)
     _client("vim-cmd", host_name, state_dir, args)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostsim.console import config as cfg
+from hostsim.console import scenario as sc
 from hostsim.console.stats import (
     CpuStat,
     DeviceSample,
@@ -297,6 +298,61 @@ class Host:
                                  disks=tuple(DiskSpec(size_mb, kind) for size_mb, kind in disks),
                                  program=program_name, program_text=text, extra=extra)
         return self._add(folder, label, pool, balloon, None if mem_limit_mb in (None, -1) else mem_limit_mb)
+
+    def create_vm_step(self, step: sc.CreateVm) -> int:
+        """Create the VM of a scenario's ``create vm`` line (or of ``vim-cmd hostsim/createvm``)."""
+        c = step.controls
+        datastores = sorted({d.datastore for d in step.disks}) or [None]
+        return self.create_vm(step.name, memory_mb=step.memory_mb, vcpus=step.vcpus, datastore=datastores[0],
+                              disks=tuple((max(1, d.size_bytes >> 20), d.kind) for d in step.disks),
+                              program=step.guest, pool=step.pool, balloon=step.balloon,
+                              cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
+                              cpu_limit_mhz=c.cpu_limit_mhz, mem_shares=c.mem_shares,
+                              mem_reservation_mb=c.mem_reservation_mb, mem_limit_mb=c.mem_limit_mb)
+
+    def createvm(self, args: list[str]) -> int:
+        """``vim-cmd hostsim/createvm NAME memory=SIZE [vcpus=N] [guest=FILE] [disk=SIZE:TYPE] ...``"""
+        return self.create_vm_step(sc.parse_create(args, self.config))
+
+    def create_dummy_vm(self, name: str, datastore: str | None) -> int:
+        """``vim-cmd vmsvc/createdummyvm NAME [DATASTORE]``: a VM with ESX's defaults and no guest
+        program (it idles): 1 vCPU, 256 MB, one 1 GB thin disk."""
+        label = None
+        if datastore:
+            label = datastore.removeprefix("/vmfs/volumes/").strip("/") or None
+            if label is not None and label not in self.attachments:
+                ds = self.storage.volumes.get(label)
+                label = ds.label if ds is not None else label
+        return self.create_vm(name, memory_mb=256, datastore=label, disks=((1024, "thin"),))
+
+    def register_path(self, path: str) -> int:
+        """``vim-cmd solo/registervm /vmfs/volumes/DATASTORE/DIR/NAME.vmx``"""
+        prefix = "/vmfs/volumes/"
+        if not path.startswith(prefix):
+            raise HostError(f"{path}: expected a path /vmfs/volumes/DATASTORE/...vmx")
+        head, _, rest = path[len(prefix):].partition("/")
+        label = head
+        if label not in self.attachments:
+            ds = self.storage.volumes.get(head)
+            label = ds.label if ds is not None and ds.label in self.attachments else head
+        return self.register(label, "/" + rest)
+
+    def unregister(self, vmid: int | str) -> None:
+        rec = self.record(vmid)
+        if rec.running is not None:
+            raise HostError(f"{rec.folder.name}: The attempted operation cannot be performed in the current state "
+                            "(Powered on)")
+        del self.inventory[rec.vmid]
+        self.event(f"unregistered vmid {rec.vmid} ({rec.folder.name})")
+
+    def destroy(self, vmid: int | str) -> None:
+        rec = self.record(vmid)
+        if rec.running is not None:
+            raise HostError(f"{rec.folder.name}: The attempted operation cannot be performed in the current state "
+                            "(Powered on)")
+        rec.folder.destroy()
+        del self.inventory[rec.vmid]
+        self.event(f"destroyed vmid {rec.vmid} ({rec.folder.name}) and its files")
 
     def record(self, vmid: int | str) -> VmRecord:
         if isinstance(vmid, str) and not vmid.isdigit():

@@ -107,15 +107,7 @@ def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
         if isinstance(step, sc.SetIdleTax):
             host.set_idle_tax(step.tax)
         elif isinstance(step, sc.CreateVm):
-            c = step.controls
-            datastores = {d.datastore for d in step.disks} or {None}
-            host.create_vm(step.name, memory_mb=step.memory_mb, vcpus=step.vcpus,
-                           datastore=sorted(datastores, key=str)[0],
-                           disks=tuple((max(1, d.size_bytes >> 20), d.kind) for d in step.disks),
-                           program=step.guest, pool=step.pool, balloon=step.balloon,
-                           cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
-                           cpu_limit_mhz=c.cpu_limit_mhz, mem_shares=c.mem_shares,
-                           mem_reservation_mb=c.mem_reservation_mb, mem_limit_mb=c.mem_limit_mb)
+            host.create_vm_step(step)
         elif isinstance(step, sc.PowerOn):
             host.power_on(step.vm)
         elif isinstance(step, sc.PowerOff):

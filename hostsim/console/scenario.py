@@ -460,3 +460,16 @@ def load(path: str | os.PathLike[str]) -> Scenario:
     except UnicodeDecodeError:
         raise ScenarioError(f"{path}:1: not a text file") from None
     return parse(text, path)
+
+
+def parse_create(args: list[str], config: cfg.HostConfig, where: str = "vim-cmd") -> CreateVm:
+    """``NAME key=value ...`` as a scenario's ``create vm`` takes them (``hostsim vim-cmd
+    hostsim/createvm`` on a booted host): the same keys, checks and errors, ``where`` naming the
+    source in them (relative guest paths are taken from the current directory)."""
+    p = _Parser(Path.cwd() / where)
+    p.config = config
+    p.lineno = 1
+    p.create(["vm", *args])
+    step = p.steps[-1]
+    assert isinstance(step, CreateVm)
+    return step

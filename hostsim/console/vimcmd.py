@@ -83,6 +83,11 @@ class ConsoleHost(Protocol):
     def snapshot_remove(self, vmid: int, snapshot_id: int) -> None: ...
     def snapshot_removeall(self, vmid: int) -> None: ...
     def answer(self, vmid: int, choice: str) -> None: ...
+    def createvm(self, args: list[str]) -> int: ...
+    def create_dummy_vm(self, name: str, datastore: str | None) -> int: ...
+    def register_path(self, path: str) -> int: ...
+    def unregister(self, vmid: int) -> None: ...
+    def destroy(self, vmid: int) -> None: ...
 
 
 # -- vim-cmd ------------------------------------------------------------------------------------
@@ -91,7 +96,7 @@ class ConsoleHost(Protocol):
 def vim_cmd(host: ConsoleHost, argv: Sequence[str]) -> tuple[str, int]:
     """Run ``vim-cmd ARGV``: (what it prints, exit code)."""
     if not argv:
-        return "Commands available under /:\nhostsvc/  vmsvc/\n", 0
+        return "Commands available under /:\n" + "".join(f"{c}\n" for c in sorted(_VIM_COMMANDS)), 0
     command, args = argv[0], list(argv[1:])
     handler = _VIM_COMMANDS.get(command)
     if handler is None:
@@ -271,6 +276,36 @@ def _message(host: ConsoleHost, args: list[str]) -> str:
     return ""
 
 
+def _createdummyvm(host: ConsoleHost, args: list[str]) -> str:
+    if not args:
+        raise HostsimError("Insufficient arguments. Usage: vim-cmd vmsvc/createdummyvm vmname [datastore path]")
+    return f"{host.create_dummy_vm(args[0], args[1] if len(args) > 1 else None)}\n"
+
+
+def _registervm(host: ConsoleHost, args: list[str]) -> str:
+    if not args:
+        raise HostsimError("Insufficient arguments. Usage: vim-cmd solo/registervm vmx path")
+    return f"{host.register_path(args[0])}\n"
+
+
+def _unregister(host: ConsoleHost, args: list[str]) -> str:
+    host.unregister(_vm(host, args, "vmsvc/unregister").vmid)
+    return ""
+
+
+def _destroy(host: ConsoleHost, args: list[str]) -> str:
+    host.destroy(_vm(host, args, "vmsvc/destroy").vmid)
+    return ""
+
+
+def _createvm(host: ConsoleHost, args: list[str]) -> str:
+    """hostsim's own: a VM with everything a scenario's ``create vm`` line says."""
+    if not args:
+        raise HostsimError("Insufficient arguments. Usage: vim-cmd hostsim/createvm NAME memory=SIZE [vcpus=N] "
+                           "[guest=FILE] [disk=SIZE[:TYPE][@DS]] [cpu.shares=...] ...")
+    return f"{host.createvm(args)}\n"
+
+
 _VIM_COMMANDS = {
     "vmsvc/getallvms": _getallvms,
     "vmsvc/power.on": _power("on", "Powering on VM:"),
@@ -286,6 +321,11 @@ _VIM_COMMANDS = {
     "vmsvc/snapshot.removeall": _snapshot_removeall,
     "vmsvc/message": _message,
     "hostsvc/hostsummary": _hostsummary,
+    "vmsvc/createdummyvm": _createdummyvm,
+    "vmsvc/unregister": _unregister,
+    "vmsvc/destroy": _destroy,
+    "solo/registervm": _registervm,
+    "hostsim/createvm": _createvm,
 }
 
 

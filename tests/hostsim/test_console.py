@@ -170,6 +170,29 @@ def test_power_on_refusals_name_the_reason(host: Host) -> None:
         host.power_on(7)
 
 
+def test_vms_made_registered_and_destroyed_from_the_console(host: Host) -> None:
+    """vmsvc/createdummyvm, vmsvc/unregister, solo/registervm (the folder stays on the
+    datastore), vmsvc/destroy (it goes)."""
+    out, rc = vim_cmd(host, ["vmsvc/createdummyvm", "dummy", "/vmfs/volumes/datastore1"])
+    assert (out, rc) == ("1\n", 0)
+    assert vim_cmd(host, ["vmsvc/power.on", "1"]) == ("Powering on VM:\n", 0)
+    out, rc = vim_cmd(host, ["vmsvc/unregister", "1"])
+    assert rc == 1 and "(Powered on)" in out
+    assert vim_cmd(host, ["vmsvc/power.off", "1"])[1] == 0
+    assert vim_cmd(host, ["vmsvc/unregister", "1"]) == ("", 0)
+    assert vim_cmd(host, ["vmsvc/getallvms"])[0].count("\n") == 1  # the header only
+    fs = host.filesystem("datastore1")
+    assert {"dummy.vmx", "dummy.vmdk", "dummy-flat.vmdk"} <= {e.name for e in fs.listdir("/dummy")}
+    out, rc = vim_cmd(host, ["solo/registervm", "/vmfs/volumes/datastore1/dummy/dummy.vmx"])
+    assert (out, rc) == ("2\n", 0)
+    out, rc = vim_cmd(host, ["solo/registervm", "/vmfs/volumes/datastore1/dummy/dummy.vmx"])
+    assert rc == 1 and "already registered as vmid 2" in out
+    assert vim_cmd(host, ["vmsvc/destroy", "2"]) == ("", 0)
+    assert "dummy" not in {e.name for e in fs.listdir("/")}
+    out, rc = vim_cmd(host, ["solo/registervm", "/vmfs/volumes/datastore1/dummy/dummy.vmx"])
+    assert rc == 1 and out[-1] == "\n" and out.count("\n") == 1
+
+
 def _wait_for(path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -207,6 +230,20 @@ def test_a_paced_host_is_administered_from_another_process(tmp_path: Path) -> No
         assert r.returncode == 1 and 'Unable to find a VM corresponding to "1"' in r.stdout
         r = cli("vmware-cmd", "-l")
         assert r.returncode == 0 and r.stdout == ""
+        # a VM made from the shell, as a scenario's `create vm` line makes one
+        guest = os.path.relpath(GUESTS / "cpu-hog.guest")
+        r = cli("vim-cmd", "hostsim/createvm", "web1", "memory=128M", "vcpus=2", f"guest={guest}", "disk=64M:thin",
+                "cpu.shares=high")
+        assert (r.returncode, r.stdout) == (0, "1\n"), r.stdout + r.stderr
+        assert cli("vim-cmd", "vmsvc/power.on", "1").stdout == "Powering on VM:\n"
+        time.sleep(1)
+        r = cli("vmware-cmd", "/vmfs/volumes/datastore1/web1/web1.vmx", "getstate")
+        assert r.stdout == "getstate() = on\n"
+        r = cli("esxtop", "-b", "-d", "0.5", "-n", "1")
+        assert r.returncode == 0 and "Group Cpu(1001:web1)" in r.stdout.splitlines()[0]
+        r = cli("vim-cmd", "hostsim/createvm", "bad", "memory=lots")
+        assert r.returncode == 1 and "memory" in r.stdout and "Traceback" not in r.stdout + r.stderr
+        assert cli("vim-cmd", "vmsvc/power.off", "1").stdout == "Powering off VM:\n"
         r = cli("vim-cmd", "--host", "nobody", "vmsvc/getallvms")
         assert r.returncode == 1 and r.stderr.startswith("hostsim: ") and "Traceback" not in r.stderr
     finally:
