@@ -2,8 +2,8 @@
 
     hostsim run SCENARIO --out DIR       run a scenario headless (esxtop CSV, plot, summary, events)
     hostsim boot CONFIG [--state-dir D]  boot a host that runs paced to real time until stopped
-    hostsim vim-cmd [--host NAME] ARGS…  the console's vim-cmd against a booted host
-    hostsim vmware-cmd [--host NAME] …   the console's vmware-cmd
+    hostsim vim-cmd [--host NAME] ARGS...  the console's vim-cmd against a booted host
+    hostsim vmware-cmd [--host NAME] ...   the console's vmware-cmd
     hostsim esxtop [--host NAME] [-b -d S -n N]   esxtop against a booted host
 
 All logic is in :mod:`hostsim.console`; this module parses options and prints.  Every error a
@@ -191,8 +191,8 @@ def _with_client_options(func: Any) -> Any:
 @_with_client_options
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def vim_cmd_command(host_name: str | None, state_dir: Path, args: tuple[str, ...]) -> None:
-    """vim-cmd on a booted host (vmsvc/getallvms, vmsvc/power.on VMID, hostsvc/hostsummary, …;
-    hostsim/createvm NAME memory=SIZE guest=FILE disk=SIZE:TYPE … makes a VM as a scenario's
+    """vim-cmd on a booted host (vmsvc/getallvms, vmsvc/power.on VMID, hostsvc/hostsummary, ...;
+    hostsim/createvm NAME memory=SIZE guest=FILE disk=SIZE:TYPE ... makes a VM as a scenario's
     `create vm` line does)."""
     if args and args[0] == "hostsim/createvm":  # the host reads the guest file: say where it is
         args = tuple(f"guest={Path(a[6:]).resolve()}" if a.startswith("guest=") else a for a in args)
