@@ -63,13 +63,14 @@ def run_command(scenario: Path, out_dir: Path, quiet: bool) -> None:
         wall = time.monotonic() - started
         written = write_outputs(result, out_dir)
     except ScenarioFailed as exc:
-        # what ran until the failure is still worth reading (the event log says why)
+        # what ran until the failure is still worth reading (the event log says why); the error
+        # stays one line
         try:
-            for path in write_outputs(exc.result, out_dir):
-                click.echo(f"wrote {path} (up to the failure)", err=True)
+            write_outputs(exc.result, out_dir)
+            kept = f" (the run up to it is in {out_dir})"
         except (HostsimError, OSError):
-            pass
-        _fail(str(exc))
+            kept = ""
+        _fail(f"{exc}{kept}")
     except (HostsimError, VmfsError) as exc:
         _fail(str(exc))
     except OSError as exc:

@@ -459,7 +459,8 @@ BAD_RUNS: dict[str, BadCase] = {
                                                   "    halt 1s\nend\n",
                               "case.scenario": _BOOT_SMALL + "create vm g memory=64M guest=guests/big.guest "
                                                              "disk=64M:thin\npower on g\nat 2s power off g\n"},
-                             "g: The attempted operation cannot be performed in the current state (Powered off)"),
+                             "g: The attempted operation cannot be performed in the current state (Powered off; "
+                             "powered off at 0 s: guest stopped: scsi0:0"),
     "datastore-label": BadCase({"bad.host": _HOST.replace("datastore = ds1", "datastore = nosuch"),
                                 "case.scenario": "boot bad.host\n"}, "LUN lun0 carries no datastore 'nosuch'"),
     "datastore-disk": BadCase({"case.scenario": _BOOT_SMALL + "create vm g memory=64M disk=64M:thin@nowhere\n"},
