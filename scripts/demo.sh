@@ -77,7 +77,7 @@ fusermount -u "$work/mnt-oracle"
 vmfs-vmdk --volume "$ds" -D /vms/demo-vm/demo-vm.vmdk
 vmfs-fsck -n "$ds" && echo "vmfs-fsck: clean"
 
-say "a simulated ESX host (hostsim) boots on a blank 8 GiB image and runs four VMs under contention"
+say "a simulated ESX host (hostsim) boots on a blank 8 GiB image and runs five VMs under contention"
 sim="$work/hostsim"
 rm -rf "$sim"
 cp -r "$here/hostsim/examples" "$sim"
