@@ -271,7 +271,8 @@ class Host:
                   pool: str | None = None, balloon: bool = True, cpu_shares: int | str | None = None,
                   cpu_reservation_mhz: int | None = None, cpu_limit_mhz: int | None = None,
                   mem_shares: int | str | None = None, mem_reservation_mb: int | None = None,
-                  mem_limit_mb: int | None = None) -> int:
+                  mem_limit_mb: int | None = None, disk_shares: int | str | None = None,
+                  disk_reservation_iops: int | None = None, disk_limit_iops: int | None = None) -> int:
         """Create a VM's folder as ESX lays it out and register it; returns its vmid."""
         label = datastore or next(iter(sorted(self.attachments)), None)
         if label is None:
@@ -283,6 +284,8 @@ class Host:
                            ("sched.mem.min", mem_reservation_mb)):
             if value is not None and not (key == "sched.cpu.max" and value == -1):
                 extra[key] = str(value)
+        extra.update(self._disk_keys([f"scsi0:{i}" for i in range(len(disks))], disk_shares,
+                                     disk_reservation_iops, disk_limit_iops))
         text = None
         program_name = None
         if program is not None:
@@ -308,7 +311,9 @@ class Host:
                               program=step.guest, pool=step.pool, balloon=step.balloon,
                               cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
                               cpu_limit_mhz=c.cpu_limit_mhz, mem_shares=c.mem_shares,
-                              mem_reservation_mb=c.mem_reservation_mb, mem_limit_mb=c.mem_limit_mb)
+                              mem_reservation_mb=c.mem_reservation_mb, mem_limit_mb=c.mem_limit_mb,
+                              disk_shares=c.disk_shares, disk_reservation_iops=c.disk_reservation_iops,
+                              disk_limit_iops=c.disk_limit_iops)
 
     def createvm(self, args: list[str]) -> int:
         """``vim-cmd hostsim/createvm NAME memory=SIZE [vcpus=N] [guest=FILE] [disk=SIZE:TYPE] ...``"""
@@ -395,7 +400,9 @@ class Host:
                                        balloon=rec.balloon, limit_mb=rec.mem_limit_mb)
             device = self._device_of(rec.datastore)
             for node in files.scsi.disks:
-                worlds[node] = self.stack.register(f"{conf.display_name}:{node}", device)
+                reservation, limit, shares = self._disk_controls(folder, node)
+                worlds[node] = self.stack.register(f"{conf.display_name}:{node}", device, reservation_iops=reservation,
+                                                   limit_iops=limit, shares=shares)
             vmm = Vmm(self.engine, conf.display_name, cpu=cpu, vcpus=vcpus, memory=mem, stack=self.stack,
                       worlds=worlds, scsi=files.scsi, page_size=self.memory.page_size,
                       on_cancel=lambda v, r=rec: self._cancelled(r), on_failure=lambda v, e, r=rec: self._failed(r, e),
@@ -417,6 +424,44 @@ class Host:
         vmm.start(program, seed=f"{self.config.seed}:{conf.display_name}")
         self.event(f"powered on vmid {rec.vmid} ({conf.display_name}): {conf.numvcpus} vCPU, {conf.memsize_mb} MB, "
                    f"swap {files.swap.name}")
+
+    @staticmethod
+    def _disk_keys(nodes: list[str], shares: int | str | None, reservation: int | None,
+                   limit: int | None) -> dict[str, str]:
+        """The ``.vmx`` keys of disk controls for ``nodes`` (what is None is left out)."""
+        keys: dict[str, str] = {}
+        for node in nodes:
+            if shares is not None:
+                keys[f"sched.{node}.shares"] = str(shares)
+            if reservation is not None:
+                keys[f"sched.{node}.reservation"] = str(reservation)
+            if limit is not None:
+                keys[f"sched.{node}.throughputCap"] = str(0 if limit == -1 else limit)
+        return keys
+
+    @staticmethod
+    def _disk_controls(folder: VmFolder, node: str) -> tuple[int, int, int | str]:
+        """A disk's mClock controls from the ``.vmx``, with ESX's keys: ``sched.NODE.shares``
+        (low/normal/high or a number; 1000), ``sched.NODE.throughputCap`` (an IOPS limit; absent or
+        0: none) and ``sched.NODE.reservation`` (IOPS; 0)."""
+        vmx = folder.vmx
+
+        def number(key: str, default: int) -> int:
+            text = vmx.get(key)
+            if text is None or text == "":
+                return default
+            try:
+                value = int(text)
+            except ValueError:
+                raise HostError(f"{folder.datastore_path}: {key} = {text!r}: not a whole number") from None
+            if value < 0:
+                raise HostError(f"{folder.datastore_path}: {key} = {value}: must not be negative")
+            return value
+
+        shares_text = (vmx.get(f"sched.{node}.shares") or "normal").strip()
+        shares: int | str = int(shares_text) if shares_text.isdigit() else shares_text.lower()
+        cap = number(f"sched.{node}.throughputCap", 0)
+        return number(f"sched.{node}.reservation", 0), cap if cap > 0 else -1, shares
 
     def _program(self, folder: VmFolder, program_file: tuple[str, bytes] | None) -> Program:
         """The guest program the ``.vmx`` names, checked against the VM's disks and memory; a VM
@@ -490,11 +535,15 @@ class Host:
                      cpu_reservation_mhz: int | None = None, cpu_limit_mhz: int | None = None,
                      cpu_min_pct: float | None = None, cpu_max_pct: float | None = None,
                      mem_shares: int | str | None = None, mem_reservation_mb: int | None = None,
-                     mem_limit_mb: int | None = None) -> None:
+                     mem_limit_mb: int | None = None, disk_shares: int | str | None = None,
+                     disk_reservation_iops: int | None = None, disk_limit_iops: int | None = None) -> None:
         """Change a VM's controls: in its ``.vmx`` (kept across power cycles) and, when it runs,
         in the schedulers at once."""
         rec = self.record(vmid)
         vmx = rec.folder.vmx
+        nodes = [d.node for d in rec.folder.config.disks]
+        for key, value in self._disk_keys(nodes, disk_shares, disk_reservation_iops, disk_limit_iops).items():
+            vmx.set(key, value)
         for key, value in (("sched.cpu.shares", cpu_shares), ("sched.cpu.min", cpu_reservation_mhz),
                            ("sched.cpu.max", cpu_limit_mhz), ("sched.mem.shares", mem_shares),
                            ("sched.mem.min", mem_reservation_mb)):
@@ -522,6 +571,10 @@ class Host:
                     mem_shares_for(mem_shares, conf.memsize_mb)
             if mem_limit_mb is not None:
                 self.memory.set_limit(run.memory, None if mem_limit_mb == -1 else mem_limit_mb)
+            if (disk_shares, disk_reservation_iops, disk_limit_iops) != (None, None, None):
+                for node, world in run.worlds.items():
+                    reservation, limit, shares = self._disk_controls(rec.folder, node)
+                    self.stack.set_controls(world, reservation_iops=reservation, limit_iops=limit, shares=shares)
         self.event(f"{rec.folder.name}: controls changed")
 
     def set_idle_tax(self, tau: float) -> None:

@@ -117,7 +117,8 @@ def _do(host: Host, step: sc.Step, scenario: sc.Scenario) -> None:
             host.set_controls(step.vm, cpu_shares=c.cpu_shares, cpu_reservation_mhz=c.cpu_reservation_mhz,
                               cpu_limit_mhz=c.cpu_limit_mhz, cpu_min_pct=c.cpu_min_pct, cpu_max_pct=c.cpu_max_pct,
                               mem_shares=c.mem_shares, mem_reservation_mb=c.mem_reservation_mb,
-                              mem_limit_mb=c.mem_limit_mb)
+                              mem_limit_mb=c.mem_limit_mb, disk_shares=c.disk_shares,
+                              disk_reservation_iops=c.disk_reservation_iops, disk_limit_iops=c.disk_limit_iops)
         elif isinstance(step, sc.Snapshot):
             _snapshot(host, step)
         else:  # pragma: no cover - the parser makes no other step

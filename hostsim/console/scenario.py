@@ -108,6 +108,10 @@ class Controls:
     mem_shares: int | str | None = None
     mem_reservation_mb: int | None = None
     mem_limit_mb: int | None = None
+    #: every disk's mClock controls (IOPS; limit -1 for none), ESX's sched.scsiN:M.* keys
+    disk_shares: int | str | None = None
+    disk_reservation_iops: int | None = None
+    disk_limit_iops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,9 @@ CONTROL_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "mem.shares": ("mem_shares", cfg.parse_shares),
     "mem.reservation": ("mem_reservation_mb", cfg.parse_mb),
     "mem.limit": ("mem_limit_mb", lambda t: cfg.parse_limit(t, cfg.parse_mb)),
+    "disk.shares": ("disk_shares", cfg.parse_shares),
+    "disk.reservation": ("disk_reservation_iops", lambda t: cfg.parse_int(t.removesuffix("iops"), 0)),
+    "disk.limit": ("disk_limit_iops", lambda t: cfg.parse_limit(t, lambda u: cfg.parse_int(u.removesuffix("iops"), 1))),
 }
 CREATE_KEYS = {"memory", "vcpus", "guest", "disk", "pool", "balloon", *CONTROL_KEYS}
 
@@ -324,7 +331,8 @@ class _Parser:
                   if k in CONTROL_KEYS}
         c = Controls(**values)
         for res, lim, unit in ((c.cpu_reservation_mhz, c.cpu_limit_mhz, "MHz"),
-                               (c.mem_reservation_mb, c.mem_limit_mb, "MB")):
+                               (c.mem_reservation_mb, c.mem_limit_mb, "MB"),
+                               (c.disk_reservation_iops, c.disk_limit_iops, "IOPS")):
             if res is not None and lim not in (None, -1) and lim < res:
                 raise self.error(f"limit {lim} {unit} is below the reservation {res} {unit}")
         if c.cpu_min_pct is not None and c.cpu_max_pct is not None and c.cpu_max_pct < c.cpu_min_pct:

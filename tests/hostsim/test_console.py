@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hostsim.console import config as cfg
+from hostsim.console import scenario as sc
 from hostsim.console.esxtop import Interval
 from hostsim.console.host import Host, HostError
 from hostsim.console.vimcmd import vim_cmd, vmware_cmd
@@ -290,3 +291,62 @@ def test_a_vm_another_host_runs_cannot_be_powered_on_here(tmp_path: Path) -> Non
         a.shutdown()
     fsck = subprocess.run([BIN / "vmfs-fsck", "-n", str(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+DISK_READER = """\
+guest reader
+forever
+    read scsi0:0 4KiB random within 32MiB
+end
+"""
+
+
+def test_disk_shares_in_the_vmx_split_a_saturated_lun(tmp_path: Path) -> None:
+    """Two VMs keep a LUN's device queue full (4 vCPUs reading each, so both stay backlogged
+    behind a device queue of 2; eager-zeroed disks,
+    since a read of a thin disk's hole needs no device command): ESX's
+    `sched.scsi0:0.shares` in their .vmx (high 2000 against low 500) gives them the LUN 4:1
+    through mClock; changing the controls at run time (`set_controls`, the scenario's
+    `set VM disk.shares=...`) evens them out; `throughputCap` caps one at its IOPS."""
+    config = write_config(tmp_path, "esx-io")
+    text = config.read_text().replace("format = vmfs5\n", "format = vmfs5\nqueue_depth = 2\n")
+    config.write_text(text.replace("pcpus = 2", "pcpus = 8").replace("mode = esx2", "mode = esx4"))  # 4-vCPU VMs
+    program = tmp_path / "reader.guest"
+    program.write_text(DISK_READER)
+    h = Host(cfg.load(config))
+    try:
+        a = h.create_vm("hi", memory_mb=64, vcpus=4, disks=((64, "eagerzeroedthick"),), program=program,
+                        disk_shares="high")
+        b = h.create_vm("lo", memory_mb=64, vcpus=4, disks=((64, "eagerzeroedthick"),), program=program,
+                        disk_shares="low")
+        assert h.record(a).folder.vmx.get("sched.scsi0:0.shares") == "high"
+        h.power_on(a)
+        h.power_on(b)
+
+        def iops(seconds: int) -> dict[str, float]:
+            before = h.sample()
+            h.run(h.engine.now + seconds * SECOND)
+            iv = Interval(before, h.sample())
+            return {d.name: d.total.cmds_s for d in iv.vm_disks.values()}
+
+        iops(2)
+        first = iops(5)
+        h.set_controls(b, disk_shares="high")
+        iops(1)
+        second = iops(5)
+        h.set_controls(a, disk_limit_iops=200)
+        iops(1)
+        third = iops(5)
+        print(f"\nIOPS with shares high:low {first}, high:high {second}, hi capped at 200: {third}")
+        assert 3.5 <= first["hi"] / first["lo"] <= 4.5
+        assert 0.9 <= second["hi"] / second["lo"] <= 1.1
+        assert 190 <= third["hi"] <= 205 and third["lo"] > 2 * third["hi"]
+        # the same controls as scenario / `vim-cmd hostsim/createvm` keys
+        step = sc.parse_create(["io1", "memory=64M", "disk.shares=high", "disk.reservation=100",
+                                "disk.limit=300iops"], h.config)
+        assert (step.controls.disk_shares, step.controls.disk_reservation_iops,
+                step.controls.disk_limit_iops) == ("high", 100, 300)
+        with pytest.raises(sc.ScenarioError, match="limit 300 IOPS is below the reservation 400 IOPS"):
+            sc.parse_create(["io2", "memory=64M", "disk.reservation=400", "disk.limit=300"], h.config)
+    finally:
+        h.shutdown()
