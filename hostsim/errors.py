@@ -8,3 +8,8 @@ from __future__ import annotations
 
 class HostsimError(Exception):
     """An error the user caused, with a one-line message that says where and what is wrong."""
+
+
+class HostPanic(HostsimError):
+    """The host stopped as ESX does at a purple screen (a crash asked for with vsish): nothing
+    flushed or given back; a later boot of the same host replays its journal."""

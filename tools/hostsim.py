@@ -32,6 +32,7 @@ from hostsim.console.host import Host
 from hostsim.console.run import ScenarioFailed, run_scenario, write_outputs
 from hostsim.console.server import CommandServer, ConsoleUnreachable, request, socket_path
 from hostsim.console.vimcmd import vim_cmd, vmware_cmd
+from hostsim.console.vsish import vsish
 from hostsim.errors import HostsimError
 from hostsim.vmkernel.engine import SECOND
 from vmfs.errors import VmfsError
@@ -120,6 +121,12 @@ def boot_command(config: Path, state_dir: Path, speed: float, duration: float | 
             raise _Stop(signal.Signals(signum).name)
         host.engine.post(raise_stop)
 
+    def power_loss(message: str) -> None:  # a PSOD: say why, then stop as a power cut does
+        click.echo(message, err=True)
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    host.on_panic = power_loss
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     click.echo(f"{host.name}: booted; console at {server.path}", err=True)
@@ -148,6 +155,8 @@ def _serve(host: Host, req: dict[str, Any]) -> dict[str, Any]:
         out, rc = vim_cmd(host, argv)
     elif op == "vmware-cmd":
         out, rc = vmware_cmd(host, argv)
+    elif op == "vsish":
+        out, rc = vsish(host, argv)
     elif op == "sample":
         return {"output": "", "rc": 0, "sample": st.sample_to_dict(host.sample())}
     else:
@@ -206,6 +215,16 @@ def vim_cmd_command(host_name: str | None, state_dir: Path, args: tuple[str, ...
 def vmware_cmd_command(host_name: str | None, state_dir: Path, args: tuple[str, ...]) -> None:
     """vmware-cmd on a booted host (-l, CFG getstate|start|stop|reset)."""
     _client("vmware-cmd", host_name, state_dir, args)
+
+
+@main.command("vsish", context_settings={"ignore_unknown_options": True})
+@_with_client_options
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def vsish_command(host_name: str | None, state_dir: Path, args: tuple[str, ...]) -> None:
+    """vsish on a booted host: -e get|set|ls NODE [VALUE]; `-e set /reliability/crashMe/Panic 1`
+    crashes it now, `-e set /reliability/crashMe/JournalHalfHome 1` in the middle of its next
+    VMFS journal transaction (the host's process ends as at a power cut)."""
+    _client("vsish", host_name, state_dir, args)
 
 
 @main.command("esxtop", context_settings={"ignore_unknown_options": True})

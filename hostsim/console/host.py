@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from hostsim.console.stats import (
     VmMemSample,
 )
 from hostsim.console.vimcmd import HostView, SnapshotView, VmView
-from hostsim.errors import HostsimError
+from hostsim.errors import HostPanic, HostsimError
 from hostsim.hic import Datastore, DeviceModel, Lun, StorageSystem
 from hostsim.vmkernel.cpu import CpuGroup, CpuScheduler
 from hostsim.vmkernel.engine import SECOND, Engine
@@ -71,6 +72,11 @@ BLANK_PROBE = 2 << 20
 
 class HostError(HostsimError):
     """A console action that cannot be done (unknown VM, datastore, pool; wrong power state)."""
+
+
+#: where an armed crash fires: at once, or in the middle of the next VMFS journal transaction
+#: that has two or more home writes, after its first (half home: what only a replay repairs)
+PANIC_POINTS = ("now", "journal-half-home")
 
 
 def host_uuid(name: str) -> str:
@@ -131,6 +137,11 @@ class Host:
         self._next_vmid = 1
         self.crashed = False
         self.closed = False
+        #: what a panic does once the host has stopped: raise :class:`HostPanic` (in one process
+        #: with its caller); ``hostsim boot`` replaces it with a SIGKILL of its own process
+        self.on_panic: Callable[[str], None] = _raise_panic
+        #: the panic point armed and not yet reached (``vsish -e get``)
+        self.armed_panic: str | None = None
         vm_memory = config.memory_mb - config.vmkernel_mb - config.console_mb
         self.root_pool = ResourcePool.host("host", cpu_mhz=config.pcpus * config.mhz, mem_mb=max(vm_memory, 0))
         self.pools: dict[str, ResourcePool] = {}
@@ -745,6 +756,44 @@ class Host:
             att.crash()
         self.event("crashed")
 
+    def arm_panic(self, point: str | None) -> None:
+        """Crash the host at ``point`` (:data:`PANIC_POINTS`), as ``vsish -e set
+        /reliability/crashMe/Panic 1`` crashes an ESXi host on purpose; None disarms."""
+        if point is None:
+            self._disarm()
+            return
+        if point not in PANIC_POINTS:
+            raise HostError(f"unknown panic point {point!r} (one of {', '.join(PANIC_POINTS)})")
+        if self.closed:
+            raise HostError(f"{self.name} is not running")
+        if point == "now":
+            self.panic("crashMe Panic")
+            return
+        journals = [att.journal for att in self.attachments.values() if att.journal is not None]
+        if not journals:
+            raise HostError(f"{self.name} has no journaled datastore to crash in")
+
+        def half_home(i: int, n: int) -> None:
+            if i == 1 and n >= 2:
+                self.panic(f"crashMe in a VMFS journal transaction: home write 1 of {n} done")
+        for journal in journals:
+            journal.on_home_write = half_home
+        self.armed_panic = point
+        self.event("armed: panic in the next journal transaction with two or more home writes")
+
+    def panic(self, reason: str) -> None:
+        """Stop now, as at a PSOD: the event says why; then :attr:`on_panic` (which does not return)."""
+        self._disarm()
+        self.event(f"PSOD: {reason}")
+        self.crash()
+        self.on_panic(f"{self.name}: PSOD: {reason}")
+
+    def _disarm(self) -> None:
+        self.armed_panic = None
+        for att in self.attachments.values():
+            if att.journal is not None:
+                att.journal.on_home_write = None
+
     def _close_storage(self) -> None:
         if self.closed and not self.crashed:
             return
@@ -753,6 +802,10 @@ class Host:
             if not att.closed:
                 att.close()
         self.storage.close()
+
+
+def _raise_panic(message: str) -> None:
+    raise HostPanic(message)
 
 
 def mem_shares_for(level: str, memsize_mb: int) -> int:

@@ -1,4 +1,4 @@
-"""A simulated ESX host killed with SIGKILL mid-run, booted again: the datastore's journal is
+"""A simulated ESX host killed (SIGKILL) in the middle of a VMFS transaction, booted again: the datastore's journal is
 replayed, the VM powers on again, and every guest write acknowledged before the kill is there.
 
 All through the real command line (``hostsim run``, ``hostsim boot``, ``hostsim vim-cmd``) in
@@ -14,10 +14,15 @@ separate processes:
    and its ``vim-cmd vmsvc/power.on`` is refused: the ``.vmx`` is locked, the message names the
    owner by the host UUID that esxcrash's ``hostsvc/hostsummary`` reports.  esxother stops cleanly.
 4. **How the test knows what was acknowledged:** it scans the image file (outside the simulator,
-   reading only the bytes on the LUN) for the sentinels, until those of generations 0..K (K ≥ 8)
-   are all there, and then sends SIGKILL.  A sentinel reaches the LUN only when its write is
-   dispatched, which the guest does only after the flush before it completed, i.e. after every
-   data write of its generation and the earlier ones was acknowledged.
+   reading only the bytes on the LUN) for the sentinels, until those of generations 0..8 are
+   there; then ``hostsim vsish -e set /reliability/crashMe/JournalHalfHome 1`` makes the host
+   SIGKILL its own process right after the first home write of its next journal transaction
+   with two or more (the writer's next thin block): committed, half home, which only a replay
+   repairs (a kill at a random moment almost never lands there, so without the replay this test
+   would pass as well).  Acknowledged are the generations 0..K whose sentinels are on the LUN
+   after the kill: a sentinel reaches the LUN only when its write is dispatched, which the guest
+   does only after the flush before it completed, i.e. after every data write of its generation
+   and the earlier ones was acknowledged.
 5. ``hostsim boot crash.host --speed 0.5`` again: same name, so the same VMFS identity; its mount
    replays the journal the killed host left and lets go of its old locks.  ``vim-cmd
    vmsvc/power.on`` must succeed; the guest is still in its first 20 s halt (checked by its
@@ -52,6 +57,9 @@ DATA_LBA, DATA_SECTORS, DATA_SEED = 2048, 128, 51
 SENTINEL_LBA, SENTINEL_SEED = 1024, 52
 #: the writer's generations, and the sentinel generation the test waits for at least before the kill
 GENERATIONS, KILL_AFTER = 300, 8
+#: vsish node (hostsim/console/vsish.py): the host panics, SIGKILLing its own process, right after the
+#: first home write of its next journal transaction with two or more (the writer's next thin block)
+PANIC_NODE = "/reliability/crashMe/JournalHalfHome"
 WAIT_S = 120.0
 
 
@@ -113,6 +121,10 @@ class Booted:
 
     def vim(self, *args: str) -> subprocess.CompletedProcess[str]:
         return vim_cmd(self.state, self.name, *args)
+
+    def vim_tool(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([HOSTSIM, command, "--state-dir", str(self.state), "--host", self.name, *args],
+                              capture_output=True, text=True, timeout=90)
 
     def wait_console(self) -> None:
         deadline = time.monotonic() + WAIT_S
@@ -191,6 +203,7 @@ class Crash:
     acknowledged: int = -1
     on_lun_after_kill: list[int] = field(default_factory=list)
     killed_rc: int | None = None
+    killed_stderr: str = ""
     fsck_before_replay: str = ""
     second_power_on: subprocess.CompletedProcess[str] | None = None
     second_state: str = ""
@@ -240,9 +253,13 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
             assert first.proc.poll() is None, f"esxcrash exited {first.proc.returncode}: {first.log.read_text()}"
             assert time.monotonic() < deadline, f"sentinel {KILL_AFTER} never reached the LUN"
             time.sleep(0.05)
-        result.acknowledged = seen
-        result.killed_rc = first.stop(signal.SIGKILL)
+        armed = first.vim_tool("vsish", "-e", "set", PANIC_NODE, "1")
+        assert armed.returncode == 0, armed.stdout + armed.stderr
+        result.killed_rc = first.proc.wait(timeout=WAIT_S)  # it kills itself at the next transaction
+        result.killed_stderr = first.log.read_text()
         result.on_lun_after_kill = sorted(sentinels_on_lun(result.image))
+        result.acknowledged = acknowledged(set(result.on_lun_after_kill))
+        assert result.acknowledged >= seen
         result.timings["until the kill"] = time.monotonic() - started
         r = subprocess.run([tool("vmfs-fsck"), "-n", str(result.image)], capture_output=True, text=True)
         result.fsck_before_replay = f"exit {r.returncode}:\n{r.stdout}{r.stderr}"
@@ -277,6 +294,17 @@ def test_a_second_host_is_refused_the_running_vm_and_named_the_owner(crash: Cras
                    f"(exclusive lock, owner {crash.owner_uuid})"), out
     assert crash.other_exit == 0 and "esxother: shut down" in crash.other_stderr, crash.other_stderr
     assert "Traceback" not in crash.other_stderr
+
+
+def test_the_host_crashed_with_a_transaction_half_home(crash: Crash) -> None:
+    """The kill landed where only a replay can repair the volume: the record committed, its first
+    home write done, the others not (and the writer's block allocation was that transaction)."""
+    assert crash.killed_rc == -signal.SIGKILL, crash.killed_stderr
+    m = re.search(r"esxcrash: PSOD: crashMe in a VMFS journal transaction: home write 1 of (\d+) done",
+                  crash.killed_stderr)
+    assert m and int(m.group(1)) >= 2, crash.killed_stderr
+    m = re.search(r"replayed (\d+) records of our own journal after an unclean stop", crash.second_stderr)
+    assert m and int(m.group(1)) >= 2, crash.second_stderr
 
 
 def test_the_killed_host_is_booted_again_and_the_vm_powers_on(crash: Crash) -> None:

@@ -125,6 +125,9 @@ class Journal:
         self.pending = False
         #: called with the byte count of every journal write (statistics, fault injection)
         self.on_write: Callable[[int], None] | None = None
+        #: called as ``(i, n)`` after home write i (1-based) of a commit's n: a simulated host
+        #: panics there on request, so a crash test can stop a host with a transaction half home
+        self.on_home_write: Callable[[int, int], None] | None = None
 
     @property
     def capacity(self) -> int:
@@ -142,8 +145,11 @@ class Journal:
         self.device.write(self.area.offset, blob + bytes(pad))
         if self.barriers:
             self.device.flush()
-        for offset, data in writes:
+        hook = self.on_home_write
+        for i, (offset, data) in enumerate(writes, 1):
             self.device.write(offset, data)
+            if hook is not None:
+                hook(i, len(writes))
         if self.barriers:
             # The home copies must be durable before the next transaction overwrites this one in
             # the journal, and before our locks are released to another host.
