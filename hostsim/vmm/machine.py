@@ -16,7 +16,7 @@ host to power the VM off.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from hostsim.vmkernel.cpu import CpuGroup, Vcpu
 from hostsim.vmkernel.engine import Engine, Event, Interrupt, Process
 from hostsim.vmkernel.memory.vm import VmMemory
 from hostsim.vmkernel.storage import StorageStack, StorageWorld
+from hostsim.vmm.guest.content import PageBytes
 from hostsim.vmm.guest.errors import GuestError
 from hostsim.vmm.guest.interpreter import GuestLog, VcpuGuest, start
 from hostsim.vmm.guest.tree import Program
@@ -138,6 +139,28 @@ class Vmm:
             return vcpu.block(stun)
         delay = self.memory.touch(ppn, data)
         return vcpu.swap_wait(delay) if delay else self._done
+
+    def touch_pages(self, vcpu: Vcpu, pages: Sequence[int], start: int,
+                    page: PageBytes | None) -> tuple[int, Event | None]:
+        stun = self._stunned()
+        if stun is not None:  # as touch: the page is not touched, the vCPU waits for the answer
+            return 1, vcpu.block(stun)
+        touch = self.memory.touch
+        i, n = start, len(pages)
+        if page is None:
+            while i < n:
+                delay = touch(pages[i], None)
+                i += 1
+                if delay:
+                    return i - start, vcpu.swap_wait(delay)
+        else:
+            while i < n:
+                ppn = pages[i]
+                delay = touch(ppn, page(ppn))
+                i += 1
+                if delay:
+                    return i - start, vcpu.swap_wait(delay)
+        return i - start, None
 
     def disk_read(self, vcpu: Vcpu, disk: str, lba: int, count: int) -> Event:
         scsi = self.scsi.disk(disk)

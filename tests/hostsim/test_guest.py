@@ -39,6 +39,7 @@ from hostsim.vmm.guest import (
     seeded_sectors,
     start,
 )
+from hostsim.vmm.guest.platform import TouchEach
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "hostsim" / "examples" / "guests"
@@ -46,7 +47,7 @@ DISK_LATENCY = 250
 FLUSH_LATENCY = 40
 
 
-class Platform:
+class Platform(TouchEach):
     """A GuestPlatform on the engine that records every call as (time, vcpu, op, args...)."""
 
     def __init__(self, engine: Engine, *, page_size: int = 4096, disks: dict[str, int] | None = None,

@@ -199,6 +199,16 @@ class HostAttachment:
             raise ReadOnlyError("volume is closed")
         self.heartbeat.check_writable()
 
+    def nothing_to_recover(self) -> bool:
+        """Writable (raises as :meth:`check_writable` otherwise) with no earlier device failure
+        waiting to be repaired (a cut commit to redo, locks to give back, caches to re-read):
+        data may then go to blocks a file already owns without a transaction of its own."""
+        self.check_writable()
+        journal = self.journal
+        return not (self._caches_stale or self._unfinished is not None
+                    or (journal is not None and journal.pending)
+                    or (self.locks is not None and self.locks.unreleased))
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Collect metadata writes; commit through the journal on success, forget them (and every

@@ -34,6 +34,7 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
 from vmfs.volume.directory import Directory, check_name
 from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.filereader import FileReader
 from vmfs.volume.namespace import FileSystem
 from vmfs.write.dirchange import DirectoryChanges, new_directory5_data
 from vmfs.write.filedata import FileWriter
@@ -550,6 +551,8 @@ class WritableFileSystem(FileSystem):
             raise InvalidArgumentError("negative offset")
         if not data:
             return 0  # POSIX: writing nothing changes nothing, not even the length
+        if self._write_in_place(address, offset, data):
+            return len(data)
         done = 0
         while done < len(data):
             chunk = data[done : done + WRITE_CHUNK]
@@ -572,6 +575,33 @@ class WritableFileSystem(FileSystem):
                 raise
             done += len(chunk)
         return done
+
+    def _write_in_place(self, address: int, offset: int, data: bytes) -> bool:
+        """The common case of a virtual disk, done without a transaction: a write inside the
+        length of a regular file we hold open for writing (its exclusive lock is ours, so no other
+        host can change its map), into blocks it already owns and that need no zeroing.  Only
+        data goes to the device, in volume-contiguous pieces, and the new times are deferred as
+        a normal write's are; the result on disk is what :meth:`write` leaves.  False (nothing
+        written) when any condition fails: then the normal path does it."""
+        if not self.writers[address] or not self._may_defer(address):
+            return False
+        with self.attachment.meta_lock:
+            if not self.attachment.nothing_to_recover():
+                return False
+            fd = self._fd(address)
+            if (fd.type != F.TYPE_REGFILE or fd.is_resident or offset + len(data) > fd.size
+                    or offset + len(data) > self.volume.geometry.max_file_size):
+                return False
+            pieces = list(FileReader(fd).extents(offset, len(data)))
+            if any(loc is None for _, _, loc in pieces):
+                return False  # a hole or a to-be-zeroed block: allocation or zeroing needed
+            device = self.volume.device
+            view = memoryview(data)
+            for file_offset, n, loc in pieces:
+                device.write(loc, bytes(view[file_offset - offset : file_offset - offset + n]))  # type: ignore[arg-type]
+            self._touch(fd)
+            self.deferred[address] = {k: fd.meta[k] for k in _DEFERRED}
+        return True
 
     def _may_defer(self, address: int) -> bool:
         """Length/time updates may wait only while no other host can touch the FD: we hold its

@@ -14,6 +14,7 @@ from typing import Any
 
 from hostsim.vmkernel.engine import SECOND, Engine, Event
 from hostsim.vmm.guest.interpreter import GuestLog, start
+from hostsim.vmm.guest.platform import TouchEach
 from hostsim.vmm.guest.tree import Program
 
 
@@ -53,7 +54,7 @@ class _Tally:
     flushes: int = 0
 
 
-class IdealPlatform:
+class IdealPlatform(TouchEach):
     """A GuestPlatform with no contention: every call takes exactly its own time (disk commands
     ``latency_us``), reads return zeros, nothing is stored."""
 

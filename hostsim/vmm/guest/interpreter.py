@@ -328,28 +328,23 @@ class VcpuGuest:
                     f"would never end (add compute, halt or idle to it)")
 
     def _touch(self, ins: _Touch) -> Generator[Event, Any, None]:
-        touch, vcpu, page = self.platform.touch, self.vcpu, ins.page
+        pages: Sequence[int]
         if ins.pages is not None and ins.rng is not None:
-            subset, randrange = ins.pages, ins.rng.randrange
-            size = len(subset)
-            pages: Iterable[int] = (subset[randrange(size)] for _ in range(ins.draws))
+            pages = ins.rng.choices(ins.pages, k=ins.draws)
         elif ins.pages is not None:
             pages = ins.pages
         elif ins.rng is not None:
-            randrange, first, count = ins.rng.randrange, ins.first, ins.count
-            pages = (first + randrange(count) for _ in range(ins.draws))
+            pages = ins.rng.choices(range(ins.first, ins.first + ins.count), k=ins.draws)
         else:
             pages = range(ins.first, ins.first + ins.count)
-        n = 0
-        if page is None:
-            for ppn in pages:
-                n += 1
-                yield touch(vcpu, ppn, None)
-        else:
-            for ppn in pages:
-                n += 1
-                yield touch(vcpu, ppn, page(ppn))
-        self.touches += n
+        touch_pages, vcpu, page = self.platform.touch_pages, self.vcpu, ins.page
+        start, total = 0, len(pages)
+        while start < total:
+            done, wait = touch_pages(vcpu, pages, start, page)
+            start += done
+            if wait is not None:
+                yield wait
+        self.touches += total
 
     def _disk(self, ins: _Disk) -> Generator[Event, Any, None]:
         if ins.mode == "at":
