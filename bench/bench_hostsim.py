@@ -23,6 +23,9 @@ disk's first block allocations), then ``--seconds`` more, which are timed.  Gues
   whole 32 MiB disk), each really read from or written to the VMDK on the VMFS volume;
 * ``cpu``, ``memory``, ``disk``: the server's CPU bursts only, its page touches only, its disk
   commands only (each with the server's halts), so the cost of each part shows on its own;
+* ``server/N``: the server at 1/N of its request rate (each request the same, the halt after it
+  N times longer): at 8 VMs, ``server/10`` is 10 commands, 100 touches and one burst per VM and
+  simulated second;
 * ``light``: what the goal leaves room for today (per simulated second one burst of 10-30 ms,
   100 touches of which 10 writes, one read and one write of 16 KiB);
 * ``idle``: one halt a second (the host's own periodic work: memory manager, scheduler periods,
@@ -135,6 +138,16 @@ AREAS = (  # file path fragment -> area, first match wins
 
 
 def guest_text(kind: str, seed: int) -> str:
+    """The program of guest ``kind``; ``server/N`` is the server at 1/N of its request rate (the
+    same request, paced N times slower: N = 10 is one request a second), so a run over several
+    N shows how speed falls with load instead of at one load chosen to fit the goal."""
+    if kind.startswith("server/"):
+        n = int(kind.split("/", 1)[1])
+        if n < 1:
+            raise SystemExit(f"{kind}: N must be at least 1")
+        pace = f"    halt {100 * n - 15}ms..{100 * n - 5}ms\n"
+        body = HEAP + "forever\n" + CPU_PART + MEM_PART + DISK_PART + pace + "end\n"
+        return f"guest bench-server-{n}\nseed {seed}\n" + body
     return f"guest bench-{kind}\nseed {seed}\n" + GUESTS[kind]
 
 
@@ -178,7 +191,7 @@ def run_case(lun: str, vms: int, guest: str, seconds: int, warmup: int, seed: in
     """One measurement in this interpreter: boot, power on, warm up, time ``seconds``."""
     with tempfile.TemporaryDirectory(prefix="bench-hostsim-") as tmp:
         work = Path(tmp)
-        program = work / f"{guest}.guest"
+        program = work / f"{guest.replace('/', '-')}.guest"
         program.write_text(guest_text(guest, seed))
         t0 = time.perf_counter()
         host = Host(cfg.load(host_config(work, lun, vms, seed)))
@@ -222,7 +235,7 @@ def run_case(lun: str, vms: int, guest: str, seconds: int, warmup: int, seed: in
            "digest": digest}  # the run's scheduler dump, disk counters and totals: same seed, same digest
     if prof:
         profile.mkdir(parents=True, exist_ok=True)
-        path = profile / f"{lun}-{vms}-{guest}.prof"
+        path = profile / f"{lun}-{vms}-{guest.replace('/', '-')}.prof"
         prof.dump_stats(str(path))
         out["profile"] = str(path)
     return out
@@ -353,7 +366,7 @@ def main() -> None:
                     p = _child([lun, vms, guest, args.seconds, args.warmup, args.seed, args.profile])
                     print(profile_report(p["profile"]), flush=True)
                 if args.pyspy:
-                    raw = Path(args.pyspy) / f"{lun}-{vms}-{guest}.txt"
+                    raw = Path(args.pyspy) / f"{lun}-{vms}-{guest.replace('/', '-')}.txt"
                     raw.parent.mkdir(parents=True, exist_ok=True)
                     _child([lun, vms, guest, args.seconds, args.warmup, args.seed, None], pyspy=raw)
                     print(pyspy_report(raw), flush=True)

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class IoRecord:
-    """One command's path through the model (times in microseconds)."""
+class IoRecord(NamedTuple):
+    """One command's path through the model (times in microseconds).  A named tuple: one is
+    made per device command, and a frozen dataclass costs several times more to build."""
 
     op: str  # "read", "write", "ats" or "flush"
     offset: int

@@ -67,24 +67,34 @@ _TYPE_WORDS = {
 }
 
 
-@contextlib.contextmanager
-def _translated(name: str) -> Iterator[None]:
-    """Volume errors as VMDK errors naming the storage name (same errno, matching builtin)."""
-    try:
-        yield
-    except E.NotFoundError as exc:  # the volume's message names the component that is missing
-        raise MissingExtentError(f"{name}: {exc}") from None
-    except E.ExistsError:
-        raise ExistsError(f"{name}: already exists") from None
-    except E.ReadOnlyError as exc:
-        raise ReadOnlyError(f"{name}: {exc}") from None
-    except (E.IsADirError, E.NotADirError, E.InvalidArgumentError) as exc:
-        raise InvalidArgumentError(f"{name}: {exc}", errno=exc.errno) from None
-    except E.NoSpaceError as exc:
-        raise NoSpaceError(f"{name}: {exc}") from None
-    except E.UnsupportedError as exc:
-        raise UnsupportedError(f"{name}: {exc}") from None
-    except E.VmfsError as exc:
+class _translated:
+    """Volume errors as VMDK errors naming the storage name (same errno, matching builtin).
+    A class, not a generator context manager: it wraps every read and write of a disk."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> bool:
+        if exc is None or not isinstance(exc, E.VmfsError):
+            return False
+        name = self.name
+        if isinstance(exc, E.NotFoundError):  # the volume's message names the missing component
+            raise MissingExtentError(f"{name}: {exc}") from None
+        if isinstance(exc, E.ExistsError):
+            raise ExistsError(f"{name}: already exists") from None
+        if isinstance(exc, E.ReadOnlyError):
+            raise ReadOnlyError(f"{name}: {exc}") from None
+        if isinstance(exc, (E.IsADirError, E.NotADirError, E.InvalidArgumentError)):
+            raise InvalidArgumentError(f"{name}: {exc}", errno=exc.errno) from None
+        if isinstance(exc, E.NoSpaceError):
+            raise NoSpaceError(f"{name}: {exc}") from None
+        if isinstance(exc, E.UnsupportedError):
+            raise UnsupportedError(f"{name}: {exc}") from None
         raise VmdkError(f"{name}: {exc}", errno=exc.errno) from None
 
 

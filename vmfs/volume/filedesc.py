@@ -128,40 +128,42 @@ class FileDescriptor:
                 )
 
     # -- plain attributes ---------------------------------------------------------------------------
+    # (meta["x"], not meta.x: construct's attribute access is a Python-level __getattr__, and
+    # these are read on every I/O)
 
     @property
     def type(self) -> int:
-        return self.meta.type
+        return self.meta["type"]
 
     @property
     def size(self) -> int:
-        return self.meta.fileLength
+        return self.meta["fileLength"]
 
     @property
     def zla(self) -> int:
-        return self.meta.zla
+        return self.meta["zla"]
 
     @property
     def block_size(self) -> int:
-        return self.meta.blockSize
+        return self.meta["blockSize"]
 
     @property
     def generation(self) -> int:
-        return self.meta.generation
+        return self.meta["generation"]
 
     @property
     def is_dir(self) -> bool:
-        return self.meta.type == F.TYPE_DIRECTORY or (
-            self.meta.type == F.TYPE_SYSFILE and _stat.S_ISDIR(self.meta.mode)
+        return self.meta["type"] == F.TYPE_DIRECTORY or (
+            self.meta["type"] == F.TYPE_SYSFILE and _stat.S_ISDIR(self.meta["mode"])
         )
 
     @property
     def is_symlink(self) -> bool:
-        return self.meta.type == F.TYPE_SYMLINK
+        return self.meta["type"] == F.TYPE_SYMLINK
 
     @property
     def is_resident(self) -> bool:
-        return self.meta.zla == F.ZLA_RESIDENT
+        return self.meta["zla"] == F.ZLA_RESIDENT
 
     @property
     def st_mode(self) -> int:

@@ -589,18 +589,23 @@ class WritableFileSystem(FileSystem):
             if not self.attachment.nothing_to_recover():
                 return False
             fd = self._fd(address)
-            if (fd.type != F.TYPE_REGFILE or fd.is_resident or offset + len(data) > fd.size
-                    or offset + len(data) > self.volume.geometry.max_file_size):
+            meta = fd.meta
+            end = offset + len(data)
+            if meta["type"] != F.TYPE_REGFILE or meta["zla"] == F.ZLA_RESIDENT or end > meta["fileLength"]:
                 return False
             pieces = list(FileReader(fd).extents(offset, len(data)))
-            if any(loc is None for _, _, loc in pieces):
-                return False  # a hole or a to-be-zeroed block: allocation or zeroing needed
+            for _, _, loc in pieces:
+                if loc is None:
+                    return False  # a hole or a to-be-zeroed block: allocation or zeroing needed
             device = self.volume.device
-            view = memoryview(data)
-            for file_offset, n, loc in pieces:
-                device.write(loc, bytes(view[file_offset - offset : file_offset - offset + n]))  # type: ignore[arg-type]
+            if len(pieces) == 1:
+                device.write(pieces[0][2], data)  # type: ignore[arg-type]
+            else:
+                view = memoryview(data)
+                for file_offset, n, loc in pieces:
+                    device.write(loc, bytes(view[file_offset - offset : file_offset - offset + n]))  # type: ignore[arg-type]
             self._touch(fd)
-            self.deferred[address] = {k: fd.meta[k] for k in _DEFERRED}
+            self.deferred[address] = {k: meta[k] for k in _DEFERRED}
         return True
 
     def _may_defer(self, address: int) -> bool:
