@@ -141,9 +141,12 @@ class ScsiDisk:
             raise ScsiError(f"{self.node}: a write of {len(data)} bytes is not whole 512-byte blocks")
         self._check(lba, len(data) // SECTOR)
         try:
-            view = memoryview(bytes(data))
-            for start in range(0, len(view), WRITE_PIECE):
-                self._disk.write_sectors(lba + start // SECTOR, bytes(view[start : start + WRITE_PIECE]))
+            if len(data) <= WRITE_PIECE:  # the usual command: no copies
+                self._disk.write_sectors(lba, data if type(data) is bytes else bytes(data))
+            else:
+                view = memoryview(bytes(data))
+                for start in range(0, len(view), WRITE_PIECE):
+                    self._disk.write_sectors(lba + start // SECTOR, bytes(view[start : start + WRITE_PIECE]))
         except (vmdk_errors.VmdkError, vmfs_errors.VmfsError) as exc:
             if _is_enospc(exc):
                 self.stunned = True

@@ -22,6 +22,10 @@ class MemoryDevice(ProcessLocalDevice):
         return self._size
 
     def _read(self, offset: int, length: int) -> bytes:
+        index, within = divmod(offset, _CHUNK)
+        if within + length <= _CHUNK:  # inside one chunk (the usual case): one copy
+            chunk = self._chunks.get(index)
+            return bytes(length) if chunk is None else bytes(chunk[within : within + length])
         out = bytearray(length)
         pos = offset
         end = offset + length

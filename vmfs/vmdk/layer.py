@@ -143,6 +143,11 @@ class Layer:
         count = len(data) // SECTOR
         pieces = list(self._pieces(sector, count))
         self.prepare_write(sector, count)
+        if len(pieces) == 1:  # one extent (the usual case): the data as it came, no copy
+            lsec, ext, inner, _n = pieces[0]
+            delta = lsec - inner
+            ext.write(inner, data, (lambda s, c: fill(s + delta, c)) if fill is not None and delta else fill)
+            return
         view = memoryview(data)
         for lsec, ext, inner, n in pieces:
             chunk = view[(lsec - sector) * SECTOR : (lsec - sector + n) * SECTOR]

@@ -175,7 +175,8 @@ class VolumeFile(io.RawIOBase):
         self._check_open()
         if not self._writable:
             raise ReadOnlyError(f"{self.name}: file is open read-only")
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         with _translated(self.name):
             n = write_all(self._storage.wfs, self._address, self._pos, data)
         self._pos += n
