@@ -155,9 +155,12 @@ def test_create_never_enoent(tmp_path: Path) -> None:
     """open(O_CREAT) in an existing directory never fails with ENOENT, whatever unlinks the name
     at the same moment (on ext4: 0 in 6,000).  Through libfuse's path-based API the kernel may
     find the name (a cached entry), send OPEN for a node whose name is gone, and get ENOENT back;
-    the stress rounds count this and go on (``shared-write-ENOENT``), this test requires none."""
+    the stress rounds count this and go on (``shared-write-ENOENT``), this test requires none.
+    ESTALE is the mount's answer there; the kernel looks the name up again and retries once, so
+    the caller sees it only when the name is unlinked again inside the retry: rare (seen once in
+    6,000 on a loaded machine) and allowed up to 0.1 % (docs/guide.md); anything else fails."""
     image = mkfs(tmp_path / "v.img", "1G")
-    counts = {"ENOENT": 0, "other": 0}
+    counts = {"ENOENT": 0, "ESTALE": 0, "other": 0}
     with RwMount(image, tmp_path / "m", "rw") as mount:
         target = mount.mountpoint / "X"
 
@@ -168,7 +171,7 @@ def test_create_never_enoent(tmp_path: Path) -> None:
                     os.write(fd, b"x")
                     os.close(fd)
                 except OSError as e:
-                    counts["ENOENT" if e.errno == errno.ENOENT else "other"] += 1
+                    counts[errno.errorcode[e.errno] if e.errno in (errno.ENOENT, errno.ESTALE) else "other"] += 1
 
         def unlinker() -> None:
             for _ in range(3000):
@@ -184,6 +187,8 @@ def test_create_never_enoent(tmp_path: Path) -> None:
             w.join()
         rc = mount.close()
     assert rc == 0
-    assert counts == {"ENOENT": 0, "other": 0}, f"open(O_CREAT) failed in an existing directory: {counts}"
+    print(f"open(O_CREAT) racing unlink: {counts} in 6000")
+    assert counts["ENOENT"] == 0 and counts["other"] == 0, f"open(O_CREAT) failed in an existing directory: {counts}"
+    assert counts["ESTALE"] <= 6, f"ESTALE more often than the kernel's one retry explains: {counts}"
     code, report = fsck_n(image)
     assert code == 0, report[-3000:]
