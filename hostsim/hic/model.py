@@ -120,10 +120,12 @@ class DeviceModel:
         while len(out) >= self.queue_depth:
             t = max(t, heapq.heappop(out))
         q.last_admit = t
-        k = min(range(self.channels), key=self._free.__getitem__)
-        start = max(t, self._free[k])
+        free = self._free
+        first = min(free)  # the channel free first (the lowest numbered of a tie, as before)
+        k = free.index(first)
+        start = t if t > first else first
         complete = start + self.service_us(nbytes, extra_us)
-        self._free[k] = complete
+        free[k] = complete
         heapq.heappush(out, complete)
         return t, start, complete
 
