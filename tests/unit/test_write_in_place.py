@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fsck import volumes
 from tests.fsck.cases import codes, run_fsck
@@ -118,3 +120,46 @@ def test_a_host_that_lost_its_lease_writes_nothing_in_place(image: Path) -> None
         vol.heartbeat._lost = None
         fs.close_file(fd.address, write=True)
     assert _read(image, "/f")[:4] == volumes.data(MIB, 2)[:4]
+
+
+# -- the two paths give the same file ------------------------------------------------------------------
+
+write_ops = st.lists(st.tuples(st.integers(0, 5 * MIB), st.integers(1, 300_000), st.integers(0, 255)),
+                     min_size=1, max_size=12)
+
+
+def _replay(image: Path, ops: list[tuple[int, int, int]], *, in_place: bool) -> bytes:
+    with HostAttachment.open(image, host=volumes.host()) as vol:
+        fs = WritableFileSystem(vol)
+        if not in_place:
+            fs._write_in_place = lambda *_args: False  # type: ignore[method-assign]
+        fd = fs.resolve("/disk")
+        fs.open_file(fd.address, write=True)
+        for offset, size, byte in ops:
+            fs.write(fd.address, offset, bytes([byte]) * size)
+        fs.close_file(fd.address, write=True)
+    return _read(image, "/disk")
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(write_ops)
+def test_in_place_and_transactional_writes_leave_the_same_file(tmp_path: Path, ops: list[tuple[int, int, int]]) -> None:
+    """Random writes (inside owned blocks, over TBZ blocks, across the end, into holes past it) on
+    a lazily zeroed 3 MiB file: the file reads the same whichever path each write took, and
+    both volumes check clean."""
+    results = []
+    for in_place in (True, False):
+        image = tmp_path / f"{in_place}.img"
+        image.unlink(missing_ok=True)
+        volumes.make_volume(image)
+        with HostAttachment.open(image, host=volumes.host()) as vol:
+            fs = WritableFileSystem(vol)
+            fd = fs.create("/disk")
+            fs.allocate(fd.address, 3 * MIB, eager=False)
+            fs.open_file(fd.address, write=True)
+            fs.write(fd.address, MIB, volumes.data(MIB, 3))  # one block owned and written, two TBZ
+            fs.close_file(fd.address, write=True)
+        results.append(_replay(image, ops, in_place=in_place))
+        rc, report = run_fsck(image, "-n")
+        assert rc == 0, codes(report)
+    assert results[0] == results[1]
