@@ -146,7 +146,8 @@ class Layer:
         if len(pieces) == 1:  # one extent (the usual case): the data as it came, no copy
             lsec, ext, inner, _n = pieces[0]
             delta = lsec - inner
-            ext.write(inner, data, (lambda s, c: fill(s + delta, c)) if fill is not None and delta else fill)
+            ext.write(inner, data if type(data) is bytes else bytes(data),
+                      (lambda s, c: fill(s + delta, c)) if fill is not None and delta else fill)
             return
         view = memoryview(data)
         for lsec, ext, inner, n in pieces:
