@@ -47,29 +47,36 @@ def _counting(vol: HostAttachment) -> HostAttachment:
     return vol
 
 
-def _commits(vol: HostAttachment) -> int:
+def _opened(vol: HostAttachment) -> int:
     return vol.opened  # type: ignore[attr-defined,no-any-return]
+
+
+def _new_open(fs: WritableFileSystem, path: str, data: bytes) -> int:
+    """Create ``path``, hold it open for writing (as a VMDK or a FUSE handle does), write ``data``
+    from offset 0; its FD address."""
+    address = fs.create(path).address
+    fs.open_file(address, write=True)
+    fs.write(address, 0, data)
+    return address
 
 
 def test_rewrites_of_owned_blocks_need_no_transaction(image: Path) -> None:
     expected = bytearray(volumes.data(3 * MIB, 11))
     with HostAttachment.open(image, host=volumes.host()) as vol:
         fs = WritableFileSystem(_counting(vol))
-        fd = fs.create("/disk-flat.vmdk")
-        fs.open_file(fd.address, write=True)
-        fs.write(fd.address, 0, bytes(expected))  # allocates: transactions
-        before = _commits(vol)
+        address = _new_open(fs, "/disk-flat.vmdk", bytes(expected))  # allocates: transactions
+        before = _opened(vol)
         mtime = fs.resolve("/disk-flat.vmdk").meta.mtime
         for i, offset in enumerate((0, 4096, MIB - 100, 2 * MIB + 12345, 3 * MIB - 512)):
             chunk = volumes.data(700 + i * 1000, 20 + i)  # one crosses a block boundary
             chunk = chunk[: 3 * MIB - offset]
-            fs.write(fd.address, offset, chunk)
+            fs.write(address, offset, chunk)
             expected[offset : offset + len(chunk)] = chunk
-        assert _commits(vol) == before, "a rewrite inside owned blocks opened a transaction"
+        assert _opened(vol) == before, "a rewrite inside owned blocks opened a transaction"
         assert vol.volume.reader(fs.resolve("/disk-flat.vmdk")).read(0, 3 * MIB) == bytes(expected)
         assert fs.resolve("/disk-flat.vmdk").meta.mtime >= mtime
-        assert fd.address in fs.deferred  # the times wait for the close, as a normal write's
-        fs.close_file(fd.address, write=True)
+        assert address in fs.deferred  # the times wait for the close, as a normal write's
+        fs.close_file(address, write=True)
     assert _read(image, "/disk-flat.vmdk") == bytes(expected)
     rc, report = run_fsck(image, "-n")
     assert rc == 0, codes(report)
@@ -78,30 +85,28 @@ def test_rewrites_of_owned_blocks_need_no_transaction(image: Path) -> None:
 def test_everything_else_takes_the_transactional_path(image: Path) -> None:
     with HostAttachment.open(image, host=volumes.host()) as vol:
         fs = WritableFileSystem(_counting(vol))
-        fd = fs.create("/f")
-        fs.open_file(fd.address, write=True)
-        fs.write(fd.address, 0, volumes.data(MIB, 1))
+        address = _new_open(fs, "/f", volumes.data(MIB, 1))
         for offset, size in ((MIB - 5, 10), (5 * MIB, 10)):  # across the end, past it (a hole)
-            before = _commits(vol)
-            fs.write(fd.address, offset, b"x" * size)
-            assert _commits(vol) > before, (offset, size)
-        fs.close_file(fd.address, write=True)
+            before = _opened(vol)
+            fs.write(address, offset, b"x" * size)
+            assert _opened(vol) > before, (offset, size)
+        fs.close_file(address, write=True)
 
         lazy = fs.create("/lazy")  # thick, lazily zeroed: its blocks are TBZ until written
         fs.allocate(lazy.address, 2 * MIB, eager=False)
         fs.open_file(lazy.address, write=True)
-        before = _commits(vol)
+        before = _opened(vol)
         fs.write(lazy.address, 100, b"y" * 10)
-        assert _commits(vol) > before  # the block's TBZ flag is cleared in a transaction
-        before = _commits(vol)
+        assert _opened(vol) > before  # the block's TBZ flag is cleared in a transaction
+        before = _opened(vol)
         fs.write(lazy.address, 200, b"z" * 10)
-        assert _commits(vol) == before  # now it is an owned, zeroed block
+        assert _opened(vol) == before  # now it is an owned, zeroed block
         fs.close_file(lazy.address, write=True)
 
         closed = fs.resolve("/f")  # not open for writing: another host may hold it later
-        before = _commits(vol)
+        before = _opened(vol)
         fs.write(closed.address, 0, b"w" * 10)
-        assert _commits(vol) > before
+        assert _opened(vol) > before
     data = _read(image, "/lazy")
     assert data[100:110] == b"y" * 10 and data[200:210] == b"z" * 10 and data[:100] == bytes(100)
     rc, report = run_fsck(image, "-n")
@@ -111,14 +116,12 @@ def test_everything_else_takes_the_transactional_path(image: Path) -> None:
 def test_a_host_that_lost_its_lease_writes_nothing_in_place(image: Path) -> None:
     with HostAttachment.open(image, host=volumes.host()) as vol:
         fs = WritableFileSystem(_counting(vol))
-        fd = fs.create("/f")
-        fs.open_file(fd.address, write=True)
-        fs.write(fd.address, 0, volumes.data(MIB, 2))
+        address = _new_open(fs, "/f", volumes.data(MIB, 2))
         vol.heartbeat._lost = "test: the lease ran out"
         with pytest.raises(VolumeLostError):
-            fs.write(fd.address, 0, b"late")
+            fs.write(address, 0, b"late")
         vol.heartbeat._lost = None
-        fs.close_file(fd.address, write=True)
+        fs.close_file(address, write=True)
     assert _read(image, "/f")[:4] == volumes.data(MIB, 2)[:4]
 
 

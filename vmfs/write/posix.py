@@ -583,7 +583,7 @@ class WritableFileSystem(FileSystem):
         data goes to the device, in volume-contiguous pieces, and the new times are deferred as
         a normal write's are; the result on disk is what :meth:`write` leaves.  False (nothing
         written) when any condition fails: then the normal path does it."""
-        if not self.writers[address] or not self._may_defer(address):
+        if not self.writers[address]:  # (which is also what lets the times be deferred)
             return False
         with self.attachment.meta_lock:
             if not self.attachment.nothing_to_recover():
