@@ -14,11 +14,23 @@ COLOURS = {FREE: "#eeeeee", SYSTEM: "#555555", POINTER: "#8e44ad", TBZ: "#f4d03f
 RANK = {FREE: 0, SYSTEM: 1, POINTER: 2, TBZ: 3, FILE: 4}
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 block``, ``2 blocks``: the figures are read by people first."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def title(amap: AllocationMap) -> str:
     f = amap.figures()
-    return (f"{f['blocks_used']}/{f['blocks_total']} blocks used, {f['files_with_blocks']} files in "
-            f"{f['file_extents']} extents ({f['fragmented_files']} fragmented), free space in "
-            f"{f['free_runs']} runs (largest {f['largest_free_run']})")
+    return (f"{f['blocks_used']}/{f['blocks_total']} blocks used, {counted(f['files_with_blocks'], 'file')} in "
+            f"{counted(f['file_extents'], 'extent')} ({f['fragmented_files']} fragmented), free space in "
+            f"{counted(f['free_runs'], 'run')} (largest {f['largest_free_run']})")
+
+
+def file_label(entry: FileExtents) -> str:
+    """``/disk-flat.vmdk (8 blocks, 8 to be zeroed)``: a thick disk's blocks show as to-be-zeroed
+    on the map, so the legend says they are the file's."""
+    zero = sum(1 for _, _, z in entry.blocks if z)
+    return f"{entry.path} ({counted(len(entry.blocks), 'block')}" + (f", {zero} to be zeroed)" if zero else ")")
 
 
 def cells(amap: AllocationMap, count: int) -> list[tuple[str, int]]:
@@ -53,16 +65,19 @@ def text_map(amap: AllocationMap, width: int = 64, rows: int = 32, only: int | N
             grid.append(CHARS[kind])
     lines = ["".join(grid[i : i + width]) for i in range(0, len(grid), width)]
     per = -(-amap.total // min(amap.total, width * rows))
-    legend = [f"one character = {per} block(s) of {amap.block_size >> 10} KiB; . free  S system  P pointer "
-              "blocks  z to-be-zeroed" + ("  # other files" if only is not None else "  f other files")]
-    if only is None:
-        legend += [f"  {letter[i]} {amap.files[i].path} ({len(amap.files[i].blocks)} blocks)" for i in named]
+    scale = f"one character = {counted(per, 'block')} of {amap.block_size >> 10} KiB; . free  "
+    if only is not None:
+        mark = letter.get(only, "f")
+        legend = [scale + f"# used by anything else  z to-be-zeroed  {mark} {file_label(amap.files[only])}"]
+    else:
+        legend = [scale + "S system  P pointer blocks  z to-be-zeroed  f other files"]
+        legend += [f"  {letter[i]} {file_label(amap.files[i])}" for i in named]
     return "\n".join([title(amap), *lines, *legend])
 
 
 def file_lines(entry: FileExtents, block_size: int) -> list[str]:
     """One file's extents, one line each."""
-    out = [f"{entry.path}: {len(entry.blocks)} blocks in {len(entry.extents)} extents"]
+    out = [f"{entry.path}: {counted(len(entry.blocks), 'block')} in {counted(len(entry.extents), 'extent')}"]
     tbz = {b for _, b, z in entry.blocks if z}
     for n, (first, count) in enumerate(entry.extents):
         zero = sum(b in tbz for b in range(first, first + count))
@@ -103,9 +118,9 @@ def draw_png(amap: AllocationMap, path: str, only: int | None = None, width: int
     ax.set_xticks([])
     ax.set_yticks([])
     per = -(-amap.total // min(amap.total, width * 64))
-    ax.set_title(title(amap) + f"\none square = {per} block(s) of {amap.block_size >> 10} KiB", fontsize=9)
+    ax.set_title(title(amap) + f"\none square = {counted(per, 'block')} of {amap.block_size >> 10} KiB", fontsize=9)
     handles = [Patch(color=c, label=k) for k, c in zip(kinds, colours, strict=False)]
-    handles += [Patch(color=colours[colour_of[i]], label=f"{amap.files[i].path} ({len(amap.files[i].blocks)})")
+    handles += [Patch(color=colours[colour_of[i]], label=file_label(amap.files[i]))
                 for i in named]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.savefig(path, bbox_inches="tight", dpi=100)

@@ -49,6 +49,7 @@ SETUP: dict[int, tuple[str, dict[str, tuple[str, str]]]] = {
     5: ("lab", {}),
     6: ("esxi-live", {"datastore.img": ("vmfs5", "link"), "vmfs3.img": ("vmfs3", "link"),
                       "vmfs6.img": ("vmfs6", "link")}),
+    7: ("layout", {"datastore.img": ("vmfs5", "link")}),
 }
 
 #: mount(8) helpers the guide links into /sbin (section 1)
@@ -240,9 +241,9 @@ def run_section(section: Section, work: Path, env: dict[str, str]) -> None:
 
 
 def test_guide_has_every_job() -> None:
-    """The six jobs of the guide, each with commands to run (the test below runs them)."""
+    """The seven jobs of the guide, each with commands to run (the test below runs them)."""
     sections = parse_guide(GUIDE.read_text())
-    assert [s.number for s in sections] == [1, 2, 3, 4, 5, 6]
+    assert [s.number for s in sections] == [1, 2, 3, 4, 5, 6, 7]
     assert set(SETUP) == {s.number for s in sections}
     for s in sections:
         assert len(s.steps) >= 5, f"section {s.number} shows only {len(s.steps)} commands"
