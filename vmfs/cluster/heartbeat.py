@@ -21,6 +21,8 @@ from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, Heartbeat
 from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vmfs.cluster.host import HostIdentity
     from vmfs.volume.volume import Volume
 
@@ -114,10 +116,7 @@ class HeartbeatManager:
         if reuse_own and watch and self._refuse_if_renewed(views, dead):
             views = read_slots(self.volume)
         own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
-        candidates = own + [v for v in views if not v.in_use and v.hb.addr == v.addr]
-        if not candidates:
-            candidates = [v for v in views if not v.in_use]
-        for view in candidates:
+        for view in self._candidates(own, [v for v in views if not v.in_use]):
             new = self._image_for(view.hb, state=HB_IN_USE, gen=view.hb.hbGen + 1, journal=None)
             if self.volume.device.compare_and_write(view.addr, view.raw, new):
                 with self._lock:
@@ -132,6 +131,20 @@ class HeartbeatManager:
         if any(v.in_use for v in views) and all(v.in_use for v in views):
             raise NoSpaceError("every heartbeat slot is in use")
         raise BusyError("heartbeat slots changed under us; try again")
+
+    @staticmethod
+    def _candidates(own: list[SlotView], free: list[SlotView]) -> Iterator[SlotView]:
+        """Our own stale slots, then free slots that name their own address (a slot ever written);
+        only if there are none of either, any free slot.  Lazy, so a claim parses the few slots it
+        tries, not all 2,048."""
+        yield from own
+        found = bool(own)
+        for view in free:
+            if view.hb.addr == view.addr:
+                found = True
+                yield view
+        if not found:
+            yield from free
 
     def _refuse_if_renewed(self, views: list[SlotView], dead: tuple[int, int] | None) -> bool:
         """A slot in use under our own UUID that no local lock explains may belong to a live
