@@ -31,6 +31,7 @@ from typing import Any
 from vmfs.errors import VmfsError
 from vmfs.format import address as A
 from vmfs.format.namehash import name_hash
+from vmfs.fsck.bulk import struct_of
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord
 from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import dirent5, rewrite_dir5
@@ -46,6 +47,7 @@ from vmfs.volume.volume import ROOT_FD, SYSTEM_FDS
 LABEL = "Pass 3: Checking directories"
 
 _DIRENT = fast(Dirent5)
+_UNPACK = struct_of(Dirent5)
 _DOT = b".".ljust(128, b"\x00")
 _DOTDOT = b"..".ljust(128, b"\x00")
 NAME_MAX = 127
@@ -66,7 +68,7 @@ def run(ctx: Context) -> None:
         except VmfsError as exc:
             ctx.note(f"directory {rec.address:#x}: not checked ({exc})")
             continue
-        contents[rec.address] = [_Slot.of(data[i : i + DIRENT5_SIZE]) for i in range(0, len(data), DIRENT5_SIZE)]
+        contents[rec.address] = _Slot.all_of(data)
     # who names whom, and which FDs have an entry of the right generation (for '..' and generations)
     named_by: dict[int, int] = {}
     good_gen: Counter[int] = Counter()
@@ -106,6 +108,17 @@ class _Slot:
         return cls(raw, _Ent._make(_DIRENT.parse(raw).values()) if len(raw) == DIRENT5_SIZE else None)
 
     @classmethod
+    def all_of(cls, data: bytes) -> list[_Slot]:
+        """Every slot of a directory's data, the whole ones unpacked in one call."""
+        whole = len(data) - len(data) % DIRENT5_SIZE
+        make = _Ent._make
+        slots = [cls(data[i : i + DIRENT5_SIZE], make(values))
+                 for i, values in zip(range(0, whole, DIRENT5_SIZE), _UNPACK.iter_unpack(data[:whole]), strict=True)]
+        if whole < len(data):
+            slots.append(cls(data[whole:], None))
+        return slots
+
+    @classmethod
     def edited(cls, ent: Any) -> _Slot:
         """An entry changed by a repair, with the bytes that go to disk."""
         return cls(_DIRENT.build(ent._asdict()), ent)
@@ -119,7 +132,7 @@ def _name_defect(raw: bytes) -> tuple[str | None, str, bool]:
     if end < 0:
         name = name[:NAME_MAX]
         detail.append("no terminating NUL")
-    elif any(raw[end:]):
+    elif raw.count(0, end) != len(raw) - end:
         detail.append("bytes after the terminating NUL")
     if not name:
         return None, "empty name", True
@@ -222,8 +235,8 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
     st = ctx.state
     d = f"{rec.address:#x}"
     name, detail, bad = _name_defect(ent.name)
-    shown = decode_name(ent.name)
     if bad:
+        shown = decode_name(ent.name)
         action = "Remove the entry" if name is None else f"Rename it to '{name}'"
         if ctx.problem(Code.DIRENT_BAD_NAME, subject=f"{d}/{i}", dir=d, index=i, name=shown, detail=detail,
                        action=action):
@@ -236,7 +249,8 @@ def _check_entry(ctx: Context, rec: FdRecord, i: int, ent: Any, seen: dict[str, 
         name = name if ctx.last.answer else shown
     assert name is not None
     target = st.fds.get(ent.descAddr)
-    if ent.descAddr & 7 != A.ADDR_FD or not _fd_exists(ctx, ent.descAddr):
+    # an FD pass 2 found in use has an FD address of this volume: only a miss needs the checks
+    if target is None and (ent.descAddr & 7 != A.ADDR_FD or not _fd_exists(ctx, ent.descAddr)):
         if ctx.problem(Code.DIRENT_BAD_ADDRESS, subject=f"{d}/{name}", dir=d, name=name,
                        address=f"{ent.descAddr:#x}", detail="which is no FD address of this volume"):
             findings.append(ctx.last)
