@@ -105,7 +105,7 @@ class _Slot:
 
     @classmethod
     def of(cls, raw: bytes) -> _Slot:
-        return cls(raw, _Ent._make(_DIRENT.parse(raw).values()) if len(raw) == DIRENT5_SIZE else None)
+        return cls(raw, _Ent._make(_UNPACK.unpack(raw)) if len(raw) == DIRENT5_SIZE else None)
 
     @classmethod
     def all_of(cls, data: bytes) -> list[_Slot]:
