@@ -57,9 +57,9 @@ from vmfs.mkfs.layout import (
     Region,
     ResourceLayout,
     SystemFileLayout,
-    plan,
 )
 from vmfs.mkfs.options import MkfsOptions
+from vmfs.mkfs.planner import plan
 from vmfs.mkfs.signatures import Signature, detect_signature
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Write a new VMFS5 volume onto devices.
+"""Write a new VMFS5 or VMFS6 volume onto devices.
 
 Order of writes, so that an interrupted format never leaves something that looks valid:
 
@@ -16,16 +16,17 @@ metadata alone: reading holes is cheap, and nothing else of the volume is touche
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from vmfs.device.base import BlockDevice
 from vmfs.device.lvm import open_logical_volume
 from vmfs.errors import InvalidArgumentError
-from vmfs.mkfs.content import fs_descriptor_piece, system_file_pieces
+from vmfs.mkfs import content, content6
 from vmfs.mkfs.errors import ExistingDataError
-from vmfs.mkfs.layout import Layout, plan
+from vmfs.mkfs.layout import Layout, SystemFileLayout
 from vmfs.mkfs.lvm import lvm_pieces
 from vmfs.mkfs.options import MkfsOptions
+from vmfs.mkfs.planner import plan
 from vmfs.mkfs.signatures import detect_signature
 
 #: Bytes read at a time when checking that a gap is zero.
@@ -66,11 +67,23 @@ class _Sink:
             start += n
 
 
+def _run_pieces(layout: Layout, f: SystemFileLayout, file_start: int, length: int,
+                vol_start: int) -> Iterator[tuple[int, bytes]]:
+    """The pieces of ``f`` that fall in its file range [file_start, file_start + length), at
+    their volume offsets (a file of several block runs is written run by run)."""
+    module = content6 if layout.version == 6 else content
+    end = file_start + length
+    for offset, data in module.system_file_pieces(layout, f):
+        lo, hi = max(offset, file_start), min(offset + len(data), end)
+        if lo < hi:
+            yield vol_start + lo - file_start, data[lo - offset : hi - offset]
+
+
 def format_volume(
     devices: list[BlockDevice], options: MkfsOptions | None = None, *,
     progress: Callable[[int, int], None] | None = None,
 ) -> Layout:
-    """Format ``devices`` (the extents, in volume order) as one VMFS5 volume.
+    """Format ``devices`` (the extents, in volume order) as one VMFS volume of ``options.version``.
 
     ``progress(done, total)``, in bytes of the regions mkfs writes or checks for zeros, is called
     after each piece or chunk; an exception raised from it stops the format before the FS
@@ -108,12 +121,18 @@ def format_volume(
     if volume.size != layout.volume_size:  # pragma: no cover - the reader disagrees with the plan
         raise AssertionError(f"reader assembles {volume.size} bytes, planned {layout.volume_size}")
     sink = _Sink(volume, advance)
-    for f in sorted(layout.system_files, key=lambda s: s.first_block):
-        base = f.first_block * bs
-        pieces = ((base + offset, data) for offset, data in system_file_pieces(layout, f))
-        sink.fill(base, base + f.num_blocks * bs, pieces)
+    runs = []
+    for f in layout.system_files:
+        pos = 0
+        for first, count in f.block_runs:
+            runs.append((first, count, pos, f))
+            pos += count * bs
+    for first, count, file_start, f in sorted(runs, key=lambda r: r[0]):
+        base = first * bs
+        sink.fill(base, base + count * bs, _run_pieces(layout, f, file_start, count * bs, base))
     volume.flush()
-    sink.write(*fs_descriptor_piece(layout))
+    module = content6 if layout.version == 6 else content
+    sink.write(*module.fs_descriptor_piece(layout))
     volume.flush()
     layout.bytes_written = written + sink.written
     return layout

@@ -215,6 +215,12 @@ class SystemFileLayout:
     links: int
     lock_serial: int
     pointer_blocks: tuple[int, ...] = ()  # PB resource numbers holding the block map (ZLA 3)
+    #: (first block, blocks) runs when the file is not one contiguous run (VMFS6 .fdc.sf, .sbc.sf)
+    runs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def block_runs(self) -> tuple[tuple[int, int], ...]:
+        return self.runs or ((self.first_block, self.num_blocks),)
 
     def to_dict(self, block_size: int) -> dict[str, Any]:
         return {
@@ -229,6 +235,7 @@ class SystemFileLayout:
             "mode": self.mode,
             "links": self.links,
             "pointerBlocks": list(self.pointer_blocks),
+            "runs": [[first, count] for first, count in self.block_runs],
         }
 
 
@@ -253,6 +260,9 @@ class Layout:
     resources: tuple[ResourceLayout, ...]
     #: set by format_volume
     bytes_written: int = field(default=0)
+    version: int = 5
+    #: version-specific planning results (VMFS6: :class:`vmfs.mkfs.layout6.Plan6`)
+    extra: Any = None
 
     @property
     def block_size(self) -> int:
@@ -287,10 +297,11 @@ class Layout:
         end_hb = HEARTBEAT_REGION_OFFSET + geo.heartbeat_region_size
         if end_hb < geo.fdc_start:
             out.append(Region("zero", end_hb, geo.fdc_start - end_hb))
-        for f in self.system_files:
-            if f.name != ".vh.sf":
-                out.append(Region(f.name, f.first_block * bs, f.num_blocks * bs))
-        last = max(f.first_block + f.num_blocks for f in self.system_files) * bs
+        runs = sorted((first, count, f.name) for f in self.system_files for first, count in f.block_runs
+                      if f.name != ".vh.sf")
+        for first, count, name in runs:
+            out.append(Region(name, first * bs, count * bs))
+        last = max(first + count for f in self.system_files for first, count in f.block_runs) * bs
         out.append(Region("free file blocks", last, self.volume_size - last))
         return out
 
@@ -298,7 +309,7 @@ class Layout:
         o = self.options
         geo = self.geometry
         return {
-            "version": f"VMFS-5.{FS_MINOR}",
+            "version": f"VMFS-{self.version}.{FS_MINOR if self.version == 5 else 82}",
             "label": o.label,
             "fsUuid": o.fs_uuid,
             "lvUuid": o.lv_uuid,
@@ -349,6 +360,8 @@ def vmfs5_geometry(options: MkfsOptions) -> Geometry:
 def plan(device_sizes: Sequence[int], options: MkfsOptions | None = None) -> Layout:
     """The layout of a VMFS5 volume over devices of ``device_sizes`` bytes (extents in order)."""
     options = options or MkfsOptions()
+    if options.version != 5:
+        raise InvalidArgumentError(f"vmfs.mkfs.layout plans VMFS5 only, not VMFS{options.version}")
     n = len(device_sizes)
     if not 1 <= n <= MAX_EXTENTS:
         raise InvalidArgumentError(f"a volume has 1 to {MAX_EXTENTS} extents, not {n}")

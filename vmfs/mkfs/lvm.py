@@ -10,8 +10,10 @@ from collections.abc import Iterator
 
 from construct import Container
 
+from vmfs.device.lvm import LvmLayout
 from vmfs.format.builders import field_span, repeat_record
-from vmfs.mkfs.layout import LVM_MAJOR, LVM_MINOR, ExtentLayout, Layout, lvm_layout
+from vmfs.mkfs import layout6
+from vmfs.mkfs.layout import LVM_MAJOR, LVM_MINOR, ExtentLayout, Layout
 from vmfs.ondisk import lvm as L
 from vmfs.ondisk.common import NULL_UUID, SECTOR, encode_name
 
@@ -32,14 +34,17 @@ def device_total_bytes(device_size: int) -> int:
 def lvm_pieces(layout: Layout, extent: ExtentLayout) -> Iterator[tuple[int, bytes]]:
     """(device offset, bytes) of the LVM metadata of ``extent``, in increasing offsets."""
     opts = layout.options
-    lay = lvm_layout()
+    v6 = layout.version == 6
+    major, minor = (layout6.LVM_MAJOR, layout6.LVM_MINOR) if v6 else (LVM_MAJOR, LVM_MINOR)
+    md = layout6.MD_ALIGNMENT if v6 else 0
+    lay = LvmLayout.for_header(major, md)
     now = opts.creation_time_us
     ident = extent.name.encode()[:DISK_ID_LEN]
     header = L.LvmDeviceHeader.build(
         Container(
             magic=L.LVM_MAGIC,
-            majorVersion=LVM_MAJOR,
-            minorVersion=LVM_MINOR,
+            majorVersion=major,
+            minorVersion=minor,
             diskId=Container(
                 type=0, len=len(ident), lun=0, deviceType=0, scsiLevel=0,
                 vendor=bytes(8), model=bytes(16), revision=bytes(4),
@@ -58,10 +63,10 @@ def lvm_pieces(layout: Layout, extent: ExtentLayout) -> Iterator[tuple[int, byte
             lockedBy=NULL_UUID,
             lockedWhenUS=0,
             unknownBA=0,
-            numPEMaps=1,
+            numPEMaps=0 if v6 else 1,  # the VMFS6 sample has 0 [V6]
             extDevMetadataOffset=0,
-            mdAlignment=0,
-            numPEs6=0,
+            mdAlignment=md,
+            numPEs6=extent.segments if v6 else 0,
             flags=0,
             reserved=bytes(0x200 - 0xD6),
         )
@@ -83,7 +88,7 @@ def lvm_pieces(layout: Layout, extent: ExtentLayout) -> Iterator[tuple[int, byte
             modTimeUS=now,
             numDevs=len(layout.extents),
             reserved94=bytes(0x110 - 0x94),
-            consumedPEs=0,
+            consumedPEs=1 if v6 else 0,  # [V6]: 1 on the VMFS6 sample, 0 on the VMFS5 one
             reserved114=bytes(0x200 - 0x114),
         )
     )

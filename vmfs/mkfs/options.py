@@ -17,15 +17,20 @@ MIB = 1 << 20
 #: The only VMFS5 sizes (vmfs-format.md 11.1): unified 1 MiB file blocks, 8 KiB sub-blocks.
 VMFS5_BLOCK_SIZE = MIB
 VMFS5_SUB_BLOCK_SIZE = 8 << 10
+#: VMFS6 as ESXi formats it (vmfs-format.md 12.1): 1 MiB small file blocks, 64 KiB sub-blocks.
+VMFS6_SUB_BLOCK_SIZE = 64 << 10
+VERSIONS = (5, 6)
 #: fsLabel is 128 bytes; keep room for the terminating NUL every reader looks for.
 MAX_LABEL_BYTES = 127
 
 
 @dataclass(frozen=True)
 class MkfsOptions:
-    """Choices for a new VMFS5 volume.  ``None`` means "pick one" (see :meth:`resolved`)."""
+    """Choices for a new volume.  ``None`` means "pick one" (see :meth:`resolved`)."""
 
     label: str = ""
+    #: 5 or 6; the block and sub-block sizes follow it unless given
+    version: int = 5
     fs_uuid: str | None = None
     lv_uuid: str | None = None
     host_uuid: str | None = None
@@ -36,7 +41,7 @@ class MkfsOptions:
     #: creation time, microseconds since the Unix epoch
     creation_time_us: int | None = None
     block_size: int = VMFS5_BLOCK_SIZE
-    sub_block_size: int = VMFS5_SUB_BLOCK_SIZE
+    sub_block_size: int | None = None
     #: resource counts; None = the sizing policy of the package docstring
     num_fds: int | None = None
     num_sub_blocks: int | None = None
@@ -45,14 +50,24 @@ class MkfsOptions:
     #: overwrite devices that hold a file system, volume or partition table
     force: bool = False
 
+    @property
+    def sub_block(self) -> int:
+        if self.sub_block_size is not None:
+            return self.sub_block_size
+        return VMFS6_SUB_BLOCK_SIZE if self.version == 6 else VMFS5_SUB_BLOCK_SIZE
+
     def validate(self, extents: int) -> None:
+        if self.version not in VERSIONS:
+            raise UnsupportedError(f"VMFS version {self.version} cannot be made: only 5 and 6")
         if self.block_size != VMFS5_BLOCK_SIZE:
             raise UnsupportedError(
-                f"block size {self.block_size} is not supported: VMFS5 uses 1 MiB file blocks only"
+                f"block size {self.block_size} is not supported: VMFS{self.version} uses 1 MiB file blocks only"
             )
-        if self.sub_block_size != VMFS5_SUB_BLOCK_SIZE:
+        want = VMFS6_SUB_BLOCK_SIZE if self.version == 6 else VMFS5_SUB_BLOCK_SIZE
+        if self.sub_block != want:
             raise UnsupportedError(
-                f"sub-block size {self.sub_block_size} is not supported: VMFS5 uses 8 KiB sub-blocks only"
+                f"sub-block size {self.sub_block} is not supported: VMFS{self.version} uses "
+                f"{want >> 10} KiB sub-blocks only"
             )
         raw = self.label.encode("utf-8", "surrogateescape")
         if len(raw) > MAX_LABEL_BYTES or "\x00" in self.label:
@@ -91,6 +106,7 @@ class MkfsOptions:
         host = self.host_uuid or new_uuid(seconds, mac)
         return replace(
             self,
+            sub_block_size=self.sub_block,
             creation_time_us=now_us,
             host_uuid=host,
             fs_uuid=self.fs_uuid or new_uuid(seconds, mac),
