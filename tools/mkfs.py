@@ -1,4 +1,4 @@
-"""vmfs-mkfs: make a VMFS5 volume on image files or block devices (one per extent)."""
+"""vmfs-mkfs: make a VMFS5 or VMFS6 volume on image files or block devices (one per extent)."""
 
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def _describe(layout: Layout, dry_run: bool) -> str:
     lines.append("System files:")
     for f in d["systemFiles"]:
         pbs = f", pointer blocks {f['pointerBlocks']}" if f["pointerBlocks"] else ""
+        blocks = ", ".join(f"{first}..{first + count - 1}" for first, count in f["runs"])
         lines.append(
-            f"  {f['name']:8} FD 0x{f['fdAddress']:08x} @0x{f['fdVolumeOffset']:x}, blocks {f['firstBlock']}.."
-            f"{f['firstBlock'] + f['blocks'] - 1}, {f['fileLength']} bytes, ZLA {f['zla']}, mode {f['mode']:o}, "
-            f"{f['links']} link(s){pbs}"
+            f"  {f['name']:8} FD 0x{f['fdAddress']:08x} @0x{f['fdVolumeOffset']:x}, blocks {blocks}, "
+            f"{f['fileLength']} bytes, ZLA {f['zla']}, mode {f['mode']:o}, {f['links']} link(s){pbs}"
         )
     lines.append("Resources:")
     for r in d["resources"]:
@@ -116,18 +116,22 @@ def _restore(targets: list[Target]) -> None:
               help="Create or extend each image file (sparse) to SIZE, e.g. 2T, 512G.")
 @click.option("--extent-size", multiple=True, callback=_size_option, metavar="SIZE",
               help="Size of each image in order (repeat once per DEVICE); overrides --size.")
+@click.option("-t", "--type", "fs_type", type=click.Choice(["vmfs5", "vmfs6"]), default="vmfs5", show_default=True,
+              help="File-system version. vmfs6 is what ESXi 6.5 and later make; our read-write mount "
+              "writes vmfs5 only for now.")
 @click.option("-L", "--label", default="", help="Volume label (at most 127 bytes).")
 @click.option("--uuid", "fs_uuid", default=None, help="File-system UUID, e.g. 61137dd5-df6bc2c8-f0e7-000c29801686.")
 @click.option("--block-size", default="1M", show_default=True, callback=_size_option,
               help="File block size; VMFS5 has 1M only.")
-@click.option("--sub-block-size", default="8K", show_default=True, callback=_size_option,
-              help="Sub-block size; VMFS5 has 8K only.")
+@click.option("--sub-block-size", default=None, callback=_size_option,
+              help="Sub-block size; VMFS5 has 8K only, VMFS6 64K only (the default).")
 @click.option("--files", type=click.IntRange(64, 129024), default=None,
-              help="File descriptors to create (default: one per 4 MiB, as ESXi scales them).")
+              help="File descriptors to create (default: VMFS5 one per 4 MiB, as ESXi scales them; VMFS6 16384).")
 @click.option("--sub-blocks", type=click.IntRange(256, 32000), default=None,
-              help="Sub-blocks (8 KiB) for small files and directories (default: one per MiB).")
+              help="Sub-blocks for small files and directories (default: VMFS5 one per MiB; VMFS6 16384 "
+              "or what the space left holds).")
 @click.option("--pointer-blocks", type=click.IntRange(1, 64512), default=None,
-              help="Pointer blocks; each maps 1 GiB of a file above 256 MiB (default: one per GiB).")
+              help="VMFS5 pointer blocks; each maps 1 GiB of a file above 256 MiB (default: one per GiB).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite devices that hold data.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print the layout; create and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the layout as JSON.")
@@ -140,10 +144,11 @@ def main(
     devices: tuple[str, ...],
     size: int | None,
     extent_size: tuple[int, ...],
+    fs_type: str,
     label: str,
     fs_uuid: str | None,
     block_size: int,
-    sub_block_size: int,
+    sub_block_size: int | None,
     files: int | None,
     sub_blocks: int | None,
     pointer_blocks: int | None,
@@ -152,9 +157,13 @@ def main(
     as_json: bool,
     progress_mode: str,
 ) -> None:
-    """Make a VMFS5 volume on DEVICE... (image files or block devices; several make a spanned
-    volume, first one first).  Refuses devices that hold data unless --force is given."""
-    options = MkfsOptions(label=label, fs_uuid=fs_uuid, block_size=block_size, sub_block_size=sub_block_size,
+    """Make a VMFS5 or VMFS6 volume on DEVICE... (image files or block devices; several make a
+    spanned VMFS5 volume, first one first).  Refuses devices that hold data unless --force is given."""
+    version = 6 if fs_type == "vmfs6" else 5
+    if version == 6 and pointer_blocks is not None:
+        raise click.UsageError("--pointer-blocks: a VMFS6 volume starts with no pointer blocks")
+    options = MkfsOptions(label=label, version=version, fs_uuid=fs_uuid, block_size=block_size,
+                          sub_block_size=sub_block_size,
                           num_fds=files, num_sub_blocks=sub_blocks, num_pointer_blocks=pointer_blocks,
                           force=force)
     options.validate(len(devices))

@@ -149,7 +149,7 @@ class ResourceLayout:
 
     @property
     def num_clusters(self) -> int:
-        return _ceil(self.count, self.rpc)
+        return _ceil(self.count, self.rpc) if self.rpc else 0  # VMFS6 .pbc.sf: rpc 0, no clusters
 
     @property
     def num_groups(self) -> int:
@@ -169,7 +169,10 @@ class ResourceLayout:
     @property
     def file_length(self) -> int:
         """Files end after the last resource, or after the last cluster group when resources
-        carry no data (6.2); ``.fdc.sf`` is rounded up to whole blocks."""
+        carry no data (6.2); ``.fdc.sf`` is rounded up to whole blocks; a file without resources
+        is its header alone (VMFS6 ``.pbc.sf``)."""
+        if self.count == 0:
+            return self.cgo
         if self.rsz == 0:
             end = self.cgo + self.num_groups * self.cgs
         else:
