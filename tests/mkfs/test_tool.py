@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tool
 from tests.mkfs.conftest import GIB, MIB, TIB, allocated_bytes, image_for_lv, make_image, run_mkfs, sha256
 from vmfs.volume.volume import Volume
 
@@ -214,3 +215,41 @@ def test_file_system_limit_is_a_one_line_error(tmp_path: Path) -> None:
     assert "File too large" in one_line_error(r)
     assert not image.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_vmfs6(tmp_path: Path) -> None:
+    """-t vmfs6: ESXi's VMFS6 layout; the read-write mount refuses it until VMFS6 writing lands."""
+    image = tmp_path / "v6.img"
+    r = run_mkfs("-t", "vmfs6", "--size", "2G", "-L", "six", image)
+    assert r.returncode == 0, r.stderr
+    assert "Made VMFS-6.82 volume 'six': 1792 MiB on 1 extent(s)" in r.stdout
+    assert "blocks 139..458, 718..1422" in r.stdout  # .sbc.sf: direct run, then grown through a PB2
+    assert allocated_bytes(image) < 8 * MIB
+    with Volume.open([image]) as vol:
+        assert (vol.label, vol.geometry.version, vol.geometry.sub_block_size) == ("six", 6, 64 << 10)
+    d = json.loads(run_mkfs("-t", "vmfs6", "--dry-run", "--json", "--size", "2G", tmp_path / "dry.img").stdout)
+    assert d["version"] == "VMFS-6.82" and not (tmp_path / "dry.img").exists()
+    assert {f["name"]: f["runs"] for f in d["systemFiles"]}[".fdc.sf"] == [[7, 1], [10, 128]]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    rw = subprocess.run([tool("vmfs-mount"), "-o", "rw",
+                         str(image), str(mnt)], capture_output=True, text=True)
+    assert rw.returncode == 1 and "read-write access to VMFS-6.82 is not supported" in rw.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-t", "vmfs6", "--size", "528M"], 1, "a VMFS6 volume needs at least 554696704 bytes"),
+        (["-t", "vmfs6", "--size", "2G", "--sub-block-size", "8K"], 1, "VMFS6 uses 64 KiB sub-blocks only"),
+        (["-t", "vmfs6", "--size", "2G", "--pointer-blocks", "4"], 2, "a VMFS6 volume starts with no pointer"),
+        (["-t", "vmfs7", "--size", "2G"], 2, "'vmfs7' is not one of"),
+        (["-t", "vmfs6", "--extent-size", "1G", "--extent-size", "1G"], 1, "spanned volumes are not made yet"),
+    ],
+)
+def test_vmfs6_errors(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    devices = [tmp_path / "a.img", tmp_path / "b.img"] if args.count("--extent-size") == 2 else [tmp_path / "a.img"]
+    r = run_mkfs(*args, *devices)
+    assert r.returncode == code, r.stderr
+    assert message in (one_line_error(r) if code == 1 else r.stderr)
+    assert not any(d.exists() for d in devices)

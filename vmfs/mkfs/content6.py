@@ -157,11 +157,12 @@ def _fd(layout: Layout, f: SystemFileLayout) -> bytes:
     meta.newSinceEpochLo = 1 if f.name == ".fdc.sf" else f.num_blocks
     codec = geo.codec
     if f.zla == F.ZLA_POINTER2_BLOCKS:
-        meta.flags = 0x8  # [O] the grown .sbc.sf
         meta.numPointerBlocks = len(f.pointer_blocks)
-        meta.lastSFBClusterNum = block_numbers(f)[-1] // geo.sfb_rpc
-        meta.unknown7C = 1
-        meta.affinityBitmap = 1
+        if f.name == ".sbc.sf":  # [O] what the growth left in the sample's .sbc.sf
+            meta.flags = 0x8
+            meta.lastSFBClusterNum = block_numbers(f)[-1] // geo.sfb_rpc
+            meta.unknown7C = 1
+            meta.affinityBitmap = 1
         pb2 = layout.resource(R.RES_PB2)
         ptrs = [codec.make(A.ADDR_PB2, *divmod(n, pb2.rpc)) for n in f.pointer_blocks]
         data = bytearray(pointer_array_bytes(geo, ptrs))
@@ -309,7 +310,8 @@ def _fbb(layout: Layout, f: SystemFileLayout) -> Iterator[Piece]:
         clusters = range(first, min(first + lfb.cpg, lfb.num_clusters))
         for c in clusters:
             off = lfb.header_offset(c)
-            yield off, cluster_header(layout, lfb, c, volume_offset(layout, f, off), lfb.first_lock_serial + c)
+            yield off, cluster_header(layout, lfb, c, volume_offset(layout, f, off), lfb.first_lock_serial + c,
+                                      used=set(range(lfb.cluster_total(c))))  # every LFB converted
         # LFB n holds the header of SFB cluster n (6.5); a group's LFB slots are contiguous
         numbers = [c * lfb.rpc + r for c in clusters for r in range(lfb.cluster_total(c))]
         start = lfb.resource_offset(first, 0)
@@ -347,15 +349,22 @@ def _sfb_touched(layout: Layout) -> set[int]:
     return {b // layout.geometry.sfb_rpc for b in _growth_blocks(layout)}
 
 
-def pb2_contents(layout: Layout) -> dict[int, bytes]:
-    """The secondary pointer block mapping the grown .sbc.sf (ZLA 5: one level, SFB addresses)."""
-    if not _grows(layout):
-        return {}
+def pb2_contents(layout: Layout) -> tuple[dict[int, bytes], dict[int, int]]:
+    """The secondary pointer blocks mapping system files of ZLA 5 (one level, SFB addresses), and
+    the owner FD of each."""
     geo = layout.geometry
-    sbc = layout.system_file(".sbc.sf")
-    ptrs = [geo.codec.make_fb(b) for b in block_numbers(sbc)]
     n = geo.ptrs_per_pb
-    return {0: b"".join(p.to_bytes(8, "little") for p in ptrs) + bytes(8 * (n - len(ptrs)))}
+    contents: dict[int, bytes] = {}
+    owners: dict[int, int] = {}
+    for f in layout.system_files:
+        if f.zla != F.ZLA_POINTER2_BLOCKS:
+            continue
+        ptrs = [geo.codec.make_fb(b) for b in block_numbers(f)]
+        for i, pb in enumerate(f.pointer_blocks):
+            chunk = ptrs[i * n : (i + 1) * n]
+            contents[pb] = b"".join(p.to_bytes(8, "little") for p in chunk) + bytes(8 * (n - len(chunk)))
+            owners[pb] = f.fd_address
+    return contents, owners
 
 
 # --- directories ----------------------------------------------------------------------------------------
@@ -433,8 +442,9 @@ def system_file_pieces(layout: Layout, f: SystemFileLayout) -> Iterator[Piece]:
         if kind == R.RES_FD:
             contents = {s.fd_index: _fd(layout, s) for s in layout.system_files}
         elif kind == R.RES_PB2:
-            contents = pb2_contents(layout)
-            if contents:
-                owners = {0: {0: layout.system_file(".sbc.sf").fd_address}}
-                touched = {0}
+            contents, pb_owner = pb2_contents(layout)
+            for pb, fd in pb_owner.items():
+                owners.setdefault(pb // res.rpc, {})[pb % res.rpc] = fd
+            if _grows(layout):  # the growth of .sbc.sf changed the PB2 cluster it took from
+                touched = {layout.system_file(".sbc.sf").pointer_blocks[0] // res.rpc}
         yield from _plain_resource(layout, f, res, contents, owners, touched)

@@ -164,7 +164,10 @@ def _plan_files(
     fdc = _res(R.RES_FD, ".fdc.sf", FD_RPC, geo.fd_size, fds)
     lfb = _res(R.RES_LFB, ".fbb.sf", LFB_RPC, 2 * MD_ALIGNMENT, lfbs)
     pbc = _res(R.RES_PB, ".pbc.sf", PB_RPC, geo.pb_size, 0)
-    pb2 = _res(R.RES_PB2, ".pb2.sf", PB2_RPC, geo.pb_size, PB2_COUNT)
+    # .fbb.sf beyond an FD's direct pointers (above ~18 TiB) is mapped through PB2s of its own,
+    # taken before the one the grown .sbc.sf uses [U: no sample that large]
+    fbb_pb2 = _ceil(_blocks(lfb), geo.ptrs_per_pb) if _blocks(lfb) > geo.ptr_count else 0
+    pb2 = _res(R.RES_PB2, ".pb2.sf", PB2_RPC, geo.pb_size, PB2_COUNT + fbb_pb2)
     jbc = _res(R.RES_JB, ".jbc.sf", JB_RPC, JB_SIZE, JB_COUNT, cpg=JB_CLUSTERS_PER_GROUP)
 
     fixed = {"/": 1, ".fbb.sf": _blocks(lfb), ".fdc.sf": _blocks(fdc), ".pbc.sf": 1, ".pb2.sf": _blocks(pb2),
@@ -231,7 +234,7 @@ def _plan_files(
         pbc,
         ResourceLayout(**{**_fields(_res(R.RES_SB, ".sbc.sf", SB_RPC, SUB_BLOCK_SIZE, sbs)),
                           "first_lock_serial": cluster_serials[".sbc.sf"]}),
-        ResourceLayout(**{**_fields(pb2), "used": (0,) if grows else (),
+        ResourceLayout(**{**_fields(pb2), "used": tuple(range(fbb_pb2 + (1 if grows else 0))),
                           "first_lock_serial": cluster_serials[".pb2.sf"]}),
         ResourceLayout(**{**_fields(jbc), "first_lock_serial": cluster_serials[".jbc.sf"]}),
     )
@@ -253,14 +256,19 @@ def _plan_files(
         else:
             ftype, mode, links = F.TYPE_SYSFILE, SYSFILE_MODE, 1
         rs = tuple(runs[name])
+        if name == ".sbc.sf" and grows:
+            zla, pbs = F.ZLA_POINTER2_BLOCKS, (fbb_pb2,)
+        elif name == ".fbb.sf" and fbb_pb2:
+            zla, pbs = F.ZLA_POINTER2_BLOCKS, tuple(range(fbb_pb2))
+        else:
+            zla, pbs = F.ZLA_FILE_BLOCKS, ()
         files.append(
             SystemFileLayout(
                 name=name, fd_index=index, fd_address=A.make_fd(0, index),
                 fd_offset=fdc_base + fdc.resource_offset(0, index),
                 first_block=rs[0][0], num_blocks=sum(c for _, c in rs), file_length=lengths[name],
-                zla=F.ZLA_POINTER2_BLOCKS if name == ".sbc.sf" and grows else F.ZLA_FILE_BLOCKS,
-                ftype=ftype, mode=mode, links=links, lock_serial=serials[name],
-                pointer_blocks=(0,) if name == ".sbc.sf" and grows else (), runs=rs,
+                zla=zla, ftype=ftype, mode=mode, links=links, lock_serial=serials[name],
+                pointer_blocks=pbs, runs=rs,
             )
         )
     extra = Plan6(sbs_initial, initial_blocks, serial, lfbs)
