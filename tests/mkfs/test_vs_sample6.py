@@ -50,7 +50,7 @@ EXPECTED: dict[str, set[str]] = {
     "root header": {"numEntries", "numAllocated", "hashTable"},
     "root block 1": {"freeSlots", "bitmap"},
     "root entry 8": {"type", "address", "generation", "hash32", "offset", "name"},
-    ".fdc.sf cluster 0": LATER_LOCK | ALLOC | CHANGE | {"meta.unknown66"},
+    ".fdc.sf cluster 0": LATER_LOCK | ALLOC | CHANGE | {"meta.createCounter"},
     ".sbc.sf cluster 0": LATER_LOCK | ALLOC | CHANGE,
     ".sbc.sf cluster 19": LATER_LOCK,
     **{f".sbc.sf cluster {c}": {"lock.mtime"} for c in (20, 21, 22, 23)},

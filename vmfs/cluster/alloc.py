@@ -1,9 +1,15 @@
-"""Allocation from the resource bitmaps (vmfs-format.md 6.3, 6.7).
+"""Allocation from the resource bitmaps (vmfs-format.md 6.3, 6.4, 6.7).
 
-Allocating or freeing a resource rewrites the metadata sector of its cluster header (bitmap,
-free count, next-free index) inside the caller's transaction, so the bitmap change commits
+Allocating or freeing a resource rewrites the metadata of its cluster header (bitmap, free
+count, next/first-free index) inside the caller's transaction, so the bitmap change commits
 atomically with the pointer that uses it.  Clusters are scanned from a cursor that moves
 forward; a total free count kept in memory answers ENOSPC without a scan.
+
+VMFS3/5 clusters keep 1 bit per resource.  VMFS6 clusters (``dmcr``) keep ``bitsPerResource``
+bits: 1 for FDs, sub-blocks, PB2s and journal blocks, 2 for small file blocks, whose clusters
+live inside the large-file-block resource (:class:`vmfs.volume.resources.ResourceFile` finds
+them); :data:`vmfs.ondisk.resource.FREE_STATE` says what "free" is.  Large file blocks are not
+allocated (every LFB of a volume we make is converted into an SFB cluster).
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ if TYPE_CHECKING:
 
 class ResourceAllocator:
     def __init__(self, volume: Volume, res: ResourceFile, host_uuid: str | None = None) -> None:
-        if res.bits != 1 or res.parent is not None:
+        v6 = volume.geometry.vmfs6
+        if res.bits not in R.FREE_STATE or (res.bits != 1 and not v6) or res.kind == R.RES_LFB:
             raise UnsupportedError(f"allocation in {res.name} ({res.bits}-bit resources) is not supported")
         self.volume = volume
+        self.v6 = v6
+        self.bits = res.bits
+        self.free_state = R.FREE_STATE[res.bits]
         self.res = res
         # hosts start their search in different clusters so they rarely contend for one lock
         self.cursor = zlib.crc32(host_uuid.encode()) % max(res.num_clusters, 1) if host_uuid is not None else 0
@@ -45,12 +55,34 @@ class ResourceAllocator:
             raise CorruptError(f"{self.res.name} cluster {cluster} header", off, "inconsistent cluster header")
         return cl, off
 
+    def _is_free(self, bitmap: bytearray, r: int) -> bool:
+        if self.bits == 1:
+            return bool(bitmap[r >> 3] >> (r & 7) & 1)
+        return _state(bitmap, r, self.bits) == self.free_state
+
+    def _mark(self, bitmap: bytearray, r: int, free: bool) -> None:
+        if self.bits == 1:
+            if free:
+                bitmap[r >> 3] |= 1 << (r & 7)
+            else:
+                bitmap[r >> 3] &= ~(1 << (r & 7))
+        else:
+            _set_state(bitmap, r, self.bits, self.free_state if free else 0)
+
     def _write_meta(self, tx: Transaction, cl: Cluster, header_off: int, bitmap: bytearray) -> None:
-        free = sum(bin(b).count("1") for b in bitmap)
+        free_list = [r for r in range(cl.total) if self._is_free(bitmap, r)]
+        free = len(free_list)
         meta = cl.meta
-        meta.bitmap = bytes(bitmap)
-        meta.freeResources = free
-        meta.nextFreeIdx = _first_set(bitmap, cl.total) if 0 < free < cl.total else 0
+        if self.v6:
+            body = bytearray(meta.body)
+            body[: len(bitmap)] = bitmap
+            meta.body = bytes(body)
+            meta.freeResources = free
+            meta.firstFree = free_list[0] if 0 < free < cl.total else 0
+        else:
+            meta.bitmap = bytes(bitmap)
+            meta.freeResources = free
+            meta.nextFreeIdx = free_list[0] if 0 < free < cl.total else 0
         md = self.res.ch // 2
         tx.write(header_off + md, fast(self.res.meta_struct).build(meta))
 
@@ -104,14 +136,21 @@ class ResourceAllocator:
                 bitmap = bytearray(cl.bitmap)
                 taken = 0
                 for r in range(cl.total):
-                    if bitmap[r >> 3] >> (r & 7) & 1:
-                        bitmap[r >> 3] &= ~(1 << (r & 7))
+                    if self._is_free(bitmap, r):
+                        self._mark(bitmap, r, False)
                         got.append((c, r))
                         taken += 1
                         if len(got) == count:
                             break
                 if taken:
                     self._write_meta(tx, cl, off, bitmap)
+                elif self.bits != 1:
+                    # the count says free, no resource is in the state we know as free: a volume
+                    # whose 2-bit encoding is not ours (vmfs-format.md 6.4 [U]); never guess
+                    raise UnsupportedError(
+                        f"{self.res.name} cluster {c}: {cl.free} free by its count, none in the free state "
+                        f"{self.free_state} this writer knows"
+                    )
             if len(got) < count:
                 c = (c + 1) % clusters
                 tried += 1
@@ -133,9 +172,9 @@ class ResourceAllocator:
             cl, off = self.read_cluster(tx, c)
             bitmap = bytearray(cl.bitmap)
             for r in resources:
-                if bitmap[r >> 3] >> (r & 7) & 1:
+                if self._is_free(bitmap, r):
                     raise CorruptError(f"{self.res.name} cluster {c}", off, f"resource {r} freed twice")
-                bitmap[r >> 3] |= 1 << (r & 7)
+                self._mark(bitmap, r, True)
             self._write_meta(tx, cl, off, bitmap)
         self._adjust(len(items))
 
@@ -152,14 +191,24 @@ class ResourceAllocator:
 
     def is_free(self, tx: Transaction | None, cluster: int, resource: int) -> bool:
         cl, _ = self.read_cluster(tx, cluster)
-        return cl.is_free(resource)
+        return self._is_free(bytearray(cl.bitmap), resource)
 
 
-def _first_set(bitmap: bytearray, total: int) -> int:
-    for i in range(total):
-        if bitmap[i >> 3] >> (i & 7) & 1:
-            return i
-    return 0
+def _state(bitmap: bytearray, r: int, bits: int) -> int:
+    """The ``bits``-bit state of resource ``r``, packed LSB first (vmfs-format.md 6.4)."""
+    bit = r * bits
+    word = int.from_bytes(bitmap[bit >> 3 : (bit >> 3) + 2], "little")
+    return (word >> (bit & 7)) & ((1 << bits) - 1)
+
+
+def _set_state(bitmap: bytearray, r: int, bits: int, value: int) -> None:
+    bit = r * bits
+    lo = bit >> 3
+    width = 2 if lo + 1 < len(bitmap) else 1
+    word = int.from_bytes(bitmap[lo : lo + width], "little")
+    mask = ((1 << bits) - 1) << (bit & 7)
+    word = (word & ~mask) | (value << (bit & 7))
+    bitmap[lo : lo + width] = word.to_bytes(width, "little")
 
 
 class Allocators:

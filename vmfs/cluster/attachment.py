@@ -35,10 +35,31 @@ from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError,
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
+from vmfs.volume.journalblock import journal_address, journal_area, journal_kind, journal_resource
 from vmfs.volume.slots import SlotView
 from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.attachment")
+
+#: Versions a host may open read-write.
+WRITABLE_VERSIONS = (5, 6)
+
+
+def _check_vmfs6_writable(volume: Volume) -> None:
+    """VMFS6 is written only where every large file block is converted into a cluster of small
+    ones (what vmfs-mkfs makes, and the real sample): the state of a free LFB, and of the SFB
+    cluster header slot of an unconverted one, is not known (vmfs-format.md 6.4, 6.5 [U])."""
+    lfb = volume.resources.get(R.RES_LFB)
+    sfb = volume.resources.get(R.RES_FB)
+    if lfb is None or sfb is None or sfb.parent is None:
+        raise UnsupportedError(f"{volume.device.name}: VMFS6 volume without an LFB/SFB .fbb.sf")
+    converted = lfb.header.numResourcesLo and sfb.header.convertedClusters
+    if converted != lfb.num_resources or sfb.num_resources != volume.device.size // volume.geometry.block_size:
+        raise UnsupportedError(
+            f"{volume.device.name}: read-write access to this VMFS6 volume is not supported: "
+            f"{lfb.num_resources - sfb.header.convertedClusters} of its {lfb.num_resources} large file blocks "
+            "are not converted into small ones"
+        )
 
 
 class HostAttachment:
@@ -49,10 +70,12 @@ class HostAttachment:
         ``volume``.  On failure nothing stays attached and the volume is left open."""
         if volume.readonly:
             raise ReadOnlyError("volume is mounted read-only")
-        if volume.geometry.version != 5:
+        if volume.geometry.version not in WRITABLE_VERSIONS:
             raise UnsupportedError(
                 f"{volume.device.name}: read-write access to {volume.version_string} is not supported (VMFS5 only)"
             )
+        if volume.geometry.vmfs6:
+            _check_vmfs6_writable(volume)
         self.volume = volume
         self.host = host if host is not None else HostIdentity()
         #: False only for measurements: metadata then goes straight home, not crash-safe
@@ -123,8 +146,6 @@ class HostAttachment:
             if identity is not None:
                 identity.give_up()
             raise
-        geo = volume.geometry
-        codec = geo.codec
         self.locks = LockManager(volume, hb, host, self.allocators, self.meta_lock)
         hb.reaper = self.locks.reap
         try:
@@ -132,7 +153,7 @@ class HostAttachment:
             found = None
             if previous is not None and previous.hb.journalAddr:
                 journal_addr = previous.hb.journalAddr
-                area = JournalArea(previous.journal_vol_addr, geo.block_size)
+                area = JournalArea(previous.journal_vol_addr, journal_area(volume, journal_addr)[1])
                 found = decode_transaction(volume.device.read(area.offset, area.size), area.size)
                 applied = replay_area(volume.device, area)
                 if applied:
@@ -141,19 +162,17 @@ class HostAttachment:
             if previous is not None:
                 self._release_leftover_locks(previous, found[2] if found is not None else [])
             if journal_addr:
-                block = codec.fb_block(journal_addr)
-                area = JournalArea(block * geo.block_size, geo.block_size)
+                area = JournalArea(*journal_area(volume, journal_addr))
                 volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
                 hb.set_journal(journal_addr, area.offset)
             else:
-                # Under the FB cluster's lock: pick the block, empty it, name it in our slot, and only
+                # Under the cluster's lock: pick the block, empty it, name it in our slot, and only
                 # then mark it used.  A crash in between leaves a slot naming a free block (recovery
                 # frees only what is used), never a used block nobody names.
                 tx = Transaction(volume.device, None, self.locks)
-                ((c, r),) = self.allocators[R.RES_FB].allocate(tx, 1)
-                journal_addr = codec.make_fb(c * volume.resources[R.RES_FB].rpc + r)
-                block = codec.fb_block(journal_addr)
-                area = JournalArea(block * geo.block_size, geo.block_size)
+                ((c, r),) = self.allocators[journal_kind(volume)].allocate(tx, 1)
+                journal_addr = journal_address(volume, c, r)
+                area = JournalArea(*journal_area(volume, journal_addr))
                 try:
                     volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
                     hb.set_journal(journal_addr, area.offset)
@@ -362,8 +381,7 @@ class HostAttachment:
         try:
             if self.journal_addr and lost is None:
                 tx = Transaction(volume.device, None, self.locks)
-                rpc = volume.resources[R.RES_FB].rpc
-                self.allocators[R.RES_FB].free(tx, [divmod(volume.geometry.codec.fb_block(self.journal_addr), rpc)])
+                self.allocators[journal_kind(volume)].free(tx, [journal_resource(volume, self.journal_addr)])
                 tx.commit(release=False)
             hb.release()
         finally:

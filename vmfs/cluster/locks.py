@@ -43,6 +43,7 @@ from vmfs.ondisk.lock import (
     build_lock,
     parse_lock,
 )
+from vmfs.volume.journalblock import journal_area, journal_kind, journal_resource
 from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
@@ -157,7 +158,6 @@ class LockManager:
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
             return  # someone else is on it (or the host came back): look again later
         from vmfs.cluster.transaction import Transaction
-        from vmfs.ondisk import resource as R
 
         # Hold the journal block's cluster from the replay until the slot is clear: nobody can
         # take the block while some slot still names it.
@@ -168,7 +168,9 @@ class LockManager:
             # Replay first, while the dead host's locks are all still in place: they decide
             # whether its last transaction may not have reached home (vmfs/journal.py).
             if hb.journalVolAddr:
-                area = JournalArea(hb.journalVolAddr, self.volume.geometry.block_size)
+                geo = self.volume.geometry
+                size = journal_area(self.volume, hb.journalAddr)[1] if hb.journalAddr else geo.block_size
+                area = JournalArea(hb.journalVolAddr, size)
                 if not journal_is_ours_or_empty(self.volume, area):
                     raise UnsupportedError(
                         f"host {hb.owner} left a journal at 0x{hb.journalVolAddr:x} in a format we cannot replay"
@@ -180,9 +182,8 @@ class LockManager:
             # Then free its journal block under the block's cluster lock, held until the slot no
             # longer names the block, so nobody can take the block while a slot still names it.
             if hb.journalAddr:
-                fbs = self.allocators[R.RES_FB]
-                c, r = divmod(self.volume.geometry.codec.fb_block(hb.journalAddr), fbs.res.rpc)
-                fbs.free_if_used(tx, c, r)
+                c, r = journal_resource(self.volume, hb.journalAddr)
+                self.allocators[journal_kind(self.volume)].free_if_used(tx, c, r)
                 tx.commit(release=False)
             cleared = freed_slot(replaying, hb.hbGen + 1)
             if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):

@@ -108,6 +108,13 @@ class Geometry:
         return self.version == 6
 
     @property
+    def sub_block_file_max(self) -> int:
+        """Largest file kept in sub-blocks (ZLA 2).  VMFS3/5: one sub-block, beyond it a file
+        moves to file blocks.  VMFS6: up to one file block of sub-blocks; the real sample keeps
+        a 0x12000-byte directory in two 64 KiB sub-blocks [V6], the one-file-block bound is [U]."""
+        return self.block_size if self.version == 6 else self.sub_block_size
+
+    @property
     def heartbeat_region_size(self) -> int:
         return self.hb_slots * self.hb_slot_size
 

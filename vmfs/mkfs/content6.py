@@ -79,9 +79,8 @@ LFB_CONVERTED_MARK = 0xFF
 LFB_CONVERTED = 4  # 3-bit LFB value of a converted LFB [V6]
 #: unknown28 bytes: LFB clusters hold 7 at +0x2A, SFB clusters 1 at +0x2B [O]
 UNKNOWN28 = {R.RES_LFB: bytes([0, 0, 7, 0, 0, 0, 0, 0]), R.RES_FB: bytes([0, 0, 0, 1, 0, 0, 0, 0])}
-#: 2-bit value of a free SFB.  [U]: every SFB of the sample is in use (value 0); 3 ("all ones")
-#: is the 1-bit resources' "1 = free" carried over.  Readers use the u16 counts (6.4).
-SFB_FREE = 0b11
+#: 2-bit value of a free SFB (see :data:`vmfs.ondisk.resource.FREE_STATE`, [U])
+SFB_FREE = R.FREE_STATE[2]
 #: The data area of an FD mapped through a PB2 starts with 2 (the sample's .sbc.sf) [O]
 PB2_DATA_MARK = 2
 
@@ -240,7 +239,7 @@ def cluster_header(layout: Layout, res: ResourceLayout, cluster: int, vol_offset
         totalResources=total, freeResources=len(free), unknown24=0, affinityCount=affinity_count,
         unknown28=UNKNOWN28.get(res.kind, bytes(8)), unknown30=UNKNOWN30, unknown34=bytes(0x24),
         counter=1 if touched else 0, mac=_mac(layout) if touched else bytes(6),
-        changeTime=_now(layout) if touched else 0, unknown66=bytes(0x16),
+        changeTime=_now(layout) if touched else 0, unknown66=bytes(2), createCounter=0, unknown6C=bytes(0x10),
         firstFree=free[0] if free and len(free) != total else 0, body=bytes(body),
     ))
     lock = lock_block_bytes(geo, _lock_type(res.kind), vol_offset, token=FRESH_TOKEN, mtime=serial)

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmfs.device.lvm import LvmLayout
 from vmfs.errors import InvalidArgumentError, NoSpaceError
 from vmfs.format import address as A
 from vmfs.format.geometry import Geometry
@@ -528,7 +527,3 @@ def _plan_files(
         )
     return resources, tuple(files)
 
-
-def lvm_layout() -> LvmLayout:
-    """Device offsets of the LVM5 tables (2.3), as the reader computes them."""
-    return LvmLayout.for_header(LVM_MAJOR, 0)

@@ -63,6 +63,10 @@ ClusterMeta5 = Struct(
 
 #: Offset of the allocation bitmap inside VMFS6 cluster metadata.
 CLUSTER6_BITMAP_OFFSET = 0x80
+#: State of a free resource: 1-bit resources 1 (vmfs-format.md 6.3, 6.4); 2-bit small file
+#: blocks 3 ("all ones").  [U] for SFBs: every SFB of the real sample is in use (state 0); our
+#: formatter and allocator use 3, and readers use the u16 free counts.
+FREE_STATE = {1: 1, 2: 3}
 
 
 def cluster_meta6(md_size: int) -> Struct:
@@ -82,7 +86,11 @@ def cluster_meta6(md_size: int) -> Struct:
         "counter" / Int32ul,  # 0x58
         "mac" / Bytes(6),  # 0x5C
         "changeTime" / Int32ul,  # 0x62
-        "unknown66" / Bytes(0x16),  # 0x66
+        "unknown66" / Bytes(2),  # 0x66
+        # FD clusters count the FDs created in them; a new FD's generation is the new count
+        # (VMFS6 sample: 7 = /directory and its six entries, as VMFS5's +0x50) [O]
+        "createCounter" / Int32ul,  # 0x68
+        "unknown6C" / Bytes(0x10),  # 0x6C
         "firstFree" / Int32ul,  # 0x7C
         "body" / Bytes(md_size - CLUSTER6_BITMAP_OFFSET),  # 0x80 bitmap, then affinity data
     )

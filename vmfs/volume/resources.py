@@ -60,8 +60,9 @@ class Cluster:
         return (word >> (bit & 7)) & ((1 << self.bits) - 1)
 
     def is_free(self, resource: int) -> bool:
-        """1-bit resources only: a set bit means free (vmfs-format.md 6.3, 6.4)."""
-        return self.state(resource) == 1
+        """A set bit means free (vmfs-format.md 6.3, 6.4); 2-bit small file blocks are free in
+        state 3 (:data:`vmfs.ondisk.resource.FREE_STATE`, [U])."""
+        return self.state(resource) == R.FREE_STATE.get(self.bits, 1)
 
     def used_resources(self) -> list[int]:
         return [r for r in range(self.total) if not self.is_free(r)]

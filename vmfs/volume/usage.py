@@ -79,6 +79,8 @@ def referenced_resources(
         elif k in kind_of:
             _, c, r = codec.split(address)
             refs[kind_of[k]].add((c, r))
+        elif k == A.ADDR_JB and R.RES_JB in refs:  # a VMFS6 host's journal
+            refs[R.RES_JB].add(A.jb_split(address))
 
     seen: set[int] = set()
     pending = [volume.root_address]

@@ -428,6 +428,12 @@ class Volume:
             self._fd_cache.pop(address, None)
             self._dir_cache.pop(address, None)
 
+    def forget_directory(self, address: int) -> None:
+        """Drop the cached directory object of ``address`` (its FD stays cached): a VMFS6
+        directory object holds its header, which a writer has just changed."""
+        with self._lock:
+            self._dir_cache.pop(address, None)
+
     def invalidate_caches(self) -> None:
         """Drop every cached FD, pointer block and directory (after an aborted transaction, a
         journal replay, or changes made by another host)."""

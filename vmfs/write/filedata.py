@@ -71,7 +71,7 @@ class FileWriter:
         geo = self.geo
         if self.fd.type == F.TYPE_REGFILE and geo.resident_capacity and size <= geo.resident_capacity:
             return F.ZLA_RESIDENT
-        if size <= geo.sub_block_size:
+        if size <= geo.sub_block_file_max:
             return F.ZLA_SUB_BLOCKS
         if size <= geo.ptr_count * geo.block_size:
             return F.ZLA_FILE_BLOCKS

@@ -32,11 +32,12 @@ from vmfs.format import builders
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
-from vmfs.volume.directory import Directory, check_name
+from vmfs.volume.directory import Directory, Directory6, check_name
 from vmfs.volume.filedesc import FileDescriptor
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.namespace import FileSystem
 from vmfs.write.dirchange import DirectoryChanges, new_directory5_data
+from vmfs.write.dirchange6 import DirectoryChanges6, new_directory6_data
 from vmfs.write.filedata import FileWriter
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ class WritableFileSystem(FileSystem):
     def _dir(self, fd: FileDescriptor) -> Directory:
         return self.directory(fd)
 
-    def _edit_dir(self, directory: Directory) -> DirectoryChanges:
+    def _edit_dir(self, directory: Directory) -> DirectoryChanges | DirectoryChanges6:
+        if isinstance(directory, Directory6):
+            return DirectoryChanges6(self.attachment, directory)
         return DirectoryChanges(self.attachment, directory)
 
     def _fd(self, address: int) -> FileDescriptor:
@@ -246,7 +249,10 @@ class WritableFileSystem(FileSystem):
                 tx, ftype=F.TYPE_DIRECTORY, mode=mode, uid=uid, gid=gid, links=2, zla=F.ZLA_SUB_BLOCKS,
                 block_size=geo.sub_block_size, tbz_shift=geo.sub_block_size.bit_length() - 1,
             )
-            data = new_directory5_data(fd.address, fd.generation, parent.address, parent.generation)
+            if geo.vmfs6:
+                data = new_directory6_data(geo.md_size, fd.address, fd.generation, parent.address, parent.generation)
+            else:
+                data = new_directory5_data(fd.address, fd.generation, parent.address, parent.generation)
             FileWriter(self.attachment, fd).write(tx, 0, data)
             self._put(tx, fd)
             self._edit_dir(d).add(tx, name, fd.address, F.TYPE_DIRECTORY, fd.generation)
