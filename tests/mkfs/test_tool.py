@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tool
 from tests.mkfs.conftest import GIB, MIB, TIB, allocated_bytes, image_for_lv, make_image, run_mkfs, sha256
 from vmfs.volume.volume import Volume
 
