@@ -2,16 +2,20 @@
 
     .venv/bin/python bench/bench_fs.py [--size 2G] [--files 10000] [--workdir DIR] [--quick]
                                        [--json PATH] [--repeat 3] [--profile DIR] [--no-mkfs]
+                                       [--fs vmfs5|vmfs6]
 
-On a sparse VMFS5 volume made by vmfs-mkfs in a fresh folder under --workdir (big enough for the
-file and for --files file descriptors), it measures, on the same machine and in the same run:
+On a sparse VMFS5 volume (``--fs vmfs6``: VMFS6, ``vmfs-mkfs -t vmfs6``) made by vmfs-mkfs in a
+fresh folder under --workdir (the smallest 8 GiB * 2^k whose dry-run layout, of that version,
+has free file blocks for the file and file descriptors and sub-blocks for --files), it measures,
+on the same machine and in the same run:
 
 * sequential write of a --size file in 1 MiB writes, then fsync, through ``vmfs-mount -f -o rw``,
   against the same writes to a plain file next to the image (ratio of throughputs ours / raw),
   and the unmount time that follows (fusermount -u until the mount process has exited);
 * sequential read of that file in 1 MiB reads through a read-only ``vmfs-mount``, against the
-  plain file and against vmfs-tools' ``vmfs-fuse`` reading the same file on the same volume; the
-  page cache is dropped before each read when running as root (the table says whether it was);
+  plain file and against vmfs-tools' ``vmfs-fuse`` (``vmfs6-fuse`` on VMFS6) reading the same file
+  on the same volume; the page cache is dropped before each read when running as root (the
+  table says whether it was);
 * creating --files files of --file-bytes bytes, in folders of at most --per-dir entries, through
   the read-write mount (files/s) against the same in a folder of the host filesystem, and the
   unmount time after it (host: the time of a sync());
@@ -22,7 +26,9 @@ After the timed reads it checks a few chunks of the file and counts the small fi
 read-only mounts.  --profile DIR runs the read-write mounts under cProfile (single-threaded FUSE
 loop, ``-o nothreads``, so that the callbacks are seen) and writes DIR/write.prof and
 DIR/files.prof; their figures are then slower than usual.  A script, not a test: numbers depend
-on the machine.
+on the machine.  The VMFS6 write path has no pointer blocks yet, so one file holds at most
+320 MiB there: ``--fs vmfs6`` needs ``--size 320M`` or less (the write fails with ENOSPC beyond),
+and a comparison with VMFS5 should use the same --size for both.
 """
 
 from __future__ import annotations
@@ -137,8 +143,18 @@ def ours(image: Path, mountpoint: Path, *, rw: bool, profile: Path | None = None
     return Mount([*wrap, MOUNT, "-f", "-o", f"{mode},nothreads", str(image), str(mountpoint)], mountpoint)
 
 
-def theirs(image: Path, mountpoint: Path) -> Mount:
-    return Mount(["vmfs-fuse", str(image), str(mountpoint), "-f"], mountpoint)
+def fuse_tool(fs: str) -> str:
+    """vmfs-tools' FUSE reader for the version: vmfs-fuse cannot open VMFS6, vmfs6-fuse can."""
+    return "vmfs6-fuse" if fs == "vmfs6" else "vmfs-fuse"
+
+
+def mkfs_type(fs: str) -> list[str]:
+    """vmfs-mkfs's version arguments; none for VMFS5, so that its command line is what it always was."""
+    return ["-t", "vmfs6"] if fs == "vmfs6" else []
+
+
+def theirs(image: Path, mountpoint: Path, fs: str = "vmfs5") -> Mount:
+    return Mount([fuse_tool(fs), str(image), str(mountpoint), "-f"], mountpoint)
 
 
 # -- the measures --------------------------------------------------------------------------------------
@@ -210,12 +226,16 @@ def count_files(root: Path, plan: list[tuple[str, list[str]]]) -> int:
     return sum(len(os.listdir(root / dirname)) for dirname, _ in plan)
 
 
-def volume_size(data: int, nfiles: int, ndirs: int, workdir: Path) -> int:
-    """Smallest 8 GiB * 2^k volume whose dry-run layout holds the file and the small files."""
+def volume_size(data: int, nfiles: int, ndirs: int, workdir: Path, fs: str = "vmfs5") -> int:
+    """Smallest 8 GiB * 2^k volume whose dry-run layout holds the file and the small files.
+
+    The dry run is of the version benchmarked, so its free file blocks already leave out what
+    VMFS6's system files take (.sbc.sf alone up to 1 GiB, .jbc.sf 256 MiB); VMFS6 makes a fixed
+    16384 file descriptors by default, so --files much above 16000 finds no size there."""
     size = 8 * GIB
     while True:
         r = subprocess.run(
-            [MKFS, "--dry-run", "--json", "--size", str(size), str(workdir / "dry-run.img")],
+            [MKFS, *mkfs_type(fs), "--dry-run", "--json", "--size", str(size), str(workdir / "dry-run.img")],
             capture_output=True,
             text=True,
             check=True,
@@ -263,9 +283,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     if prof:
         prof.mkdir(parents=True, exist_ok=True)
 
-    vsize = volume_size(size, args.files, len(plan), workdir)
+    vsize = volume_size(size, args.files, len(plan), workdir, args.fs)
     t0 = time.perf_counter()
-    subprocess.run([MKFS, "--size", str(vsize), str(image)], check=True, capture_output=True)
+    subprocess.run([MKFS, *mkfs_type(args.fs), "--size", str(vsize), str(image)], check=True, capture_output=True)
     res: dict[str, object] = {
         "machine": {
             "host": platform.node(),
@@ -274,7 +294,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             "workdir": str(workdir),
             "root": os.geteuid() == 0,
         },
-        "volume": {"size": vsize, "mkfs_seconds": round(time.perf_counter() - t0, 3)},
+        "volume": {"fs": args.fs, "size": vsize, "mkfs_seconds": round(time.perf_counter() - t0, 3)},
         "size": size,
         "files": args.files,
         "file_bytes": args.file_bytes,
@@ -287,7 +307,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     drop_caches()
     m = ours(image, mnt, rw=True, profile=prof / "write.prof" if prof else None)
     with m:
-        ours_w = seq_write(mnt / "big.bin", size, chunk)
+        try:
+            ours_w = seq_write(mnt / "big.bin", size, chunk)
+        except OSError as exc:
+            hint = " (VMFS6: at most 320 MiB per file until pointer blocks are written)" if args.fs == "vmfs6" else ""
+            raise SystemExit(f"seq write of {human(size)} through vmfs-mount failed: {exc}{hint}") from None
         umount_w = m.close()
     res["write"] = {"ours_seconds": ours_w, "raw_seconds": raw_w, "unmount_seconds": umount_w}
 
@@ -315,7 +339,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     reads: dict[str, list[float]] = {"raw": [], "ours": [], "vmfs_fuse": []}
     dropped = False
     checks: dict[str, object] = {}
-    theirs_error: str | None = None if shutil.which("vmfs-fuse") else "vmfs-fuse not installed"
+    tool = fuse_tool(args.fs)
+    theirs_error: str | None = None if shutil.which(tool) else f"{tool} not installed"
     for rnd in range(args.repeat):
         dropped = drop_caches()
         reads["raw"].append(seq_read(raw, size))
@@ -328,7 +353,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         if theirs_error is None:
             drop_caches()
             try:
-                with theirs(image, workdir / "mnt-vmfs-fuse") as root:
+                with theirs(image, workdir / "mnt-vmfs-fuse", args.fs) as root:
                     reads["vmfs_fuse"].append(seq_read(root / "big.bin", size))
                     if rnd == 0:
                         checks["vmfs_fuse_content_ok"] = spot_check(root / "big.bin", size, chunk)
@@ -387,7 +412,7 @@ def table(res: dict[str, object]) -> list[tuple[str, str, str, str]]:
         (
             "",
             "",
-            "vmfs-fuse: "
+            f"{fuse_tool(str(res['volume'].get('fs', 'vmfs5')))}: "  # type: ignore[attr-defined]
             + (rate(r["vmfs_fuse_seconds"]) if r["vmfs_fuse_seconds"] else f"failed ({r['vmfs_fuse_error']})"),
             ratio(r["ours_seconds"], r["vmfs_fuse_seconds"]),
         )
@@ -438,6 +463,8 @@ def main() -> None:
     parser.add_argument("--mkfs-repeat", type=int, default=1, help="vmfs-mkfs runs per size (best kept)")
     parser.add_argument("--no-mkfs", action="store_true", help="skip the vmfs-mkfs figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--fs", choices=["vmfs5", "vmfs6"], default="vmfs5",
+                        help="version of the volume (vmfs6: --size 320M at most for now)")
     args = parser.parse_args()
     if args.size is None:
         args.size = 64 * MIB if args.quick else 2 * GIB
@@ -460,7 +487,7 @@ def main() -> None:
 
     rows = [("measure", "ours", "baseline", "ratio ours/base"), *table(res)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    print(f"volume: {human(int(res['volume']['size']))} sparse VMFS5 in {workdir}")  # type: ignore[index]
+    print(f"volume: {human(int(res['volume']['size']))} sparse {args.fs.upper()} in {workdir}")  # type: ignore[index]
     for i, row in enumerate(rows):
         print("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
         if i == 0:
