@@ -1,10 +1,11 @@
 """Metadata operations per second with 1, 2 and 4 hosts (real processes) sharing one volume, and
 the cost of the journal (the same run with journaling off, which is not crash-safe).
 
-    .venv/bin/python bench/bench_cluster.py [--ops 300] [--hosts 1,2,4] [--json out.json]
+    .venv/bin/python bench/bench_cluster.py [--ops 300] [--hosts 1,2,4] [--json out.json] [--fs vmfs5|vmfs6]
 
 Each host runs the mixed workload of tests/cluster/worker.py (creates, writes, renames, unlinks,
 truncates, mkdirs in a private and a shared directory).  Prints aggregate operations per second.
+The 4 GiB volume is VMFS5 unless ``--fs vmfs6`` (the same library mkfs, version 6).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from vmfs.cluster.host import HostIdentity  # noqa: E402
 from vmfs.write.posix import WritableFileSystem  # noqa: E402
 
 
-def run(hosts: int, ops: int, journaling: bool, workdir: Path) -> dict:
+def run(hosts: int, ops: int, journaling: bool, workdir: Path, version: int = 5) -> dict:
     workdir.mkdir(parents=True)
-    image = make_volume(workdir / "shared.img", 4 << 30)
+    image = make_volume(workdir / "shared.img", 4 << 30, version=version)
     vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
@@ -63,12 +64,14 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=300, help="operations per host")
     ap.add_argument("--hosts", default="1,2,4")
     ap.add_argument("--json")
+    ap.add_argument("--fs", choices=["vmfs5", "vmfs6"], default="vmfs5", help="version of the shared volume")
     args = ap.parse_args()
+    version = 6 if args.fs == "vmfs6" else 5
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         for hosts in [int(h) for h in args.hosts.split(",")]:
             for journaling in (True, False):
-                row = run(hosts, args.ops, journaling, Path(tmp) / f"h{hosts}-{int(journaling)}")
+                row = run(hosts, args.ops, journaling, Path(tmp) / f"h{hosts}-{int(journaling)}", version)
                 rows.append(row)
                 print(f"{hosts} host(s), journal {'on ' if journaling else 'off'}: {row['ops']} ops in "
                       f"{row['seconds']} s = {row['ops_per_s']} ops/s (EBUSY after retries: {row['busy']})",
