@@ -60,9 +60,12 @@ def accounting_problems(volume: Volume, journals: frozenset[int] | None = None) 
 
 
 def oracle_lists(image: Path) -> None:
-    """vmfs-tools' debugvmfs can open the volume and list its root (it crashes on some layouts)."""
-    r = subprocess.run(["debugvmfs", str(image), "ls", "-l", "/"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and ".fdc.sf" in r.stdout, f"debugvmfs failed ({r.returncode}): {r.stderr}"
+    """vmfs-tools' debugvmfs (debugvmfs6 for VMFS6) can open the volume and list its root (they
+    crash on some layouts)."""
+    with Volume.open(image) as vol:
+        prog = "debugvmfs6" if vol.geometry.vmfs6 else "debugvmfs"
+    r = subprocess.run([prog, str(image), "ls", "-l", "/"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and ".fdc.sf" in r.stdout, f"{prog} failed ({r.returncode}): {r.stderr}"
 
 
 def fsck_clean(image: Path) -> None:

@@ -53,8 +53,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from tests.conftest import Mount, tool
 from tests.helpers import capture_dissect, capture_mount
 from tests.model.backends import Backend, FuseBackend, LibraryBackend, Seen, fsck_clean
-from tests.model.fsmodel import MAX_FILE_SIZE, Model, Node, is_hidden, link_escapes
+from tests.model.fsmodel import Model, Node, is_hidden, link_escapes
 from vmfs.device import FileDevice
+from vmfs.format.geometry import MAX_FILE_SIZE as GEOMETRY_MAX
 from vmfs.mkfs import MkfsOptions, format_volume
 
 PROFILE = os.environ.get("VMFS_MODEL_PROFILE", "ci")
@@ -62,7 +63,8 @@ if PROFILE not in ("ci", "explore"):
     raise ValueError(f"VMFS_MODEL_PROFILE={PROFILE!r}: use 'ci' or 'explore'")
 SEED = int(os.environ.get("VMFS_MODEL_SEED") or (20261201 if PROFILE == "ci" else random.randrange(1 << 32)))
 #: (examples, steps) per backend
-SIZES_OF = {"ci": {"library": (30, 30), "fuse": (12, 30)}, "explore": {"library": (300, 60), "fuse": (60, 50)}}
+SIZES_OF = {"ci": {"library": (30, 30), "library6": (20, 30), "fuse": (12, 30)},
+            "explore": {"library": (300, 60), "library6": (300, 60), "fuse": (60, 50)}}
 
 NAMES = st.sampled_from(["a", "b", "c", "dir", "f.txt", "é", "n" * 127, "x1", "x2", "sub"])
 SMALL = st.binary(max_size=3000)
@@ -93,10 +95,15 @@ def _model_base(tmp_path: Path) -> Iterator[None]:
     BASE.clear()
 
 
-def make_image(directory: Path, tiny: bool) -> Path:
-    """A roomy volume (1 GiB, 256 FDs, 64 pointer blocks) or a tiny one that fills."""
+def make_image(directory: Path, tiny: bool, version: int = 5) -> Path:
+    """A roomy volume (1 GiB, 256 FDs, 64 pointer blocks) or a tiny one that fills.  VMFS6: the
+    smallest volume (512 MiB, of which 400 are its fixed system files) with 11 free FDs and 32
+    sub-blocks, or 1 GiB with 256 FDs; no pointer blocks (none on VMFS6 yet)."""
     image = directory / "model.img"
-    if tiny:
+    if version == 6:
+        size = (17 + (512 if tiny else 1024)) << 20
+        opts = {"version": 6, "num_fds": 20 if tiny else 256, "num_sub_blocks": 32 if tiny else 1024}
+    elif tiny:
         size, opts = (17 + 256) << 20, {"num_fds": 20, "num_sub_blocks": 32, "num_pointer_blocks": 3}
     else:
         size, opts = (17 + 1024) << 20, {"num_fds": 256, "num_pointer_blocks": 64}
@@ -112,13 +119,14 @@ def make_image(directory: Path, tiny: bool) -> Path:
 
 class VmfsMachine(RuleBasedStateMachine):
     backend_kind = "library"
+    version = 5
 
     def __init__(self) -> None:
         super().__init__()
         base = BASE[0] if BASE else Path(os.environ.get("TMPDIR", "/tmp"))
         self.tmp = base / f"ex{time.monotonic_ns()}"
         self.tmp.mkdir()
-        self.model = Model(open_unlink="hide")
+        self.model = Model(open_unlink="hide", max_file_size=GEOMETRY_MAX[self.version])
         #: model handle id -> backend handle
         self.bh: dict[int, Any] = {}
         self.tiny = False
@@ -127,7 +135,7 @@ class VmfsMachine(RuleBasedStateMachine):
     @initialize(tiny=st.booleans())
     def start(self, tiny: bool) -> None:
         self.tiny = tiny
-        image = make_image(self.tmp, tiny)
+        image = make_image(self.tmp, tiny, self.version)
         self.fs: LibraryBackend | FuseBackend
         if self.backend_kind == "library":
             self.fs = LibraryBackend(image)
@@ -338,20 +346,23 @@ class VmfsMachine(RuleBasedStateMachine):
         """EFBIG past the largest VMFS5 file; exactly the largest size is allowed."""
         p = self._file(data)
         if how == "truncate":
-            self._apply("truncate", lambda m: m.truncate(p, MAX_FILE_SIZE + 1), p, MAX_FILE_SIZE + 1)
+            over = self.model.max_file_size + 1
+            self._apply("truncate", lambda m: m.truncate(p, over), p, over)
         elif how == "write":
-            self._apply("write", lambda m: m.write(p, MAX_FILE_SIZE, b"z"), p, MAX_FILE_SIZE, b"z")
+            top = self.model.max_file_size
+            self._apply("write", lambda m: m.write(p, top, b"z"), p, top, b"z")
         elif how == "max":
-            self._apply("truncate", lambda m: m.truncate(p, MAX_FILE_SIZE), p, MAX_FILE_SIZE)
+            top = self.model.max_file_size
+            self._apply("truncate", lambda m: m.truncate(p, top), p, top)
         elif self.model.handles:
             h = data.draw(st.sampled_from(self._open_nodes()))
             node = self.model.handles[h]
             if how == "h_truncate":
-                self._apply("h_truncate", lambda m: m.truncate_node(m.handles[h], MAX_FILE_SIZE + 1),
-                            self.bh[h], MAX_FILE_SIZE + 1)
+                self._apply("h_truncate", lambda m: m.truncate_node(m.handles[h], self.model.max_file_size + 1),
+                            self.bh[h], self.model.max_file_size + 1)
             else:
-                self._apply("h_write", lambda m: m.write_node(m.handles[h], MAX_FILE_SIZE, b"z"),
-                            self.bh[h], MAX_FILE_SIZE, b"z")
+                top = self.model.max_file_size
+                self._apply("h_write", lambda m: m.write_node(m.handles[h], top, b"z"), self.bh[h], top, b"z")
             assert node is self.model.handles[h]
 
     @precondition(lambda self: self.tiny and self.model.paths("file"))
@@ -409,7 +420,8 @@ class VmfsMachine(RuleBasedStateMachine):
             q = "/" + "L" * 128
             self._apply("create", lambda m: m.create(q), q)
         elif kind == "efbig":
-            self._apply("truncate", lambda m: m.truncate("/pending", MAX_FILE_SIZE + 1), "/pending", MAX_FILE_SIZE + 1)
+            over = self.model.max_file_size + 1
+            self._apply("truncate", lambda m: m.truncate("/pending", over), "/pending", over)
         else:
             for q in ("/full", "/full/sub"):
                 if self.model.kind(q) is None:
@@ -824,3 +836,14 @@ TestLibraryModel.settings = machine_settings("library")
 
 TestFuseModel = _timeout(pytest.mark.fuse(with_seed_note(FuseMachine.TestCase)))
 FuseMachine.TestCase.settings = machine_settings("fuse")
+
+
+class Vmfs6Machine(VmfsMachine):
+    """The same rules on a VMFS6 volume (hashed directories, 64 KiB sub-blocks, journal blocks)."""
+
+    version = 6
+
+
+seed(SEED)(Vmfs6Machine)
+TestLibraryModel6 = _timeout(with_seed_note(Vmfs6Machine.TestCase))
+TestLibraryModel6.settings = machine_settings("library6")
