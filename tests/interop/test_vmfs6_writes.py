@@ -17,7 +17,7 @@ from tests import oracles
 from tests.conftest import Mount, copy_image, tool
 from tests.helpers import capture_mount, diff_trees
 from vmfs.cluster.attachment import HostAttachment
-from vmfs.errors import NoSpaceError, UnsupportedError
+from vmfs.errors import UnsupportedError
 from vmfs.mkfs.layout6 import DATA_OFFSET
 from vmfs.ondisk import resource as R
 from vmfs.volume.directory import open_directory
@@ -258,17 +258,97 @@ def test_unconverted_large_file_blocks_are_refused(tmp_path: Path) -> None:
     assert r.returncode == 1 and "not converted" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_no_space_for_big_files_without_pointer_blocks(tmp_path: Path) -> None:
-    """A fresh VMFS6 volume has no pointer blocks (.pbc.sf grows on demand on ESXi, not yet
-    here): a file past 320 MiB (the FD's direct pointers) gets ENOSPC, nothing half-written."""
+def _mkfs6_args(path: Path, *args: str) -> Path:
+    r = subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs6", *args, str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.mark.fuse
+def test_big_and_sparse_files_through_sub_block_pointer_blocks(tmp_path: Path) -> None:
+    """Past 320 MiB a file maps its blocks through pointer blocks, which VMFS6 keeps in 64 KiB
+    sub-blocks (.pbc.sf stays empty, as ESXi formats it): a 330 MiB file, then a byte at 70 GiB
+    (a sparse extent of more than 64 GiB)."""
     image = _mkfs6(tmp_path / "v6.img", "2G")
+    chunk = bytes(range(256)) * 4096
     with HostAttachment.open(image) as att:
         fs = WritableFileSystem(att)
         fd = fs.create("/big")
-        chunk = bytes(MIB)
-        for i in range(320):
+        for i in range(330):
             fs.write(fd.address, i * MIB, chunk)
-        with pytest.raises(NoSpaceError):
-            fs.write(fd.address, 320 * MIB, chunk)
-        assert fs.stat("/big").size == 320 * MIB
+        fs.write(fd.address, 70 << 30, b"far out")
+    with Volume.open([image]) as vol:
+        big = vol.read_fd(_address(vol, "/big"))
+        assert big.meta.zla == 3 and big.size == (70 << 30) + 7
+        assert {p & 7 for p in big.pointers if p} == {2}  # SB addresses
+        assert vol.resources[R.RES_PB].num_resources == 0
+    from dissect.vmfs import lvm, vmfs
+
+    with open(image, "rb") as fh:
+        f = vmfs.VMFS(lvm.LVM([fh]).volumes[0].open()).get("/big").open()
+        for at in (0, 100 * MIB, 329 * MIB):
+            f.seek(at)
+            assert f.read(MIB) == chunk, at
+        f.seek(70 << 30)
+        assert f.read(7) == b"far out"
+        f.seek(1 << 30)
+        assert f.read(MIB) == bytes(MIB)
+    with oracles.OracleMount("vmfs6-fuse", [image], tmp_path / "oracle") as root, open(Path(root) / "big", "rb") as g:
+        for at in (0, 100 * MIB, 329 * MIB):  # before the hole (its hole bug, see above)
+            g.seek(at)
+            assert g.read(MIB) == chunk, at
+    with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ro")], tmp_path / "ro") as root:
+        with open(Path(root) / "big", "rb") as g:
+            g.seek(70 << 30)
+            assert g.read(7) == b"far out"
     _fsck_clean(image)
+
+
+def test_resource_files_grow(tmp_path: Path) -> None:
+    """Out of FDs or sub-blocks, a VMFS6 writer adds a cluster group to the resource file (in the
+    transaction that needed it); every reader sees the grown files and what is in them."""
+    image = _mkfs6_args(tmp_path / "v6.img", "--size", "4G", "--files", "300", "--sub-blocks", "300")
+    with Volume.open([image]) as vol:
+        before = {k: vol.resources[k].num_resources for k in (R.RES_FD, R.RES_SB)}
+    assert before == {R.RES_FD: 300, R.RES_SB: 300}
+    with HostAttachment.open(image) as att:
+        fs = WritableFileSystem(att)
+        for d in range(2):
+            fs.mkdir(f"/d{d}")
+            for i in range(350):
+                fs.write_file(f"/d{d}/f{i}", _pattern(i, 5000))  # one sub-block each
+    with Volume.open([image]) as vol:
+        after = {k: vol.resources[k].num_resources for k in (R.RES_FD, R.RES_SB)}
+        assert vol.resources[R.RES_FD].usage() == (4096, 4096 - 711)
+    assert after == {R.RES_FD: 4096, R.RES_SB: 4096}  # one cluster group more: 2 x 8 x 256
+    fdc = oracles.debugvmfs_show([image], "fdc", prog="debugvmfs6", require=("Total items",))
+    assert int(fdc["Total items"]) == 4096
+    theirs = oracles.dissect_tree([image])
+    for d in range(2):
+        for i in (0, 299, 349):
+            assert theirs[f"/d{d}/f{i}"]["sha256"] == _sha(_pattern(i, 5000))
+    assert sum(p.startswith("/d") and p.count("/") == 2 for p in theirs) == 700
+    _fsck_clean(image)
+
+
+@pytest.mark.slow
+def test_the_16385th_file(tmp_path: Path) -> None:
+    """The issue's own words: 16,384 FDs at format, more when they run out.  16,385 files of one
+    sub-block each also grow .sbc.sf past its 16,384 sub-blocks, through the PB2 that maps it."""
+    image = _mkfs6(tmp_path / "v6.img", "3G")
+    with Volume.open([image]) as vol:
+        assert vol.resources[R.RES_FD].num_resources == 16384
+        assert vol.resources[R.RES_SB].fd.meta.zla == 5
+    with HostAttachment.open(image) as att:
+        fs = WritableFileSystem(att)
+        for d in range(17):
+            fs.mkdir(f"/d{d}")
+        for n in range(16385):
+            fs.write_file(f"/d{n % 17}/f{n}", b"%d" % n + bytes(4000))
+    with Volume.open([image]) as vol:
+        assert vol.resources[R.RES_FD].num_resources > 16384
+        assert vol.resources[R.RES_SB].num_resources > 16384
+    theirs = oracles.dissect_tree([image])
+    assert sum(p.count("/") == 2 for p in theirs) == 16385
+    assert theirs["/d16/f16384"]["sha256"] == _sha(b"16384" + bytes(4000))
+    assert f"{9 + 17 + 16385}/" in _fsck_clean(image)  # system FDs, folders, files

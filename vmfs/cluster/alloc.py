@@ -15,6 +15,7 @@ allocated (every LFB of a volume we make is converted into an SFB cluster).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vmfs.errors import BusyError, CorruptError, NoSpaceError, UnsupportedError
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 
 class ResourceAllocator:
-    def __init__(self, volume: Volume, res: ResourceFile, host_uuid: str | None = None) -> None:
+    def __init__(self, volume: Volume, res: ResourceFile, host_uuid: str | None = None,
+                 owner: Allocators | None = None) -> None:
         v6 = volume.geometry.vmfs6
         if res.bits not in R.FREE_STATE or (res.bits != 1 and not v6) or res.kind == R.RES_LFB:
             raise UnsupportedError(f"allocation in {res.name} ({res.bits}-bit resources) is not supported")
@@ -41,6 +43,9 @@ class ResourceAllocator:
         self.cursor = zlib.crc32(host_uuid.encode()) % max(res.num_clusters, 1) if host_uuid is not None else 0
         self._free: int | None = None
         self.kind = res.kind
+        #: the Allocators this belongs to, and what grows its resource file when it runs out
+        self.owner = owner
+        self.grower = owner.grower if owner is not None and owner.grows(res.kind) else None
 
     # -- cluster I/O through the transaction ------------------------------------------------------
 
@@ -116,6 +121,11 @@ class ResourceAllocator:
             return []
         if self.free_count < count:
             self._free = None  # other hosts may have freed some: count again
+            if self.free_count < count and self.grower is not None:
+                # a VMFS6 resource file grows (vmfs.cluster.grow); the caller's transaction then
+                # allocates from the allocator made for the grown file
+                self.grower(tx, self.kind)
+                return self.owner[self.kind].allocate(tx, count)
             if self.free_count < count:
                 raise NoSpaceError(
                     f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted, {self.free_count} free"
@@ -219,14 +229,24 @@ class Allocators:
         #: spreads hosts' first allocation over the clusters
         self.host_uuid = host_uuid
         self._by_kind: dict[int, ResourceAllocator] = {}
+        #: grows a VMFS6 resource file in a transaction (set by the host's attachment)
+        self.grower: Callable[[Transaction, int], object] | None = None
+        self.growable: frozenset[int] = frozenset()
+
+    def grows(self, kind: int) -> bool:
+        return self.grower is not None and kind in self.growable
 
     def __getitem__(self, kind: int) -> ResourceAllocator:
         alloc = self._by_kind.get(kind)
         if alloc is None:
             alloc = self._by_kind[kind] = ResourceAllocator(
-                self.volume, self.volume.resources[kind], self.host_uuid
+                self.volume, self.volume.resources[kind], self.host_uuid, self
             )
         return alloc
+
+    def forget(self, kind: int) -> None:
+        """The resource file of ``kind`` changed (it grew): the next allocation starts afresh."""
+        self._by_kind.pop(kind, None)
 
     def reset(self) -> None:
         """Forget cached counts (after an aborted transaction or another host's changes)."""

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from vmfs.cluster.alloc import Allocators
+from vmfs.cluster.grow import GROWABLE, grow
 from vmfs.cluster.heartbeat import HeartbeatManager
 from vmfs.cluster.host import HostIdentity
 from vmfs.cluster.identitylock import IdentityLock
@@ -148,6 +149,9 @@ class HostAttachment:
             raise
         self.locks = LockManager(volume, hb, host, self.allocators, self.meta_lock)
         hb.reaper = self.locks.reap
+        if volume.geometry.vmfs6:
+            self.allocators.growable = GROWABLE
+            self.allocators.grower = lambda tx, kind: grow(volume, self.allocators, tx, kind, self.lock_fd, self.put_fd)
         try:
             journal_addr = 0
             found = None

@@ -276,3 +276,24 @@ def dirent5_bytes(ftype: int, address: int, generation: int, name: str) -> bytes
     return Dirent5.build(
         Container(type=ftype, descAddr=address, generation=generation, name=encode_name(name, DIRENT5_NAME_SIZE))
     )
+
+
+# --- VMFS6 cluster headers ---------------------------------------------------------------------------
+
+
+def cluster_header6_free(geo: Geometry, kind: int, vol_offset: int, cluster: int, total: int, *,
+                         mtime: int = 0) -> bytes:
+    """A fresh VMFS6 cluster header of a 1-bit resource, every resource free: lock block (type
+    0x10C00000 + kind + 1, its own volume offset, token 1) and a ``dmcr`` metadata unit
+    (vmfs-format.md 6.4; the fields the real sample's untouched clusters hold)."""
+    md = geo.md_size
+    bits = bytearray(md - R.CLUSTER6_BITMAP_OFFSET)
+    for i in range(total):
+        bits[i >> 3] |= 1 << (i & 7)
+    meta = R.cluster_meta6(md).build(Container(
+        reserved00=bytes(16), signature=R.CLUSTER_SIGNATURE, priority=0, clusterNum=cluster,
+        totalResources=total, freeResources=total, unknown24=0, affinityCount=0, unknown28=bytes(8),
+        unknown30=1, unknown34=bytes(0x24), counter=0, mac=bytes(6), changeTime=0, unknown66=bytes(2),
+        createCounter=0, unknown6C=bytes(0x10), firstFree=0, body=bytes(bits),
+    ))
+    return lock_block_bytes(geo, 0x10C00000 + kind + 1, vol_offset, token=1, mtime=mtime) + meta

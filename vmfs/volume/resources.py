@@ -76,7 +76,10 @@ class ResourceFile:
         fd: FileDescriptor,
         header_offset: int = 0,
         parent: ResourceFile | None = None,
+        raw_header: bytes | None = None,
     ) -> None:
+        """``raw_header``: the header as a transaction that grows the file has it (not yet on
+        disk); otherwise it is read from the file."""
         self.volume = volume
         self.kind = kind
         self.fd = fd
@@ -84,7 +87,7 @@ class ResourceFile:
         self.parent = parent
         self.header_offset = header_offset
         self.reader = FileReader(fd)
-        raw = self.reader.read(header_offset, R.RES_HEADER_SIZE)
+        raw = raw_header if raw_header is not None else self.reader.read(header_offset, R.RES_HEADER_SIZE)
         where = f"{self.name} resource header"
         if len(raw) < R.RES_HEADER_SIZE:
             raise CorruptError(where, fd.vol_offset, f"file of {fd.size} bytes is too short")

@@ -428,6 +428,11 @@ class Volume:
             self._fd_cache.pop(address, None)
             self._dir_cache.pop(address, None)
 
+    def forget_pointer_block(self, address: int) -> None:
+        """Drop the cached entries of the pointer block at ``address`` (a writer changed it)."""
+        with self._lock:
+            self._pb_cache.pop(address, None)
+
     def forget_directory(self, address: int) -> None:
         """Drop the cached directory object of ``address`` (its FD stays cached): a VMFS6
         directory object holds its header, which a writer has just changed."""
@@ -441,6 +446,8 @@ class Volume:
             self._fd_cache.clear()
             self._pb_cache.clear()
             self._dir_cache.clear()
+            if self.geometry.vmfs6:
+                self._open_resources()  # VMFS6 resource files grow (vmfs.cluster.grow)
             for address, entry in list(self._pinned.items()):
                 fd = entry[0]
                 raw = self.device.read(fd.vol_offset, self.geometry.fd_size)

@@ -125,9 +125,12 @@ class FileWriter:
 
     def _pb_place(self, pb: int) -> tuple[int, int, int]:
         """(resource kind, cluster, resource) of a pointer-block address found in a map: ours
-        are in ``.pbc.sf``, a ``.pb2.sf`` one is followed too; anything else is corruption."""
+        are in ``.pbc.sf`` (VMFS3/5) or 64 KiB sub-blocks of ``.sbc.sf`` (VMFS6), a ``.pb2.sf``
+        one is followed too; anything else is corruption."""
         kind = A.kind(pb)
         res_kind = {A.ADDR_PB: R.RES_PB, A.ADDR_PB2: R.RES_PB2}.get(kind)
+        if kind == A.ADDR_SB and self.geo.vmfs6:
+            res_kind = R.RES_SB
         if res_kind is None or res_kind not in self.volume.resources:
             raise CorruptError(
                 f"file descriptor {self.fd.address:#x}", self.fd.vol_offset, f"0x{pb:x} is not a pointer-block address"
@@ -151,8 +154,15 @@ class FileWriter:
         self.volume._pb_cache.put(pb, entries)
 
     def _new_pb(self, tx: Transaction, entries: list[int] | None = None) -> int:
-        ((c, r),) = self.attachment.allocators[R.RES_PB].allocate(tx, 1)
-        pb = self.codec.make(A.ADDR_PB, c, r)
+        """A new pointer block.  VMFS6 keeps none in ``.pbc.sf`` (ESXi formats it empty and
+        vmkfstools reports 0 pointer blocks on VMFS6; vmfs6-tools reads ZLA 3 pointer blocks from
+        ``.sbc.sf``): a 64 KiB sub-block holds the 8192 pointers (vmfs-format.md 8.6)."""
+        if self.geo.vmfs6:
+            ((c, r),) = self.attachment.allocators[R.RES_SB].allocate(tx, 1)
+            pb = self.codec.make(A.ADDR_SB, c, r)
+        else:
+            ((c, r),) = self.attachment.allocators[R.RES_PB].allocate(tx, 1)
+            pb = self.codec.make(A.ADDR_PB, c, r)
         values = list(entries or []) + [0] * (self.geo.ptrs_per_pb - len(entries or []))
         self._pb_store(tx, pb, unpack_ints(pack_ints(values, self.geo.addr_width), self.geo.addr_width))
         self.meta.numPointerBlocks += 1
