@@ -297,10 +297,10 @@ def test_big_and_sparse_files_through_sub_block_pointer_blocks(tmp_path: Path) -
         for at in (0, 100 * MIB, 329 * MIB):  # before the hole (its hole bug, see above)
             g.seek(at)
             assert g.read(MIB) == chunk, at
-    with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ro")], tmp_path / "ro") as root:
-        with open(Path(root) / "big", "rb") as g:
-            g.seek(70 << 30)
-            assert g.read(7) == b"far out"
+    with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ro")], tmp_path / "ro") as root, \
+            open(Path(root) / "big", "rb") as g:
+        g.seek(70 << 30)
+        assert g.read(7) == b"far out"
     _fsck_clean(image)
 
 
