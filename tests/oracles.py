@@ -298,3 +298,30 @@ def dissect_tree(images: Sequence[Path]) -> dict[str, dict[str, Any]]:
     if not tree:
         raise OracleError("dissect.vmfs read an empty volume")
     return tree
+
+
+def holed_files(image: Path) -> frozenset[str]:
+    """Regular files of a VMFS6 image with a hole (a null block pointer) before data: vmfs6-fuse
+    reads everything after a file's first hole as zeros (docs/SPEC.md, oracle bugs), so their
+    content is compared through dissect.vmfs instead."""
+    import stat as st
+
+    from vmfs.volume.filedesc import BlockMap
+    from vmfs.volume.namespace import FileSystem
+    from vmfs.volume.volume import Volume
+
+    found = set()
+    with Volume.open([image]) as vol:
+        fs = FileSystem(vol)
+        for dirpath, entries in fs.walk("/"):
+            for e in entries:
+                if e.name in (".", ".."):
+                    continue
+                path = dirpath.rstrip("/") + "/" + e.name
+                fd = vol.read_fd(e.address)
+                if not st.S_ISREG(fs.stat(path).mode) or fd.is_resident or not fd.size:
+                    continue
+                mapped = {index for index, _, pb in BlockMap(fd).references() if index is not None and not pb}
+                if mapped and len(mapped) <= max(mapped):  # an index below the last one is a hole
+                    found.add(path)
+    return frozenset(found)

@@ -74,9 +74,10 @@ def run_hosts_in_process(image: Path, workdir: Path, hosts: int, ops: int) -> li
     return [results[n] for n in range(1, hosts + 1)]
 
 
-@pytest.mark.parametrize("placement", ["processes", "threads on one device"])
-def test_four_hosts_share_a_volume(tmp_path: Path, placement: str) -> None:
-    image = make_volume(tmp_path / "shared.img", 4 << 30)
+@pytest.mark.parametrize(("placement", "version"), [("processes", 5), ("threads on one device", 5), ("processes", 6)],
+                         ids=["processes", "threads on one device", "processes-vmfs6"])
+def test_four_hosts_share_a_volume(tmp_path: Path, placement: str, version: int) -> None:
+    image = make_volume(tmp_path / "shared.img", 4 << 30, version=version)
     vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
@@ -101,7 +102,13 @@ def test_four_hosts_share_a_volume(tmp_path: Path, placement: str) -> None:
         assert not any(s.in_use for s in __import__("vmfs.volume.slots", fromlist=["x"]).read_slots(ro))
     with Mount([tool("vmfs-mount"), str(image), str(tmp_path / "ours")], tmp_path / "ours") as root:
         ours = capture_mount(root)
-    theirs = oracles.fuse_tree("vmfs-fuse", [image], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
-    theirs.pop("/.sdd.sf")
-    assert diff_trees({p: r for p, r in ours.items() if p != "/.sdd.sf"}, theirs) == []
+    if version == 6:  # files with holes: their content through dissect only (vmfs6-fuse's hole bug)
+        holed = oracles.holed_files(image)
+        theirs = oracles.fuse_tree("vmfs6-fuse", [image], tmp_path / "oracle", skip_content=holed)
+        assert diff_trees({p: {k: v for k, v in r.items() if not (p in holed and k == "sha256")}
+                           for p, r in ours.items()}, theirs) == []
+    else:
+        theirs = oracles.fuse_tree("vmfs-fuse", [image], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
+        theirs.pop("/.sdd.sf")
+        assert diff_trees({p: r for p, r in ours.items() if p != "/.sdd.sf"}, theirs) == []
     assert diff_trees(ours, oracles.dissect_tree([image])) == []

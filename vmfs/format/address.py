@@ -160,6 +160,8 @@ class AddressCodec6:
     width = 8
     COW = 1 << 5
     TBZ_MASK = 0xFF << 7
+    #: to be zeroed, the whole block: every bit of the TBZ bitmap, as make_fb(tbz=True) sets them
+    TBZ = TBZ_MASK
 
     def __init__(self, sfb_rpc: int, lfb_shift: int) -> None:
         self.sfb_rpc = sfb_rpc
