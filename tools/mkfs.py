@@ -117,8 +117,8 @@ def _restore(targets: list[Target]) -> None:
 @click.option("--extent-size", multiple=True, callback=_size_option, metavar="SIZE",
               help="Size of each image in order (repeat once per DEVICE); overrides --size.")
 @click.option("-t", "--type", "fs_type", type=click.Choice(["vmfs5", "vmfs6"]), default="vmfs5", show_default=True,
-              help="File-system version. vmfs6 is what ESXi 6.5 and later make; our read-write mount "
-              "writes vmfs5 only for now.")
+              help="File-system version. vmfs6 is what ESXi 6.5 and later make (the default will "
+              "become vmfs6 once vmfs-fsck repairs it).")
 @click.option("-L", "--label", default="", help="Volume label (at most 127 bytes).")
 @click.option("--uuid", "fs_uuid", default=None, help="File-system UUID, e.g. 61137dd5-df6bc2c8-f0e7-000c29801686.")
 @click.option("--block-size", default="1M", show_default=True, callback=_size_option,

@@ -331,6 +331,28 @@ def test_resource_files_grow(tmp_path: Path) -> None:
     _fsck_clean(image)
 
 
+def test_sub_blocks_grow_through_their_pb2(tmp_path: Path) -> None:
+    """A .sbc.sf past an FD's 320 direct pointers is mapped through a PB2 (as on the sample);
+    growing it appends the new blocks to the PB2, and readers see them at once."""
+    image = _mkfs6_args(tmp_path / "v6.img", "--size", "3G", "--sub-blocks", "5200")
+    with Volume.open([image]) as vol:
+        sbc = vol.resources[R.RES_SB]
+        assert (sbc.fd.meta.zla, sbc.num_resources) == (5, 5200)
+    with HostAttachment.open(image) as att:
+        fs = WritableFileSystem(att)
+        for i in range(340):  # 16 sub-blocks each (files up to 1 MiB stay in sub-blocks)
+            fs.write_file(f"/f{i}", bytes([i % 256]) * MIB)
+    with Volume.open([image]) as vol:
+        sbc = vol.resources[R.RES_SB]
+        assert (sbc.fd.meta.zla, sbc.num_resources, sbc.fd.meta.numBlocks) == (5, 8192, 513)
+    from dissect.vmfs import lvm, vmfs
+
+    with open(image, "rb") as fh:
+        dfs = vmfs.VMFS(lvm.LVM([fh]).volumes[0].open())
+        assert all(dfs.get(f"/f{i}").open().read() == bytes([i % 256]) * MIB for i in range(0, 340, 13))
+    assert "5440/8192 sub-blocks" in _fsck_clean(image)
+
+
 @pytest.mark.slow
 def test_the_16385th_file(tmp_path: Path) -> None:
     """The issue's own words: 16,384 FDs at format, more when they run out.  16,385 files of one

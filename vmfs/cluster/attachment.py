@@ -73,7 +73,8 @@ class HostAttachment:
             raise ReadOnlyError("volume is mounted read-only")
         if volume.geometry.version not in WRITABLE_VERSIONS:
             raise UnsupportedError(
-                f"{volume.device.name}: read-write access to {volume.version_string} is not supported (VMFS5 only)"
+                f"{volume.device.name}: read-write access to {volume.version_string} is not supported "
+                "(VMFS5 and VMFS6 only)"
             )
         if volume.geometry.vmfs6:
             _check_vmfs6_writable(volume)

@@ -22,6 +22,7 @@ consistent larger file.  A file is grown while its map has room: the FD's 320 di
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -96,15 +97,20 @@ def grow(
         volume.device.write(geo.codec.fb_block(a) * bs, zeros)
     ptrs = fd.pointers
     pb2_writes: list[tuple[int, bytes]] = []
+    changed: dict[int, list[int]] = {}  # PB2 address -> its entries as the transaction has them
     for i, a in enumerate(addrs):
         index = have + i
         if zla == F.ZLA_FILE_BLOCKS:
             ptrs[index] = a
         else:
-            pb2 = volume.resources[R.RES_PB2]
-            _, c, r = geo.codec.split(ptrs[index // per_pb])
-            pb2_writes.append((pb2.volume_offset(c, r) + 8 * (index % per_pb), a.to_bytes(8, "little")))
-            volume.forget_pointer_block(ptrs[index // per_pb])
+            pb = ptrs[index // per_pb]
+            entries = changed.setdefault(pb, list(volume.pointer_block(pb, fd)))
+            entries[index % per_pb] = a
+            _, c, r = geo.codec.split(pb)
+            pb2_writes.append((volume.resources[R.RES_PB2].volume_offset(c, r) + 8 * (index % per_pb),
+                               a.to_bytes(8, "little")))
+    for pb, entries in changed.items():  # readers of the grown file see its new blocks at once
+        volume.remember_pointer_block(pb, array("Q", entries))
     fd.meta.fileLength = new_length
     fd.meta.numBlocks = need
     fd.meta.newSinceEpochLo += len(addrs)

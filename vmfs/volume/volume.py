@@ -428,10 +428,11 @@ class Volume:
             self._fd_cache.pop(address, None)
             self._dir_cache.pop(address, None)
 
-    def forget_pointer_block(self, address: int) -> None:
-        """Drop the cached entries of the pointer block at ``address`` (a writer changed it)."""
+    def remember_pointer_block(self, address: int, entries: object) -> None:
+        """The entries of the pointer block at ``address`` as a writer's transaction has them
+        (dropped with every cache if the transaction is abandoned)."""
         with self._lock:
-            self._pb_cache.pop(address, None)
+            self._pb_cache.put(address, entries)
 
     def forget_directory(self, address: int) -> None:
         """Drop the cached directory object of ``address`` (its FD stays cached): a VMFS6
