@@ -196,7 +196,9 @@ def debugvmfs_bitmap_errors(images: Images, prog: str = "debugvmfs", timeout: fl
 def debugvmfs_cat(images: Images, path: str, prog: str = "debugvmfs") -> bytes:
     """``cat PATH``'s bytes.  An empty file prints nothing, so only exit status 0 (it exits 255
     for a missing file) tells an answer from a failure here."""
-    return run_oracle([prog, *images, "cat", path], text=False).stdout
+    out = run_oracle([prog, *images, "cat", path], text=False).stdout
+    banner = b"VMFS version: 6\n"  # debugvmfs6 prints it before every command's output (vmfs-format.md 12)
+    return out[len(banner):] if prog == "debugvmfs6" and out.startswith(banner) else out
 
 
 def debugvmfs_heartbeats(images: Images, prog: str = "debugvmfs") -> dict[int, dict[str, str]]:

@@ -155,6 +155,10 @@ def test_posix_operations_through_the_rw_mount(tmp_path: Path) -> None:
     assert (ours["/d1/sfb"]["uid"], ours["/d1/sfb"]["gid"]) == (1234, 5678)
     assert ours["/d1/sparse"]["mtime"] == 1_500_000_000
     assert "/gone" not in ours and "/empty" not in ours and "/d2/deep" not in ours
+    # debugvmfs6 cats every file without a hole identically (it shares vmfs6-fuse's hole bug)
+    for path, data in expect.items():
+        if path not in ("/d1/sfb", "/d1/sparse"):
+            assert oracles.debugvmfs_cat([image], path, prog="debugvmfs6") == data, f"debugvmfs6 cat {path}"
     _fsck_clean(image)
     with Volume.open([image]) as vol:
         modes = {name: vol.read_fd(_address(vol, f"/d1/{name}")).meta.zla
