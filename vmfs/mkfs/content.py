@@ -59,60 +59,61 @@ Piece = tuple[int, bytes]
 # --- FS descriptor and heartbeats -----------------------------------------------------------------
 
 
-def fs_descriptor(layout: Layout) -> bytes:
-    """The FS descriptor sector at volume 0x200000 (3.1)."""
+def fs_descriptor(layout: Layout, major: int = FS_MAJOR, minor: int = FS_MINOR, **v6: int) -> bytes:
+    """The FS descriptor sector at volume 0x200000 (3.1); ``v6``: the VMFS6 fields (zero on VMFS5)
+    and the values that differ there (``maxJournalSlotsPerTxn``, ``unmapPriority``)."""
     o = layout.options
     geo = layout.geometry
     pb2 = layout.system_file(".pb2.sf")
     sdd = layout.system_file(".sdd.sf")
-    return FsDescriptor.build(
-        Container(
-            magic=FS_MAGIC,
-            majorVersion=FS_MAJOR,
-            minorVersion=FS_MINOR,
-            uuid=o.fs_uuid,
-            config=FS_CONFIG,
-            fsLabel=encode_name(o.label, 128),
-            diskBlockSize=SECTOR,
-            fileBlockSize=geo.block_size,
-            creationTime=o.creation_time_us // 1_000_000,
-            snapId=FS_SNAP_ID,
-            volInfo=Container(lvId=o.lv_uuid, lvSnapId=FS_SNAP_ID, reserved=bytes(12)),
-            fdcClusterGroupOffset=CLUSTER_GROUP_OFFSET,
-            fdcClustersPerGroup=CLUSTERS_PER_GROUP,
-            subBlockSize=geo.sub_block_size,
-            maxJournalSlotsPerTxn=MAX_JOURNAL_SLOTS_PER_TXN,
-            pb2VolAddr=pb2.fd_offset,
-            pb2FdAddr=pb2.fd_address,
-            hostUuid=o.host_uuid,
-            gblGeneration=GBL_GENERATION,
-            sddVolAddr=sdd.fd_offset,
-            sddFdAddr=sdd.fd_address,
-            checksumType=0,
-            unmapPriority=0,
-            reserved114=bytes(4),
-            checksumGen=0,
-            checksum=bytes(16),
-            physDiskBlockSize=0,
-            mdAlignment=0,
-            sfbToLfbShift=0,
-            reserved13A=bytes(4),
-            ptrBlockShift=0,
-            sfbAddrBits=0,
-            reserved142=bytes(2),
-            tbzGranularity=0,
-            journalBlockSize=0,
-            leaseIntervalMs=0,
-            reclaimWindowMs=0,
-            localStampUS=0,
-            localMountOwnerMac=bytes(6),
-            unmapMethod=0,
-            unmapBandwidth=0,
-            unmapBandwidthMin=0,
-            unmapBandwidthMax=0,
-            reserved16F=bytes(0x200 - 0x16F),
-        )
+    fields = Container(
+        magic=FS_MAGIC,
+        majorVersion=major,
+        minorVersion=minor,
+        uuid=o.fs_uuid,
+        config=FS_CONFIG,
+        fsLabel=encode_name(o.label, 128),
+        diskBlockSize=SECTOR,
+        fileBlockSize=geo.block_size,
+        creationTime=o.creation_time_us // 1_000_000,
+        snapId=FS_SNAP_ID,
+        volInfo=Container(lvId=o.lv_uuid, lvSnapId=FS_SNAP_ID, reserved=bytes(12)),
+        fdcClusterGroupOffset=CLUSTER_GROUP_OFFSET,
+        fdcClustersPerGroup=CLUSTERS_PER_GROUP,
+        subBlockSize=geo.sub_block_size,
+        maxJournalSlotsPerTxn=MAX_JOURNAL_SLOTS_PER_TXN,
+        pb2VolAddr=pb2.fd_offset,
+        pb2FdAddr=pb2.fd_address,
+        hostUuid=o.host_uuid,
+        gblGeneration=GBL_GENERATION,
+        sddVolAddr=sdd.fd_offset,
+        sddFdAddr=sdd.fd_address,
+        checksumType=0,
+        unmapPriority=0,
+        reserved114=bytes(4),
+        checksumGen=0,
+        checksum=bytes(16),
+        physDiskBlockSize=0,
+        mdAlignment=0,
+        sfbToLfbShift=0,
+        reserved13A=bytes(4),
+        ptrBlockShift=0,
+        sfbAddrBits=0,
+        reserved142=bytes(2),
+        tbzGranularity=0,
+        journalBlockSize=0,
+        leaseIntervalMs=0,
+        reclaimWindowMs=0,
+        localStampUS=0,
+        localMountOwnerMac=bytes(6),
+        unmapMethod=0,
+        unmapBandwidth=0,
+        unmapBandwidthMin=0,
+        unmapBandwidthMax=0,
+        reserved16F=bytes(0x200 - 0x16F),
     )
+    fields.update(v6)
+    return FsDescriptor.build(fields)
 
 
 def heartbeat_region(layout: Layout) -> bytes:

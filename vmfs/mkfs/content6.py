@@ -22,10 +22,10 @@ from vmfs.format.builders import (
     pointer_array_bytes,
     repeat_record,
 )
+from vmfs.mkfs import content as content5
 from vmfs.mkfs.content import heartbeat_region
 from vmfs.mkfs.layout import Layout, ResourceLayout, SystemFileLayout
 from vmfs.mkfs.layout6 import (
-    CLUSTER_GROUP_OFFSET,
     CLUSTERS_PER_GROUP,
     FS_MAJOR,
     FS_MINOR,
@@ -40,7 +40,7 @@ from vmfs.ondisk import dirent6 as D
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import SECTOR, encode_name, parse_uuid
-from vmfs.ondisk.fsdesc import CONFIG_DENSE_SBPC, CONFIG_PUBLIC, FS_DESCRIPTOR_OFFSET, FS_MAGIC, FsDescriptor
+from vmfs.ondisk.fsdesc import CONFIG_DENSE_SBPC, CONFIG_PUBLIC, FS_DESCRIPTOR_OFFSET
 from vmfs.ondisk.heartbeat import HEARTBEAT_REGION_OFFSET
 from vmfs.ondisk.lock import LOCK_TYPE_BASE, LOCK_TYPE_FD
 
@@ -106,27 +106,13 @@ def _extra(layout: Layout) -> Plan6:
 
 
 def fs_descriptor(layout: Layout) -> bytes:
-    o = layout.options
     geo = layout.geometry
-    pb2 = layout.system_file(".pb2.sf")
-    sdd = layout.system_file(".sdd.sf")
-    return FsDescriptor.build(
-        Container(
-            magic=FS_MAGIC, majorVersion=FS_MAJOR, minorVersion=FS_MINOR, uuid=o.fs_uuid, config=FS_CONFIG,
-            fsLabel=encode_name(o.label, 128), diskBlockSize=SECTOR, fileBlockSize=geo.block_size,
-            creationTime=_now(layout), snapId=1,
-            volInfo=Container(lvId=o.lv_uuid, lvSnapId=1, reserved=bytes(12)),
-            fdcClusterGroupOffset=CLUSTER_GROUP_OFFSET, fdcClustersPerGroup=CLUSTERS_PER_GROUP,
-            subBlockSize=geo.sub_block_size, maxJournalSlotsPerTxn=MAX_JOURNAL_SLOTS_PER_TXN,
-            pb2VolAddr=pb2.fd_offset, pb2FdAddr=pb2.fd_address, hostUuid=o.host_uuid, gblGeneration=1,
-            sddVolAddr=sdd.fd_offset, sddFdAddr=sdd.fd_address, checksumType=0, unmapPriority=UNMAP_PRIORITY,
-            reserved114=bytes(4), checksumGen=0, checksum=bytes(16), physDiskBlockSize=SECTOR,
-            mdAlignment=MD_ALIGNMENT, sfbToLfbShift=LFB_SHIFT, reserved13A=bytes(4),
-            ptrBlockShift=PTR_BLOCK_SHIFT, sfbAddrBits=SFB_ADDR_BITS, reserved142=bytes(2),
-            tbzGranularity=geo.block_size, journalBlockSize=JB_SIZE, leaseIntervalMs=LEASE_INTERVAL_MS,
-            reclaimWindowMs=RECLAIM_WINDOW_MS, localStampUS=0, localMountOwnerMac=bytes(6), unmapMethod=0,
-            unmapBandwidth=0, unmapBandwidthMin=0, unmapBandwidthMax=0, reserved16F=bytes(0x200 - 0x16F),
-        )
+    return content5.fs_descriptor(
+        layout, FS_MAJOR, FS_MINOR, fdcClustersPerGroup=CLUSTERS_PER_GROUP,
+        maxJournalSlotsPerTxn=MAX_JOURNAL_SLOTS_PER_TXN, unmapPriority=UNMAP_PRIORITY,
+        physDiskBlockSize=SECTOR, mdAlignment=MD_ALIGNMENT, sfbToLfbShift=LFB_SHIFT, ptrBlockShift=PTR_BLOCK_SHIFT,
+        sfbAddrBits=SFB_ADDR_BITS, tbzGranularity=geo.block_size, journalBlockSize=JB_SIZE,
+        leaseIntervalMs=LEASE_INTERVAL_MS, reclaimWindowMs=RECLAIM_WINDOW_MS,
     )
 
 

@@ -79,6 +79,15 @@ SDD_MODE = 0o40700
 DIRENT_SIZE = 140
 
 
+def system_file_kind(name: str) -> tuple[int, int, int]:
+    """(FD type, mode, links) of a system file or the root, as both samples have them (8.3, 11.3)."""
+    if name == "/":
+        return F.TYPE_DIRECTORY, ROOT_MODE, ROOT_LINKS
+    if name == ".sdd.sf":
+        return F.TYPE_SYSFILE, SDD_MODE, SDD_LINKS
+    return F.TYPE_SYSFILE, SYSFILE_MODE, 1
+
+
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -501,12 +510,7 @@ def _plan_files(
         raise AssertionError("the FDC does not start where readers bootstrap it")
     for name in BLOCK_ORDER:
         index = SYSTEM_FD_INDEX[name]
-        if name == "/":
-            ftype, mode, links = F.TYPE_DIRECTORY, ROOT_MODE, ROOT_LINKS
-        elif name == ".sdd.sf":
-            ftype, mode, links = F.TYPE_SYSFILE, SDD_MODE, SDD_LINKS
-        else:
-            ftype, mode, links = F.TYPE_SYSFILE, SYSFILE_MODE, 1
+        ftype, mode, links = system_file_kind(name)
         pointer_blocks = tuple(range(fbb_pbs)) if name == ".fbb.sf" else ()
         files.append(
             SystemFileLayout(

@@ -36,6 +36,7 @@ from vmfs.mkfs.layout import (
     ResourceLayout,
     SystemFileLayout,
     _ceil,
+    system_file_kind,
 )
 from vmfs.mkfs.options import MIB, MkfsOptions
 from vmfs.ondisk import filedesc as F
@@ -72,11 +73,6 @@ SYSTEM_FD_INDEX = {"/": 0, ".fbb.sf": 1, ".fdc.sf": 2, ".pbc.sf": 3, ".sbc.sf": 
 ROOT_ENTRIES = (".fbb.sf", ".fdc.sf", ".pbc.sf", ".sbc.sf", ".vh.sf", ".pb2.sf", ".sdd.sf", ".jbc.sf")
 #: Lock creation order (the serials of the sample's untouched objects).
 CREATION_ORDER = ("/", ".fbb.sf", ".fdc.sf", ".pbc.sf", ".sbc.sf", ".vh.sf", ".pb2.sf", ".sdd.sf", ".jbc.sf")
-ROOT_LINKS = 3
-SDD_LINKS = 2
-ROOT_MODE = 0o1755
-SYSFILE_MODE = 0o400
-SDD_MODE = 0o40700
 #: Hashed directories: 64 KiB header, then the allocation-map block and one dirent block (9.2).
 ROOT_LENGTH = 0x10000 + 2 * MD_ALIGNMENT
 SDD_LENGTH = 0x10000 + MD_ALIGNMENT
@@ -249,12 +245,7 @@ def _plan_files(
     files = []
     for name in CREATION_ORDER:
         index = SYSTEM_FD_INDEX[name]
-        if name == "/":
-            ftype, mode, links = F.TYPE_DIRECTORY, ROOT_MODE, ROOT_LINKS
-        elif name == ".sdd.sf":
-            ftype, mode, links = F.TYPE_SYSFILE, SDD_MODE, SDD_LINKS
-        else:
-            ftype, mode, links = F.TYPE_SYSFILE, SYSFILE_MODE, 1
+        ftype, mode, links = system_file_kind(name)
         rs = tuple(runs[name])
         if name == ".sbc.sf" and grows:
             zla, pbs = F.ZLA_POINTER2_BLOCKS, (fbb_pb2,)
