@@ -37,8 +37,9 @@ VOLUME_SIZE = "8G"
 SWITCHES_USER = re.compile(r"(^|\s)-[ug]\s+[\d$]")
 
 VARIANTS = {
-    "allow_other": ("rw,allow_other,default_permissions", False),
-    "root_only": ("rw", True),
+    "allow_other": ("rw,allow_other,default_permissions", False, "vmfs5"),
+    "root_only": ("rw", True, "vmfs5"),
+    "root_only-vmfs6": ("rw", True, "vmfs6"),
 }
 
 
@@ -86,11 +87,11 @@ def describe(unexpected: dict[str, dict[int, str]], limit: int = 6) -> str:
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_pjdfstest(pjdfstest_dir: Path, tmp_path: Path, variant: str) -> None:
-    options, root_only = VARIANTS[variant]
+    options, root_only, fs = VARIANTS[variant]
     tests = pjdfstest_dir / "tests"
     files = suite_files(tests, root_only=root_only)
     expected = load_expected(EXPECTED)
-    image = mkfs(tmp_path / "v.img", VOLUME_SIZE)
+    image = mkfs(tmp_path / "v.img", VOLUME_SIZE, "-t", fs)
     started = time.monotonic()
     with RwMount(image, tmp_path / "m", options) as mount:
         work = mount.mountpoint / "pjdfstest"
