@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fsck import volumes
+from vmfs.cluster.alloc import bitmap_mark
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.device.file import FileDevice
 from vmfs.device.lvm import open_logical_volume
@@ -27,6 +28,9 @@ from vmfs.volume.directory import open_directory
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.namespace import FileSystem
 from vmfs.volume.volume import SYSTEM_FDS, Volume
+from vmfs.write.dirchange6 import PARENT_AT as DIR6_PARENT_AT
+from vmfs.write.dirchange6 import SELF_AT as DIR6_SELF_AT
+from vmfs.write.dirchange6 import DirectoryChanges6
 from vmfs.write.posix import WritableFileSystem
 
 RESOURCES = {"FB": R.RES_FB, "SB": R.RES_SB, "PB": R.RES_PB, "FD": R.RES_FD, "PB2": R.RES_PB2}
@@ -71,7 +75,8 @@ class Image:
         from vmfs.ondisk.common import unpack_ints
 
         start = self.geo.ptr_array_offset - self.geo.fd_data_offset
-        return list(unpack_ints(parsed.data[start : start + self.geo.ptr_count * 4], 4))
+        width = self.geo.addr_width
+        return list(unpack_ints(parsed.data[start : start + self.geo.ptr_count * width], width))
 
     def set_pointers(self, parsed: Any, ptrs: list[int]) -> None:
         from vmfs.format.builders import pointer_array_bytes
@@ -87,15 +92,18 @@ class Image:
     def entry_offset(self, dirpath: str, name: str) -> int:
         fd = self.fs.resolve(dirpath)
         if name in (".", ".."):
+            if self.geo.vmfs6:  # the header's self and parent entries (vmfs-format.md 9.2)
+                return DIR6_SELF_AT if name == "." else DIR6_PARENT_AT
             return 0 if name == "." else DIRENT5_SIZE
         return open_directory(self.vol, fd).lookup(name).offset
 
     def edit_entry(self, dirpath: str, name: str, change: Callable[[Any], None]) -> None:
         off = self.entry_offset(dirpath, name)
         where = self.dir_location(dirpath, off)
-        ent = Dirent5.parse(self.read(where, DIRENT5_SIZE))
+        struct, size = (Dirent6, DIRENT6_SIZE) if self.geo.vmfs6 else (Dirent5, DIRENT5_SIZE)
+        ent = struct.parse(self.read(where, size))
         change(ent)
-        self.write(where, Dirent5.build(ent))
+        self.write(where, struct.build(ent))
 
     def dir_slots(self, dirpath: str) -> list[bytes]:
         fd = self.fs.resolve(dirpath)
@@ -114,14 +122,41 @@ class Image:
         res = self.vol.resources[kind]
         return res.reader.volume_offset(res.cluster_header_offset(cluster))
 
-    def edit_cluster(self, kind: int, cluster: int, change: Callable[[Any, Any], None]) -> None:
+    def edit_cluster(self, kind: int, cluster: int, change: Callable[[Any, Any, bytearray], None]) -> None:
+        """``change(lock, meta, bitmap)`` on one cluster header; the bitmap (``bits`` per resource,
+        VMFS5 ``bitmap``, VMFS6 the start of ``body``) is written back as changed, the counts as
+        ``change`` leaves them."""
         res = self.vol.resources[kind]
         off = self.cluster_offset(kind, cluster)
         md = res.ch // 2
+        size = res.meta_struct.sizeof()
         lock = self.geo.structs.lock.parse(self.read(off, md))
-        meta = R.ClusterMeta5.parse(self.read(off + md, md))
-        change(lock, meta)
-        self.write(off, self.geo.structs.lock.build(lock) + R.ClusterMeta5.build(meta))
+        meta = res.meta_struct.parse(self.read(off + md, size))
+        if self.geo.vmfs6:
+            nbytes = -(-res.rpc * res.bits // 8)
+            bitmap = bytearray(meta.body[:nbytes])
+        else:
+            bitmap = bytearray(meta.bitmap)
+        change(lock, meta, bitmap)
+        if self.geo.vmfs6:
+            meta.body = bytes(bitmap) + meta.body[len(bitmap) :]
+        else:
+            meta.bitmap = bytes(bitmap)
+        self.write(off, self.geo.structs.lock.build(lock))
+        self.write(off + md, res.meta_struct.build(meta))
+
+    # -- VMFS6 directories, changed through the library -------------------------------------------
+
+    def dir6_change(self, dirpath: str, change: Callable[[Any, Any], None]) -> None:
+        """``change(changes, tx)`` with a DirectoryChanges6 of ``dirpath`` in a transaction of a
+        host that then leaves cleanly: entries added or removed as the library does, nothing
+        else (no FD or link count follows)."""
+        self.close()
+        with HostAttachment.open(self.path, host=volumes.host()) as vol:
+            fd = WritableFileSystem(vol).resolve(dirpath)
+            with vol.transaction() as tx:
+                change(DirectoryChanges6(vol, open_directory(vol.volume, fd)), tx)
+        self.__init__(self.path)  # type: ignore[misc]
 
     def block_of(self, path: str, index: int) -> int:
         fd = self.fd(path)
@@ -149,23 +184,16 @@ def op_bitmap(img: Image, resource: str, state: str, file: str | None = None, bl
     number = img.block_of(file, block) if file is not None else (res.num_resources - 1 if item is None else item)
     c, r = divmod(number, res.rpc)
 
-    def change(lock: Any, meta: Any) -> None:
-        bits = bytearray(meta.bitmap)
-        if state == "free":
-            bits[r >> 3] |= 1 << (r & 7)
-            delta = 1
-        else:
-            bits[r >> 3] &= ~(1 << (r & 7))
-            delta = -1
-        meta.bitmap = bytes(bits)
+    def change(lock: Any, meta: Any, bitmap: bytearray) -> None:
+        bitmap_mark(bitmap, r, res.bits, free=state == "free")
         if not keep_count:
-            meta.freeResources += delta
+            meta.freeResources += 1 if state == "free" else -1
 
     img.edit_cluster(kind, c, change)
 
 
 def op_cluster(img: Image, resource: str, cluster: int, field: str, value: Any) -> None:
-    def change(lock: Any, meta: Any) -> None:
+    def change(lock: Any, meta: Any, bitmap: bytearray) -> None:
         target = lock.lock if field.startswith("lock.") else meta
         name = field.removeprefix("lock.")
         target[name] = _value(target[name], value)
@@ -200,30 +228,35 @@ def op_pb_cycle(img: Image, path: str) -> None:
     """In a double-indirect file, make a free entry of the first-level pointer block point to
     that pointer block itself."""
     fd = img.fd(path)
-    pb1 = fd.pointers[0]
-    res = img.vol.resources[R.RES_PB]
-    _, c, r = img.geo.codec.split(pb1)
+    pb1 = next(p for p in fd.pointers if p)
+    kind, c, r = img.geo.codec.split(pb1)
+    res = img.vol.resources[kind]
     off = res.volume_offset(c, r)
     from vmfs.ondisk.common import pack_ints, unpack_ints
 
-    entries = list(unpack_ints(img.read(off, img.geo.pb_size), 4))
+    width = img.geo.addr_width
+    entries = list(unpack_ints(img.read(off, img.geo.pb_size), width))
     free = next(i for i, e in enumerate(entries) if e == 0)
     entries[free] = pb1
-    img.write(off, pack_ints(entries, 4))
+    img.write(off, pack_ints(entries, width))
 
 
 def op_entry(img: Image, dir: str, name: str, field: str, value: Any) -> None:
     def change(ent: Any) -> None:
         if field == "name":
-            ent.name = value.encode().ljust(128, b"\x00")
+            ent.name = value.encode().ljust(len(ent.name), b"\x00")
         else:
-            ent[field] = _value(ent[field], value)
+            key = "address" if field == "descAddr" and img.geo.vmfs6 else field
+            ent[key] = _value(ent[key], value)
 
     img.edit_entry(dir, name, change)
 
 
 def op_remove_entry(img: Image, dir: str, name: str) -> None:
-    """Drop an entry as the library does (the last entry takes its slot), keeping its FD."""
+    """Drop an entry as the library does (VMFS5: the last entry takes its slot), keeping its FD."""
+    if img.geo.vmfs6:
+        img.dir6_change(dir, lambda changes, tx: changes.remove(tx, name))
+        return
     slots = img.dir_slots(dir)
     i = img.entry_offset(dir, name) // DIRENT5_SIZE
     last = slots.pop()
@@ -233,11 +266,18 @@ def op_remove_entry(img: Image, dir: str, name: str) -> None:
 
 
 def op_remove_dotdot(img: Image, dir: str) -> None:
+    """VMFS5: remove the '..' entry; VMFS6 keeps '..' in the directory header: zero it."""
+    if img.geo.vmfs6:
+        img.write(img.dir_location(dir, DIR6_PARENT_AT), bytes(DIRENT6_SIZE))
+        return
     op_remove_entry(img, dir, "..")
 
 
 def op_add_entry(img: Image, dir: str, name: str, target: str) -> None:
     fd = img.fd(target)
+    if img.geo.vmfs6:
+        img.dir6_change(dir, lambda changes, tx: changes.add(tx, name, fd.address, fd.type, fd.generation))
+        return
     slots = img.dir_slots(dir)
     slots.append(Dirent5.build({"type": fd.type, "descAddr": fd.address, "generation": fd.generation,
                                 "name": name.encode().ljust(128, b"\x00")}))
@@ -250,10 +290,8 @@ def op_free_fd(img: Image, path: str) -> None:
     c, r = A.fd_split(fd.address)
     img.write(fd.vol_offset, bytes(img.geo.fd_size))
 
-    def change(lock: Any, meta: Any) -> None:
-        bits = bytearray(meta.bitmap)
-        bits[r >> 3] |= 1 << (r & 7)
-        meta.bitmap = bytes(bits)
+    def change(lock: Any, meta: Any, bitmap: bytearray) -> None:
+        bitmap_mark(bitmap, r, 1, free=True)
         meta.freeResources += 1
 
     img.edit_cluster(R.RES_FD, c, change)

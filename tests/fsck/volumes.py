@@ -3,6 +3,7 @@ byte-for-byte reproducible (fixed UUIDs, fixed creation time, a manual clock, se
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -34,6 +35,10 @@ OPTIONS = MkfsOptions(
     creation_time_us=1_700_000_000_000_000,
     num_pointer_blocks=8,  # a double-indirect file needs two, a single-indirect one one
 )
+#: VMFS6: a volume ESXi would format (it refuses less than about 1.3 GB), 17 MiB before the data
+IMAGE_SIZE6 = 2 * GIB + 17 * MIB
+OPTIONS6 = dataclasses.replace(OPTIONS, version=6, num_pointer_blocks=None, label="fsck test 6",
+                               fs_uuid="65000000-00000001-0001-020000000006")
 #: the host that writes the test volumes (not this machine's identity, so fsck never takes its
 #: slots for its own)
 WRITER = "5f000000-00000001-0001-020000000001"
@@ -66,12 +71,13 @@ def populate(fs: WritableFileSystem) -> None:
         fs.write(fd.address, size - 4096, data(4096, size & 0xFFFF))
 
 
-def make_volume(path: Path) -> Path:
+def make_volume(path: Path, version: int = 5) -> Path:
+    """The populated volume of the corpus, as VMFS5 or VMFS6."""
     with open(path, "wb") as f:
-        f.truncate(IMAGE_SIZE)
+        f.truncate(IMAGE_SIZE6 if version == 6 else IMAGE_SIZE)
     dev = FileDevice(path, readonly=False)
     try:
-        format_volume([dev], OPTIONS)
+        format_volume([dev], OPTIONS6 if version == 6 else OPTIONS)
     finally:
         dev.close()
     with HostAttachment.open(path, host=host()) as vol:

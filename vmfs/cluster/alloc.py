@@ -61,35 +61,14 @@ class ResourceAllocator:
         return cl, off
 
     def _is_free(self, bitmap: bytearray, r: int) -> bool:
-        if self.bits == 1:
-            return bool(bitmap[r >> 3] >> (r & 7) & 1)
-        return _state(bitmap, r, self.bits) == self.free_state
+        return bitmap_is_free(bitmap, r, self.bits)
 
     def _mark(self, bitmap: bytearray, r: int, free: bool) -> None:
-        if self.bits == 1:
-            if free:
-                bitmap[r >> 3] |= 1 << (r & 7)
-            else:
-                bitmap[r >> 3] &= ~(1 << (r & 7))
-        else:
-            _set_state(bitmap, r, self.bits, self.free_state if free else 0)
+        bitmap_mark(bitmap, r, self.bits, free)
 
     def _write_meta(self, tx: Transaction, cl: Cluster, header_off: int, bitmap: bytearray) -> None:
-        free_list = [r for r in range(cl.total) if self._is_free(bitmap, r)]
-        free = len(free_list)
-        meta = cl.meta
-        if self.v6:
-            body = bytearray(meta.body)
-            body[: len(bitmap)] = bitmap
-            meta.body = bytes(body)
-            meta.freeResources = free
-            meta.firstFree = free_list[0] if 0 < free < cl.total else 0
-        else:
-            meta.bitmap = bytes(bitmap)
-            meta.freeResources = free
-            meta.nextFreeIdx = free_list[0] if 0 < free < cl.total else 0
         md = self.res.ch // 2
-        tx.write(header_off + md, fast(self.res.meta_struct).build(meta))
+        tx.write(header_off + md, cluster_meta_bytes(self.res, cl.meta, bitmap, cl.total))
 
     # -- accounting -----------------------------------------------------------------------------
 
@@ -204,7 +183,46 @@ class ResourceAllocator:
         return self._is_free(bytearray(cl.bitmap), resource)
 
 
-def _state(bitmap: bytearray, r: int, bits: int) -> int:
+def bitmap_is_free(bitmap: bytes | bytearray, r: int, bits: int) -> bool:
+    """Whether resource ``r`` is free in a cluster bitmap of ``bits`` bits per resource."""
+    if bits == 1:
+        return bool(bitmap[r >> 3] >> (r & 7) & 1)
+    return _state(bitmap, r, bits) == R.FREE_STATE[bits]
+
+
+def bitmap_mark(bitmap: bytearray, r: int, bits: int, free: bool) -> None:
+    """Mark resource ``r`` free or used (state 0) in place."""
+    if bits == 1:
+        if free:
+            bitmap[r >> 3] |= 1 << (r & 7)
+        else:
+            bitmap[r >> 3] &= ~(1 << (r & 7))
+    else:
+        _set_state(bitmap, r, bits, R.FREE_STATE[bits] if free else 0)
+
+
+def cluster_meta_bytes(res: ResourceFile, meta: object, bitmap: bytes | bytearray, total: int) -> bytes:
+    """The cluster metadata ``meta`` (parsed by ``res.meta_struct``) with ``bitmap`` in it and the
+    free count and first-free index it implies: VMFS5 keeps ``bitmap``/``nextFreeIdx``, VMFS6
+    the bitmap at the start of ``body`` and ``firstFree`` (vmfs-format.md 6.3, 6.4).  The one
+    rule the allocator and vmfs-fsck's repairs both write by."""
+    bits = res.bits
+    free_list = [r for r in range(total) if bitmap_is_free(bitmap, r, bits)]
+    free = len(free_list)
+    first = free_list[0] if 0 < free < total else 0
+    if res.volume.geometry.vmfs6:
+        body = bytearray(meta.body)  # type: ignore[attr-defined]
+        body[: len(bitmap)] = bitmap
+        meta.body = bytes(body)  # type: ignore[attr-defined]
+        meta.firstFree = first  # type: ignore[attr-defined]
+    else:
+        meta.bitmap = bytes(bitmap)  # type: ignore[attr-defined]
+        meta.nextFreeIdx = first  # type: ignore[attr-defined]
+    meta.freeResources = free  # type: ignore[attr-defined]
+    return fast(res.meta_struct).build(meta)
+
+
+def _state(bitmap: bytes | bytearray, r: int, bits: int) -> int:
     """The ``bits``-bit state of resource ``r``, packed LSB first (vmfs-format.md 6.4)."""
     bit = r * bits
     word = int.from_bytes(bitmap[bit >> 3 : (bit >> 3) + 2], "little")
@@ -253,4 +271,4 @@ class Allocators:
         self._by_kind.clear()
 
 
-__all__ = ["Allocators", "R", "ResourceAllocator"]
+__all__ = ["Allocators", "R", "ResourceAllocator", "bitmap_is_free", "bitmap_mark", "cluster_meta_bytes"]

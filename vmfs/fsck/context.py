@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from vmfs.device.base import BlockDevice
     from vmfs.device.lvm import LogicalVolume
     from vmfs.format.geometry import Geometry
+    from vmfs.volume.resources import ResourceFile
     from vmfs.volume.volume import Volume
 
 #: (resource type, cluster, resource): one resource of a resource file (VMFS5 file blocks too)
@@ -154,8 +155,11 @@ class SlotRecord:
     liveness: str = "free"
     reason: str = ""
     journal: str = ""  # where its journal is, in words ("FB 13")
-    journal_block: int | None = None  # FB number when valid
+    journal_block: int | None = None  # FB number when valid (VMFS5)
+    #: (cluster, resource) of its journal block in .jbc.sf when valid (VMFS6)
+    journal_jb: tuple[int, int] | None = None
     journal_offset: int | None = None
+    journal_size: int = 0
     #: "empty", "committed", "torn", "foreign", "invalid", ""
     journal_state: str = ""
     journal_records: int = 0
@@ -198,10 +202,10 @@ class CheckState:
     tree_entries: list[int] = field(default_factory=list)
     parent: dict[int, int] = field(default_factory=dict)
     paths: dict[int, str] = field(default_factory=dict)
-    #: pass 5 of the check: volume offset of a VMFS5 cluster metadata sector -> (resources in use
-    #: that its bitmap calls free, header fields to put right); the repair's device shows them so
-    #: (module docstring)
-    guards: dict[int, tuple[set[int], dict[str, int]]] = field(default_factory=dict)
+    #: pass 5 of the check: volume offset of a cluster's metadata -> (resources in use that its
+    #: bitmap calls free, header fields to put right, the resource file); the repair's device
+    #: shows them so (vmfs.fsck.device)
+    guards: dict[int, tuple[set[int], dict[str, int], ResourceFile]] = field(default_factory=dict)
     #: the repair trusts the check's verdict on watched slots: (slot, hbGen, stamp) -> reason
     carried_stale: dict[tuple[int, int, int], str] | None = None
     #: (lock type, volume offset, mode, owner, hbAddr, hbGen, label) of cluster locks held

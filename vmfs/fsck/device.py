@@ -8,24 +8,28 @@ return:
   an FD whose ``descAddr`` is (without them the library could not open the volume, read the FD,
   or take the lock).  A write over a patched range goes to the volume and becomes the patch's new
   content.
-* **guards** (repair only): VMFS5 cluster metadata sectors in which resources that the check found
-  in use are shown as allocated even where the on-disk bitmap says "free", with a sound cluster
-  number, resource count and free count.  The library's allocators (the journal block taken when
-  the volume is opened read-write, blocks for clones, /lost+found) then never hand out a block that
-  a file still uses, nor refuse a damaged cluster.  A guard is applied on every read, so it
-  survives writes to its sector (a journal replay, an allocation); when an allocator writes such a
-  sector, the written image includes the correction, which is the right bitmap anyway.  Pass 5
-  compares the raw on-disk bytes, not this view.
+* **guards** (repair only): cluster metadata (a VMFS5 sector, a VMFS6 metadata unit) in which
+  resources that the check found in use are shown as allocated even where the on-disk bitmap
+  says "free", with a sound cluster number, resource count and free count.  The library's
+  allocators (the journal block taken when the volume is opened read-write, blocks for clones,
+  /lost+found) then never hand out a block that a file still uses, nor refuse a damaged
+  cluster.  A guard is applied on every read, so it survives writes to its metadata (a journal
+  replay, an allocation); when an allocator writes it, the written image includes the
+  correction, which is the right bitmap anyway.  Pass 5 compares the raw on-disk bytes, not
+  this view.
 
 Nothing here is a repair by itself: every repair goes through the library's transactions.
 """
 
 from __future__ import annotations
 
+from vmfs.cluster.alloc import bitmap_mark, cluster_meta_bytes
 from vmfs.device.base import BlockDevice
-from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import fast
+from vmfs.volume.resources import ResourceFile
 
-_SECTOR = 512
+#: resources shown as used, corrected fields, and the resource file the metadata belongs to
+_Guard = tuple[frozenset[int], tuple[tuple[str, int], ...], ResourceFile]
 
 
 class FsckDevice(BlockDevice):
@@ -34,7 +38,7 @@ class FsckDevice(BlockDevice):
         self.base = base
         self.name = base.name
         self._patches: dict[int, bytearray] = {}
-        self._guards: dict[int, tuple[frozenset[int], tuple[tuple[str, int], ...]]] = {}
+        self._guards: dict[int, _Guard] = {}
 
     @property
     def size(self) -> int:
@@ -46,33 +50,32 @@ class FsckDevice(BlockDevice):
         self._patches[offset] = bytearray(data)
 
     def guard(
-        self, meta_offset: int, resources: set[int] | frozenset[int], fields: dict[str, int] | None = None
+        self, meta_offset: int, resources: set[int] | frozenset[int], fields: dict[str, int] | None,
+        res: ResourceFile,
     ) -> None:
-        """Show ``resources`` of the VMFS5 cluster whose metadata sector is at ``meta_offset`` as
+        """Show ``resources`` of the cluster of ``res`` whose metadata is at ``meta_offset`` as
         allocated, with ``fields`` (cluster number, resource count) put right and the free count
         and first-free index recomputed, so that the library's allocators accept the cluster."""
         if resources or fields:
-            self._guards[meta_offset] = (frozenset(resources), tuple(sorted((fields or {}).items())))
+            self._guards[meta_offset] = (frozenset(resources), tuple(sorted((fields or {}).items())), res)
 
     @staticmethod
-    def _guarded(sector: bytes, guard: tuple[frozenset[int], tuple[tuple[str, int], ...]]) -> bytes:
-        resources, fields = guard
-        meta = R.ClusterMeta5.parse(sector)
+    def _guarded(unit: bytes, guard: _Guard) -> bytes:
+        resources, fields, res = guard
+        meta = fast(res.meta_struct).parse(unit)
         for k, v in fields:
             meta[k] = v
-        total = meta.totalResources
-        bitmap = bytearray(meta.bitmap)
-        for r in resources:
-            if r < len(bitmap) * 8:
+        total = min(meta.totalResources, res.rpc)
+        if res.volume.geometry.vmfs6:
+            bitmap = bytearray(meta.body[: -(-res.rpc * res.bits // 8)])
+        else:
+            bitmap = bytearray(meta.bitmap)
+            for r in range(total, len(bitmap) * 8):  # VMFS5 keeps no bits past the last resource
                 bitmap[r >> 3] &= ~(1 << (r & 7))
-        for r in range(total, len(bitmap) * 8):
-            bitmap[r >> 3] &= ~(1 << (r & 7))
-        free = sum(bin(b).count("1") for b in bitmap)
-        first = next((i for i in range(min(total, len(bitmap) * 8)) if bitmap[i >> 3] >> (i & 7) & 1), 0)
-        meta.bitmap = bytes(bitmap)
-        meta.freeResources = free
-        meta.nextFreeIdx = first if 0 < free < total else 0
-        return R.ClusterMeta5.build(meta)
+        for r in resources:
+            if r < total:
+                bitmap_mark(bitmap, r, res.bits, free=False)
+        return cluster_meta_bytes(res, meta, bitmap, total)
 
     # -- BlockDevice --------------------------------------------------------------------------------
 
@@ -90,14 +93,15 @@ class FsckDevice(BlockDevice):
                 lo, hi = max(start, offset), min(stop, end)
                 buf[lo - offset : hi - offset] = image[lo - start : hi - start]
         for start, guard in self._guards.items():
-            stop = start + _SECTOR
+            size = guard[2].meta_struct.sizeof()
+            stop = start + size
             if start < end and stop > offset:
                 if buf is None:
                     buf = bytearray(data)
                 if start >= offset and stop <= end:
                     sector = bytes(buf[start - offset : stop - offset])
                 else:
-                    sector = self.base.read(start, _SECTOR)
+                    sector = self.base.read(start, size)
                 fixed = self._guarded(sector, guard)
                 lo, hi = max(start, offset), min(stop, end)
                 buf[lo - offset : hi - offset] = fixed[lo - start : hi - start]
@@ -115,7 +119,7 @@ class FsckDevice(BlockDevice):
     def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
         end = offset + len(new)
         touched = any(s < end and s + len(i) > offset for s, i in self._patches.items()) or any(
-            s < end and s + _SECTOR > offset for s in self._guards
+            s < end and s + g[2].meta_struct.sizeof() > offset for s, g in self._guards.items()
         )
         if not touched:
             return self.base.compare_and_write(offset, expected, new)

@@ -47,6 +47,7 @@ from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FS_MAGIC, FSL_MAGIC, FsDesc
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, JournalHeader
 from vmfs.ondisk.lock import LOCK_TYPE_FD
+from vmfs.volume.journalblock import journal_area
 from vmfs.volume.volume import ROOT_FD, system_fds
 
 if TYPE_CHECKING:
@@ -318,27 +319,35 @@ def _apply_slot_fix(hb: Container, addr: int, action: str) -> None:
 
 def _journal_facts(ctx: Context, rec: SlotRecord) -> None:
     """Where an in-use slot's journal is and what it holds (vmfs-format.md 10; our format:
-    vmfs/ondisk/journal.py).  Anything without our magic is foreign: ESXi's own VMFS5 journal
-    format is not known, so it is never replayed."""
+    vmfs/ondisk/journal.py): a file block on VMFS5, a journal block of .jbc.sf on VMFS6.
+    Anything without our magic is foreign: ESXi's own journal format is not known, so it is
+    never replayed."""
     geo = ctx.geometry
     vol = ctx.volume
     a = rec.hb.journalAddr
     if not a:
         rec.journal, rec.journal_state = "none", ""
         return
-    if geo.vmfs6:
-        rec.journal = f"JB address 0x{a:x}" if a & 7 == A.ADDR_JB else f"0x{a:x}"
-        rec.journal_state = "foreign"
-        return
-    fb = vol.resources[R.RES_FB]
-    block = geo.codec.fb_block(a)
-    if a & 7 != A.ADDR_FB or block >= fb.num_resources:
-        rec.journal, rec.journal_state = f"0x{a:x} (not a file block of this volume)", "invalid"
-        return
-    rec.journal, rec.journal_block, rec.journal_offset = f"FB {block}", block, block * geo.block_size
+    if geo.vmfs6:  # a journal block of .jbc.sf (vmfs.volume.journalblock)
+        jbc = vol.resources.get(R.RES_JB)
+        c, r = A.jb_split(a)
+        if a & 7 != A.ADDR_JB or jbc is None or c >= jbc.num_clusters or r >= jbc.rpc \
+                or c * jbc.rpc + r >= jbc.num_resources:
+            rec.journal, rec.journal_state = f"0x{a:x} (not a journal block of this volume)", "invalid"
+            return
+        rec.journal, rec.journal_jb = f"JB {c}/{r}", (c, r)
+        rec.journal_offset, size = journal_area(vol, a)
+    else:
+        fb = vol.resources[R.RES_FB]
+        block = geo.codec.fb_block(a)
+        if a & 7 != A.ADDR_FB or block >= fb.num_resources:
+            rec.journal, rec.journal_state = f"0x{a:x} (not a file block of this volume)", "invalid"
+            return
+        rec.journal, rec.journal_block, rec.journal_offset = f"FB {block}", block, block * geo.block_size
+        size = geo.block_size
+    rec.journal_size = size
     if rec.hb.journalVolAddr != rec.journal_offset:
         rec.journal += f" (the slot's volume address 0x{rec.hb.journalVolAddr:x} disagrees)"
-    size = geo.block_size
     head = JournalHeader.parse(vol.device.read(rec.journal_offset, JOURNAL_HEADER_SIZE))
     if head.magic == JOURNAL_MAGIC:
         n = min(JOURNAL_HEADER_SIZE + head.payloadLength, size)

@@ -7,16 +7,17 @@ Checks
     maps, pointer blocks, the FDs themselves, the journal blocks of in-use heartbeat slots):
     in use but marked free (a block two files may get), marked used but not in use (leaked);
     bits past the cluster's last resource; the free count against the cluster's own bitmap.
-    VMFS6 (check only): 1-bit resources as VMFS5; SFB clusters (2 bits per block, encoding of
-    "free" unknown, vmfs-format.md 6.4) by their counts only; LFB clusters are not checked.
+    VMFS6: 1-bit resources as VMFS5; SFB clusters (2 bits per block) per block too, free being
+    state 3 as the library allocates (vmfs-format.md 6.4); LFB clusters are not checked (the
+    library does not allocate large file blocks).
 
 Needs
     ``state.owners`` (pass 2, after pass 4's clears and links), ``state.fds``, ``state.slots``.
 
 Leaves
-    ``state.guards`` (check phase: per VMFS5 cluster metadata sector, resources in use that its
+    ``state.guards`` (check phase: per cluster metadata, resources in use that its
     bitmap calls free, for the repair's device), ``state.cluster_locks`` for pass 6,
-    ``state.usage`` for the summary.  Repairs (VMFS5): each cluster's metadata rewritten with the
+    ``state.usage`` for the summary.  Repairs: each cluster's metadata rewritten with the
     right bitmap, count, number and first-free index (the library's rule) in transactions of up
     to 256 clusters; a wrong lock type or address in its lock sector.
 """
@@ -27,8 +28,10 @@ from collections import defaultdict, namedtuple
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from construct import Struct
 
+from vmfs.cluster.alloc import bitmap_mark, cluster_meta_bytes
 from vmfs.format import address as A
 from vmfs.fsck.context import Context
 from vmfs.fsck.maps import RESOURCE_LABEL, key_label, read_raw, run_offset
@@ -81,8 +84,8 @@ def _in_use(ctx: Context) -> dict[int, dict[int, set[int]]]:
         if rec.journal_block is not None:
             c, r = divmod(rec.journal_block, fb_rpc)
             used[R.RES_FB][c].add(r)
-        elif vol.geometry.vmfs6 and rec.hb.journalAddr & 7 == A.ADDR_JB and R.RES_JB in vol.resources:
-            c, r = A.jb_split(rec.hb.journalAddr)
+        elif rec.journal_jb is not None:  # VMFS6: a journal block of .jbc.sf
+            c, r = rec.journal_jb
             used[R.RES_JB][c].add(r)
     return used
 
@@ -143,29 +146,23 @@ def run(ctx: Context) -> None:
             in_use_total += len(want)
             total = min(res.rpc, res.num_resources - cl.number * res.rpc)
             lock, meta = cl.lock, cl.meta
-            if res.bits == 1:
-                # bit arithmetic on the whole bitmap (1 = free): a resource per bit, LSB first
-                bits = int.from_bytes(cl.bitmap, "little")
-                everything = (1 << total) - 1
-                free_mask = bits & everything
-                want_mask = 0
-                for r in want:
-                    want_mask |= 1 << r
-                if (not lock.mode and lock.type == lock_type and lock.addr == offset and meta.clusterNum == cl.number
-                        and meta.totalResources == total and free_mask == everything & ~want_mask
-                        and cl.free == free_mask.bit_count() and (vmfs6 or not bits >> total)):
-                    continue  # the common case, decided without a _Fix
+            # bit arithmetic on the whole bitmap, a bit per resource (1 = free), LSB first; a
+            # 2-bit SFB bitmap is first turned into that form (free = state 3)
+            bits = int.from_bytes(cl.bitmap, "little") if res.bits == 1 else _free_mask(cl.bitmap, res.bits)
+            everything = (1 << total) - 1
+            free_mask = bits & everything
+            want_mask = 0
+            for r in want:
+                want_mask |= 1 << r
+            if (not lock.mode and lock.type == lock_type and lock.addr == offset and meta.clusterNum == cl.number
+                    and meta.totalResources == total and free_mask == everything & ~want_mask
+                    and cl.free == free_mask.bit_count() and (vmfs6 or not bits >> total)):
+                continue  # the common case, decided without a _Fix
             fix = _Fix(res, cl, offset)
             _check_header(ctx, fix)
             if lock.mode:
                 st.cluster_locks.append((lock_type, offset, lock.mode, lock.owner, lock.hbAddr, lock.hbGen,
                                          f"{res.name} cluster {cl.number}"))
-            if res.bits != 1:
-                counted = total - len(want)
-                if cl.free != counted:
-                    ctx.problem(Code.CLUSTER_FREE_COUNT, subject=f"{res.name} {cl.number}", file=res.name,
-                                cluster=cl.number, value=cl.free, counted=counted)
-                continue
             missing_mask = want_mask & free_mask
             leaked_mask = ~free_mask & everything & ~want_mask
             missing += [(fix, r) for r in _set_bits(missing_mask)]
@@ -186,7 +183,7 @@ def run(ctx: Context) -> None:
             fixes_of_kind.append((fix, odd))
         st.usage[kind] = (res.num_resources, in_use_total)
         _bitmap_problems(ctx, kind, name, missing, leaked, fb_rpc)
-        if not ctx.repairing and res.parent is None and res.bits == 1 and not vol.geometry.vmfs6:
+        if not ctx.repairing and res.parent is None:
             _guards(ctx, res, fixes_of_kind, missing)
     if ctx.repairing:
         _apply(ctx, [f for f in fixes if f.set_used or f.set_free or f.meta or f.lock or f.clear_tail or f.recount])
@@ -206,7 +203,7 @@ def _guards(ctx: Context, res: ResourceFile, fixes: list[tuple[_Fix, bool]], mis
             continue
         total = min(res.rpc, res.num_resources - fix.cluster.number * res.rpc)
         st.guards[fix.offset + md] = (used_free.get(fix.offset, set()),
-                                     {"clusterNum": fix.cluster.number, "totalResources": total})
+                                     {"clusterNum": fix.cluster.number, "totalResources": total}, res)
 
 
 def _set_bits(mask: int) -> list[int]:
@@ -286,18 +283,22 @@ def _write(vol: Any, tx: Any, fix: _Fix) -> None:
     meta = cur.meta
     for k, v in fix.meta.items():
         meta[k] = v
-    total = meta.totalResources
-    bitmap = bytearray(meta.bitmap)
+    total = min(meta.totalResources, res.rpc)
+    bitmap = bytearray(cur.bitmap)
     for r in fix.set_used:
-        bitmap[r >> 3] &= ~(1 << (r & 7))
+        bitmap_mark(bitmap, r, res.bits, free=False)
     for r in fix.set_free:
-        bitmap[r >> 3] |= 1 << (r & 7)
-    if fix.clear_tail:
+        bitmap_mark(bitmap, r, res.bits, free=True)
+    if fix.clear_tail:  # VMFS5 only (pass 5 flags no tail on VMFS6)
         for r in range(total, len(bitmap) * 8):
             bitmap[r >> 3] &= ~(1 << (r & 7))
-    free = sum(1 for r in range(min(total, len(bitmap) * 8)) if bitmap[r >> 3] >> (r & 7) & 1)
-    meta.bitmap = bytes(bitmap)
-    meta.freeResources = free
-    first = next((r for r in range(total) if bitmap[r >> 3] >> (r & 7) & 1), 0)
-    meta.nextFreeIdx = first if 0 < free < total else 0
-    tx.write(fix.offset + md, res.meta_struct.build(meta))
+    tx.write(fix.offset + md, cluster_meta_bytes(res, meta, bitmap, total))
+
+
+def _free_mask(bitmap: bytes, bits: int) -> int:
+    """A ``bits``-per-resource bitmap as an int with bit r set where resource r is free."""
+    states = np.frombuffer(bitmap, np.uint8)
+    per_byte = 8 // bits
+    unpacked = np.stack([(states >> (i * bits)) & ((1 << bits) - 1) for i in range(per_byte)], axis=1).ravel()
+    free = unpacked == R.FREE_STATE[bits]
+    return int.from_bytes(np.packbits(free, bitorder="little").tobytes(), "little")

@@ -56,7 +56,7 @@ def _replay(ctx: Context, rec: SlotRecord) -> None:
     vol = ctx.volume
     if rec.journal_state != "committed" or rec.journal_offset is None:
         return
-    area = JournalArea(rec.journal_offset, vol.geometry.block_size)
+    area = JournalArea(rec.journal_offset, rec.journal_size)
     answer = ctx.problem(Code.JOURNAL_REPLAY, subject=f"slot {rec.slot}", slot=rec.slot, owner=rec.hb.owner,
                          journal=rec.journal, records=rec.journal_records)
     if ctx.repairing:
@@ -104,10 +104,12 @@ def _stale_slot(ctx: Context, rec: SlotRecord) -> None:
             raise _Changed(f"heartbeat slot {rec.slot} changed while being cleared")
         rec.in_use = False
         rec.liveness = "free"
-        if rec.journal_block is not None:
-            rpc = vol.resources[R.RES_FB].rpc
-            c, r = divmod(rec.journal_block, rpc)
-            alloc = ctx.attachment.allocators[R.RES_FB]
+        if rec.journal_block is not None or rec.journal_jb is not None:
+            if rec.journal_jb is not None:  # VMFS6: a journal block of .jbc.sf
+                kind, (c, r) = R.RES_JB, rec.journal_jb
+            else:
+                kind, (c, r) = R.RES_FB, divmod(rec.journal_block, vol.resources[R.RES_FB].rpc)
+            alloc = ctx.attachment.allocators[kind]
             with ctx.attachment.transaction() as tx:
                 if not alloc.is_free(tx, c, r):
                     alloc.free(tx, [(c, r)])

@@ -4,7 +4,7 @@ The passes ask :meth:`Policy.answer` for every problem they find; this module al
 
 * ``NO`` (-n): every answer is no; the volume is opened read-only and never written.
 * ``YES`` (-y): every answer is yes, except for problems that cannot be fixed (fatal ones, and
-  everything on VMFS6, which this version checks but does not repair).
+  on VMFS6 those whose repair is not made there: the problem table's ``V6`` flag).
 * ``PREEN`` (-p): yes for problems flagged ``PREEN_OK``; any other problem is "unexpected": the
   run repairs nothing and ends with exit code 4, as e2fsck -p does ("RUN fsck MANUALLY").
 * ``ASK`` (no option, on a terminal): a question per problem; the answer is remembered by problem
@@ -32,8 +32,10 @@ Asker = Callable[[Problem, str, str], bool]
 class Policy:
     def __init__(self, mode: Mode, *, repairable: bool = True, ask: Asker | None = None) -> None:
         self.mode = mode
-        #: False on volumes this version only checks (VMFS6): every answer is no
+        #: False: every answer is no
         self.repairable = repairable
+        #: the volume is VMFS6: only problems flagged V6 are repaired
+        self.vmfs6 = False
         self._ask = ask
         self._answers: dict[tuple[int, str], bool] = {}
         #: set when preen mode met a problem it may not fix
@@ -47,6 +49,8 @@ class Policy:
         """The answer to "fix ``problem`` about ``subject``?" (``message``: the problem and what a
         yes does, as the question is put)."""
         if problem.flags & (Flag.FATAL | Flag.NO_FIX) or not self.repairable:
+            return False
+        if self.vmfs6 and not problem.flags & Flag.V6:
             return False
         if self.mode is Mode.NO:
             return False

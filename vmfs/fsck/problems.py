@@ -11,7 +11,9 @@ Flags:
 * ``PREEN_OK``: safe to fix without asking in preen mode (-p), as e2fsck's PR_PREEN_OK: counts,
   leaked resources, slots left by a host that is gone.  Anything else stops a preen run.
 * ``FATAL``: the check cannot go on (the volume cannot be opened or walked); never fixed.
-* ``NO_FIX``: reported only (VMFS6 structures, which this version checks but does not repair).
+* ``NO_FIX``: reported only (VMFS6 directory damage, which this version checks but does not repair).
+* ``V6``: its repair is also made on VMFS6 (and the corpus proves it there,
+  tests/fsck/test_corpus6.py); a problem without it is reported on VMFS6 and left alone.
 
 ``tests/fsck/test_problems.py`` checks that codes are unique and sorted, that every template
 names only facts the passes supply, and that every code is hit by a corruption case.
@@ -29,6 +31,7 @@ class Flag(enum.Flag):
     PREEN_OK = enum.auto()
     FATAL = enum.auto()
     NO_FIX = enum.auto()
+    V6 = enum.auto()
 
 
 @enum.unique
@@ -114,6 +117,7 @@ class _Facts(dict):
 
 _P = Problem
 PREEN = Flag.PREEN_OK
+V6 = Flag.V6
 
 TABLE: tuple[Problem, ...] = (
     # -- pass 1: LVM, FS descriptor, system files, resource file headers, heartbeat region ------------
@@ -123,23 +127,23 @@ TABLE: tuple[Problem, ...] = (
        "Rebuild it from the cluster headers ({rebuilt})"),
     _P(Code.RESOURCE_HEADER_LOST, "{file}: {detail}", "", Flag.FATAL),
     _P(Code.HB_SLOT_BAD, "heartbeat slot {slot} (volume {addr}): {detail}", "Repair the slot ({action})",
-       PREEN),
+       PREEN | V6),
     # -- pass 2: file descriptors and their block maps ------------------------------------------------
-    _P(Code.FD_HEADER_DAMAGED, "FD {fd}: {field} is {value}, should be {expected}", "Fix it"),
+    _P(Code.FD_HEADER_DAMAGED, "FD {fd}: {field} is {value}, should be {expected}", "Fix it", V6),
     _P(Code.FD_SLOT_GARBAGE, "FD slot {fd} ({bit}) holds no valid file descriptor but is not empty",
-       "Zero the slot", PREEN),
+       "Zero the slot", PREEN | V6),
     _P(Code.FD_BAD_KIND, "FD {fd}{path}: unknown {field} {value}", "Clear the descriptor"),
-    _P(Code.FD_BAD_FIELD, "FD {fd}{path}: {field} is {value}, should be {expected}", "Set it"),
-    _P(Code.FD_BAD_ADDRESS, "FD {fd}{path}: {where} holds {address} ({detail})", "Clear the address"),
+    _P(Code.FD_BAD_FIELD, "FD {fd}{path}: {field} is {value}, should be {expected}", "Set it", V6),
+    _P(Code.FD_BAD_ADDRESS, "FD {fd}{path}: {where} holds {address} ({detail})", "Clear the address", V6),
     _P(Code.FD_PB_CYCLE, "FD {fd}{path}: pointer block {pb} refers to itself or to a pointer block above "
-       "it ({where})", "Clear the entry"),
+       "it ({where})", "Clear the entry", V6),
     _P(Code.FD_SHARED_BLOCKS, "FD {fd}{path}: {count} block(s) also used by {others}: {items}",
-       "Give it its own copies"),
+       "Give it its own copies", V6),
     _P(Code.FD_SIZE_BEYOND_MAP, "FD {fd}{path}: size {size} is more than its address mode ({mode}) maps "
-       "({capacity})", "Set the size to {new_size}"),
+       "({capacity})", "Set the size to {new_size}", V6),
     _P(Code.FD_BLOCKS_PAST_EOF, "FD {fd}{path}: {count} block(s) past the end of file (size {size}, "
-       "last block ends at {end})", "{action}"),
-    _P(Code.FD_COUNT_WRONG, "FD {fd}{path}: {field} is {value}, counted {counted}", "Fix the count", PREEN),
+       "last block ends at {end})", "{action}", V6),
+    _P(Code.FD_COUNT_WRONG, "FD {fd}{path}: {field} is {value}, counted {counted}", "Fix the count", PREEN | V6),
     _P(Code.SYMLINK_BAD_TARGET, "symbolic link FD {fd}{path}: its target {target} holds a NUL byte at "
        "offset {offset} (no path can; a reader would cut it there)", "Clear the link"),
     # -- pass 3: directories ----------------------------------------------------------------------------
@@ -168,26 +172,26 @@ TABLE: tuple[Problem, ...] = (
     _P(Code.ORPHAN_DIR, "directory FD {fd} is not connected to the tree", "Connect it to /lost+found"),
     _P(Code.ORPHAN_FILE, "{type} FD {fd} ({size} bytes) is in use but no directory names it",
        "Connect it to /lost+found"),
-    _P(Code.ORPHAN_EMPTY, "empty {type} FD {fd} is in use but no directory names it", "Clear it", PREEN),
+    _P(Code.ORPHAN_EMPTY, "empty {type} FD {fd} is in use but no directory names it", "Clear it", PREEN | V6),
     _P(Code.SYSTEM_FILE_UNLINKED, "system file {name} (FD {fd}) is missing from the root directory",
        "Link it again"),
-    _P(Code.LINK_COUNT_WRONG, "{path} (FD {fd}): link count is {value}, counted {counted}", "Fix it", PREEN),
+    _P(Code.LINK_COUNT_WRONG, "{path} (FD {fd}): link count is {value}, counted {counted}", "Fix it", PREEN | V6),
     # -- pass 5: resource bitmaps and counts ---------------------------------------------------------
     _P(Code.BITMAP_USED_MARKED_FREE, "{resource}: {count} in use but marked free: {items}",
-       "Mark them used"),
+       "Mark them used", V6),
     _P(Code.BITMAP_FREE_MARKED_USED, "{resource}: {count} marked used but not in use: {items}",
-       "Mark them free", PREEN),
+       "Mark them free", PREEN | V6),
     _P(Code.CLUSTER_FREE_COUNT, "{file} cluster {cluster}: free count is {value}, counted {counted}",
-       "Fix the count", PREEN),
+       "Fix the count", PREEN | V6),
     _P(Code.CLUSTER_HEADER_BAD, "{file} cluster {cluster}: {field} is {value}, should be {expected}",
-       "Fix the cluster header"),
+       "Fix the cluster header", V6),
     # -- pass 6: heartbeats, journals, locks ------------------------------------------------------------
     _P(Code.JOURNAL_REPLAY, "heartbeat slot {slot} (host {owner}, gone): its journal at {journal} holds "
-       "a committed transaction ({records} records)", "Replay it", PREEN),
+       "a committed transaction ({records} records)", "Replay it", PREEN | V6),
     _P(Code.HB_STALE, "heartbeat slot {slot}: in use by host {owner} ({ip}), which is gone ({reason}); "
-       "journal at {journal}", "Clear the slot and free its journal block{journal_note}", PREEN),
+       "journal at {journal}", "Clear the slot and free its journal block{journal_note}", PREEN | V6),
     _P(Code.LOCK_STALE, "{object} is locked (mode {mode}) by host {owner}, which is gone ({reason})",
-       "Release the lock", PREEN),
+       "Release the lock", PREEN | V6),
 )
 
 BY_CODE: dict[int, Problem] = {p.code: p for p in TABLE}

@@ -177,7 +177,7 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
         if state.fatal:
             return result
         if state.geometry is not None and state.geometry.vmfs6:
-            options.policy.repairable = False  # VMFS6: checked and reported, never repaired
+            options.policy.vmfs6 = True  # only the repairs made on VMFS6 (problems' V6 flag)
         for offset, image in state.header_patches.items():
             device.patch(offset, image)
         for offset, image in list(state.lock_patches.items()):
@@ -185,8 +185,8 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
         if carried is not None:
             for offset, image in carried.lock_patches.items():
                 state.patch(offset, image)
-            for offset, (resources, fields) in carried.guards.items():
-                device.guard(offset, resources, fields)
+            for offset, (resources, fields, res) in carried.guards.items():
+                device.guard(offset, resources, fields, res)
             state.carried_stale = {(s.slot, s.hb.hbGen, s.hb.stamp): s.reason
                                    for s in carried.slots if s.liveness == "stale"}
         try:
@@ -239,11 +239,10 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
 
 def check(paths: list[str], options: FsckOptions) -> Report:
     """Check (and with a repairing policy, repair) the volume on ``paths`` (its extents)."""
-    repairable = options.policy.repairable
     try:
         return _check(paths, options)
     finally:
-        options.policy.repairable = repairable  # a VMFS6 volume turned it off for this run only
+        options.policy.vmfs6 = False  # a VMFS6 volume set it for this run only
 
 
 def _check(paths: list[str], options: FsckOptions) -> Report:
