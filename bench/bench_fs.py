@@ -149,8 +149,8 @@ def fuse_tool(fs: str) -> str:
 
 
 def mkfs_type(fs: str) -> list[str]:
-    """vmfs-mkfs's version arguments; none for VMFS5, so that its command line is what it always was."""
-    return ["-t", "vmfs6"] if fs == "vmfs6" else []
+    """vmfs-mkfs's version arguments (VMFS6 is its default; both are named)."""
+    return ["-t", fs]
 
 
 def theirs(image: Path, mountpoint: Path, fs: str = "vmfs5") -> Mount:

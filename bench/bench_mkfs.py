@@ -65,7 +65,8 @@ def bench(label: str, size: int, directory: Path, repeat: int) -> dict[str, obje
         image = workdir / f"{label}.img"
         try:
             t0 = time.perf_counter()
-            r = subprocess.run([MKFS, "--json", "--size", str(size), image], capture_output=True, text=True)
+            r = subprocess.run([MKFS, "-t", "vmfs5", "--json", "--size", str(size), image], capture_output=True,
+                               text=True)
             elapsed = time.perf_counter() - t0
             if r.returncode != 0:
                 raise SystemExit(f"vmfs-mkfs failed: {r.stderr.strip()}")

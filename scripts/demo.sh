@@ -40,7 +40,7 @@ done
 ds="$work/datastore.img"
 rm -f "$ds"
 say "a new 8 GiB VMFS5 datastore"
-vmfs-mkfs --size 8G -L demo-datastore "$ds"
+vmfs-mkfs -t vmfs5 --size 8G -L demo-datastore "$ds"
 say "a 2 GiB thin virtual disk inside the volume, no mount needed"
 vmfs-vmdk --volume "$ds" -p -c 2G -d thin /vms/demo-vm/demo-vm.vmdk
 say "the VM's other files and guest data through a read-write mount"

@@ -81,7 +81,8 @@ class _Printer:
             f = event.finding
             if f.phase == "repair" and not self.verbose:
                 return
-            asked = self.policy.repairable and f.fix and not f.problem.flags & (Flag.FATAL | Flag.NO_FIX)
+            asked = (self.policy.repairable and f.fix and not f.problem.flags & (Flag.FATAL | Flag.NO_FIX)
+                     and not (self.policy.vmfs6 and not f.problem.flags & Flag.V6))
             if self.mode is Mode.ASK and f.phase == "check" and asked:
                 return  # the question showed it
             click.echo(_problem_line(self.image, f.problem, f.message, f.fix, f.answer, self.mode))

@@ -116,9 +116,9 @@ def _restore(targets: list[Target]) -> None:
               help="Create or extend each image file (sparse) to SIZE, e.g. 2T, 512G.")
 @click.option("--extent-size", multiple=True, callback=_size_option, metavar="SIZE",
               help="Size of each image in order (repeat once per DEVICE); overrides --size.")
-@click.option("-t", "--type", "fs_type", type=click.Choice(["vmfs5", "vmfs6"]), default="vmfs5", show_default=True,
-              help="File-system version. vmfs6 is what ESXi 6.5 and later make (the default will "
-              "become vmfs6 once vmfs-fsck repairs it).")
+@click.option("-t", "--type", "fs_type", type=click.Choice(["vmfs5", "vmfs6"]), default="vmfs6", show_default=True,
+              help="File-system version: vmfs6, what ESXi 6.5 and later make, or vmfs5 (spanned volumes, "
+              "ESXi 5.x/6.0 hosts).")
 @click.option("-L", "--label", default="", help="Volume label (at most 127 bytes).")
 @click.option("--uuid", "fs_uuid", default=None, help="File-system UUID, e.g. 61137dd5-df6bc2c8-f0e7-000c29801686.")
 @click.option("--block-size", default="1M", show_default=True, callback=_size_option,
@@ -157,11 +157,12 @@ def main(
     as_json: bool,
     progress_mode: str,
 ) -> None:
-    """Make a VMFS5 or VMFS6 volume on DEVICE... (image files or block devices; several make a
-    spanned VMFS5 volume, first one first).  Refuses devices that hold data unless --force is given."""
+    """Make a VMFS6 (or with -t vmfs5 a VMFS5) volume on DEVICE... (image files or block devices;
+    several make a spanned VMFS5 volume, first one first).  Refuses devices that hold data unless
+    --force is given."""
     version = 6 if fs_type == "vmfs6" else 5
     if version == 6 and pointer_blocks is not None:
-        raise click.UsageError("--pointer-blocks: a VMFS6 volume starts with no pointer blocks")
+        raise click.UsageError("--pointer-blocks: a VMFS6 volume starts with no pointer blocks (VMFS5: -t vmfs5)")
     options = MkfsOptions(label=label, version=version, fs_uuid=fs_uuid, block_size=block_size,
                           sub_block_size=sub_block_size,
                           num_fds=files, num_sub_blocks=sub_blocks, num_pointer_blocks=pointer_blocks,

@@ -3,7 +3,12 @@
 Each folder holds ``name`` (one line), ``recipe.json`` (base volume, corruption steps, extra
 vmfs-fsck arguments, paths the repair may change), ``expect.1`` (problem codes of the first,
 read-only run) and ``expect.2`` (codes after the repair: none).  Prefixes: ``f_`` repaired
-cases, ``x_`` fatal damage (the check cannot go on), ``c_`` VMFS6 cases (checked, not repaired).
+cases, ``x_`` fatal damage (the check cannot go on), ``v6_`` cases of the real VMFS6 sample.
+
+Every case on the populated volume also runs in its VMFS6 form (tests/fsck/test_corpus6.py): the
+same recipe on the populated volume formatted as VMFS6, where ``recipe.json``'s ``vmfs6`` object
+may replace ``steps``, ``kind`` or ``why`` (what differs on VMFS6, and why), and ``expect6.1``
+the codes of the first run when VMFS6 reports the damage differently.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ class Case:
     involved: list[str]
     expect1: list[str]
     expect2: list[str]
+    #: the VMFS6 form: recipe overrides and expect6.1 (None: as on VMFS5)
+    vmfs6: dict[str, Any] | None = None
+    expect6: list[str] | None = None
+
+    def as_vmfs6(self) -> Case:
+        """The case in its VMFS6 form."""
+        over = self.vmfs6 or {}
+        return Case(self.name, self.title, self.base, over.get("kind", self.kind), over.get("steps", self.steps),
+                    over.get("args", self.args), over.get("involved", self.involved),
+                    self.expect6 if self.expect6 is not None else self.expect1, self.expect2)
 
     @property
     def codes1(self) -> set[int]:
@@ -44,9 +59,10 @@ def load() -> list[Case]:
     cases = []
     for d in sorted(p for p in FIXTURES.iterdir() if (p / "recipe.json").exists()):
         recipe = json.loads((d / "recipe.json").read_text())
+        expect6 = _lines(d / "expect6.1") if (d / "expect6.1").exists() else None
         cases.append(Case(d.name, (d / "name").read_text().strip(), recipe["base"], recipe["kind"], recipe["steps"],
                           recipe.get("args", []), recipe.get("involved", []), _lines(d / "expect.1"),
-                          _lines(d / "expect.2")))
+                          _lines(d / "expect.2"), recipe.get("vmfs6"), expect6))
     return cases
 
 

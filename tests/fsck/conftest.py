@@ -21,3 +21,16 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def populated_tree(populated: Path) -> dict[str, dict[str, object]]:
     return volumes.capture(populated)
+
+
+@pytest.fixture(scope="session")
+def populated6(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same volume as ``populated``, formatted as VMFS6 (read it, never change it: copy it)."""
+    path = volumes.make_volume(tmp_path_factory.mktemp("fsck-base6") / "populated6.img", version=6)
+    path.chmod(0o444)
+    return path
+
+
+@pytest.fixture(scope="session")
+def populated6_tree(populated6: Path) -> dict[str, dict[str, object]]:
+    return volumes.capture(populated6)

@@ -74,14 +74,16 @@ def test_vmfs5_sample_slot_984_declared_gone(vmfs5_image: Path, tmp_path: Path) 
 @pytest.mark.parametrize("size", ["300M", "1G", "5G", "40G"])
 def test_vmfs_mkfs_volumes_are_clean(size: str, tmp_path: Path) -> None:
     image = tmp_path / "new.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", size, "-L", "fresh", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", size, "-L", "fresh", str(image)], check=True,
+                   capture_output=True)
     rc, report = run_fsck(image, "-n")
     assert (rc, codes(report)) == (0, [])
 
 
 def test_spanned_vmfs_mkfs_volume_is_clean(tmp_path: Path) -> None:
     images = [tmp_path / "e0.img", tmp_path / "e1.img"]
-    subprocess.run([tool("vmfs-mkfs"), "--extent-size", "600M", "--extent-size", "800M", *map(str, images)],
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--extent-size", "600M", "--extent-size", "800M", *map(str,
+                   images)],
                    check=True, capture_output=True)
     r = subprocess.run([tool("vmfs-fsck"), "-n", "--json", *map(str, images)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -131,7 +133,7 @@ def test_volume_after_a_write_workload_is_clean(tmp_path: Path, populated: Path)
 def test_huge_vmfs_mkfs_volume_is_clean(huge_dir: Path) -> None:
     """60 TiB: .fbb.sf is mapped through pointer blocks (ZLA 3), 314,572 file-block clusters."""
     image = huge_dir / "huge.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "60T", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "60T", str(image)], check=True, capture_output=True)
     try:
         rc, report = run_fsck(image, "-n")
         assert (rc, codes(report)) == (0, [])
@@ -148,7 +150,8 @@ def test_volume_written_through_a_read_write_mount_is_clean(tmp_path: Path) -> N
     from tests.interop.test_write_interop import write_tree
 
     image = tmp_path / "vol.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "4G", "-L", "interop", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "4G", "-L", "interop", str(image)], check=True,
+                   capture_output=True)
     with Mount([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(tmp_path / "rw")], tmp_path / "rw") as root:
         write_tree(root)
     rc, report = run_fsck(image, "-n")

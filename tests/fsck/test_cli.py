@@ -119,14 +119,30 @@ def test_refuses_to_repair_beside_a_live_host(tmp_path: Path, vmfs5_image: Path)
     assert "slot 984: in use by host" in "\n".join(report["check"]["notes"])
 
 
-def test_vmfs6_is_checked_not_repaired(tmp_path: Path, vmfs6_image: Path) -> None:
+def test_vmfs6_sample_is_repaired(tmp_path: Path, vmfs6_image: Path) -> None:
+    """Damage in a copy of the real VMFS6 sample: repaired, and the tree is the sample's again."""
     image = copy_image(vmfs6_image, tmp_path / "v6.img")
     corrupt.apply(image, [{"op": "dirent6_hash", "dir": "/directory", "name": "file2"},
                           {"op": "fd", "path": "/directory/file4", "field": "linkCount", "value": 7}])
-    before = volumes.sparse_digest(image)
     rc, report = run_fsck(image, "-y")
-    assert rc == 4 and "VMFS6" in report["refused"]
+    assert rc == 1 and report["refused"] is None, report
     assert codes(report) == ["0x03000a DIR6_DAMAGED", "0x040007 LINK_COUNT_WRONG"]
+    assert run_fsck(image, "-n")[0] == 0
+    def files(tree: dict) -> dict:  # the system files hold fsck's own journal and heartbeat
+        return {p: rec for p, rec in tree.items() if not p.endswith(".sf")}
+
+    assert files(volumes.capture(image)) == files(volumes.capture(vmfs6_image))
+
+
+def test_vmfs6_damage_it_cannot_repair_is_refused(tmp_path: Path, populated6: Path) -> None:
+    """A damaged VMFS6 resource header is fatal (not rebuilt on VMFS6): exit 12, one line that says
+    so, nothing written."""
+    image = copy_image(populated6, tmp_path / "v6.img")
+    corrupt.apply(image, [{"op": "resource_header", "file": ".sbc.sf", "field": "resourcesPerCluster", "value": 7}])
+    before = volumes.sparse_digest(image)
+    r = fsck("-y", str(image))
+    assert r.returncode == 12 and "Traceback" not in r.stderr + r.stdout
+    assert ".sbc.sf" in r.stdout
     assert volumes.sparse_digest(image) == before
 
 

@@ -35,7 +35,7 @@ def _host() -> HostIdentity:
 def small_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh vmfs-mkfs volume holding /f, /d and a 127-byte name (the longest there can be)."""
     image = tmp_path_factory.mktemp("long-names") / "v.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     with HostAttachment.open(image, host=_host()) as vol:
         fs = WritableFileSystem(vol)
         fs.write_file("/f", b"data\n")

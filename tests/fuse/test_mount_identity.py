@@ -36,7 +36,7 @@ OTHER_HOST = "6100000a-00000000-0000-02000000000a"
 
 def _image(tmp_path: Path, name: str = "v.img") -> Path:
     image = tmp_path / name
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     return image
 
 

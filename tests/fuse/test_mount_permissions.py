@@ -82,7 +82,7 @@ ALLOWED = {"list d": "ok", "read d/f": "ok", "create pub/mine": "ok", "chmod pub
 @pytest.mark.parametrize("options", ["rw,allow_other", "rw,allow_other,default_permissions"])
 def test_other_users_get_only_what_modes_allow(tmp_path: Path, options: str) -> None:
     image = tmp_path / "p.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     mnt.mkdir()
     subprocess.run([tool("vmfs-mount"), "-o", options, str(image), str(mnt)], check=True, timeout=30)

@@ -126,7 +126,7 @@ def test_read_write_mount_ends_cleanly_on_sigterm(tmp_path: Path) -> None:
     from vmfs.volume.volume import Volume
 
     image = tmp_path / "rw.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)], stderr=subprocess.PIPE)

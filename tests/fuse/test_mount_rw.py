@@ -17,7 +17,7 @@ pytestmark = pytest.mark.fuse
 
 def test_large_writes_per_call(tmp_path: Path) -> None:
     image = tmp_path / "w.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "2G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-d", "-o", "rw", str(image), str(mnt)],
@@ -45,7 +45,7 @@ def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path
     from vmfs.volume.volume import Volume
 
     image = tmp_path / "u.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "2G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     mnt.mkdir()
     proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)])
@@ -83,7 +83,7 @@ def test_open_file_unlinked_and_preallocation_given_back_at_close(tmp_path: Path
 def test_background_mount_logs_to_a_file(tmp_path: Path) -> None:
     """A background mount has no terminal: --log-file is where it says what happened."""
     image = tmp_path / "l.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     mnt.mkdir()
     log = tmp_path / "mount.log"

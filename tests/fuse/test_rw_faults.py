@@ -39,7 +39,7 @@ def fsck_clean(image: Path) -> None:
 def volume(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A fresh 2 GiB VMFS5 volume mounted read-write in the foreground: (image, mount point)."""
     image = tmp_path / "v.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "2G", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     log = tmp_path / "mount.log"
     with Mount([tool("vmfs-mount"), "-f", "-o", "rw", "--log-file", str(log), str(image), str(mnt)], mnt):
@@ -108,7 +108,8 @@ def test_failed_operation_keeps_pending_length_of_open_file(volume: tuple[Path, 
 def test_enospc_keeps_pending_length_of_open_file(tmp_path: Path) -> None:
     """ENOSPC on creates (a volume with few file descriptors) while a file is being appended."""
     image = tmp_path / "s.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", "--files", "64", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", "--files", "64", str(image)], check=True,
+                   capture_output=True)
     mnt = tmp_path / "m"
     with Mount([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)], mnt):
         fd = os.open(mnt / "X", os.O_CREAT | os.O_WRONLY, 0o644)
@@ -326,7 +327,7 @@ def test_no_transient_pointer_block(tmp_path: Path) -> None:
     from vmfs.write.posix import WritableFileSystem
 
     image = tmp_path / "pb.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "3G", "--pointer-blocks", "3", str(image)], check=True,
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "3G", "--pointer-blocks", "3", str(image)], check=True,
                    capture_output=True)
     gib = 1 << 30
     with HostAttachment.open([image]) as vol:

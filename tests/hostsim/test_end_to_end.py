@@ -211,7 +211,8 @@ class Run:
 
 
 def mkfs(image: Path, size: str = "1G", label: str = "ds1") -> Path:
-    r = subprocess.run([tool("vmfs-mkfs"), "--progress", "none", "-L", label, "--size", size, str(image)],
+    r = subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--progress", "none", "-L", label, "--size", size,
+                       str(image)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return image

@@ -48,7 +48,7 @@ FS_DESC_DEVICE_OFFSET = 0x1100000 + 0x200000
 
 
 def mkfs(*images: Path, label: str = "span", uuid: str = FS_UUID) -> list[Path]:
-    args = [tool("vmfs-mkfs"), "--progress", "none", "-L", label, "--uuid", uuid]
+    args = [tool("vmfs-mkfs"), "-t", "vmfs5", "--progress", "none", "-L", label, "--uuid", uuid]
     for _ in images:
         args += ["--extent-size", EXTENT]
     r = subprocess.run([*args, *map(str, images)], capture_output=True, text=True)

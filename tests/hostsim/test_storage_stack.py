@@ -222,7 +222,7 @@ def test_esx2_consumption_units_make_shares_divide_bandwidth() -> None:
 def make_volume(tmp_path: Path, name: str = "ds1") -> Path:
     img = tmp_path / f"{name}.img"
     r = subprocess.run(
-        [tool("vmfs-mkfs"), "--progress", "none", "-L", name, "--extent-size", "273M", str(img)],
+        [tool("vmfs-mkfs"), "-t", "vmfs5", "--progress", "none", "-L", name, "--extent-size", "273M", str(img)],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr

@@ -35,7 +35,7 @@ def host_uuid(n: int) -> str:
 def mkfs(image: Path, size: str = "600M", label: str = LABEL) -> Path:
     """A fresh VMFS5 volume made by the real tool."""
     r = subprocess.run(
-        [tool("vmfs-mkfs"), "--progress", "none", "-L", label, "--size", size, str(image)],
+        [tool("vmfs-mkfs"), "-t", "vmfs5", "--progress", "none", "-L", label, "--size", size, str(image)],
         capture_output=True, text=True,
     )
     assert r.returncode == 0, r.stderr

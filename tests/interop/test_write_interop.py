@@ -23,7 +23,7 @@ SPARSE_SIZE = 300 << 30
 
 
 def mkfs(image: Path, size: str = "4G") -> None:
-    subprocess.run([tool("vmfs-mkfs"), "--size", size, "-L", "interop", str(image)], check=True,
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", size, "-L", "interop", str(image)], check=True,
                    capture_output=True)
 
 

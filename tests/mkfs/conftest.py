@@ -66,7 +66,7 @@ def sha256(path: Path) -> str:
 
 
 def run_mkfs(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("vmfs-mkfs"), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", *map(str, args)], capture_output=True, text=True)
 
 
 def capture_ours(paths: list[Path]) -> dict[str, dict[str, int]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tool
 from tests.mkfs.conftest import GIB, MIB, TIB, allocated_bytes, image_for_lv, make_image, run_mkfs, sha256
 from vmfs.volume.volume import Volume
 
@@ -247,3 +248,20 @@ def test_vmfs6_errors(tmp_path: Path, args: list[str], code: int, message: str) 
     assert r.returncode == code, r.stderr
     assert message in (one_line_error(r) if code == 1 else r.stderr)
     assert not any(d.exists() for d in devices)
+
+
+def test_vmfs6_is_the_default(tmp_path: Path) -> None:
+    """Without -t, vmfs-mkfs makes VMFS6, as ESXi 6.5 and later do; --help says so."""
+    image = tmp_path / "default.img"
+    r = subprocess.run([tool("vmfs-mkfs"), "--progress", "none", "--size", "2G", str(image)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Made VMFS-6.82 volume" in r.stdout
+    with Volume.open([image]) as vol:
+        assert vol.geometry.version == 6
+    help_text = subprocess.run([tool("vmfs-mkfs"), "--help"], capture_output=True, text=True).stdout
+    assert "default: vmfs6" in help_text
+    # what a VMFS6 volume cannot be yet says how to get a VMFS5 one
+    r = subprocess.run([tool("vmfs-mkfs"), "--extent-size", "1G", "--extent-size", "1G", str(tmp_path / "a.img"),
+                        str(tmp_path / "b.img")], capture_output=True, text=True)
+    assert r.returncode == 1 and "-t vmfs5" in r.stderr

@@ -77,7 +77,8 @@ def fsx_bin() -> Path:
 
 
 def mkfs(image: Path, size: str, *extra: str) -> Path:
-    subprocess.run([tool("vmfs-mkfs"), "--size", size, *extra, str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", size, *extra, str(image)], check=True,
+                   capture_output=True)
     return image
 
 

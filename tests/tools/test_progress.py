@@ -87,7 +87,7 @@ def test_clone_progress_lines_and_silence_on_a_pipe(source_disk: Path, tmp_path:
 
 def test_ctrl_c_mid_clone_leaves_volume_clean(source_disk: Path, tmp_path: Path) -> None:
     image = tmp_path / "ds.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "2G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "2G", str(image)], check=True, capture_output=True)
     proc = subprocess.Popen(
         [tool("vmfs-vmdk"), "--volume", str(image), "--progress", "lines", "-i", f"host:{source_disk}", "-d", "thin",
          "/vm/disk.vmdk", "-p"],
@@ -181,11 +181,11 @@ def test_snapshot_merge_shows_progress_and_finishes_despite_ctrl_c(tmp_path: Pat
 
 
 def test_mkfs_of_a_large_volume_draws_a_bar_but_not_with_json(tmp_path: Path) -> None:
-    code, out = run_on_pty([tool("vmfs-mkfs"), "--size", "1T", str(tmp_path / "big.img")])
+    code, out = run_on_pty([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1T", str(tmp_path / "big.img")])
     assert code == 0, out
     frames = [f for f in out.split("\r") if f.startswith("Format  [")]
     assert len(frames) >= 2 and re.search(r"\] 100%  [\d.]+ (KiB|MiB|GiB)/s  0:00:00 left", out), out
-    code, out = run_on_pty([tool("vmfs-mkfs"), "--json", "--size", "256G", str(tmp_path / "j.img")])
+    code, out = run_on_pty([tool("vmfs-mkfs"), "-t", "vmfs5", "--json", "--size", "256G", str(tmp_path / "j.img")])
     assert code == 0, out
     assert "Format" not in out and "\r" not in out.replace("\r\n", "\n")
     assert json.loads(out)["blockSize"] == 1 << 20
@@ -193,7 +193,7 @@ def test_mkfs_of_a_large_volume_draws_a_bar_but_not_with_json(tmp_path: Path) ->
 
 def test_ctrl_c_mid_mkfs_removes_the_new_image(tmp_path: Path) -> None:
     image = tmp_path / "big.img"
-    proc = subprocess.Popen([tool("vmfs-mkfs"), "--progress", "lines", "--size", "1T", str(image)],
+    proc = subprocess.Popen([tool("vmfs-mkfs"), "-t", "vmfs5", "--progress", "lines", "--size", "1T", str(image)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:

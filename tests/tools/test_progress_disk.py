@@ -70,7 +70,7 @@ def host_source(directory: Path, mib: int) -> tuple[Path, bytes]:
 def volume(tmp_path: Path) -> Path:
     """8 GiB (sparse): mkfs gives a 2 GiB volume a single pointer block, too few for three disks."""
     image = tmp_path / "ds.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "8G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "8G", str(image)], check=True, capture_output=True)
     return image
 
 

@@ -61,7 +61,7 @@ def test_real_sample_map_matches_resources(samples_dir: Path, vmfs5_image: Path,
 @pytest.mark.slow  # about 20 s: a rw mount and a dozen vmfs-debug runs
 def test_fragmented_volume_and_tbz(tmp_path: Path) -> None:
     image = tmp_path / "frag.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "512M", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "512M", str(image)], check=True, capture_output=True)
     mnt = tmp_path / "m"
     with Mount([tool("vmfs-mount"), "-o", "rw", str(image), str(mnt)], mnt) as root:
         for n in range(8):  # eight 2 MiB files side by side, then every other one deleted

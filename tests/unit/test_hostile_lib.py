@@ -184,7 +184,7 @@ def test_symlink_target_with_nul_is_refused(tmp_path) -> None:  # type: ignore[n
     from vmfs.write.posix import WritableFileSystem
 
     image = tmp_path / "s.img"
-    subprocess.run([tool("vmfs-mkfs"), "--size", "1G", str(image)], check=True, capture_output=True)
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "1G", str(image)], check=True, capture_output=True)
     with HostAttachment.open([image]) as vol:
         fs = WritableFileSystem(vol)
         with pytest.raises(InvalidArgumentError) as info:

@@ -7,9 +7,11 @@ Checks
     has a legal name (not empty, no '/', NUL-terminated within 128 bytes with nothing after the
     NUL, not '.' or '..'), unique in the directory, and names an FD address of this volume whose
     slot holds a descriptor in use (pass 2), with that descriptor's type and generation.
-    VMFS6 (9.2, check only): the header, allocation maps and dirent blocks as the library reads
-    them, the entry count and per-block free counts, each entry's own offset and name hash, the
-    hash table finding each name; then the same entry checks as VMFS5.
+    VMFS6 (9.2): the length (the 64 KiB header and whole blocks), '.' and '..' in the header,
+    the allocation maps and dirent blocks as the library reads them, the entry count and
+    per-block free counts, each entry's own offset and name hash, the hash table finding each
+    name; then the same entry checks as VMFS5, and the entries the library hides (illegal
+    names, a name's second entry).
 
 Needs
     ``state.fds`` from pass 2 (which FDs exist, their type and generation).
@@ -20,6 +22,9 @@ Leaves
     directory through :func:`vmfs.fsck.repair.rewrite_dir5`: entries are rewritten in place
     (names, types, generations, '.', '..'), a regular entry found in the '.'/'..' slots moves to
     the end, and removed entries are replaced by the last one, as the library removes entries.
+    Repairs (VMFS6), one transaction per directory through :func:`vmfs.fsck.repair.rebuild_dir6`:
+    the directory is made anew from the entries that stay (renamed, retyped, with the right
+    generation) and the right '..': no damaged hash chain, map or count can survive it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from vmfs.format.namehash import name_hash
 from vmfs.fsck.bulk import struct_of
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord
 from vmfs.fsck.problems import Code
-from vmfs.fsck.repair import dirent5, rewrite_dir5
+from vmfs.fsck.repair import dirent5, rebuild_dir6, rewrite_dir5
 from vmfs.ondisk import dirent6 as D6
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
@@ -323,50 +328,155 @@ def _record(address: int, slots: list[_Slot]) -> DirRecord:
     return DirRecord(address, entries, dot, dotdot)
 
 
-# -- VMFS6: check only ---------------------------------------------------------------------------
+# -- VMFS6 ----------------------------------------------------------------------------------------
 
 
 def _run6(ctx: Context) -> None:
     st = ctx.state
-    vol = ctx.volume
     dirs = sorted((r for r in st.fds.values() if r.is_dir), key=lambda r: r.address)
+    named_by: dict[int, int] = {}
     good_gen: Counter[int] = Counter()
-    for n, rec in enumerate(dirs):
-        d = f"{rec.address:#x}"
+    opened: dict[int, tuple[Directory6 | None, list[Any], str]] = {}
+    for rec in dirs:
         try:
-            directory = open_directory(vol, vol.read_fd(rec.address))
+            directory = open_directory(ctx.volume, ctx.volume.read_fd(rec.address))
             assert isinstance(directory, Directory6)
             entries = list(directory.entries())  # first: it finds the entries to hide
-            defects = list(_dir6_defects(directory))
+            opened[rec.address] = (directory, entries, "")
         except VmfsError as exc:
-            ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d, detail=str(exc))
+            opened[rec.address] = (None, [], str(exc))
             continue
-        for detail in defects:
-            ctx.problem(Code.DIR6_DAMAGED, subject=f"{d} {detail}", dir=d, detail=detail)
-        _report_hidden6(ctx, d, directory)
-        seen: dict[str, int] = {}
-        kept = []
         for e in entries:
-            raw_name = e.name.encode("utf-8", "surrogateescape")[:128].ljust(128, b"\x00")
-            ent = _Ent(type=e.type, descAddr=e.address, generation=e.generation, name=raw_name)
-            if _check_entry(ctx, rec, e.offset, ent, seen, good_gen, []) is not None:
-                kept.append(Entry(e.name, e.address, e.type, e.generation, e.offset))
-        h = directory.header
-        st.dirs[rec.address] = DirRecord(rec.address, kept, h.selfEntry.address, h.parentEntry.address)
+            target = st.fds.get(e.address)
+            if target is None:
+                continue
+            if target.is_dir and target.address != rec.address:
+                named_by.setdefault(target.address, rec.address)
+            if e.generation == target.generation:
+                good_gen[target.address] += 1
+    for n, rec in enumerate(dirs):
+        _check_dir6(ctx, rec, *opened[rec.address], named_by, good_gen)
         ctx.progress(LABEL, n + 1, len(dirs))
 
 
-def _report_hidden6(ctx: Context, d: str, directory: Directory6) -> None:
-    """The entries the library hides (illegal names, second entries of a name): VMFS6 is checked
-    only, so each is reported with what a repair of a VMFS5 directory would do."""
+def _check_dir6(ctx: Context, rec: FdRecord, directory: Directory6 | None, entries: list[Any], error: str,
+                named_by: dict[int, int], good_gen: Counter[int]) -> None:
+    """One VMFS6 directory: what is wrong with it, and (repairing) the directory made anew from
+    the entries that stay (:func:`vmfs.fsck.repair.rebuild_dir6`)."""
+    st = ctx.state
+    d = f"{rec.address:#x}"
+    findings: list[Any] = []
+    if directory is None:
+        # nothing of it can be read: made anew and empty; pass 4 takes its files to /lost+found
+        if ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d, detail=error):
+            findings.append(ctx.last)
+        parent = named_by.get(rec.address, ROOT_FD)
+        _rebuild6(ctx, rec, [], parent, findings, DirRecord(rec.address, [], None, None))
+        return
+    h = directory.header
+    md = directory.md
+    if rec.size < D6.DIR6_HEADER_SIZE or (rec.size - D6.DIR6_HEADER_SIZE) % md:
+        whole = max(rec.size - D6.DIR6_HEADER_SIZE, 0) // md * md + D6.DIR6_HEADER_SIZE
+        if ctx.problem(Code.DIR_BAD_SIZE, subject=d, dir=d, size=rec.size, entry=f"{md} (a block after the "
+                       f"{D6.DIR6_HEADER_SIZE}-byte header)", new_size=whole):
+            findings.append(ctx.last)
+    self_name, parent_name = decode_name(h.selfEntry.name), decode_name(h.parentEntry.name)
+    if h.selfEntry.address != rec.address or self_name != ".":
+        found = "missing" if not h.selfEntry.address else f"'{self_name}' -> {h.selfEntry.address:#x}"
+        if ctx.problem(Code.DIR_BAD_DOT, subject=d, dir=d, found=found):
+            findings.append(ctx.last)
+    dotdot: int | None = h.parentEntry.address
+    if not dotdot or parent_name != ".." or dotdot not in st.fds:
+        found = "missing" if not dotdot else f"'{parent_name}' -> {dotdot:#x}"
+        if ctx.problem(Code.DIR_NO_DOTDOT, subject=d, dir=d, found=found):
+            findings.append(ctx.last)
+            dotdot = ROOT_FD if rec.address == ROOT_FD else named_by.get(rec.address, ROOT_FD)
+        elif not dotdot:
+            dotdot = None
+    for detail in _dir6_defects(directory):
+        if detail.startswith("'.' names"):
+            continue  # DIR_BAD_DOT above
+        if ctx.problem(Code.DIR6_DAMAGED, subject=f"{d} {detail}", dir=d, detail=detail):
+            findings.append(ctx.last)
+    seen: dict[str, int] = {}
+    kept: list[Entry] = []
+    for e in entries:
+        ent = _Ent(type=e.type, descAddr=e.address, generation=e.generation,
+                   name=e.name.encode("utf-8", "surrogateescape") + b"\x00")
+        ent = _check_entry(ctx, rec, e.offset, ent, seen, good_gen, findings)
+        if ent is not None:
+            kept.append(Entry(decode_name(ent.name), ent.descAddr, ent.type, ent.generation, e.offset))
+    kept += _hidden6(ctx, d, directory, seen, findings)
+    _rebuild6(ctx, rec, kept, dotdot if dotdot else ROOT_FD, findings,
+              DirRecord(rec.address, [e for e in entries_of(entries)], h.selfEntry.address, h.parentEntry.address
+                        or None))
+
+
+def entries_of(entries: list[Any]) -> list[Entry]:
+    """Pass 3's records of the library's VMFS6 directory entries."""
+    return [Entry(e.name, e.address, e.type, e.generation, e.offset) for e in entries]
+
+
+def _rebuild6(ctx: Context, rec: FdRecord, kept: list[Entry], parent: int, findings: list[Any],
+              as_is: DirRecord) -> None:
+    st = ctx.state
+    answered = [f for f in findings if f.answer]
+    if not ctx.repairing or not answered:
+        st.dirs[rec.address] = as_is  # nothing was changed: later passes see the directory as it is
+        return
+    if parent == rec.address and rec.address != ROOT_FD:
+        parent = ROOT_FD
+    p = st.fds.get(parent)
+    if rebuild_dir6(ctx, rec.address, (parent, p.generation if p is not None else 1), kept, answered):
+        st.dirs[rec.address] = record6(ctx, rec.address)
+    else:
+        st.dirs[rec.address] = as_is
+
+
+def record6(ctx: Context, address: int) -> DirRecord:
+    """A VMFS6 directory's record as the library reads it now."""
+    directory = open_directory(ctx.volume, ctx.volume.read_fd(address))
+    assert isinstance(directory, Directory6)
+    h = directory.header
+    return DirRecord(address, entries_of(list(directory.entries())), h.selfEntry.address or None,
+                     h.parentEntry.address or None)
+
+
+def _hidden6(ctx: Context, d: str, directory: Directory6, seen: dict[str, int], findings: list[Any]) -> list[Entry]:
+    """The entries the library hides (illegal names, second entries of a name): reported, and
+    the ones a repair keeps (renamed) returned."""
+    st = ctx.state
+    kept = []
     for offset, defect in sorted(directory.defects.items()):
         shown = defect.name.decode("utf-8", "surrogateescape")
+        target = st.fds.get(defect.address)
         if defect.kind == "duplicate":
-            ctx.problem(Code.DIRENT_DUPLICATE, subject=f"{d}/{shown}/{offset}", dir=d, name=shown,
-                        fd=f"{defect.address:#x}", action="Rename the second entry")
-        else:
-            ctx.problem(Code.DIRENT_BAD_NAME, subject=f"{d}/{offset}", dir=d, index=f"at {offset:#x}", name=shown,
-                        detail=defect.detail, action="Remove the entry")
+            same = seen.get(shown) == defect.address
+            k = 0
+            while f"{shown}~{k}" in seen:
+                k += 1
+            newname = f"{shown}~{k}"
+            keep = target is not None and not same
+            action = f"Rename it to '{newname}'" if keep else "Remove the duplicate"
+            if ctx.problem(Code.DIRENT_DUPLICATE, subject=f"{d}/{shown}/{offset}", dir=d, name=shown,
+                           fd=f"{defect.address:#x}", action=action):
+                findings.append(ctx.last)
+                if keep:
+                    assert target is not None
+                    seen[newname] = defect.address
+                    kept.append(Entry(newname, target.address, target.type, target.generation, offset))
+            continue
+        fixed, _, _ = _name_defect(defect.name + b"\x00")
+        keep = target is not None and fixed is not None and fixed not in seen and bool(fixed.strip("."))
+        action = f"Rename it to '{fixed}'" if keep else "Remove the entry"
+        if ctx.problem(Code.DIRENT_BAD_NAME, subject=f"{d}/{offset}", dir=d, index=f"at {offset:#x}", name=shown,
+                       detail=defect.detail, action=action):
+            findings.append(ctx.last)
+            if keep:
+                assert target is not None and fixed is not None
+                seen[fixed] = defect.address
+                kept.append(Entry(fixed, target.address, target.type, target.generation, offset))
+    return kept
 
 
 def _dir6_defects(directory: Directory6):  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ Needs
 
 Leaves
     ``state.reachable``, ``state.parent``, ``state.paths`` (for messages), and with repairs the
-    directories rewritten through the library's transactions, /lost+found created through
+    directories rewritten through the library's transactions (VMFS6: entries added and removed,
+    '..' set, by :class:`vmfs.write.dirchange6.DirectoryChanges6`), /lost+found created through
     :class:`vmfs.write.posix.WritableFileSystem`.
 """
 
@@ -24,17 +25,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vmfs.errors import VmfsError
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord, Finding
-from vmfs.fsck.pass3_directories import TYPE_NAMES, record_from_slots
+from vmfs.fsck.pass3_directories import TYPE_NAMES, record6, record_from_slots
 from vmfs.fsck.problems import Code
-from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, refresh, rewrite_dir5
+from vmfs.fsck.repair import FdEdit, apply_fd_edit, dirent5, edit_dir6, refresh, rewrite_dir5
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
 from vmfs.volume.directory import NAME_MAX
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.volume import ROOT_FD, system_fds
+
+if TYPE_CHECKING:
+    from vmfs.cluster.transaction import Transaction
+    from vmfs.write.dirchange6 import DirectoryChanges6
 
 LABEL = "Pass 4: Checking connectivity and link counts"
 LOST_FOUND = "lost+found"
@@ -113,6 +119,7 @@ def _walk(ctx: Context, start: int, path: str, *, attached: bool = True) -> None
             pending.append(e.address)
     for d, items in doomed.items():
         offsets = sorted((e.offset for e, _ in items), reverse=True)
+        names = [e.name for e, _ in items]
 
         def drop(slots: list[bytes], offsets: list[int] = offsets) -> None:
             for off in offsets:
@@ -120,7 +127,11 @@ def _walk(ctx: Context, start: int, path: str, *, attached: bool = True) -> None
                 if off // DIRENT5_SIZE < len(slots):
                     slots[off // DIRENT5_SIZE] = last
 
-        _edit_dir(ctx, d, drop, [f for _, f in items])
+        def drop6(changes: DirectoryChanges6, tx: Transaction, names: list[str] = names) -> None:
+            for name in names:
+                changes.remove(tx, name)
+
+        _edit_dir(ctx, d, drop, [f for _, f in items], drop6)
     if not attached:
         st.detached |= st.reachable - before
         del st.tree_entries[entries_before:]
@@ -132,8 +143,15 @@ def _slots(ctx: Context, address: int) -> list[bytes]:
     return [data[i : i + DIRENT5_SIZE] for i in range(0, len(data), DIRENT5_SIZE)]
 
 
-def _edit_dir(ctx: Context, address: int, change: Callable[[list[bytes]], None], findings: list[Finding]) -> bool:
-    """Apply ``change`` to the directory's entry slots in one transaction; refresh its record."""
+def _edit_dir(ctx: Context, address: int, change: Callable[[list[bytes]], None], findings: list[Finding],
+              change6: Callable[[DirectoryChanges6, Transaction], object]) -> bool:
+    """Apply ``change`` to the directory's entry slots (VMFS5), or ``change6`` to it through the
+    library's VMFS6 directory changes, in one transaction; refresh its record."""
+    if ctx.geometry.vmfs6:
+        if not edit_dir6(ctx, address, change6, findings):
+            return False
+        ctx.state.dirs[address] = record6(ctx, address)
+        return True
     try:
         old = _slots(ctx, address)
     except VmfsError as exc:
@@ -150,7 +168,14 @@ def _edit_dir(ctx: Context, address: int, change: Callable[[list[bytes]], None],
 
 def _append(ctx: Context, directory: int, name: str, target: FdRecord, finding: Finding) -> bool:
     slot = dirent5(target.type, target.address, target.generation, name)
-    return _edit_dir(ctx, directory, lambda slots: slots.append(slot), [finding])
+    return _edit_dir(ctx, directory, lambda slots: slots.append(slot), [finding],
+                     lambda changes, tx: changes.add(tx, name, target.address, target.type, target.generation))
+
+
+def _set_parent(ctx: Context, directory: int, parent: int, generation: int, finding: Finding) -> bool:
+    """Point '..' of ``directory`` at ``parent``."""
+    return _edit_dir(ctx, directory, _set_dotdot(dirent5(F.TYPE_DIRECTORY, parent, generation, "..")), [finding],
+                     lambda changes, tx: changes.set_parent(tx, parent, generation))
 
 
 def _system_files(ctx: Context) -> None:
@@ -184,7 +209,7 @@ def _dotdot(ctx: Context) -> None:
             continue
         if ctx.problem(Code.DIR_BAD_DOTDOT, subject=f"{d:#x}", path=st.paths.get(d, "?"), fd=f"{d:#x}",
                        found=f"FD {rec.dotdot:#x}", expected=f"FD {want:#x} ({st.paths.get(want, '?')})"):
-            _edit_dir(ctx, d, _set_dotdot(dirent5(F.TYPE_DIRECTORY, want, parent.generation, "..")), [ctx.last])
+            _set_parent(ctx, d, want, parent.generation, ctx.last)
 
 
 def _orphans(ctx: Context) -> None:
@@ -233,8 +258,7 @@ def _orphans(ctx: Context) -> None:
                 st.parent[a] = lost_found
                 lf = st.fds[lost_found]
                 if a in st.dirs:
-                    _edit_dir(ctx, a, _set_dotdot(dirent5(F.TYPE_DIRECTORY, lost_found, lf.generation, "..")),
-                              [finding])
+                    _set_parent(ctx, a, lost_found, lf.generation, finding)
             before = set(st.reachable)
             _walk(ctx, a, path)
             st.parent[a] = lost_found
@@ -282,14 +306,20 @@ def _lost_found(ctx: Context) -> int | None:
                                   m.linkCount, m.mode, True, True)
     refresh(ctx, fd.address)
     refresh(ctx, ROOT_FD)
-    st.dirs[fd.address] = record_from_slots(fd.address, _slots(ctx, fd.address))
-    st.dirs[ROOT_FD] = record_from_slots(ROOT_FD, _slots(ctx, ROOT_FD))
+    st.dirs[fd.address] = _record(ctx, fd.address)
+    st.dirs[ROOT_FD] = _record(ctx, ROOT_FD)
     st.reachable.add(fd.address)
     st.tree_entries.append(fd.address)
     st.parent[fd.address] = ROOT_FD
     st.paths[fd.address] = "/" + LOST_FOUND
     ctx.note(f"made /{LOST_FOUND} (FD {fd.address:#x})")
     return fd.address
+
+
+def _record(ctx: Context, address: int) -> DirRecord:
+    if ctx.geometry.vmfs6:
+        return record6(ctx, address)
+    return record_from_slots(address, _slots(ctx, address))
 
 
 def _link_counts(ctx: Context) -> None:

@@ -11,7 +11,7 @@ Flags:
 * ``PREEN_OK``: safe to fix without asking in preen mode (-p), as e2fsck's PR_PREEN_OK: counts,
   leaked resources, slots left by a host that is gone.  Anything else stops a preen run.
 * ``FATAL``: the check cannot go on (the volume cannot be opened or walked); never fixed.
-* ``NO_FIX``: reported only (VMFS6 directory damage, which this version checks but does not repair).
+* ``NO_FIX``: reported only, never repaired.
 * ``V6``: its repair is also made on VMFS6 (and the corpus proves it there,
   tests/fsck/test_corpus6.py); a problem without it is reported on VMFS6 and left alone.
 
@@ -132,7 +132,7 @@ TABLE: tuple[Problem, ...] = (
     _P(Code.FD_HEADER_DAMAGED, "FD {fd}: {field} is {value}, should be {expected}", "Fix it", V6),
     _P(Code.FD_SLOT_GARBAGE, "FD slot {fd} ({bit}) holds no valid file descriptor but is not empty",
        "Zero the slot", PREEN | V6),
-    _P(Code.FD_BAD_KIND, "FD {fd}{path}: unknown {field} {value}", "Clear the descriptor"),
+    _P(Code.FD_BAD_KIND, "FD {fd}{path}: unknown {field} {value}", "Clear the descriptor", V6),
     _P(Code.FD_BAD_FIELD, "FD {fd}{path}: {field} is {value}, should be {expected}", "Set it", V6),
     _P(Code.FD_BAD_ADDRESS, "FD {fd}{path}: {where} holds {address} ({detail})", "Clear the address", V6),
     _P(Code.FD_PB_CYCLE, "FD {fd}{path}: pointer block {pb} refers to itself or to a pointer block above "
@@ -145,36 +145,36 @@ TABLE: tuple[Problem, ...] = (
        "last block ends at {end})", "{action}", V6),
     _P(Code.FD_COUNT_WRONG, "FD {fd}{path}: {field} is {value}, counted {counted}", "Fix the count", PREEN | V6),
     _P(Code.SYMLINK_BAD_TARGET, "symbolic link FD {fd}{path}: its target {target} holds a NUL byte at "
-       "offset {offset} (no path can; a reader would cut it there)", "Clear the link"),
+       "offset {offset} (no path can; a reader would cut it there)", "Clear the link", V6),
     # -- pass 3: directories ----------------------------------------------------------------------------
     _P(Code.DIR_BAD_SIZE, "directory {dir}: length {size} is not a multiple of the entry size {entry}",
-       "Truncate it to {new_size}"),
+       "Truncate it to {new_size}", V6),
     _P(Code.DIR_BAD_DOT, "directory {dir}: first entry is {found}, not '.' naming the directory itself",
-       "Fix '.'"),
-    _P(Code.DIR_NO_DOTDOT, "directory {dir}: second entry is {found}, not '..'", "Insert '..'"),
+       "Fix '.'", V6),
+    _P(Code.DIR_NO_DOTDOT, "directory {dir}: second entry is {found}, not '..'", "Insert '..'", V6),
     _P(Code.DIRENT_BAD_ADDRESS, "directory {dir}: entry '{name}' holds {address}, {detail}",
-       "Remove the entry"),
+       "Remove the entry", V6),
     _P(Code.DIRENT_FREE_FD, "directory {dir}: entry '{name}' points to FD {fd}, which is free",
-       "Remove the entry"),
+       "Remove the entry", V6),
     _P(Code.DIRENT_BAD_TYPE, "directory {dir}: entry '{name}' says type {type}, its FD {fd} is {fd_type}",
-       "Set the entry's type"),
+       "Set the entry's type", V6),
     _P(Code.DIRENT_BAD_GENERATION, "directory {dir}: entry '{name}' has generation {generation}, its FD {fd} "
-       "has {fd_generation}", "{action}"),
+       "has {fd_generation}", "{action}", V6),
     _P(Code.DIRENT_BAD_NAME, "directory {dir}: entry {index} has an illegal name {name!r} ({detail})",
-       "{action}"),
+       "{action}", V6),
     _P(Code.DIRENT_DUPLICATE, "directory {dir}: name '{name}' appears more than once (FD {fd})",
-       "{action}"),
-    _P(Code.DIR6_DAMAGED, "directory {dir}: {detail}", "", Flag.NO_FIX),
+       "{action}", V6),
+    _P(Code.DIR6_DAMAGED, "directory {dir}: {detail}", "Make the directory anew from its entries", V6),
     # -- pass 4: connectivity and link counts -------------------------------------------------------
     _P(Code.DIR_MULTIPLE_PARENTS, "directory FD {fd} ({path}) is also entry '{name}' of {dir}",
-       "Remove that entry"),
-    _P(Code.DIR_BAD_DOTDOT, "'..' of {path} (FD {fd}) is {found}, should be {expected}", "Fix '..'"),
-    _P(Code.ORPHAN_DIR, "directory FD {fd} is not connected to the tree", "Connect it to /lost+found"),
+       "Remove that entry", V6),
+    _P(Code.DIR_BAD_DOTDOT, "'..' of {path} (FD {fd}) is {found}, should be {expected}", "Fix '..'", V6),
+    _P(Code.ORPHAN_DIR, "directory FD {fd} is not connected to the tree", "Connect it to /lost+found", V6),
     _P(Code.ORPHAN_FILE, "{type} FD {fd} ({size} bytes) is in use but no directory names it",
-       "Connect it to /lost+found"),
+       "Connect it to /lost+found", V6),
     _P(Code.ORPHAN_EMPTY, "empty {type} FD {fd} is in use but no directory names it", "Clear it", PREEN | V6),
     _P(Code.SYSTEM_FILE_UNLINKED, "system file {name} (FD {fd}) is missing from the root directory",
-       "Link it again"),
+       "Link it again", V6),
     _P(Code.LINK_COUNT_WRONG, "{path} (FD {fd}): link count is {value}, counted {counted}", "Fix it", PREEN | V6),
     # -- pass 5: resource bitmaps and counts ---------------------------------------------------------
     _P(Code.BITMAP_USED_MARKED_FREE, "{resource}: {count} in use but marked free: {items}",

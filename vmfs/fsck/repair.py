@@ -10,10 +10,16 @@ with the journal able to finish the one in flight.
   before the transaction that points to it commits (the library's ordered-data rule).
 * :func:`rewrite_dir5`: write the slots of a VMFS5 directory that differ from a wanted list of
   140-byte entries, and shorten or grow it, through :class:`vmfs.write.filedata.FileWriter`.
+* :func:`rebuild_dir6`: make a VMFS6 hashed directory anew from the entries to keep: its file
+  cut to a fresh header and allocation map, then each entry added as the library adds one
+  (:class:`vmfs.write.dirchange6.DirectoryChanges6`), so no damaged structure survives.
+* :func:`edit_dir6`: one change to a sound VMFS6 directory (add, remove, '..') through the same
+  class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,11 +32,12 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.common import pack_ints, unpack_ints
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE
 from vmfs.volume.filedesc import BlockMap
+from vmfs.write.dirchange6 import DirectoryChanges6, DirShape6, new_directory6_data
 from vmfs.write.filedata import FileWriter
 
 if TYPE_CHECKING:
     from vmfs.cluster.transaction import Transaction
-    from vmfs.fsck.context import Context, Finding, ResKey
+    from vmfs.fsck.context import Context, Entry, Finding, ResKey
 
 
 @dataclass
@@ -221,3 +228,45 @@ def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes],
 
 def dirent5(ftype: int, address: int, generation: int, name: str) -> bytes:
     return builders.dirent5_bytes(ftype, address, generation, name)
+
+
+def rebuild_dir6(ctx: Context, address: int, parent: tuple[int, int], entries: list[Entry],
+                 findings: list[Finding]) -> bool:
+    """Make the VMFS6 directory ``address`` hold exactly ``entries``, with '..' naming ``parent``
+    (address, generation), in one transaction."""
+    vol = ctx.volume
+    ok = False
+    with ctx.repair(*findings):
+        with ctx.attachment.transaction() as tx:
+            fd = vol.read_fd(address)
+            writer = FileWriter(ctx.attachment, fd)
+            fresh = new_directory6_data(vol.geometry.md_size, address, fd.generation, *parent)
+            if fd.size > len(fresh):
+                writer.truncate(tx, len(fresh), limit=1 << 30)
+            writer.write(tx, 0, fresh)
+            changes = DirectoryChanges6(ctx.attachment, DirShape6.of(vol, fd))
+            for e in entries:
+                changes.add(tx, e.name, e.address, e.type, e.generation)
+            ctx.attachment.put_fd(tx, fd)
+        ok = True
+    vol.invalidate_caches()
+    if ok:
+        refresh(ctx, address)
+    return ok
+
+
+def edit_dir6(ctx: Context, address: int, change: Callable[[DirectoryChanges6, Transaction], object],
+              findings: list[Finding]) -> bool:
+    """``change(changes, tx)`` on the VMFS6 directory ``address`` in one transaction."""
+    vol = ctx.volume
+    ok = False
+    with ctx.repair(*findings):
+        with ctx.attachment.transaction() as tx:
+            fd = vol.read_fd(address)
+            change(DirectoryChanges6(ctx.attachment, DirShape6.of(vol, fd)), tx)
+            ctx.attachment.put_fd(tx, fd)
+        ok = True
+    vol.invalidate_caches()
+    if ok:
+        refresh(ctx, address)
+    return ok

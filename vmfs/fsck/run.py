@@ -43,7 +43,7 @@ from vmfs.fsck import (
 from vmfs.fsck.context import CheckState, Context, Event, Finding, FsckOptions, fsck_identity
 from vmfs.fsck.device import FsckDevice
 from vmfs.fsck.policy import Mode
-from vmfs.fsck.problems import Code
+from vmfs.fsck.problems import Code, Flag
 from vmfs.ondisk import resource as R
 from vmfs.volume.volume import Volume
 
@@ -266,8 +266,9 @@ def _check(paths: list[str], options: FsckOptions) -> Report:
         return report
     if policy.mode is Mode.NO or not any(f.answer for f in findings):
         report.exit_code = ExitCode.UNCORRECTED
-        if state.geometry is not None and state.geometry.vmfs6 and policy.mode is not Mode.NO:
-            report.refused = "VMFS6 volumes are checked, not repaired"
+        left = sorted({f.problem.name for f in findings if not f.problem.flags & (Flag.V6 | Flag.FATAL)})
+        if state.geometry is not None and state.geometry.vmfs6 and policy.mode is not Mode.NO and left:
+            report.refused = f"not repaired on VMFS6 by this version: {', '.join(left)}"
         elif policy.mode is Mode.PREEN and policy.unexpected:
             report.refused = "UNEXPECTED INCONSISTENCY; RUN vmfs-fsck MANUALLY (without -p)"
         return report

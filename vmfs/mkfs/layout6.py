@@ -100,7 +100,9 @@ def plan6(device_sizes: Sequence[int], options: MkfsOptions | None = None) -> La
     if not 1 <= n <= MAX_EXTENTS:
         raise InvalidArgumentError(f"a volume has 1 to {MAX_EXTENTS} extents, not {n}")
     if n != 1:
-        raise InvalidArgumentError("vmfs6: spanned volumes are not made yet; give one device")
+        raise InvalidArgumentError(
+            "vmfs6: spanned volumes are not made yet; give one device, or make a spanned VMFS5 volume with -t vmfs5"
+        )
     opts = options.resolved(n)
     geo = vmfs6_geometry()
     extents = _plan_extents(device_sizes, opts)

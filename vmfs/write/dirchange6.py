@@ -20,6 +20,7 @@ grown further: adding to one full at that size answers ENOSPC.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from construct import Container
@@ -34,6 +35,8 @@ from vmfs.write.filedata import FileWriter
 if TYPE_CHECKING:
     from vmfs.cluster.attachment import HostAttachment
     from vmfs.cluster.transaction import Transaction
+    from vmfs.volume.filedesc import FileDescriptor
+    from vmfs.volume.volume import Volume
 
 HASH_TABLE_AT = 0x5F8
 NUM_ENTRIES_AT = 0x4
@@ -63,10 +66,29 @@ def new_directory6_data(md: int, self_addr: int, self_gen: int, parent_addr: int
     return header + map_header + body
 
 
+@dataclass
+class DirShape6:
+    """What :class:`DirectoryChanges6` needs of a directory, from the geometry alone: for one
+    whose on-disk header is being rewritten (vmfs-fsck rebuilding it) and so cannot be parsed."""
+
+    volume: Volume
+    fd: FileDescriptor
+    md: int
+    slots_per_block: int
+    in_root: bool
+    where: str
+
+    @classmethod
+    def of(cls, volume: Volume, fd: FileDescriptor) -> DirShape6:
+        md = volume.geometry.md_size
+        return cls(volume, fd, md, (md - BLOCK_HEADER) // D.DIRENT6_SIZE, fd.address == volume.root_address,
+                   f"directory {fd.address:#x}")
+
+
 class DirectoryChanges6:
     """Entry changes to one VMFS6 directory, made by ``attachment``'s host inside its transactions."""
 
-    def __init__(self, attachment: HostAttachment, directory: Directory6) -> None:
+    def __init__(self, attachment: HostAttachment, directory: Directory6 | DirShape6) -> None:
         self.attachment = attachment
         self.dir = directory
         self.md = directory.md
