@@ -1,4 +1,4 @@
-"""Random byte corruption of the metadata of a populated volume (hypothesis).
+"""Random byte corruption of the metadata of a populated volume, VMFS5 and VMFS6 (hypothesis).
 
 Whatever the bytes: vmfs-fsck never crashes or hangs (an alarm bounds every example), -n never
 writes, and after -y a second run is clean.  The one way out is damage the checker declares fatal
@@ -52,12 +52,15 @@ def metadata_regions(image: Path) -> list[tuple[str, int, int]]:
         for path in ("/", "/d1", "/many", "/d1/d2"):
             fd = fs.resolve(path)
             out.append((f"directory {path}", FileReader(fd).volume_offset(0), min(fd.size, 4096)))
+            if geo.vmfs6:  # the allocation map and dirent blocks after the 64 KiB header
+                for block in range((fd.size - 0x10000) // geo.md_size):
+                    where = FileReader(fd).volume_offset(0x10000 + block * geo.md_size)
+                    out.append((f"directory {path} block {block}", where, geo.md_size))
         for path in ("/huge", "/sparse300m"):
             fd = fs.resolve(path)
-            pb = fd.pointers[0]
-            res = vol.resources[R.RES_PB]
-            _, c, r = geo.codec.split(pb)
-            out.append((f"pointer block of {path}", res.volume_offset(c, r), 64))
+            pb = next(p for p in fd.pointers if p)
+            kind, c, r = geo.codec.split(pb)
+            out.append((f"pointer block of {path}", vol.resources[kind].volume_offset(c, r), 64))
     return out
 
 
@@ -74,15 +77,34 @@ def regions(populated: Path) -> list[tuple[str, int, int]]:
     return metadata_regions(populated)
 
 
+@pytest.fixture(scope="module")
+def regions6(populated6: Path) -> list[tuple[str, int, int]]:
+    return metadata_regions(populated6)
+
+
 mutation = st.tuples(st.integers(min_value=0, max_value=1 << 30), st.integers(min_value=0, max_value=1 << 30),
                      st.binary(min_size=1, max_size=256))
 
 
-@settings(max_examples=int(os.environ.get("FSCK_FUZZ_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = int(os.environ.get("FSCK_FUZZ_EXAMPLES", "60"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(mutation, min_size=1, max_size=12))
 def test_random_metadata_damage(mutations, regions, populated: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    image = volumes.copy(populated, tmp_path / "fuzz.img")
+    _damage_and_check(mutations, regions, populated, tmp_path)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=12))
+def test_random_metadata_damage6(mutations, regions6, populated6: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The same on VMFS6, whose hashed directories, 2-bit SFB bitmaps and journal blocks the
+    repairs rewrite differently."""
+    _damage_and_check(mutations, regions6, populated6, tmp_path)
+
+
+def _damage_and_check(mutations, regions, base: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    image = volumes.copy(base, tmp_path / "fuzz.img")
     image.chmod(0o644)
     dev = FileDevice(image, readonly=False)
     lv = open_logical_volume([dev])

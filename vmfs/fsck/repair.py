@@ -38,6 +38,7 @@ from vmfs.write.filedata import FileWriter
 if TYPE_CHECKING:
     from vmfs.cluster.transaction import Transaction
     from vmfs.fsck.context import Context, Entry, Finding, ResKey
+    from vmfs.volume.filedesc import FileDescriptor
 
 
 @dataclass
@@ -197,33 +198,44 @@ class Cloner:
         return address
 
 
-def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes], findings: list[Finding]) -> bool:
-    """Make the VMFS5 directory ``address`` hold the entry slots ``new`` (it held ``old``)."""
+def _dir_transaction(ctx: Context, address: int, body: Callable[[FileDescriptor, Transaction], object],
+                     findings: list[Finding]) -> bool:
+    """``body(fd, tx)`` on directory ``address`` in one transaction that then writes its FD; the
+    caches dropped and the directory's record refreshed after.  False when the repair failed."""
     vol = ctx.volume
     ok = False
     with ctx.repair(*findings):
         with ctx.attachment.transaction() as tx:
             fd = vol.read_fd(address)
-            writer = FileWriter(ctx.attachment, fd)
-            i = 0
-            while i < len(new):
-                if i < len(old) and old[i] == new[i]:
-                    i += 1
-                    continue
-                j = i
-                while j < len(new) and not (j < len(old) and old[j] == new[j]):
-                    j += 1
-                writer.write(tx, i * DIRENT5_SIZE, b"".join(new[i:j]))
-                i = j
-            want = len(new) * DIRENT5_SIZE
-            if fd.size > want:
-                writer.truncate(tx, want, limit=1 << 30)
+            body(fd, tx)
             ctx.attachment.put_fd(tx, fd)
         ok = True
     vol.invalidate_caches()
     if ok:
         refresh(ctx, address)
     return ok
+
+
+def rewrite_dir5(ctx: Context, address: int, old: list[bytes], new: list[bytes], findings: list[Finding]) -> bool:
+    """Make the VMFS5 directory ``address`` hold the entry slots ``new`` (it held ``old``)."""
+
+    def body(fd: FileDescriptor, tx: Transaction) -> None:
+        writer = FileWriter(ctx.attachment, fd)
+        i = 0
+        while i < len(new):
+            if i < len(old) and old[i] == new[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(new) and not (j < len(old) and old[j] == new[j]):
+                j += 1
+            writer.write(tx, i * DIRENT5_SIZE, b"".join(new[i:j]))
+            i = j
+        want = len(new) * DIRENT5_SIZE
+        if fd.size > want:
+            writer.truncate(tx, want, limit=1 << 30)
+
+    return _dir_transaction(ctx, address, body, findings)
 
 
 def dirent5(ftype: int, address: int, generation: int, name: str) -> bytes:
@@ -235,38 +247,23 @@ def rebuild_dir6(ctx: Context, address: int, parent: tuple[int, int], entries: l
     """Make the VMFS6 directory ``address`` hold exactly ``entries``, with '..' naming ``parent``
     (address, generation), in one transaction."""
     vol = ctx.volume
-    ok = False
-    with ctx.repair(*findings):
-        with ctx.attachment.transaction() as tx:
-            fd = vol.read_fd(address)
-            writer = FileWriter(ctx.attachment, fd)
-            fresh = new_directory6_data(vol.geometry.md_size, address, fd.generation, *parent)
-            if fd.size > len(fresh):
-                writer.truncate(tx, len(fresh), limit=1 << 30)
-            writer.write(tx, 0, fresh)
-            changes = DirectoryChanges6(ctx.attachment, DirShape6.of(vol, fd))
-            for e in entries:
-                changes.add(tx, e.name, e.address, e.type, e.generation)
-            ctx.attachment.put_fd(tx, fd)
-        ok = True
-    vol.invalidate_caches()
-    if ok:
-        refresh(ctx, address)
-    return ok
+
+    def body(fd: FileDescriptor, tx: Transaction) -> None:
+        writer = FileWriter(ctx.attachment, fd)
+        fresh = new_directory6_data(vol.geometry.md_size, address, fd.generation, *parent)
+        if fd.size > len(fresh):
+            writer.truncate(tx, len(fresh), limit=1 << 30)
+        writer.write(tx, 0, fresh)
+        changes = DirectoryChanges6(ctx.attachment, DirShape6.of(vol, fd))
+        for e in entries:
+            changes.add(tx, e.name, e.address, e.type, e.generation)
+
+    return _dir_transaction(ctx, address, body, findings)
 
 
 def edit_dir6(ctx: Context, address: int, change: Callable[[DirectoryChanges6, Transaction], object],
               findings: list[Finding]) -> bool:
     """``change(changes, tx)`` on the VMFS6 directory ``address`` in one transaction."""
-    vol = ctx.volume
-    ok = False
-    with ctx.repair(*findings):
-        with ctx.attachment.transaction() as tx:
-            fd = vol.read_fd(address)
-            change(DirectoryChanges6(ctx.attachment, DirShape6.of(vol, fd)), tx)
-            ctx.attachment.put_fd(tx, fd)
-        ok = True
-    vol.invalidate_caches()
-    if ok:
-        refresh(ctx, address)
-    return ok
+    return _dir_transaction(
+        ctx, address, lambda fd, tx: change(DirectoryChanges6(ctx.attachment, DirShape6.of(ctx.volume, fd)), tx),
+        findings)

@@ -14,9 +14,9 @@ A run is up to three phases over the same images:
    the repair can take a block a file still uses, even before pass 5 has fixed the bitmaps.
 3. **verify**: a quiet read-only check of the result; what it still finds is "left uncorrected".
 
-The repair does not start on VMFS6 volumes (checked, not repaired), in preen mode when a
-problem is not preen-safe, or beside another host whose heartbeat is live or was not watched
-(unless forced).
+The repair does not start when no answer is yes (on VMFS6, problems without the table's ``V6``
+flag are reported and left alone), in preen mode when a problem is not preen-safe, or beside
+another host whose heartbeat is live or was not watched (unless forced).
 """
 
 from __future__ import annotations
