@@ -21,7 +21,7 @@ from vmfs.device.lvm import open_logical_volume
 from vmfs.format import address as A
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
-from vmfs.ondisk.dirent6 import DIRENT6_SIZE, Dirent6
+from vmfs.ondisk.dirent6 import DIR6_BLOCK_HEADER_SIZE, DIR6_HEADER_SIZE, DIRENT6_SIZE, Dir6BlockHeader, Dirent6
 from vmfs.ondisk.fsdesc import FS_DESCRIPTOR_OFFSET, FsDescriptor
 from vmfs.ondisk.heartbeat import Heartbeat
 from vmfs.volume.directory import open_directory
@@ -353,6 +353,15 @@ def op_dirent6_hash(img: Image, dir: str, name: str) -> None:
     ent = Dirent6.parse(img.read(where, DIRENT6_SIZE))
     ent.hash32 ^= 0x5A5A5A5A
     img.write(where, Dirent6.build(ent))
+
+
+def op_dir6_block(img: Image, dir: str, block: int, field: str, value: Any) -> None:
+    """VMFS6: change a field of the header of block ``block`` (after the 64 KiB header) of a
+    directory, e.g. the type of its allocation map."""
+    where = img.dir_location(dir, DIR6_HEADER_SIZE + block * img.geo.md_size)
+    bh = Dir6BlockHeader.parse(img.read(where, DIR6_BLOCK_HEADER_SIZE))
+    bh[field] = _value(bh[field], value)
+    img.write(where, Dir6BlockHeader.build(bh))
 
 
 def op_symlink_target(img: Image, path: str, target: bytes | str) -> None:

@@ -336,15 +336,15 @@ def _run6(ctx: Context) -> None:
     dirs = sorted((r for r in st.fds.values() if r.is_dir), key=lambda r: r.address)
     named_by: dict[int, int] = {}
     good_gen: Counter[int] = Counter()
-    opened: dict[int, tuple[Directory6 | None, list[Any], str]] = {}
+    opened: dict[int, tuple[Directory6 | None, list[Any], list[str], str]] = {}
     for rec in dirs:
         try:
             directory = open_directory(ctx.volume, ctx.volume.read_fd(rec.address))
             assert isinstance(directory, Directory6)
             entries = list(directory.entries())  # first: it finds the entries to hide
-            opened[rec.address] = (directory, entries, "")
+            opened[rec.address] = (directory, entries, list(_dir6_defects(directory)), "")
         except VmfsError as exc:
-            opened[rec.address] = (None, [], str(exc))
+            opened[rec.address] = (None, [], [], str(exc))
             continue
         for e in entries:
             target = st.fds.get(e.address)
@@ -359,19 +359,28 @@ def _run6(ctx: Context) -> None:
         ctx.progress(LABEL, n + 1, len(dirs))
 
 
-def _check_dir6(ctx: Context, rec: FdRecord, directory: Directory6 | None, entries: list[Any], error: str,
-                named_by: dict[int, int], good_gen: Counter[int]) -> None:
+def _check_dir6(ctx: Context, rec: FdRecord, directory: Directory6 | None, entries: list[Any], defects: list[str],
+                error: str, named_by: dict[int, int], good_gen: Counter[int]) -> None:
     """One VMFS6 directory: what is wrong with it, and (repairing) the directory made anew from
     the entries that stay (:func:`vmfs.fsck.repair.rebuild_dir6`)."""
     st = ctx.state
     d = f"{rec.address:#x}"
     findings: list[Any] = []
     if directory is None:
-        # nothing of it can be read: made anew and empty; pass 4 takes its files to /lost+found
-        if ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d, detail=error):
+        # the library cannot read it: the entries are salvaged from the dirent blocks themselves
+        # (what no block keeps, pass 4 takes to /lost+found), and the directory made anew
+        salvaged = _salvage6(ctx, rec)
+        if ctx.problem(Code.DIR6_DAMAGED, subject=d, dir=d,
+                       detail=f"{error}; {len(salvaged)} entries can be read from its blocks"):
             findings.append(ctx.last)
+        seen: dict[str, int] = {}
+        kept = [Entry(decode_name(ent.name), ent.descAddr, ent.type, ent.generation, offset)
+                for offset, raw in salvaged
+                if (ent := _check_entry(ctx, rec, offset, raw, seen, good_gen, findings)) is not None]
         parent = named_by.get(rec.address, ROOT_FD)
-        _rebuild6(ctx, rec, [], parent, findings, DirRecord(rec.address, [], None, None))
+        as_is = [Entry(decode_name(raw.name), raw.descAddr, raw.type, raw.generation, offset)
+                 for offset, raw in salvaged]
+        _rebuild6(ctx, rec, kept, parent, findings, DirRecord(rec.address, as_is, None, None))
         return
     h = directory.header
     md = directory.md
@@ -393,9 +402,7 @@ def _check_dir6(ctx: Context, rec: FdRecord, directory: Directory6 | None, entri
             dotdot = ROOT_FD if rec.address == ROOT_FD else named_by.get(rec.address, ROOT_FD)
         elif not dotdot:
             dotdot = None
-    for detail in _dir6_defects(directory):
-        if detail.startswith("'.' names"):
-            continue  # DIR_BAD_DOT above
+    for detail in defects:
         if ctx.problem(Code.DIR6_DAMAGED, subject=f"{d} {detail}", dir=d, detail=detail):
             findings.append(ctx.last)
     seen: dict[str, int] = {}
@@ -408,8 +415,34 @@ def _check_dir6(ctx: Context, rec: FdRecord, directory: Directory6 | None, entri
             kept.append(Entry(decode_name(ent.name), ent.descAddr, ent.type, ent.generation, e.offset))
     kept += _hidden6(ctx, d, directory, seen, findings)
     _rebuild6(ctx, rec, kept, dotdot if dotdot else ROOT_FD, findings,
-              DirRecord(rec.address, [e for e in entries_of(entries)], h.selfEntry.address, h.parentEntry.address
-                        or None))
+              DirRecord(rec.address, entries_of(entries), h.selfEntry.address, h.parentEntry.address or None))
+
+
+def _salvage6(ctx: Context, rec: FdRecord) -> list[tuple[int, Any]]:
+    """(file offset, entry as pass 3 checks it) of every used slot of every block that calls
+    itself a dirent block, read straight from the directory's data: for a directory whose
+    header, hash table or allocation maps the library cannot read."""
+    md = ctx.geometry.md_size
+    per_block = (md - D6.DIR6_BLOCK_HEADER_SIZE) // D6.DIRENT6_SIZE
+    try:
+        fd = ctx.volume.read_fd(rec.address)
+        data = FileReader(fd).read(0, fd.size)
+    except VmfsError:
+        return []
+    out = []
+    for at in range(D6.DIR6_HEADER_SIZE, len(data) - md + 1, md):
+        bh = D6.Dir6BlockHeader.parse(data[at : at + D6.DIR6_BLOCK_HEADER_SIZE])
+        if bh.type != D6.BLOCK_DIRENT:
+            continue
+        for slot in range(min(bh.totalSlots, per_block)):
+            if bh.bitmap[slot >> 3] >> (slot & 7) & 1:
+                continue  # a free slot
+            off = at + D6.DIR6_BLOCK_HEADER_SIZE + slot * D6.DIRENT6_SIZE
+            ent = D6.Dirent6.parse(data[off : off + D6.DIRENT6_SIZE])
+            if ent.address and ent.name.strip(b"\x00"):
+                out.append((off, _Ent(type=ent.type, descAddr=ent.address, generation=ent.generation,
+                                      name=bytes(ent.name) + b"\x00")))
+    return out
 
 
 def entries_of(entries: list[Any]) -> list[Entry]:
@@ -480,11 +513,9 @@ def _hidden6(ctx: Context, d: str, directory: Directory6, seen: dict[str, int], 
 
 
 def _dir6_defects(directory: Directory6):  # type: ignore[no-untyped-def]
-    """What the library's reader tolerates but a consistent VMFS6 directory must not hold."""
+    """What the library's reader tolerates but a consistent VMFS6 directory must not hold ('.'
+    and '..' are checked by :func:`_check_dir6`)."""
     h = directory.header
-    fd = directory.fd
-    if h.selfEntry.address != fd.address:
-        yield f"'.' names {h.selfEntry.address:#x}"
     used = 0
     for block, nibble in directory.block_types():
         if nibble & 3 != D6.BLOCK_DIRENT:
