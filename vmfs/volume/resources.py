@@ -126,6 +126,8 @@ class ResourceFile:
             self.meta_struct = geo.structs.cluster_meta
         else:
             self.meta_struct = R.ClusterMeta5
+        #: its size, asked for every cluster read (construct computes it anew each time)
+        self.meta_size = self.meta_struct.sizeof()
 
     @property
     def lock_type(self) -> int:
@@ -175,7 +177,7 @@ class ResourceFile:
         if len(raw) < self.ch:
             raise CorruptError(where, None, "beyond the end of the resource file")
         lock = fast(geo.structs.lock).parse(raw[:md]).lock
-        meta = fast(self.meta_struct).parse(raw[md : md + self.meta_struct.sizeof()])
+        meta = fast(self.meta_struct).parse(raw[md : md + self.meta_size])
         if geo.vmfs6:
             body = meta.body
             nbytes = -(-self.rpc * self.bits // 8)
