@@ -55,8 +55,8 @@ MODES = ("esx2", "esx4")
 #: simulated time 0 when the config gives no epoch: 2026-01-01T00:00:00Z (a fixed date, so runs
 #: stay byte-identical; VMFS refuses a creation time of 0)
 DEFAULT_EPOCH_S = 1_767_225_600
-#: the datastore formats the console can make on a blank LUN (the toolkit writes VMFS5 only)
-VMFS_VERSIONS = ("vmfs5",)
+#: the datastore formats the console can make on a blank LUN
+VMFS_VERSIONS = ("vmfs5", "vmfs6")
 
 
 class ConfigError(HostsimError):

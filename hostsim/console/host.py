@@ -217,17 +217,17 @@ class Host:
         except Exception as exc:
             raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name}: {exc}") from None
         if lc.datastore and self._blank(lun):
-            if lc.vmfs not in (None, "vmfs5"):
-                raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name}: cannot make a {lc.vmfs.upper()} "
-                                "datastore (the toolkit writes VMFS5 only); use format = vmfs5")
+            version = 6 if lc.vmfs == "vmfs6" else 5  # no format given: VMFS5, as ESX 2.x to 6.0 made
+
             def uuid(what: str) -> str:  # the same image for the same config: determinism
                 d = hashlib.sha256(f"hostsim:{self.config.seed}:{lc.name}:{what}".encode()).digest()
                 return format_uuid(d[:16])
 
             format_volume([lun.device], MkfsOptions(
-                label=lc.datastore, fs_uuid=uuid("fs"), lv_uuid=uuid("lv"), host_uuid=self.identity.uuid,
-                device_uuids=(uuid("dev"),), creation_time_us=self.config.epoch_s * 1_000_000))
-            self.event(f"LUN {lc.name}: blank, made VMFS5 datastore {lc.datastore}")
+                label=lc.datastore, version=version, fs_uuid=uuid("fs"), lv_uuid=uuid("lv"),
+                host_uuid=self.identity.uuid, device_uuids=(uuid("dev"),),
+                creation_time_us=self.config.epoch_s * 1_000_000))
+            self.event(f"LUN {lc.name}: blank, made VMFS{version} datastore {lc.datastore}")
         return lun
 
     @staticmethod
