@@ -307,7 +307,7 @@ def op_garbage_fd_slot(img: Image, seed: int = 1) -> None:
 def op_resource_header(img: Image, file: str, field: str | None = None, value: Any = None,
                        zero: bool = False, zero_clusters: bool = False) -> None:
     kind = {".fbb.sf": R.RES_FB, ".sbc.sf": R.RES_SB, ".pbc.sf": R.RES_PB, ".fdc.sf": R.RES_FD,
-            ".pb2.sf": R.RES_PB2}[file]
+            ".pb2.sf": R.RES_PB2, ".jbc.sf": R.RES_JB}[file]
     res = img.vol.resources[kind]
     off = res.reader.volume_offset(0)
     if zero:

@@ -135,14 +135,14 @@ def test_vmfs6_sample_is_repaired(tmp_path: Path, vmfs6_image: Path) -> None:
 
 
 def test_vmfs6_damage_it_cannot_repair_is_refused(tmp_path: Path, populated6: Path) -> None:
-    """A damaged VMFS6 resource header is fatal (not rebuilt on VMFS6): exit 12, one line that says
-    so, nothing written."""
+    """A zeroed .fbb.sf header (an LFB parent with its SFB child: not rebuilt on VMFS6) is fatal:
+    exit 12, one line that names it, nothing written."""
     image = copy_image(populated6, tmp_path / "v6.img")
-    corrupt.apply(image, [{"op": "resource_header", "file": ".sbc.sf", "field": "resourcesPerCluster", "value": 7}])
+    corrupt.apply(image, [{"op": "resource_header", "file": ".fbb.sf", "zero": True}])
     before = volumes.sparse_digest(image)
     r = fsck("-y", str(image))
     assert r.returncode == 12 and "Traceback" not in r.stderr + r.stdout
-    assert ".sbc.sf" in r.stdout
+    assert ".fbb.sf" in r.stdout
     assert volumes.sparse_digest(image) == before
 
 

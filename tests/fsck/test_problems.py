@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.fsck import cases
 from vmfs.fsck import BY_CODE, TABLE, Code, ExitCode, Flag
 from vmfs.fsck.policy import Mode, Policy
+from vmfs.fsck.problems import Problem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vmfs" / "fsck"
 
@@ -74,7 +75,7 @@ def test_every_template_gets_its_facts() -> None:
 
 def test_policies() -> None:
     preen_ok = next(p for p in TABLE if p.flags & Flag.PREEN_OK)
-    other = next(p for p in TABLE if not p.flags)
+    other = next(p for p in TABLE if not p.flags & (Flag.PREEN_OK | Flag.FATAL | Flag.NO_FIX))
     fatal = next(p for p in TABLE if p.flags & Flag.FATAL)
     assert not Policy(Mode.NO).answer(preen_ok, "s", "m")
     assert Policy(Mode.YES).answer(other, "s", "m")
@@ -87,6 +88,12 @@ def test_policies() -> None:
     ask = Policy(Mode.ASK, ask=lambda p, s, m: asked.append(s) or True)
     assert ask.answer(other, "x", "m") and ask.answer(other, "x", "m")
     assert asked == ["x"]  # the repair phase does not ask again
+    # on VMFS6 only the problems whose repair is made there (the V6 flag)
+    v6 = Policy(Mode.YES)
+    v6.vmfs6 = True
+    assert v6.answer(other, "s", "m") == bool(other.flags & Flag.V6)
+    assert not v6.answer(Problem(other.code, "m", "fix it"), "s", "m")  # the same without V6: no
+    assert all(p.flags & (Flag.V6 | Flag.FATAL) for p in TABLE), "a problem not repaired on VMFS6"
 
 
 def test_exit_codes_are_e2fscks() -> None:

@@ -7,6 +7,8 @@ Checks
     * every resource file header against its cluster headers (geometry formulas of 6.2; the
       cluster headers at the places the geometry gives; the resource count against an
       independent witness) and rebuilds a damaged one from them (:mod:`vmfs.fsck.rebuild`);
+      VMFS6: a header the library would refuse, rebuilt when its cluster headers prove the
+      geometry (:mod:`vmfs.fsck.rebuild6`; ``.sbc.sf`` of address mode 5 read through its PB2);
     * every heartbeat slot: state, own address, owner and journal fields — 4.2.
       For in-use slots it decides whether the owner is alive: a slot of vmfs-fsck's own identity
       is a leftover of an interrupted run (the library's own rule when it mounts); ``--stale-host``
@@ -29,6 +31,7 @@ Leaves
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from construct import ConstructError, Container
@@ -37,7 +40,7 @@ from vmfs.cluster.journal import decode_transaction
 from vmfs.errors import DeviceError, VmfsError
 from vmfs.format import address as A
 from vmfs.format.geometry import Geometry
-from vmfs.fsck import rebuild
+from vmfs.fsck import rebuild, rebuild6
 from vmfs.fsck.context import Context, SlotRecord, fsck_identity
 from vmfs.fsck.problems import Code
 from vmfs.ondisk import filedesc as F
@@ -48,6 +51,7 @@ from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, HEARTBEAT_REGION_OFFSET, H
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, JournalHeader
 from vmfs.ondisk.lock import LOCK_TYPE_FD
 from vmfs.volume.journalblock import journal_area
+from vmfs.volume.resources import header_problem
 from vmfs.volume.volume import ROOT_FD, system_fds
 
 if TYPE_CHECKING:
@@ -56,6 +60,9 @@ if TYPE_CHECKING:
 LABEL = "Pass 1: Checking the FS descriptor, system files, resource file headers and heartbeat region"
 
 #: Resource files in the order the library opens them (vmfs-format.md 1.1 step 5).
+#: VMFS6 resource files whose header vmfs-fsck rebuilds (.fbb.sf, an LFB parent with an SFB child, is not)
+RESOURCE_FILES6 = ((R.RES_PB2, ".pb2.sf"), (R.RES_PB, ".pbc.sf"), (R.RES_FD, ".fdc.sf"), (R.RES_SB, ".sbc.sf"),
+                   (R.RES_JB, ".jbc.sf"))
 RESOURCE_FILES = ((R.RES_PB2, ".pb2.sf"), (R.RES_PB, ".pbc.sf"), (R.RES_FD, ".fdc.sf"), (R.RES_FB, ".fbb.sf"),
                   (R.RES_SB, ".sbc.sf"))
 DEFAULT_LEASE = 16.0
@@ -88,8 +95,11 @@ def prepare(ctx: Context) -> None:
     st.descriptor = d
     st.geometry = geo
     system = _system_fds(ctx)
-    if st.fatal or geo.vmfs6:
-        return  # VMFS6 headers are checked by the library when it opens the volume
+    if st.fatal:
+        return
+    if geo.vmfs6:
+        _check_resource_headers6(ctx, system)
+        return
     present = system_fds(geo.version)
     for kind, name in RESOURCE_FILES:
         if name not in present:
@@ -143,19 +153,39 @@ class RawFile:
     """A system file mapped through its FD's direct pointer array (ZLA 1) only: enough to read a
     resource file's header and cluster headers before the library can open anything."""
 
-    def __init__(self, geo: Geometry, device: BlockDevice, meta: Container, pointers: list[int]) -> None:
+    def __init__(self, geo: Geometry, device: BlockDevice, meta: Container, pointers: list[int],
+                 pb2: Callable[[int], int | None] | None = None) -> None:
         self.geo = geo
         self.device = device
         self.size = meta.fileLength
         self.bs = meta.blockSize
         self.pointers = pointers
         self.direct = meta.zla == F.ZLA_FILE_BLOCKS and self.bs == geo.block_size
+        #: VMFS6 ZLA 5 (.sbc.sf grown through a PB2): the volume offset of a PB2 address
+        self.pb2 = pb2 if geo.vmfs6 and meta.zla == F.ZLA_POINTER2_BLOCKS and self.bs == geo.block_size else None
+        self._pb2_entries: dict[int, list[int]] = {}
+
+    def _address(self, index: int) -> int | None:
+        if self.direct:
+            return self.pointers[index] if index < len(self.pointers) else None
+        if self.pb2 is None:
+            return None
+        top, entry = divmod(index, self.geo.ptrs_per_pb)
+        if top >= len(self.pointers) or A.kind(self.pointers[top]) != A.ADDR_PB2:
+            return None
+        if top not in self._pb2_entries:
+            where = self.pb2(self.pointers[top])
+            if where is None or where + self.geo.pb_size > self.device.size:
+                return None
+            raw = self.device.read(where, self.geo.pb_size)
+            self._pb2_entries[top] = list(unpack_ints(raw, self.geo.addr_width))
+        return self._pb2_entries[top][entry]
 
     def volume_offset(self, offset: int) -> int | None:
         index, within = divmod(offset, self.bs)
-        if not self.direct or index >= len(self.pointers):
+        a = self._address(index)
+        if a is None:
             return None
-        a = self.pointers[index]
         if a & 7 != A.ADDR_FB or self.geo.codec.fb_tbz(a):
             return None
         start = self.geo.codec.fb_block(a) * self.geo.block_size
@@ -176,6 +206,54 @@ class RawFile:
             out += self.device.read(loc, n)
             pos += n
         return bytes(out)
+
+
+def _check_resource_headers6(ctx: Context, system: dict[str, tuple[Container, list[int]]]) -> None:
+    """VMFS6: each resource header the library would refuse, rebuilt from its cluster headers
+    when they prove its geometry (vmfs.fsck.rebuild6); the rest is the library's to judge."""
+    st = ctx.state
+    geo = st.geometry
+    assert geo is not None
+    pb2_file = RawFile(geo, st.raw, *system[".pb2.sf"]) if ".pb2.sf" in system else None
+
+    def pb2(address: int) -> int | None:
+        """Volume offset of a PB2 resource, through .pb2.sf's own header (when it is sound)."""
+        if pb2_file is None or (raw := pb2_file.read(0, R.RES_HEADER_SIZE)) is None:
+            return None
+        h = R.ResourceHeader.parse(raw)
+        if header_problem(h, vmfs6=True, ch=geo.cluster_header_size, file_size=pb2_file.size, child=False):
+            return None
+        _, c, r = geo.codec.split(address)
+        if not h.resourcesPerCluster or c * h.resourcesPerCluster + r >= (h.numResourcesLo | h.numResourcesHi << 32):
+            return None
+        cpg, rpc = h.clustersPerGroup, h.resourcesPerCluster
+        at = (h.clusterGroupOffset + (c // cpg) * h.clusterGroupSize + cpg * geo.cluster_header_size
+              + ((c % cpg) * rpc + r) * h.resourceSize)
+        return pb2_file.volume_offset(at)
+
+    for kind, name in RESOURCE_FILES6:
+        if name not in system:
+            continue
+        meta, pointers = system[name]
+        f = RawFile(geo, st.raw, meta, pointers, pb2=pb2)
+        raw = f.read(0, R.RES_HEADER_SIZE)
+        where = f.volume_offset(0)
+        if raw is None or where is None:
+            continue  # the library says what is wrong when it opens the volume
+        h = R.ResourceHeader.parse(raw)
+        bad = header_problem(h, vmfs6=True, ch=geo.cluster_header_size, file_size=f.size, child=False)
+        if bad is None:
+            continue
+        shape = rebuild6.rebuild_header(geo, kind, h, rebuild6.ClusterProbe6(geo, kind, f.read, f.volume_offset,
+                                                                            f.size))
+        if shape is None:
+            continue  # fatal when the library refuses it (RESOURCE_HEADER_LOST)
+        image = rebuild6.header_bytes(kind, shape)
+        st.header_patches[where] = image
+        st.header_findings.append(
+            {"file": name, "offset": where, "detail": bad,
+             "rebuilt": rebuild.describe_change(h, shape), "image": image}
+        )
 
 
 def _check_resource_header(ctx: Context, kind: int, name: str, meta: Container, pointers: list[int]) -> None:

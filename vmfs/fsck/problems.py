@@ -124,7 +124,7 @@ TABLE: tuple[Problem, ...] = (
     _P(Code.FS_DESCRIPTOR_BAD, "FS descriptor at volume 0x200000: {detail}", "", Flag.FATAL),
     _P(Code.SYSTEM_FD_BAD, "system file {name} (FD {fd}): {detail}", "", Flag.FATAL),
     _P(Code.RESOURCE_HEADER_BAD, "{file} resource header: {detail}",
-       "Rebuild it from the cluster headers ({rebuilt})"),
+       "Rebuild it from the cluster headers ({rebuilt})", V6),
     _P(Code.RESOURCE_HEADER_LOST, "{file}: {detail}", "", Flag.FATAL),
     _P(Code.HB_SLOT_BAD, "heartbeat slot {slot} (volume {addr}): {detail}", "Repair the slot ({action})",
        PREEN | V6),

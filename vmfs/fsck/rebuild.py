@@ -11,8 +11,7 @@ them while keeping most of the damaged header's values.
 Candidates come from the damaged header itself, from what the cluster headers show (cluster 0's
 resource count, the run of headers in the first group), from the FS descriptor (the bootstrap
 ``.fdc.sf`` geometry) and from the values ESXi and vmfs-mkfs format with (section 6.6).
-VMFS5 only: a VMFS6 resource header is checked by the library when it opens the volume, and one
-it cannot trust is fatal (not rebuilt).
+VMFS5 (VMFS6: vmfs.fsck.rebuild6).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from vmfs.ondisk.lock import LOCK_TYPE_BASE
 from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
+    from construct import Container
+
     from vmfs.volume.filedesc import FileDescriptor, VolumeBlocks
 
 RESOURCE_NAMES = {
@@ -68,6 +70,38 @@ class Cluster:
         return [r for r in range(self.total) if not self.is_free(r)]
 
 
+def header_problem(h: Container, *, vmfs6: bool, ch: int, file_size: int, child: bool) -> str | None:
+    """Why a resource header cannot be used (None: it can): what the library checks before it
+    trusts a header's geometry, and vmfs-fsck's VMFS6 rebuild asks the same question."""
+    rpc, cpg, cgo, rsz, cgs = (h.resourcesPerCluster, h.clustersPerGroup, h.clusterGroupOffset, h.resourceSize,
+                               h.clusterGroupSize)
+    num = h.numResourcesLo | (h.numResourcesHi << 32)
+    if vmfs6 and h.signature != R.RES_SIGNATURE:
+        return f"bad signature 0x{h.signature:08x}"
+    if num and (rpc == 0 or cpg == 0):
+        return "resources without clusters (rpc or cpg is 0)"
+    if (h.bitsPerResource or 1) not in (1, 2, 3, 4, 8):
+        return f"{h.bitsPerResource} bits per resource"
+    if child or not num:
+        return None
+    expect = cpg * ch + cpg * rpc * rsz
+    if cgs != expect:
+        return f"cluster group size 0x{cgs:x}, expected 0x{expect:x}"
+    if cgo < R.RES_HEADER_SIZE:
+        return f"cluster group offset 0x{cgo:x}"
+    clusters = -(-num // rpc)
+    groups = -(-clusters // cpg)
+    if h.numClusterGroups < groups:
+        return f"{h.numClusterGroups} cluster groups for {groups}"
+    last = clusters - 1
+    if cgo + (last // cpg) * cgs + (last % cpg) * ch + ch > file_size:
+        return "cluster headers extend beyond the end of the file"
+    c, r = divmod(num - 1, rpc)
+    if rsz and cgo + (c // cpg) * cgs + cpg * ch + ((c % cpg) * rpc + r) * rsz + rsz > file_size:
+        return "resources extend beyond the end of the file"
+    return None
+
+
 class ResourceFile:
     def __init__(
         self,
@@ -102,26 +136,9 @@ class ResourceFile:
         self.bits = h.bitsPerResource or 1
         self.ch = geo.cluster_header_size
         self.num_clusters = -(-self.num_resources // self.rpc) if self.rpc else 0
-        if geo.vmfs6 and h.signature != R.RES_SIGNATURE:
-            raise CorruptError(where, fd.vol_offset, f"bad signature 0x{h.signature:08x}")
-        if self.num_resources and (self.rpc == 0 or self.cpg == 0):
-            raise CorruptError(where, fd.vol_offset, "resources without clusters (rpc or cpg is 0)")
-        if self.bits not in (1, 2, 3, 4, 8):
-            raise CorruptError(where, fd.vol_offset, f"{self.bits} bits per resource")
-        if parent is None and self.num_resources:
-            expect = self.cpg * self.ch + self.cpg * self.rpc * self.rsz
-            if self.cgs != expect:
-                raise CorruptError(where, fd.vol_offset, f"cluster group size 0x{self.cgs:x}, expected 0x{expect:x}")
-            if self.cgo < R.RES_HEADER_SIZE:
-                raise CorruptError(where, fd.vol_offset, f"cluster group offset 0x{self.cgo:x}")
-            groups = -(-self.num_clusters // self.cpg)
-            if h.numClusterGroups < groups:
-                raise CorruptError(where, fd.vol_offset, f"{h.numClusterGroups} cluster groups for {groups}")
-            last_header = self.cluster_header_offset(self.num_clusters - 1) + self.ch
-            if last_header > fd.size:
-                raise CorruptError(where, fd.vol_offset, "cluster headers extend beyond the end of the file")
-            if self.rsz and self.resource_offset(*divmod(self.num_resources - 1, self.rpc)) + self.rsz > fd.size:
-                raise CorruptError(where, fd.vol_offset, "resources extend beyond the end of the file")
+        problem = header_problem(h, vmfs6=geo.vmfs6, ch=self.ch, file_size=fd.size, child=parent is not None)
+        if problem is not None:
+            raise CorruptError(where, fd.vol_offset, problem)
         if geo.vmfs6:
             self.meta_struct = geo.structs.cluster_meta
         else:
