@@ -132,11 +132,7 @@ class Image:
         size = res.meta_struct.sizeof()
         lock = self.geo.structs.lock.parse(self.read(off, md))
         meta = res.meta_struct.parse(self.read(off + md, size))
-        if self.geo.vmfs6:
-            nbytes = -(-res.rpc * res.bits // 8)
-            bitmap = bytearray(meta.body[:nbytes])
-        else:
-            bitmap = bytearray(meta.bitmap)
+        bitmap = bytearray(meta.body[: res.bitmap_size]) if self.geo.vmfs6 else bytearray(meta.bitmap)
         change(lock, meta, bitmap)
         if self.geo.vmfs6:
             meta.body = bytes(bitmap) + meta.body[len(bitmap) :]

@@ -67,7 +67,7 @@ class FsckDevice(BlockDevice):
             meta[k] = v
         total = min(meta.totalResources, res.rpc)
         if res.volume.geometry.vmfs6:
-            bitmap = bytearray(meta.body[: -(-res.rpc * res.bits // 8)])
+            bitmap = bytearray(meta.body[: res.bitmap_size])
         else:
             bitmap = bytearray(meta.bitmap)
             for r in range(total, len(bitmap) * 8):  # VMFS5 keeps no bits past the last resource
@@ -93,7 +93,7 @@ class FsckDevice(BlockDevice):
                 lo, hi = max(start, offset), min(stop, end)
                 buf[lo - offset : hi - offset] = image[lo - start : hi - start]
         for start, guard in self._guards.items():
-            size = guard[2].meta_struct.sizeof()
+            size = guard[2].meta_size
             stop = start + size
             if start < end and stop > offset:
                 if buf is None:
@@ -119,7 +119,7 @@ class FsckDevice(BlockDevice):
     def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
         end = offset + len(new)
         touched = any(s < end and s + len(i) > offset for s, i in self._patches.items()) or any(
-            s < end and s + g[2].meta_struct.sizeof() > offset for s, g in self._guards.items()
+            s < end and s + g[2].meta_size > offset for s, g in self._guards.items()
         )
         if not touched:
             return self.base.compare_and_write(offset, expected, new)

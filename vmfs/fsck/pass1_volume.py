@@ -215,13 +215,16 @@ def _check_resource_headers6(ctx: Context, system: dict[str, tuple[Container, li
     geo = st.geometry
     assert geo is not None
     pb2_file = RawFile(geo, st.raw, *system[".pb2.sf"]) if ".pb2.sf" in system else None
+    raw = pb2_file.read(0, R.RES_HEADER_SIZE) if pb2_file is not None else None
+    pb2_head = R.ResourceHeader.parse(raw) if raw is not None else None
+    if pb2_head is not None and header_problem(pb2_head, vmfs6=True, ch=geo.cluster_header_size,
+                                               file_size=pb2_file.size, child=False):  # type: ignore[union-attr]
+        pb2_head = None  # .pb2.sf's own header is the one to rebuild first: no PB2 can be found
 
     def pb2(address: int) -> int | None:
-        """Volume offset of a PB2 resource, through .pb2.sf's own header (when it is sound)."""
-        if pb2_file is None or (raw := pb2_file.read(0, R.RES_HEADER_SIZE)) is None:
-            return None
-        h = R.ResourceHeader.parse(raw)
-        if header_problem(h, vmfs6=True, ch=geo.cluster_header_size, file_size=pb2_file.size, child=False):
+        """Volume offset of a PB2 resource, through .pb2.sf's own header (read once, above)."""
+        h = pb2_head
+        if h is None or pb2_file is None:
             return None
         _, c, r = geo.codec.split(address)
         if not h.resourcesPerCluster or c * h.resourcesPerCluster + r >= (h.numResourcesLo | h.numResourcesHi << 32):

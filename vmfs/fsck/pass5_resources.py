@@ -50,7 +50,7 @@ _META5 = fast(R.ClusterMeta5)
 _Lock = namedtuple("_Lock", [c.name for c in LockFields.subcons[:7]])  # type: ignore[misc]
 _Meta5 = namedtuple("_Meta5", [c.name for c in R.ClusterMeta5.subcons])  # type: ignore[misc]
 #: the VMFS6 cluster metadata up to its body (bitmap and affinity data), compiled the same way
-_META6_HEAD_STRUCT = Struct(*R.cluster_meta6(0x1000).subcons[:-1])
+_META6_HEAD_STRUCT = R.cluster_meta6_head()
 _META6_HEAD = fast(_META6_HEAD_STRUCT)
 _Meta6 = namedtuple("_Meta6", [c.name for c in _META6_HEAD_STRUCT.subcons])  # type: ignore[misc]
 BATCH = 256
@@ -154,7 +154,7 @@ def _cluster6(res: ResourceFile, number: int, chunk: bytes) -> Cluster:
     lock = _Lock._make(_LOCK_HEAD.parse(chunk).values())
     meta = _Meta6._make(_META6_HEAD.parse(chunk[md:]).values())
     at = md + R.CLUSTER6_BITMAP_OFFSET
-    bitmap = chunk[at : at + -(-res.rpc * res.bits // 8)]
+    bitmap = chunk[at : at + res.bitmap_size]
     return Cluster(number, 0, lock, meta, meta.totalResources, meta.freeResources, bitmap, res.bits)
 
 

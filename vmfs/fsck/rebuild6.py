@@ -33,7 +33,7 @@ DEFAULT_RPC = {R.RES_FD: layout6.FD_RPC, R.RES_SB: layout6.SB_RPC, R.RES_PB: lay
                R.RES_PB2: layout6.PB2_RPC, R.RES_JB: layout6.JB_RPC}
 #: a walk that long is no resource file of a volume (a 64 TiB volume has 64 groups of FDs)
 MAX_CLUSTERS = 1 << 20
-_META_HEAD = fast(R.cluster_meta6(0x1000))
+_META_HEAD = fast(R.cluster_meta6_head())
 
 
 def resource_size(geo: Geometry, kind: int) -> int:
@@ -60,7 +60,7 @@ class ClusterProbe6(ClusterProbe):
             return None
         md = self.ch // 2
         lock = self.geo.structs.lock.parse(raw[:md]).lock
-        meta = _META_HEAD.parse(raw[md : md + 0x1000])
+        meta = _META_HEAD.parse(raw[md:])
         if meta.signature != R.CLUSTER_SIGNATURE:
             return None
         if lock.type != LOCK_TYPE_BASE + self.kind + 1 and lock.addr != where:

@@ -69,6 +69,12 @@ CLUSTER6_BITMAP_OFFSET = 0x80
 FREE_STATE = {1: 1, 2: 3}
 
 
+def cluster_meta6_head() -> Struct:
+    """The VMFS6 cluster metadata up to its body (bitmap and affinity data): what a reader of
+    counts and numbers needs, without the metadata unit's size."""
+    return Struct(*cluster_meta6(0x1000).subcons[:-1])
+
+
 def cluster_meta6(md_size: int) -> Struct:
     """VMFS6 cluster metadata: one metadata unit of ``md_size`` (mdAlignment) bytes."""
     return Struct(

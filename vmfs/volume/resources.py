@@ -145,6 +145,8 @@ class ResourceFile:
             self.meta_struct = R.ClusterMeta5
         #: its size, asked for every cluster read (construct computes it anew each time)
         self.meta_size = self.meta_struct.sizeof()
+        #: bytes of a cluster's allocation bitmap (VMFS6: the start of the metadata body)
+        self.bitmap_size = -(-self.rpc * self.bits // 8)
 
     @property
     def lock_type(self) -> int:
@@ -195,12 +197,7 @@ class ResourceFile:
             raise CorruptError(where, None, "beyond the end of the resource file")
         lock = fast(geo.structs.lock).parse(raw[:md]).lock
         meta = fast(self.meta_struct).parse(raw[md : md + self.meta_size])
-        if geo.vmfs6:
-            body = meta.body
-            nbytes = -(-self.rpc * self.bits // 8)
-            bitmap = bytes(body[:nbytes])
-        else:
-            bitmap = bytes(meta.bitmap)
+        bitmap = bytes(meta.body[: self.bitmap_size]) if geo.vmfs6 else bytes(meta.bitmap)
         return Cluster(
             cluster, offset, lock, meta, meta.totalResources, meta.freeResources, bitmap, self.bits
         )
