@@ -68,7 +68,9 @@ def test_appends_preallocate_and_close_gives_back(image: Path) -> None:
         fd = _open_new(fs, "/seq")
         commits = vol.journal.sequence
         data = _append(fs, fd.address, 100)
-        assert vol.journal.sequence - commits < 40  # one commit per block without preallocation
+        # runs as long as the file so far: blocks 0-1, 2-5, 6-13, 14-29, 30-61, 62-125 (one
+        # commit per block without preallocation, 22 with runs of a growing eighth)
+        assert vol.journal.sequence - commits == 6
         fd = fs.resolve("/seq")
         assert fd.meta.numPreAllocBlocks > 0
         assert fd.meta.numBlocks == 100 + fd.meta.numPreAllocBlocks
@@ -130,16 +132,17 @@ def _stale(vol: HostAttachment, fd_address: int, first: int, count: int) -> None
 
 @pytest.mark.parametrize("grow", ["truncate", "gap-write"])
 def test_growing_past_preallocated_blocks_reads_zeros(image: Path, grow: str) -> None:
+    n = 62  # the append of block 62 preallocates 63 more (runs as long as the file)
     with _writing(image) as (vol, fs):
         fd = _open_new(fs, "/grow")
-        data = _append(fs, fd.address, 60)
-        fs.write(fd.address, 60 * MIB, b"tail")  # the end of file is now inside block 60
+        data = _append(fs, fd.address, n)
+        fs.write(fd.address, n * MIB, b"tail")  # the end of file is now inside block n
         fd = fs.resolve("/grow")
         run = fd.meta.numPreAllocBlocks
         assert run >= 3
-        _stale(vol, fd.address, 61, run)
-        vol.volume.device.write(_block_offset(vol, fd.address, 60) + 4, b"\xee" * (MIB - 4))
-        new_end = (61 + run) * MIB + 100
+        _stale(vol, fd.address, n + 1, run)
+        vol.volume.device.write(_block_offset(vol, fd.address, n) + 4, b"\xee" * (MIB - 4))
+        new_end = (n + 1 + run) * MIB + 100
         if grow == "truncate":
             fs.truncate(fd.address, new_end)
         else:
@@ -147,12 +150,12 @@ def test_growing_past_preallocated_blocks_reads_zeros(image: Path, grow: str) ->
         fs.close_file(fd.address, write=True)
         got = _read(vol.volume, "/grow")
     assert len(got) == new_end
-    assert got[: 60 * MIB] == data
-    assert got[60 * MIB : 60 * MIB + 4] == b"tail"
-    expected_tail = bytes(new_end - 60 * MIB - 4)
+    assert got[: n * MIB] == data
+    assert got[n * MIB : n * MIB + 4] == b"tail"
+    expected_tail = bytes(new_end - n * MIB - 4)
     if grow == "gap-write":
         expected_tail = expected_tail[:-1] + b"!"
-    assert got[60 * MIB + 4 :] == expected_tail
+    assert got[n * MIB + 4 :] == expected_tail
     rc, report = run_fsck(image, "-n")
     assert (rc, codes(report)) == (0, [])
 

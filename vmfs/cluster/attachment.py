@@ -291,6 +291,12 @@ class HostAttachment:
         if self.locks is not None and self.locks.unreleased:
             self.locks.retry_releases()
 
+    def data_written(self) -> None:
+        """File data went straight to the device: the next journal commit makes it durable
+        before its own record (ordered mode, see :mod:`vmfs.cluster.journal`)."""
+        if self.journal is not None:
+            self.journal.data_unflushed = True
+
     def lock_fd(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
         """Take ``fd``'s on-disk lock for the transaction and make sure our copy is current."""
         got = tx.lock(fd.vol_offset)

@@ -12,7 +12,11 @@ host still holds every lock the transaction took: once they are released its hom
 durable, and replaying it then could undo changes other hosts made since.
 
 File *data* is not journaled: it is written to its blocks before the transaction that makes the
-blocks part of the file commits (ordered mode), so a crash never exposes stale data.
+blocks part of the file (or a length that covers them) commits, and made durable before the
+journal record is written (ordered mode, as ext4's jbd2 flushes before its commit block): a write
+cache may destage the record before the data, and a replay would then map blocks that still hold
+what they held before, a deleted file's bytes.  Writers say that data is waiting
+(:attr:`Journal.data_unflushed`); the next commit then flushes first.
 """
 
 from __future__ import annotations
@@ -123,6 +127,9 @@ class Journal:
         #: durable: a failure in between (the device went away) leaves a transaction that may be
         #: committed and not home; it must be redone (:meth:`replay`) before anything else is written
         self.pending = False
+        #: data went to the device outside the journal since the last flush: the next commit
+        #: flushes before its record, so no record can be durable before the data it publishes
+        self.data_unflushed = False
         #: called with the byte count of every journal write (statistics, fault injection)
         self.on_write: Callable[[int], None] | None = None
         #: called as ``(i, n)`` after home write i (1-based) of a commit's n: a simulated host
@@ -141,6 +148,9 @@ class Journal:
             raise TransactionTooLarge(f"transaction of {len(blob)} bytes exceeds the journal ({self.area.size})")
         # pad to whole sectors so the write is sector-aligned
         pad = (-len(blob)) % 512
+        if self.barriers and self.data_unflushed:
+            self.device.flush()  # ordered mode: the data before the record that publishes it
+        self.data_unflushed = False
         self.pending = True  # a write that fails may still have reached the disk
         self.device.write(self.area.offset, blob + bytes(pad))
         if self.barriers:

@@ -11,10 +11,12 @@ contents are metadata and go through the transaction.  Bytes of the last block b
 the file are undefined on disk and are zeroed whenever the end of file moves past them, so a
 file never shows stale data, even after a crash.
 
-Preallocation: an append to a file held open for writing takes up to :data:`MAX_PREALLOC` further
-blocks past the end of file in the same transaction, counted in the FD's ``numPreAllocBlocks``
-(+0x84), so that the following appends only write data and defer the length (one journal commit
-per run of blocks instead of one per block).  The preallocated blocks are always the contiguous
+Preallocation: an append to a file held open for writing takes as many further blocks past the end
+of file as it has blocks before (so a growing file doubles its runs, as XFS's speculative
+preallocation does), up to :data:`MAX_PREALLOC`, in the same transaction, counted in the FD's
+``numPreAllocBlocks`` (+0x84), so that the following appends only write data and defer the length
+(one journal commit per run of blocks instead of one per block: about 16 for a 2 GiB file of
+1 MiB blocks).  The preallocated blocks are always the contiguous
 block indexes ``[ceil(length / blockSize), ceil(length / blockSize) + numPreAllocBlocks)``; their
 bytes are undefined like the tail of the last block and are zeroed whenever the end of file moves
 past them.  Closing the file frees what was not used (:meth:`FileWriter.trim_preallocated`); after a
@@ -50,7 +52,7 @@ BY_ORDER = {v: k for k, v in ORDER.items()}
 #: transaction well inside a 1 MiB journal block)
 BULK_BLOCKS = 16384
 #: most blocks one append preallocates past the end of file (``numPreAllocBlocks`` is a u8)
-MAX_PREALLOC = 63
+MAX_PREALLOC = 255
 
 
 class FileWriter:
@@ -329,6 +331,7 @@ class FileWriter:
             tx.write(offset, data)
         else:
             self.volume.device.write(offset, data)
+            self.attachment.data_written()
 
     # -- mode conversion ------------------------------------------------------------------------------------
 
@@ -517,13 +520,14 @@ class FileWriter:
             index = pos // bs
             within = pos - index * bs
             n = min(bs - within, end - pos)
-            chunk = view[pos - offset : pos - offset + n]
+            # the common case, one whole write inside one block, goes to the device uncopied
+            chunk = data if n == len(data) else bytes(view[pos - offset : pos - offset + n])
             addr = self.get(tx, index)
             if not addr:
                 extra = 0
                 appending = index >= allocated_end and (index + 1) * bs >= new_size
                 if prealloc and appending and self._data_kind() == A.ADDR_FB:
-                    extra = self._prealloc_count(tx, index, index // 8)
+                    extra = self._prealloc_count(tx, index, index + 1)
                 addr, *more = self._alloc_data(tx, 1 + extra)
                 self.set(tx, index, addr)
                 for j, a in enumerate(more, start=index + 1):
@@ -532,10 +536,11 @@ class FileWriter:
                 allocated_end = max(allocated_end, index + 1 + extra)
                 changed = True
                 # zero what will be inside EOF but is not written now
-                head = bytes(within)
                 tail_end = min(max(old_size, end) - index * bs, bs)
-                tail = bytes(max(0, tail_end - (within + n)))
-                self._put_data(tx, self._location(addr), head + bytes(chunk) + tail)
+                tail = max(0, tail_end - (within + n))
+                if within or tail:
+                    chunk = bytes(within) + chunk + bytes(tail)
+                self._put_data(tx, self._location(addr), chunk)
             elif addr & 7 == A.ADDR_FB and self.codec.fb_tbz(addr):
                 block = bytearray(bs)
                 block[within : within + n] = chunk
@@ -545,7 +550,7 @@ class FileWriter:
                 self._add_tbz(-1)
                 changed = True
             else:
-                self._put_data(tx, self._location(addr) + within, bytes(chunk))
+                self._put_data(tx, self._location(addr) + within, chunk)
             pos += n
         self._set_length(new_size, allocated_end)
         return changed or self.journaled
@@ -657,6 +662,7 @@ class FileWriter:
             for i, a in zip(todo, addrs, strict=True):
                 if eager:
                     self.volume.device.write(self._location(a), bytes(bs))
+                    self.attachment.data_written()
                     self.set(tx, i, a)
                 else:
                     self.set(tx, i, a | self.codec.TBZ)

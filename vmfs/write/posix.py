@@ -610,6 +610,7 @@ class WritableFileSystem(FileSystem):
                 view = memoryview(data)
                 for file_offset, n, loc in pieces:
                     device.write(loc, bytes(view[file_offset - offset : file_offset - offset + n]))  # type: ignore[arg-type]
+            self.attachment.data_written()
             self._touch(fd)
             self.deferred[address] = {k: meta[k] for k in _DEFERRED}
         return True
