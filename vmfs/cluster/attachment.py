@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 from vmfs.cluster.alloc import Allocators
 from vmfs.cluster.grow import GROWABLE, grow
 from vmfs.cluster.heartbeat import HeartbeatManager
-from vmfs.cluster.host import HostIdentity
+from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.cluster.identitylock import IdentityLock
 from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, replay_area
-from vmfs.cluster.locks import LockManager, lock_sites
+from vmfs.cluster.locks import KEEP_IDLE, LockManager, lock_sites
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError, VolumeLostError
@@ -98,6 +98,9 @@ class HostAttachment:
         self._unfinished: Transaction | None = None
         #: caches could not be re-read after a failure (the device was away)
         self._caches_stale = False
+        #: gives back the locks kept unused (vmfs.cluster.locks): a thread, or the manual clock
+        self._keeper: threading.Thread | None = None
+        self._keeper_stop = threading.Event()
         volume.bind_writer(self)
         try:
             self._attach()
@@ -187,6 +190,7 @@ class HostAttachment:
             self.journal = Journal(volume.device, area, host.uuid)
             self.journal_addr = journal_addr
             hb.start()
+            self._start_keeping()
         except BaseException as exc:
             try:
                 hb.release()
@@ -194,6 +198,62 @@ class HostAttachment:
                 if identity is not None:
                     identity.release(f"failed to open: {exc}", slot_released=hb.slot is None)
             raise
+
+    def _start_keeping(self) -> None:
+        """Lock keeping as the host identity asks; the sweeps run four times per idle interval,
+        from a thread under a real clock and from the clock's listeners under a manual one."""
+        assert self.locks is not None
+        manual = isinstance(self.host.clock, ManualClock)
+        keep = self.host.keep_locks
+        idle = (0.0 if manual else KEEP_IDLE) if keep is None else keep
+        if idle <= 0:
+            return
+        self.locks.keep_locks(idle)
+        if manual:
+            listeners = self.host.clock.listeners  # type: ignore[attr-defined]
+            if self.locks.sweep not in listeners:
+                listeners.append(self.locks.sweep)
+            return
+        if self._keeper is not None:
+            return
+        self._keeper_stop.clear()
+        self._keeper = threading.Thread(target=self._keep, args=(idle / 4,), name="vmfs-lock-keeper", daemon=True)
+        self._keeper.start()
+
+    def _keep(self, interval: float) -> None:
+        locks = self.locks
+        assert locks is not None
+        while not self._keeper_stop.wait(interval):
+            if self.closed or self.volume.closed:
+                return
+            try:
+                locks.sweep()
+            except Exception:  # pragma: no cover - keep sweeping through transient errors
+                log.exception("giving back kept locks failed")
+
+    def _stop_keeping(self) -> None:
+        """No more sweeps, and from now on every lock goes back as its user lets go (the locks
+        kept so far stay ours: given back by release_all or the next sweeps, or left on disk by
+        a crash)."""
+        if self.locks is not None:
+            self.locks.keep_locks(0)
+        listeners = getattr(self.host.clock, "listeners", None)
+        if self.locks is not None and listeners is not None and self.locks.sweep in listeners:
+            listeners.remove(self.locks.sweep)
+        self._keeper_stop.set()
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=10)
+
+    def stop_background(self) -> None:
+        """Stop this attachment's threads (heartbeat renewal, lock keeper) before a fork, which
+        keeps no thread; :meth:`start_background` in the process that goes on starts them again."""
+        self.heartbeat.stop()
+        self._stop_keeping()
+
+    def start_background(self) -> None:
+        self.heartbeat.start()
+        self._start_keeping()
 
     def _release_leftover_locks(self, previous: SlotView, journaled: list[int]) -> None:
         """Our previous incarnation's locks (the files it had open, the clusters of a transaction
@@ -338,6 +398,7 @@ class HostAttachment:
             return
         self.closed = True
         self.heartbeat.stop()
+        self._stop_keeping()
         if self.identity_lock is not None:
             self.identity_lock.abandon()
         self.volume.unbind_writer(self)
@@ -380,6 +441,7 @@ class HostAttachment:
             if lost is None:
                 with self.meta_lock:
                     self._recover_from_failed_io()  # never empty a journal that still has work to redo
+            self._stop_keeping()
             if self.locks is not None:
                 self.locks.release_all()
         except BaseException:

@@ -92,6 +92,9 @@ class HostIdentity:
     #: heartbeat renewal period and lease (ESXi: lease 16 s; esx-design.md 1.3, 7)
     heartbeat_period: float = 3.0
     lease: float = 16.0
+    #: seconds an unused exclusive lock stays ours (vmfs.cluster.locks, lock keeping); None:
+    #: KEEP_IDLE under a real clock, 0 under a manual one (simulations and their tests decide)
+    keep_locks: float | None = None
 
     @classmethod
     def for_process(cls, name: str, **kwargs: object) -> HostIdentity:

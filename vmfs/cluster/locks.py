@@ -15,6 +15,21 @@ broken, however long we wait (then the caller gets EBUSY, never a hang).
 The lock ``token`` doubles as a generation number for cached metadata: it moves on every
 acquisition, so a host that finds a token different from the one it cached knows the object may
 have changed and reads it again (optimistic locking).
+
+Lock keeping (lock caching): a busy host would pay two test-and-sets per lock per transaction.
+So an exclusive lock whose last user let go stays ours (:attr:`LockManager.keep_idle`) and the
+next transaction that needs it takes it without any I/O; :meth:`LockManager.sweep`, run a few
+times per ``keep_idle`` by the attachment, gives back what has been idle that long.  A waiter
+cannot be seen through the disk (nothing of it reaches the holder but its reads), so no lock is
+kept past :attr:`LockManager.keep_max` from the moment we took it: it is then given back at the
+end of its current use and not taken again for :attr:`LockManager.courtesy`, longer than the
+longest pause between a waiter's tries (:attr:`LockManager.poll_max`, doubled by the jitter).
+A host waiting for a lock another host keeps therefore gets it within ``keep_idle`` + a sweep
+interval when the holder is idle, and within ``keep_max`` + one of the holder's transactions +
+``poll_max`` when it is busy (one waiter; several waiters take turns without an order).  Keeping
+never changes what is on disk: a kept lock is exactly a held lock, and a crash leaves it as it
+leaves any held lock (broken by whoever recovers the host; replaying our last transaction while
+we still hold its locks rewrites what is already home).
 """
 
 from __future__ import annotations
@@ -56,6 +71,17 @@ log = logging.getLogger("vmfs.cluster.locks")
 
 SHARED_MODES = (LOCK_READ_ONLY, LOCK_MULTI_WRITER)
 
+#: lock keeping under a real clock (module docstring): seconds an unused exclusive lock stays ours
+KEEP_IDLE = 0.05
+#: ... seconds at most from taking a lock to giving it back, however busy we are
+KEEP_MAX = 1.0
+#: ... seconds we leave a lock alone after giving it back for ``KEEP_MAX``
+COURTESY = 0.06
+#: longest pause between two tries at a busy lock when hosts keep locks (0.02 × jitter up to 2)
+POLL_BUSY = 0.02
+#: ... and when they do not (the pauses double up to this)
+POLL_MAX = 0.5
+
 
 @dataclass
 class Held:
@@ -65,6 +91,8 @@ class Held:
     token: int
     count: int = 1
     _lock: Container | None = None
+    #: when we took it from the disk (monotonic µs): no lock is kept past ``keep_max`` from here
+    taken_us: int = 0
 
     @property
     def lock(self) -> Container:
@@ -103,6 +131,21 @@ class LockManager:
         self.on_stale_cache = None
         #: offsets of locks still ours on disk because giving them back failed (device errors)
         self.unreleased: set[int] = set()
+        #: lock keeping (module docstring); 0 gives every lock back as soon as its user lets go
+        self.keep_idle = 0.0
+        self.keep_max = KEEP_MAX
+        self.courtesy = COURTESY
+        self.poll_max = POLL_MAX
+        #: offset -> when its last user let go (µs), for the exclusive locks we keep unused
+        self._kept: dict[int, int] = {}
+        #: offset -> when we gave it back for having kept it ``keep_max`` (µs)
+        self._yielded: dict[int, int] = {}
+
+    def keep_locks(self, idle: float, *, poll: float = POLL_BUSY) -> None:
+        """Keep unused exclusive locks for ``idle`` seconds (0: never), polling busy locks at
+        most every ``poll`` seconds (× jitter): see the module docstring for the bound."""
+        self.keep_idle = idle
+        self.poll_max = poll if idle > 0 else POLL_MAX
 
     # -- identity -----------------------------------------------------------------------------------
 
@@ -223,11 +266,17 @@ class LockManager:
             if held is not None:
                 if held.mode == LOCK_EXCLUSIVE or held.mode == mode:
                     held.count += 1
+                    self._kept.pop(offset, None)
                     return held, held.token
                 if held.mode in SHARED_MODES and mode == LOCK_EXCLUSIVE:
                     return self._upgrade(held, wait)
         limit = self.wait if wait is None else wait
         clock = self.host.clock
+        yielded = self._yielded.pop(offset, None)
+        if yielded is not None:  # we kept it for keep_max: let a waiting host have its turn first
+            pause = yielded + int(self.courtesy * 1_000_000) - clock.monotonic_us()
+            if pause > 0:
+                clock.sleep(pause / 1_000_000)
         deadline = clock.monotonic_us() + int(limit * 1_000_000)
         delay = 0.01
         while True:
@@ -239,7 +288,7 @@ class LockManager:
             if clock.monotonic_us() >= deadline:
                 raise BusyError(f"lock at 0x{offset:x} is held by another host ({got})")
             clock.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, self.poll_max)
 
     def _try(self, offset: int, mode: int):  # type: ignore[no-untyped-def]
         dev = self.volume.device
@@ -270,7 +319,7 @@ class LockManager:
         image = build_lock(new, raw)
         if not dev.compare_and_write(offset, raw, image):
             return "retry"
-        held = Held(offset, mode, image, new.token)
+        held = Held(offset, mode, image, new.token, taken_us=self.host.clock.monotonic_us())
         with self._mutex:
             self.held[offset] = held
         return held, previous_token
@@ -292,7 +341,9 @@ class LockManager:
         held.count += 1
         return held, lock.token
 
-    def release(self, offset: int) -> None:
+    def release(self, offset: int, *, keep: bool = True) -> None:
+        """One user lets go; the last one gives the lock back, or keeps it unused (``keep``, an
+        exclusive lock, keeping on and not yet held for ``keep_max``)."""
         with self._mutex:
             held = self.held.get(offset)
             if held is None:
@@ -300,6 +351,14 @@ class LockManager:
             held.count -= 1
             if held.count > 0:
                 return
+            if keep and self.keep_idle > 0 and held.mode == LOCK_EXCLUSIVE and offset not in self.unreleased:
+                now = self.host.clock.monotonic_us()
+                if now - held.taken_us < self.keep_max * 1_000_000:
+                    held.count = 0
+                    self._kept[offset] = now
+                    return
+                self._yielded[offset] = now
+            self._kept.pop(offset, None)
             del self.held[offset]
         try:
             self._give_back(offset, held)
@@ -321,7 +380,43 @@ class LockManager:
                 self.unreleased.discard(offset)
                 continue
             held.count = 1
-            self.release(offset)
+            self.release(offset, keep=False)
+
+    def sweep(self) -> None:
+        """Give back the kept locks that have been unused for ``keep_idle`` or ours for
+        ``keep_max`` (run periodically; the give-back is under the manager's mutex, so a
+        transaction either takes a kept lock before or takes it anew after)."""
+        if not self._kept and not self._yielded:
+            return
+        now = self.host.clock.monotonic_us()
+        idle_us, max_us = int(self.keep_idle * 1_000_000), int(self.keep_max * 1_000_000)
+        with self._mutex:
+            for offset, since in list(self._yielded.items()):
+                if now - since >= 2 * self.courtesy * 1_000_000:
+                    del self._yielded[offset]
+            for offset, since in list(self._kept.items()):
+                held = self.held.get(offset)
+                if held is None or held.count > 0:
+                    del self._kept[offset]
+                    continue
+                overdue = now - held.taken_us >= max_us
+                if now - since < idle_us and not overdue:
+                    continue
+                del self._kept[offset]
+                del self.held[offset]
+                if overdue:
+                    self._yielded[offset] = now
+                try:
+                    self._give_back(offset, held)
+                except VmfsError as exc:
+                    self.held.setdefault(offset, held)
+                    self.unreleased.add(offset)
+                    log.warning("giving back the kept lock at 0x%x failed (%s); retried later", offset, exc)
+
+    @property
+    def kept(self) -> int:
+        """How many locks we keep unused right now."""
+        return len(self._kept)
 
     def _give_back(self, offset: int, held: Held) -> None:
         if held.mode in SHARED_MODES:
@@ -358,6 +453,8 @@ class LockManager:
         """The object under this lock was freed (its whole block rewritten): nothing to release."""
         with self._mutex:
             self.held.pop(offset, None)
+            self._kept.pop(offset, None)
+            self._yielded.pop(offset, None)
 
     def holds(self, offset: int) -> int | None:
         held = self.held.get(offset)
@@ -369,7 +466,7 @@ class LockManager:
             held = self.held.get(offset)
             if held is not None:
                 held.count = 1
-                self.release(offset)
+                self.release(offset, keep=False)
 
     def release_incarnation(self, hb_addr: int, hb_gen: int, owner: str, offsets: list[int]) -> int:
         """Let go of every lock at ``offsets`` that an earlier incarnation of this host (same

@@ -121,13 +121,13 @@ class ReadWriteOperations(VmfsOperations):
         self.op_lock = threading.RLock()
 
     def before_fork(self) -> None:
-        self.attachment.heartbeat.stop()  # init (in the serving process) starts it again
+        self.attachment.stop_background()  # init (in the serving process) starts it again
 
     def serving(self) -> None:
-        """The heartbeat renewal starts here (a background mount got here through libfuse's
-        fork, which keeps no thread), and the identity lock (inherited with its open file)
-        records this process as its holder."""
-        self.attachment.heartbeat.start()
+        """The heartbeat renewal and the lock keeper start here (a background mount got here
+        through libfuse's fork, which keeps no thread), and the identity lock (inherited with
+        its open file) records this process as its holder."""
+        self.attachment.start_background()
         if self.attachment.identity_lock is not None:
             self.attachment.identity_lock.update(pid=os.getpid())
 
