@@ -350,12 +350,12 @@ def test_unlinked_open_file_lives_until_last_close(volume: tuple[Path, Path]) ->
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         os.write(fd, b"q" * (3 << 20))
-        free_before = os.statvfs(mnt).f_bfree
         os.unlink(path)
         assert os.listdir(mnt).count("f") == 0
         assert not any(n.startswith(".vmfs-deleted") for n in os.listdir(mnt))
         os.write(fd, b"r" * 10)
-        os.ftruncate(fd, (3 << 20) + 5)
+        os.ftruncate(fd, (3 << 20) + 5)  # also gives back the blocks preallocated past the end
+        free_before = os.statvfs(mnt).f_bfree  # the unlinked file's 4 blocks still counted used
         os.fchmod(fd, 0o600)
         os.utime(fd, (1_000_000, 2_000_000))
         st = os.fstat(fd)
