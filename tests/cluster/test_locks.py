@@ -212,6 +212,41 @@ def test_remount_after_own_crash_lets_go_of_every_lock_of_the_old_incarnation(im
         b.close()
 
 
+def test_remount_after_own_crash_removes_what_it_had_unlinked_while_open(image: Path) -> None:
+    """A crashed host had unlinked files it still held open: one under our hidden name, one
+    under libfuse's (its high-level API renames instead of unlinking while it counts a file
+    open, and removes the name at release).  Nobody can hold them any more: the remount by the
+    same host removes both and gives their blocks back (the bitmaps mark used exactly what the
+    tree reaches), and leaves alone a hidden-looking name it did not have open and a file it had
+    open under its own name."""
+    clock = ManualClock()
+    a = mount(image, host(1, clock))
+    fa = WritableFileSystem(a)
+    fa.mkdir("/d")
+    ours = fa.write_file("/d/ours", b"x" * 300_000)
+    libfuse = fa.write_file("/d/theirs", b"y" * 5000)
+    innocent = fa.write_file("/.fuse_hidden0000000a00000001", b"a user's own file")
+    kept = fa.write_file("/d/kept", b"z" * 70_000)
+    for f in (ours, libfuse, kept):
+        fa.open_file(f.address, write=True)
+    fa.unlink("/d/ours")
+    fa.rename("/d/theirs", "/d/.fuse_hidden0000000900000001")
+    hidden = sorted(e.name for e in fa.listdir("/d") if e.name.startswith(".f") or e.name.startswith(".v"))
+    assert hidden == [".fuse_hidden0000000900000001", f".vmfs-deleted-{ours.address:x}"]
+    a.crash()
+    again = mount(image, host(1, clock))
+    try:
+        fs = WritableFileSystem(again)
+        names = sorted(e.name for e in fs.listdir("/d") if e.name not in (".", ".."))
+        assert names == ["kept"]
+        assert fs.resolve("/.fuse_hidden0000000a00000001").address == innocent.address
+        assert fs.volume.reader(fs.resolve("/d/kept")).read(0, 4) == b"zzzz"
+        refs, used = referenced_resources(fs.volume), marked_used(fs.volume)
+        assert refs == used, "the removed files' FDs and blocks are free again"
+    finally:
+        again.close()
+
+
 def test_a_cached_directory_another_host_changed_is_read_again_not_called_corrupt(two_hosts) -> None:  # type: ignore[no-untyped-def]
     """B listed /d (its directory is cached and trusted for a short while), then A deletes f:
     B's next lookup of f lands on a freed FD, which means B's copy is stale, not that the volume

@@ -13,15 +13,16 @@ file's bytes or zeros where data was acknowledged.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
 from tests.cluster.conftest import host
-from tests.crash.trace import IoEvent, Recorder
+from tests.crash.trace import IoEvent, Recorder, crashed_disk
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import ManualClock
 from vmfs.device import MemoryDevice, OverlayDevice
-from vmfs.device.fault import FaultDevice, PowerCut
+from vmfs.device.fault import FaultDevice
 from vmfs.mkfs import MkfsOptions, format_volume
 from vmfs.write.posix import WritableFileSystem
 
@@ -30,32 +31,12 @@ pytestmark = [pytest.mark.crash]
 MIB = 1 << 20
 
 
-class JournalFirstCache(FaultDevice):
+def journal_first_cache(journal: range) -> Callable[[OverlayDevice, int], FaultDevice]:
     """A volatile cache that destages the journal (sectors in ``journal``) and lock updates (ATS)
     and loses every other unflushed write; the power may go at any write, ATS or flush."""
-
-    def __init__(self, base: OverlayDevice, journal: range, cut_after: int) -> None:
-        super().__init__(base, cut_after=cut_after, tear=False, volatile=True)
-        self.journal = journal
-        self.locks: set[int] = set()
-
-    def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
-        self.locks.add(offset // self.sector_size)
-        return super()._compare_and_write(offset, expected, new)
-
-    def flush(self) -> None:
-        """The power may also go while the cache destages: a flush is a cut point too."""
-        self._check()
-        if self._next_write_cuts():
-            self._cut()
-        super().flush()
-
-    def _lose_unflushed(self) -> None:
-        ss = self.sector_size
-        for sector, history in sorted(self._unflushed.items()):
-            kept = sector * ss in self.journal or sector in self.locks
-            self.base.write(sector * ss, history[-1] if kept else history[0])
-        self._unflushed.clear()
+    return lambda disk, cut: FaultDevice(
+        disk, cut_after=cut, tear=False, volatile=True, destage=lambda offset: offset in journal, cut_at_flush=True
+    )
 
 
 def _run(rng: random.Random, preallocated: bool) -> tuple[OverlayDevice, list[IoEvent], range, bytes, bytes]:
@@ -101,22 +82,6 @@ def _run(rng: random.Random, preallocated: bool) -> tuple[OverlayDevice, list[Io
     return start, rec.events[first:], area, old, new
 
 
-def _crash(start: OverlayDevice, events: list[IoEvent], area: range, cut: int) -> OverlayDevice:
-    disk = OverlayDevice(start)
-    fault = JournalFirstCache(disk, area, cut)
-    for event in events:
-        try:
-            if event.kind == "write":
-                fault.write(event.offset, event.data)
-            elif event.kind == "ats":
-                fault.compare_and_write(event.offset, event.expected, event.data)
-            else:
-                fault.flush()
-        except PowerCut:
-            break
-    return disk
-
-
 @pytest.mark.parametrize("preallocated", [False, True], ids=["mapped-by-the-write", "preallocated"])
 def test_new_blocks_never_show_other_bytes_after_a_cut(preallocated: bool) -> None:
     start, events, area, old, new = _run(random.Random(7), preallocated)
@@ -125,7 +90,7 @@ def test_new_blocks_never_show_other_bytes_after_a_cut(preallocated: bool) -> No
     old_sectors = {old[i : i + 512] for i in range(0, len(old), 512)}
     bad = []
     for cut in range(writes + 1):
-        disk = _crash(start, events, area, cut)
+        disk = crashed_disk(start, events, cut, fault=journal_first_cache(area)).disk
         clock = ManualClock()
         vol = HostAttachment.from_devices([disk], host=host(2, clock))
         clock.advance(25)  # host 1's lease runs out: host 2 replays its journal

@@ -10,6 +10,7 @@ so a replay that drifted from the real run fails instead of testing a disk nobod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmfs.device.base import BlockDevice
@@ -70,20 +71,32 @@ class Crash:
     events: int = field(default=0)  # recorded events replayed before the cut (flushes included)
 
 
-def crashed_disk(base: BlockDevice, events: list[IoEvent], cut: int, *, volatile: bool, seed: int) -> Crash:
+def crashed_disk(
+    base: BlockDevice,
+    events: list[IoEvent],
+    cut: int,
+    *,
+    volatile: bool = False,
+    seed: int = 0,
+    fault: Callable[[OverlayDevice, int], FaultDevice] | None = None,
+) -> Crash:
     """The disk after the power went at write ``cut`` + 1 of the recorded run (torn, and with
-    ``volatile`` the unflushed sectors each keep one of the values they held since the flush)."""
+    ``volatile`` the unflushed sectors each keep one of the values they held since the flush);
+    ``fault`` builds another fault device over the disk for that cut (another cache or tearing)."""
     disk = OverlayDevice(base)
-    fault = FaultDevice(disk, cut_after=cut, tear=True, seed=seed, volatile=volatile)
+    if fault is None:
+        fault_device = FaultDevice(disk, cut_after=cut, tear=True, seed=seed, volatile=volatile)
+    else:
+        fault_device = fault(disk, cut)
     for i, event in enumerate(events):
         try:
             if event.kind == "write":
-                fault.write(event.offset, event.data)
+                fault_device.write(event.offset, event.data)
             elif event.kind == "ats":
-                got = fault.compare_and_write(event.offset, event.expected, event.data)
+                got = fault_device.compare_and_write(event.offset, event.expected, event.data)
                 assert got == event.result, f"replay drifted from the recorded run at event {i}"
             else:
-                fault.flush()
+                fault_device.flush()
         except PowerCut:
             return Crash(disk, cut, i)
-    return Crash(disk, fault.writes, len(events))
+    return Crash(disk, fault_device.writes, len(events))

@@ -90,6 +90,9 @@ class HostAttachment:
         self.journal: Journal | None = None
         self.journal_addr = 0
         self.identity_lock: IdentityLock | None = None
+        #: volume offsets of the FDs our previous incarnation still had locked when it stopped
+        #: uncleanly (files open at the crash); the writers above reclaim what it had unlinked
+        self.left_open: set[int] = set()
         #: run at close before the journal is emptied (writers above flush what they deferred)
         self.flush_hooks: list[Callable[[], None]] = []
         self.closed = False
@@ -260,10 +263,12 @@ class HostAttachment:
         it was in) are still on disk in its name: let them all go once its journal is replayed,
         so none outlives the crash (fsck finds nothing, no host has to wait to break one)."""
         assert self.locks is not None
+        fd_sites = lock_sites(self.volume, fds_only=True)
         sites = sorted(set(lock_sites(self.volume)) | set(journaled))
         dropped = self.locks.release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, sites)
         if dropped:
-            log.warning("let go of %d lock(s) our previous incarnation held", dropped)
+            log.warning("let go of %d lock(s) our previous incarnation held", len(dropped))
+        self.left_open = set(dropped) & set(fd_sites)
 
     # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------
 

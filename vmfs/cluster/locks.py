@@ -353,7 +353,7 @@ class LockManager:
                 return
             if keep and self.keep_idle > 0 and held.mode == LOCK_EXCLUSIVE and offset not in self.unreleased:
                 now = self.host.clock.monotonic_us()
-                if now - held.taken_us < self.keep_max * 1_000_000:
+                if not self._overdue(held, now):
                     held.count = 0
                     self._kept[offset] = now
                     return
@@ -372,6 +372,11 @@ class LockManager:
             raise
         self.unreleased.discard(offset)
 
+    def _overdue(self, held: Held, now_us: int) -> bool:
+        """True once we have had ``held`` for ``keep_max`` since taking it: then it is given
+        back, not kept, so a waiting host gets its turn (module docstring)."""
+        return now_us - held.taken_us >= self.keep_max * 1_000_000
+
     def retry_releases(self) -> None:
         """Give back the locks whose release failed earlier (and that nobody took up again)."""
         for offset in sorted(self.unreleased):
@@ -389,7 +394,7 @@ class LockManager:
         if not self._kept and not self._yielded:
             return
         now = self.host.clock.monotonic_us()
-        idle_us, max_us = int(self.keep_idle * 1_000_000), int(self.keep_max * 1_000_000)
+        idle_us = int(self.keep_idle * 1_000_000)
         with self._mutex:
             for offset, since in list(self._yielded.items()):
                 if now - since >= 2 * self.courtesy * 1_000_000:
@@ -399,7 +404,7 @@ class LockManager:
                 if held is None or held.count > 0:
                     del self._kept[offset]
                     continue
-                overdue = now - held.taken_us >= max_us
+                overdue = self._overdue(held, now)
                 if now - since < idle_us and not overdue:
                     continue
                 del self._kept[offset]
@@ -468,15 +473,15 @@ class LockManager:
                 held.count = 1
                 self.release(offset, keep=False)
 
-    def release_incarnation(self, hb_addr: int, hb_gen: int, owner: str, offsets: list[int]) -> int:
+    def release_incarnation(self, hb_addr: int, hb_gen: int, owner: str, offsets: list[int]) -> list[int]:
         """Let go of every lock at ``offsets`` that an earlier incarnation of this host (same
-        owner, that slot and generation) still holds on disk; returns how many were let go.
+        owner, that slot and generation) still holds on disk; returns the offsets let go.
 
         Run when we re-attach after our own unclean stop: nobody else can hold a lock in that
         incarnation's name, and leaving them for other hosts to break means a first EBUSY and
         an fsck finding for locks we know are ours to drop (esx-design.md 1.7, step 4)."""
         old = (hb_addr, hb_gen, owner)
-        dropped = 0
+        dropped: list[int] = []
         for offset in offsets:
             for _ in range(100):
                 raw = self.volume.device.read(offset, SECTOR)
@@ -493,7 +498,7 @@ class LockManager:
                     new = self._cleared(lock)
                     new.hbAddr, new.hbGen, new.token = lock.hbAddr, lock.hbGen, lock.token
                 if self.volume.device.compare_and_write(offset, raw, build_lock(new, raw)):
-                    dropped += 1
+                    dropped.append(offset)
                     break
         return dropped
 
@@ -545,15 +550,17 @@ class LockManager:
         return new
 
 
-def lock_sites(volume: Volume) -> list[int]:
+def lock_sites(volume: Volume, *, fds_only: bool = False) -> list[int]:
     """Volume offsets of every lock block a host may hold: the file descriptors in use and the
-    header of every resource cluster (vmfs-format.md 5)."""
+    header of every resource cluster (vmfs-format.md 5); ``fds_only``: the FDs alone."""
     from vmfs.ondisk import resource as R
 
     sites = []
     fds = volume.resources[R.RES_FD]
     for c in range(fds.num_clusters):
         sites.extend(fds.volume_offset(c, r) for r in fds.read_cluster(c).used_resources())
+    if fds_only:
+        return sites
     for res in volume.resources.values():
         sites.extend(res.reader.volume_offset(res.cluster_header_offset(c)) for c in range(res.num_clusters))
     return sites

@@ -12,13 +12,17 @@ written since the last :meth:`flush` is sure to be on the medium when the power 
 cut every sector written since then ends up holding, at random, its content at the last flush or
 any value written to it since (a cache may destage an older value and never the newer one).
 That is what checks that the code flushes where crash safety needs it, not only that it writes
-in the right order.
+in the right order.  ``destage`` makes that cache a chosen adversary instead of a random one:
+the sectors it names (and those last changed by a test-and-set) keep their newest value, every
+other unflushed sector its value at the last flush.  ``cut_at_flush`` makes every flush a cut
+point too (the power may go while the cache destages), counted with the writes.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError
@@ -37,6 +41,8 @@ class FaultDevice(BlockDevice):
         tear: bool = True,
         seed: int = 0,
         volatile: bool = False,
+        destage: Callable[[int], bool] | None = None,
+        cut_at_flush: bool = False,
     ) -> None:
         super().__init__(readonly=base.readonly)
         self.base = base
@@ -50,6 +56,11 @@ class FaultDevice(BlockDevice):
         self.volatile = volatile
         #: sector -> [content at the last flush, every value written since] (volatile mode)
         self._unflushed: dict[int, list[bytes]] = {}
+        #: byte offset -> True for a sector whose newest value the cache destages (module docstring)
+        self.destage = destage
+        self.cut_at_flush = cut_at_flush
+        #: sectors last changed by a test-and-set (the adversarial cache keeps them)
+        self._ats_sectors: set[int] = set()
         self._ats_lock = threading.Lock()
 
     @property
@@ -86,8 +97,13 @@ class FaultDevice(BlockDevice):
     def _lose_unflushed(self) -> None:
         """The power went: each unflushed sector keeps one of the values it held since the flush."""
         ss = self.sector_size
-        for sector in sorted(self._unflushed):
-            self.base.write(sector * ss, self.rng.choice(self._unflushed[sector]))
+        for sector, history in sorted(self._unflushed.items()):
+            if self.destage is None:
+                value = self.rng.choice(history)
+            else:
+                newest = sector in self._ats_sectors or self.destage(sector * ss)
+                value = history[-1] if newest else history[0]
+            self.base.write(sector * ss, value)
         self._unflushed.clear()
 
     def _cut(self) -> None:
@@ -115,6 +131,7 @@ class FaultDevice(BlockDevice):
         if self._next_write_cuts():
             self._cut()
         self.trace.append(("ats", offset, len(new)))
+        self._ats_sectors.update(range(offset // self.sector_size, -(-(offset + len(new)) // self.sector_size)))
         if self.volatile:
             with self._ats_lock:  # (atomic among the users of this device: one host's view)
                 if self.base.read(offset, len(expected)) != expected:
@@ -126,6 +143,8 @@ class FaultDevice(BlockDevice):
 
     def flush(self) -> None:
         self._check()
+        if self.cut_at_flush and self._next_write_cuts():
+            self._cut()
         self.base.flush()
         self._unflushed.clear()
 

@@ -13,6 +13,8 @@ invariant that no block is allocated past the end of a file.
 from __future__ import annotations
 
 import functools
+import logging
+import posixpath
 import random
 import stat as _stat
 from collections import Counter
@@ -26,6 +28,7 @@ from vmfs.errors import (
     NotADirError,
     NotEmptyError,
     NotFoundError,
+    VmfsError,
 )
 from vmfs.format import address as A
 from vmfs.format import builders
@@ -81,8 +84,13 @@ def clamp_time(seconds: int) -> int:
     return min(max(int(seconds), 0), TIME_MAX)
 
 
+log = logging.getLogger(__name__)
+
 #: prefix of the name a file unlinked while open on this host keeps until its last close
 ORPHAN_PREFIX = ".vmfs-deleted-"
+#: prefixes of the names files unlinked while open wait under: ours, and libfuse's (the
+#: high-level API renames a file it counts open instead of unlinking it, until its release)
+HIDDEN_PREFIXES = (ORPHAN_PREFIX, ".fuse_hidden")
 
 
 class WritableFileSystem(FileSystem):
@@ -103,6 +111,34 @@ class WritableFileSystem(FileSystem):
         self.orphans: dict[int, tuple[int, str]] = {}
         attachment.flush_hooks.append(self.flush_all)
         attachment.volume.reload_hooks.append(self._reapply_deferred)
+        if attachment.left_open:
+            self._reclaim_left_open()
+
+    def _reclaim_left_open(self) -> None:
+        """Remove the files our previous incarnation had unlinked while they were open and
+        could not remove at their last close, because it stopped uncleanly first.
+
+        Such a file waits under a hidden name (:data:`HIDDEN_PREFIXES`) and, being open, under
+        our lock, which :class:`HostAttachment` let go of at attach and remembers
+        (``left_open``); nobody can hold it open any more, so its data is garbage a user would
+        otherwise find later under a strange name, as ext4 frees its orphan list at mount.  A
+        file another host has opened since, or one the walk cannot reach, stays (one warning).
+        The walk costs a read of every directory, paid only after a crash with files open."""
+        left, self.attachment.left_open = self.attachment.left_open, set()
+        removed = 0
+        try:
+            for directory, entries in self.walk("/"):
+                for e in entries:
+                    if not e.name.startswith(HIDDEN_PREFIXES) or e.type == F.TYPE_DIRECTORY:
+                        continue
+                    fd = self._fd(e.address)
+                    if fd.vol_offset in left and not fd.is_dir and fd.meta.linkCount <= 1:
+                        self.unlink(posixpath.join(directory, e.name))
+                        removed += 1
+        except VmfsError as exc:
+            log.warning("files unlinked while open before an unclean stop not all removed: %s", exc)
+        if removed:
+            log.warning("removed %d file(s) unlinked while open before our unclean stop", removed)
 
     # -- helpers --------------------------------------------------------------------------------------
 
