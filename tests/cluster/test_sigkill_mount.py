@@ -13,6 +13,7 @@ clean after a clean unmount, and dissect.vmfs must read the same tree and bytes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -151,3 +152,43 @@ def test_sigkill_mount_mid_commit_then_remount(tmp_path: Path) -> None:
         model = seen
     # every round's kill left a transaction for the remount to finish
     assert replays == 3, f"own journal replayed on {replays} of 3 remounts"
+
+
+def test_sigkill_with_a_file_unlinked_while_open_leaves_no_hidden_name(tmp_path: Path) -> None:
+    """A file unlinked while open through the mount waits under libfuse's ``.fuse_hidden*`` name
+    until its release, which a SIGKILLed mount never sees; so does one renamed over while open.
+    After the kill the same host's next mount removes both: the
+    user finds neither deleted file back under a strange name, and vmfs-fsck -n is clean."""
+    image = make_volume(tmp_path / "vol.img", 2 << 30)
+    mnt = tmp_path / "mnt"
+    argv = [str(image), str(mnt), "-f", "-o", "rw", "--host-uuid", HOST]
+    mnt.mkdir()
+    proc = subprocess.Popen([tool("vmfs-mount"), *argv], stderr=subprocess.PIPE)
+    try:
+        wait_mounted(mnt, proc)
+        os.mkdir(mnt / "w")
+        (mnt / "w" / "keep").write_bytes(b"k" * 5000)
+        held = []
+        for name in ("gone", "over"):
+            (mnt / "w" / name).write_bytes(os.urandom(300_000))
+            held.append(open(mnt / "w" / name, "rb"))  # noqa: SIM115 (held across the kill)
+        os.unlink(mnt / "w" / "gone")
+        os.rename(mnt / "w" / "keep", mnt / "w" / "over")
+        os.sync()
+        names = os.listdir(mnt / "w")
+        assert any(n.startswith(".fuse_hidden") for n in names), f"libfuse did not hide the open file: {names}"
+        os.kill(proc.pid, 9)
+        proc.wait(timeout=30)
+        for f in held:
+            with contextlib.suppress(OSError):  # ENOTCONN: the mount is dead
+                f.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    unmount(mnt)
+    with Mount([tool("vmfs-mount"), *argv], mnt) as root:
+        assert sorted(os.listdir(root / "w")) == ["over"]
+        assert (root / "w" / "over").read_bytes() == b"k" * 5000
+    r = subprocess.run([tool("vmfs-fsck"), "-n", str(image)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"vmfs-fsck -n after the remount:\n{r.stdout}{r.stderr}"
