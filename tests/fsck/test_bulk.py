@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tests.fsck import cases, corrupt, volumes
 from vmfs.fsck import FsckOptions, Mode, Policy, bulk, check
 from vmfs.fsck import pass2_descriptors as pass2
+from vmfs.ondisk.common import struct_of
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
 from vmfs.ondisk.filedesc import FileMetadata
 from vmfs.ondisk.lock import LockFields
@@ -56,7 +57,7 @@ def test_records_decode_as_construct_does(raw: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=0, max_size=DIRENT5_SIZE * 4 + 7))
 def test_directory_slots_unpack_as_construct_does(data: bytes) -> None:
-    unpack = bulk.struct_of(Dirent5)
+    unpack = struct_of(Dirent5)
     whole = len(data) - len(data) % DIRENT5_SIZE
     for i, values in zip(range(0, whole, DIRENT5_SIZE), unpack.iter_unpack(data[:whole]), strict=True):
         parsed = Dirent5.parse(data[i : i + DIRENT5_SIZE])
@@ -68,7 +69,7 @@ def test_short_or_empty_input_gives_no_records() -> None:
     assert len(bulk.records(b"\x01" * (RSZ - 1), 0, 4, dtype)) == 0
     assert len(bulk.nonzero_rows(b"", 0, 4, RSZ)) == 0
     with pytest.raises(TypeError):
-        bulk.struct_of(Struct("x" / LockFields))
+        struct_of(Struct("x" / LockFields))
 
 
 def _check_state(image: Path) -> tuple[Any, ...]:

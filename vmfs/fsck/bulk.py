@@ -10,10 +10,8 @@ integer fields are taken (every field the fast checks need is one).
 
 from __future__ import annotations
 
-import struct as _struct
-
 import numpy as np
-from construct import Bytes, FormatField, Renamed, Struct
+from construct import FormatField, Renamed, Struct
 
 #: construct's struct-module codes -> numpy's (little-endian unsigned integers)
 _CODES = {"<B": "u1", "<H": "<u2", "<L": "<u4", "<I": "<u4", "<Q": "<u8"}
@@ -30,24 +28,6 @@ def field_offsets(struct: Struct) -> dict[str, tuple[int, str]]:
             break
         found[sub.name] = (offset, _CODES[inner.fmtstr])
         offset += inner.sizeof()
-    return found
-
-
-def struct_of(declared: Struct) -> _struct.Struct:
-    """The :mod:`struct` format of a construct Struct made only of fixed-width little-endian
-    integers and fixed-length byte strings: unpacking with it gives the fields in declaration
-    order, ~10x faster than construct's parse (for a directory's 100s of entries)."""
-    codes = ["<"]
-    for sub in declared.subcons:
-        inner = sub.subcon if isinstance(sub, Renamed) else sub
-        if isinstance(inner, FormatField) and inner.fmtstr in _CODES:
-            codes.append(inner.fmtstr[1:])
-        elif isinstance(inner, Bytes) and isinstance(inner.length, int):
-            codes.append(f"{inner.length}s")
-        else:
-            raise TypeError(f"{sub.name}: not a fixed-width integer or byte string")
-    found = _struct.Struct("".join(codes))
-    assert found.size == declared.sizeof()
     return found
 
 

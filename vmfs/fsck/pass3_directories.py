@@ -36,14 +36,13 @@ from typing import Any
 from vmfs.errors import VmfsError
 from vmfs.format import address as A
 from vmfs.format.namehash import name_hash
-from vmfs.fsck.bulk import struct_of
 from vmfs.fsck.context import Context, DirRecord, Entry, FdRecord
 from vmfs.fsck.problems import Code
 from vmfs.fsck.repair import dirent5, rebuild_dir6, rewrite_dir5
 from vmfs.ondisk import dirent6 as D6
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
-from vmfs.ondisk.common import decode_name, fast
+from vmfs.ondisk.common import decode_name, fast, struct_of
 from vmfs.ondisk.dirent5 import DIRENT5_SIZE, Dirent5
 from vmfs.volume.directory import Directory6, open_directory
 from vmfs.volume.filereader import FileReader

@@ -8,11 +8,12 @@ integer array parses to an ``array`` (fast for 8192-entry pointer blocks) and bu
 from __future__ import annotations
 
 import array
+import struct as _struct
 import sys
 import uuid as _uuid
 from typing import ClassVar
 
-from construct import Adapter, Bytes, Construct, SizeofError, stream_read, stream_write
+from construct import Adapter, Bytes, Construct, FormatField, Renamed, SizeofError, Struct, stream_read, stream_write
 
 #: Bytes of one metadata sector on VMFS3/5 (lock blocks, FD metadata, heartbeat slots).
 SECTOR = 512
@@ -140,3 +141,27 @@ def fast(struct: Construct) -> Construct:
     if compiled is None:
         compiled = _COMPILED[key] = struct.compile()
     return compiled  # type: ignore[return-value]
+
+
+#: construct's struct-module codes of fixed-width little-endian unsigned integers
+_INT_CODES = ("<B", "<H", "<L", "<I", "<Q")
+
+
+def struct_of(declared: Struct) -> _struct.Struct:
+    """The :mod:`struct` format of a construct Struct made only of fixed-width little-endian
+    integers and fixed-length byte strings: unpacking with it (``iter_unpack`` over a run of
+    records) gives the fields in declaration order, ~10x faster than construct's parse, for the
+    100,000s of directory entries a big directory or fsck meets.  Derived from the declaration,
+    so the two cannot drift."""
+    codes = ["<"]
+    for sub in declared.subcons:
+        inner = sub.subcon if isinstance(sub, Renamed) else sub
+        if isinstance(inner, FormatField) and inner.fmtstr in _INT_CODES:
+            codes.append(inner.fmtstr[1:])
+        elif isinstance(inner, Bytes) and isinstance(inner.length, int):
+            codes.append(f"{inner.length}s")
+        else:
+            raise TypeError(f"{sub.name}: not a fixed-width integer or byte string")
+    found = _struct.Struct("".join(codes))
+    assert found.size == declared.sizeof()
+    return found

@@ -27,7 +27,7 @@ from vmfs.errors import (
 from vmfs.format.namehash import hash_index, link_hash, name_hash
 from vmfs.ondisk import dirent5 as D5
 from vmfs.ondisk import dirent6 as D6
-from vmfs.ondisk.common import fast
+from vmfs.ondisk.common import struct_of
 from vmfs.volume.filereader import FileReader
 
 if TYPE_CHECKING:
@@ -133,6 +133,11 @@ class Directory:
         return next(iter(self.entries()), None) is None and not self.defects
 
 
+#: a VMFS5 entry's fields in declaration order (type, descAddr, generation, name), unpacked for a
+#: whole directory at once: construct's parse took 18 µs an entry (1.8 s for 100,000)
+_DIRENT5 = struct_of(D5.Dirent5)
+
+
 class Directory5(Directory):
     """A packed array of 140-byte entries; '.' and '..' are the first two."""
 
@@ -145,29 +150,27 @@ class Directory5(Directory):
         self.count = size // D5.DIRENT5_SIZE
         self._parent = fd.address
         self._by_name: dict[str, DirEntry] = {}
-        for i in range(size // D5.DIRENT5_SIZE):
+        for i, (etype, addr, generation, raw_name) in enumerate(_DIRENT5.iter_unpack(raw)):
+            if not addr:
+                continue  # unused entry (descAddr 0)
             off = i * D5.DIRENT5_SIZE
-            if raw[off + 4 : off + 8] == b"\x00\x00\x00\x00":
-                continue  # unused entry (descAddr 0): skip without a full parse
-            ent = fast(D5.Dirent5).parse(raw[off : off + D5.DIRENT5_SIZE])
             try:
-                name = decode_entry_name(ent.name, self.where, off)
+                name = decode_entry_name(raw_name, self.where, off)
             except CorruptError as exc:
-                self._hide(off, "name", ent.name, exc.problem, ent.descAddr)
+                self._hide(off, "name", raw_name, exc.problem, addr)
                 continue
             if name in (".", ".."):
                 if i > 1:
-                    self._hide(off, "name", ent.name, f"'{name}' entry at position {i}", ent.descAddr)
+                    self._hide(off, "name", raw_name, f"'{name}' entry at position {i}", addr)
                 elif name == "..":
-                    self._parent = ent.descAddr
+                    self._parent = addr
                 continue
             if name in self._by_name:
                 first = self._by_name[name].offset
-                self._hide(off, "duplicate", ent.name, f"second entry named {name!r} (the first is at {first:#x})",
-                           ent.descAddr)
+                self._hide(off, "duplicate", raw_name, f"second entry named {name!r} (the first is at {first:#x})",
+                           addr)
                 continue
-            de = DirEntry(name, ent.descAddr, ent.type, ent.generation, off)
-            self._by_name[name] = de
+            self._by_name[name] = DirEntry(name, addr, etype, generation, off)
 
     def entries(self) -> Iterator[DirEntry]:
         return iter(sorted(self._by_name.values(), key=lambda e: e.offset))
