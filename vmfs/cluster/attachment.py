@@ -29,7 +29,7 @@ from vmfs.cluster.heartbeat import HeartbeatManager
 from vmfs.cluster.host import HostIdentity, ManualClock
 from vmfs.cluster.identitylock import IdentityLock
 from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, replay_area
-from vmfs.cluster.locks import KEEP_IDLE, LockManager, lock_sites
+from vmfs.cluster.locks import KEEP_IDLE, LockManager, cluster_lock_sites, fd_lock_sites
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError, VolumeLostError
@@ -263,12 +263,12 @@ class HostAttachment:
         it was in) are still on disk in its name: let them all go once its journal is replayed,
         so none outlives the crash (fsck finds nothing, no host has to wait to break one)."""
         assert self.locks is not None
-        fd_sites = lock_sites(self.volume, fds_only=True)
-        sites = sorted(set(lock_sites(self.volume)) | set(journaled))
+        fd_sites = set(fd_lock_sites(self.volume))
+        sites = sorted(fd_sites | set(cluster_lock_sites(self.volume)) | set(journaled))
         dropped = self.locks.release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, sites)
         if dropped:
             log.warning("let go of %d lock(s) our previous incarnation held", len(dropped))
-        self.left_open = set(dropped) & set(fd_sites)
+        self.left_open = set(dropped) & fd_sites
 
     # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------
 

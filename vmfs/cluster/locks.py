@@ -550,20 +550,27 @@ class LockManager:
         return new
 
 
-def lock_sites(volume: Volume, *, fds_only: bool = False) -> list[int]:
-    """Volume offsets of every lock block a host may hold: the file descriptors in use and the
-    header of every resource cluster (vmfs-format.md 5); ``fds_only``: the FDs alone."""
+def fd_lock_sites(volume: Volume) -> list[int]:
+    """Volume offsets of the lock blocks of every file descriptor in use (vmfs-format.md 5)."""
     from vmfs.ondisk import resource as R
 
-    sites = []
     fds = volume.resources[R.RES_FD]
-    for c in range(fds.num_clusters):
-        sites.extend(fds.volume_offset(c, r) for r in fds.read_cluster(c).used_resources())
-    if fds_only:
-        return sites
-    for res in volume.resources.values():
-        sites.extend(res.reader.volume_offset(res.cluster_header_offset(c)) for c in range(res.num_clusters))
-    return sites
+    return [fds.volume_offset(c, r) for c in range(fds.num_clusters) for r in fds.read_cluster(c).used_resources()]
+
+
+def cluster_lock_sites(volume: Volume) -> list[int]:
+    """Volume offsets of the lock blocks in the header of every resource cluster."""
+    return [
+        res.reader.volume_offset(res.cluster_header_offset(c))
+        for res in volume.resources.values()
+        for c in range(res.num_clusters)
+    ]
+
+
+def lock_sites(volume: Volume) -> list[int]:
+    """Volume offsets of every lock block a host may hold: the file descriptors in use and the
+    header of every resource cluster."""
+    return fd_lock_sites(volume) + cluster_lock_sites(volume)
 
 
 def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
@@ -580,4 +587,13 @@ def journal_is_ours_or_empty(volume: Volume, area: JournalArea) -> bool:
     return not any(head)
 
 
-__all__ = ["LOCK_EXCLUSIVE", "LOCK_MULTI_WRITER", "LOCK_READ_ONLY", "Held", "LockManager", "lock_sites"]
+__all__ = [
+    "LOCK_EXCLUSIVE",
+    "LOCK_MULTI_WRITER",
+    "LOCK_READ_ONLY",
+    "Held",
+    "LockManager",
+    "cluster_lock_sites",
+    "fd_lock_sites",
+    "lock_sites",
+]

@@ -131,7 +131,8 @@ class FaultDevice(BlockDevice):
         if self._next_write_cuts():
             self._cut()
         self.trace.append(("ats", offset, len(new)))
-        self._ats_sectors.update(range(offset // self.sector_size, -(-(offset + len(new)) // self.sector_size)))
+        if self.destage is not None:
+            self._ats_sectors.update(range(offset // self.sector_size, -(-(offset + len(new)) // self.sector_size)))
         if self.volatile:
             with self._ats_lock:  # (atomic among the users of this device: one host's view)
                 if self.base.read(offset, len(expected)) != expected:
