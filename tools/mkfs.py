@@ -11,7 +11,9 @@ import click
 from pyvmfs_tools.common import fail, parse_size, report_errors
 from pyvmfs_tools.progress import MODES, Interrupted, Progress, SafeInterrupt
 
+from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
+from vmfs.device.opener import is_network_spec, open_device
 from vmfs.mkfs import ExistingDataError, Layout, MkfsOptions, detect_signature, format_volume, plan
 from vmfs.volume.resources import RESOURCE_NAMES
 
@@ -38,6 +40,12 @@ def _targets(paths: tuple[str, ...], size: int | None, extent_sizes: tuple[int, 
     out = []
     for i, path in enumerate(paths):
         want = extent_sizes[i] if extent_sizes else size
+        if is_network_spec(path):  # a LUN has its size, as a block device has
+            if want is not None:
+                raise click.UsageError(f"{path} is a network LUN: --size applies to image files only")
+            with open_device(path) as dev:
+                out.append(Target(path, dev.size, True, dev.size))
+            continue
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -174,7 +182,7 @@ def main(
         click.echo(json.dumps(layout.to_dict(), indent=2) if as_json else _describe(layout, dry_run=True))
         for t in targets:
             if t.existed:
-                with FileDevice(t.path) as dev:
+                with open_device(t.path) as dev:
                     sig = detect_signature(dev)
                 if sig is not None and not as_json:
                     click.echo(f"note: {t.path} contains {sig.what}; formatting it needs --force")
@@ -182,14 +190,14 @@ def main(
     if as_json and progress_mode == "auto":
         progress_mode = "none"
     progress = Progress("Format", progress_mode, interrupt=SafeInterrupt())
-    opened: list[FileDevice] = []
+    opened: list[BlockDevice] = []
     try:
         for t in targets:
             if not t.existed or t.size != t.old_size:
                 with open(t.path, "ab"):
                     pass
                 os.truncate(t.path, t.size)
-            opened.append(FileDevice(t.path, readonly=False))
+            opened.append(open_device(t.path, readonly=False))
         assert progress.interrupt is not None
         with progress.interrupt:
             try:

@@ -11,6 +11,7 @@ from pyvmfs_tools.common import mountpoint_key, report_errors
 
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
+from vmfs.device.opener import is_network_spec
 from vmfs.errors import InvalidArgumentError
 from vmfs.volume.namespace import FileSystem
 from vmfs.volume.volume import Volume
@@ -133,7 +134,7 @@ def serve(volume: Volume, attachment: HostAttachment | None, image: str, mountpo
         opts["ro"] = True
         fs = FileSystem(volume)
         ops = vfuse.VmfsOperations(fs)
-    opts.setdefault("fsname", f"vmfs:{os.path.abspath(image)}")
+    opts.setdefault("fsname", f"vmfs:{image if is_network_spec(image) else os.path.abspath(image)}")
     opts.setdefault("subtype", "vmfs")
     try:
         vfuse.mount(fs, mountpoint, foreground=foreground, options=opts, operations=ops, debug=debug)

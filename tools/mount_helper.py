@@ -21,6 +21,8 @@ import click
 from pyvmfs_tools.common import mountpoint_key
 from pyvmfs_tools.umount import mounted_at
 
+from vmfs.device.opener import is_network_spec
+
 #: mount(8)'s exit codes (mount(8), "RETURN CODES")
 EXIT_USAGE = 1
 EXIT_FAILURE = 32
@@ -60,7 +62,7 @@ def vmfs_mount_argv(spec: str, directory: str, optstr: str, verbose: bool) -> li
     extents, passed, writable = split_options(optstr)
     opts = ["rw" if writable else "ro", *passed]
     if not any(o.startswith("fsname=") for o in passed):  # the source mount -a compares with fstab's
-        opts.append(f"fsname={os.path.abspath(spec)}")
+        opts.append(f"fsname={spec if is_network_spec(spec) else os.path.abspath(spec)}")
     return [*sibling_tool("vmfs-mount", "pyvmfs_tools.mount"), *(["-v"] if verbose else []), "-o", ",".join(opts),
             spec, *extents, directory]
 
@@ -128,7 +130,7 @@ def main(spec: str, directory: str, options: tuple[str, ...], sloppy: bool, fake
     """
     if not os.path.isdir(directory):
         die(f"{directory}: mount point is not a directory", EXIT_FAILURE)
-    if not os.path.exists(spec):
+    if not is_network_spec(spec) and not os.path.exists(spec):
         die(f"{spec}: no such image or device", EXIT_FAILURE)
     argv = vmfs_mount_argv(spec, directory, ",".join(options), verbose)
     if verbose:

@@ -58,11 +58,15 @@ def run_dir() -> Path:
 
 
 def storage_key(volume: Volume) -> tuple[str, str] | None:
-    """(key, path) of the storage holding the volume's first extent, or None when it is no file."""
+    """(key, path) of the storage holding the volume's first extent, or None when it is neither a
+    file nor a network LUN (memory devices of simulations)."""
     lvm = getattr(volume, "lvm", None)
     extents = [d.device for d in lvm.devices] if lvm is not None and lvm.devices else [volume.device]
     heads = [d for d in lvm.devices if d.volume.firstPE == 0] if lvm is not None and lvm.devices else []
     device = heads[0].device if heads else extents[0]
+    network = getattr(device, "storage_identity", None)
+    if isinstance(network, str):  # a LUN over the network: its URL names it on every machine
+        return network, device.name
     path = getattr(device, "path", None)
     if not isinstance(path, str):
         return None

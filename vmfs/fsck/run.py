@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmfs.cluster.attachment import HostAttachment
-from vmfs.device.file import FileDevice
+from vmfs.device.base import BlockDevice
 from vmfs.device.lvm import open_logical_volume
+from vmfs.device.opener import open_device
 from vmfs.device.overlay import OverlayDevice
 from vmfs.errors import VmfsError
 from vmfs.fsck import (
@@ -152,12 +153,12 @@ def run_phase(name: str, paths: list[str], options: FsckOptions, *, carried: Che
     """One phase over the images (see the module docstring)."""
     writable = name == "repair"
     quiet = name == "verify"
-    devices: list[FileDevice] = []
+    devices: list[BlockDevice] = []
     result = PhaseResult(name, [], [], None)
     volume: Volume | None = None
     try:
         for p in paths:
-            devices.append(FileDevice(p, readonly=not writable))
+            devices.append(open_device(p, readonly=not writable))
         lv = open_logical_volume(list(devices))
     except VmfsError as exc:
         for d in devices:

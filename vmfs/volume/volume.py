@@ -17,8 +17,8 @@ from typing import Protocol
 from construct import ConstructError
 
 from vmfs.device.base import BlockDevice
-from vmfs.device.file import FileDevice
 from vmfs.device.lvm import LogicalVolume, open_logical_volume
+from vmfs.device.opener import open_device
 from vmfs.errors import CorruptError, DeviceError, NotVmfsError
 from vmfs.format import address as A
 from vmfs.format.geometry import Geometry
@@ -163,7 +163,7 @@ class Volume:
         devices: list[BlockDevice] = []
         try:
             for p in paths:
-                devices.append(FileDevice(p, readonly=readonly))
+                devices.append(open_device(p, readonly=readonly))
             lv = open_logical_volume(devices)
             return cls(lv, lvm=lv)
         except BaseException:
