@@ -186,3 +186,21 @@ def unmount(mountpoint: Path) -> None:
         time.sleep(0.1)
 
 
+
+
+@pytest.fixture(scope="session")
+def tgt_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One real iSCSI target (tgtd) for the session, stopped at its end.  CI installs tgt (make
+    test), so there a missing tgt fails instead of skipping."""
+    from tests.network import tgt
+
+    why = tgt.available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    target = tgt.TgtTarget(Path(tmp_path_factory.mktemp("tgt"))).start()
+    try:
+        yield target
+    finally:
+        target.stop()

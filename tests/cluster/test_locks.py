@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -19,19 +20,26 @@ from vmfs.volume.slots import read_slot, read_slots
 from vmfs.volume.usage import marked_used, referenced_resources
 from vmfs.write.posix import WritableFileSystem
 
+_LUNS = itertools.count(1)
+
 
 def lock_of(vol, address: int):  # type: ignore[no-untyped-def]
     fd = vol.read_fd(address)
     return parse_lock(vol.device.read(fd.vol_offset, 512))
 
 
-@pytest.fixture(params=["a device each", "one device object"])
+@pytest.fixture(params=["a device each", "one device object", pytest.param("iscsi", marks=pytest.mark.network)])
 def two_hosts(image: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Two hosts of this process on one volume: each opening the image itself (as two processes
-    do), or each through its own handle on one device object (as hosts see one LUN)."""
+    do), each through its own handle on one device object (as hosts see one LUN), or each with
+    its own iSCSI session to a real target whose LUN is the image (reservation mode on tgt)."""
     clock = ManualClock()
     shared = FileDevice(image, readonly=False) if request.param == "one device object" else None
-    if shared is None:
+    if request.param == "iscsi":
+        target = request.getfixturevalue("tgt_target")
+        url = target.export(f"locks-{next(_LUNS)}", image)
+        a, b = mount(url, host(1, clock)), mount(url, host(2, clock))
+    elif shared is None:
         a, b = mount(image, host(1, clock)), mount(image, host(2, clock))
     else:
         a = HostAttachment.from_devices([SharedDevice(shared)], host=host(1, clock))

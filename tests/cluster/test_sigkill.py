@@ -67,9 +67,13 @@ def _prepare(tmp_path: Path) -> Path:
     return image
 
 
-def test_sigkill_writer_then_takeover(tmp_path: Path) -> None:
-    """The writer is a real process, killed with SIGKILL at a random moment."""
-    image = _prepare(tmp_path)
+@pytest.mark.parametrize("storage", ["image file", pytest.param("iscsi", marks=pytest.mark.network)])
+def test_sigkill_writer_then_takeover(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
+    """The writer is a real process, killed with SIGKILL at a random moment; on the image file, or
+    on a real iSCSI LUN over it (each host its own session: reservation mode on tgt)."""
+    image: Path | str = _prepare(tmp_path)
+    if storage == "iscsi":
+        image = request.getfixturevalue("tgt_target").export("sigkill", image)
     rng = random.Random(11)
     log = tmp_path / "acked.log"
     for round_ in range(8):

@@ -65,16 +65,20 @@ class TgtTarget:
         return self
 
     def add_lun(self, name: str, size: int) -> tuple[str, Path]:
-        """A new target ``<prefix>:<name>`` with LUN 1 over a sparse file; (URL, backing file)."""
-        self._tid += 1
+        """A new target ``<prefix>:<name>`` with LUN 1 over a new sparse file; (URL, backing file)."""
         backing = self.workdir / f"{name}.img"
         with open(backing, "wb") as f:
             f.truncate(size)
+        return self.export(name, backing), backing
+
+    def export(self, name: str, backing: Path) -> str:
+        """A new target ``<prefix>:<name>`` with LUN 1 over an existing image file; its URL."""
+        self._tid += 1
         iqn = f"{IQN_PREFIX}:{name}"
         self.adm("--mode", "target", "--op", "new", "--tid", str(self._tid), "--targetname", iqn)
         self.adm("--mode", "logicalunit", "--op", "new", "--tid", str(self._tid), "--lun", "1", "-b", str(backing))
         self.adm("--mode", "target", "--op", "bind", "--tid", str(self._tid), "-I", "ALL")
-        return f"iscsi://127.0.0.1:{self.port}/{iqn}/1", backing
+        return f"iscsi://127.0.0.1:{self.port}/{iqn}/1"
 
     def stop(self) -> None:
         if self.proc is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import os
 import random
 import re
@@ -170,10 +171,14 @@ def is_iscsi_url(spec: str) -> bool:
     return spec.startswith("iscsi://")
 
 
+_SESSIONS = itertools.count(1)
+
+
 def default_initiator() -> str:
-    """An initiator name for this process: one I_T nexus per host process, as ESX has one per host."""
+    """An initiator name of its own for every session: each device is one I_T nexus, as each ESX
+    host is one, so two hosts of one process (simulations, tests) reserve against each other."""
     host = re.sub(r"[^a-z0-9.-]", "-", socket.gethostname().lower()) or "host"
-    return f"iqn.2026-12.org.pyvmfs:{host}.{os.getpid()}"
+    return f"iqn.2026-12.org.pyvmfs:{host}.{os.getpid()}.{next(_SESSIONS)}"
 
 
 @dataclass
