@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,15 @@ HOSTS = 4
 OPS = 1000
 
 
-def run_hosts(image: Path, workdir: Path, hosts: int, ops: int, env: dict | None = None) -> list[dict]:
+def run_hosts(image: Path | str, workdir: Path, hosts: int, ops: int, env: dict | None = None,
+              wrap: Callable[[int, list[str]], list[str]] | None = None) -> list[dict]:
+    """``hosts`` worker processes on the volume; ``wrap(n, argv)`` may start host n otherwise
+    (inside its own network namespace)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.worker", str(image), str(n), str(ops), str(100 + n),
-             str(workdir), str(hosts)],
+            (wrap or (lambda _n, argv: argv))(n, [
+                sys.executable, "-m", "tests.cluster.worker", str(image), str(n), str(ops), str(100 + n),
+                str(workdir), str(hosts)]),
             cwd=REPO, env=env, stderr=subprocess.PIPE,
         )
         for n in range(1, hosts + 1)

@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests import oracles
 from tests.cluster.test_multihost import run_hosts
 from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
+from tests.network import netns
 from tests.network.tgt import TgtTarget
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
@@ -208,19 +210,64 @@ def test_bad_lun_urls_are_one_line_errors(tgt_target: TgtTarget) -> None:
         assert r.returncode != 0 and "Traceback" not in r.stderr and why in r.stderr, r.stderr
 
 
+@pytest.fixture
+def lan(request: pytest.FixtureRequest, tgt_target: TgtTarget) -> Iterator[netns.Lan]:
+    why = netns.available()
+    if why is not None:
+        pytest.skip(why)
+    net = netns.Lan(getattr(request, "param", 4)).up()
+    try:
+        tgt_target.add_portal(net.target_ip)
+        yield net
+    finally:
+        net.down()
+
+
+HOLD_SESSION = """
+import sys
+from vmfs.device.iscsi import IscsiDevice
+dev = IscsiDevice(sys.argv[1], readonly=False)
+print(dev.initiator, flush=True)
+sys.stdin.readline()
+dev.close()
+"""
+
+
+def assert_sessions_leave_their_own_namespace(url: str, lan: netns.Lan, target: TgtTarget) -> None:
+    """Host k's iSCSI session reaches the target from host k's own address (the target's view)."""
+    for k in range(1, lan.hosts + 1):
+        p = subprocess.Popen(lan.argv(k, [sys.executable, "-c", HOLD_SESSION, url]), cwd=REPO, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert p.stdout is not None
+            initiator = p.stdout.readline().strip()
+            assert initiator, p.stderr.read() if p.stderr else ""
+            shown = target.adm("--mode", "target", "--op", "show").stdout
+            block = shown[shown.index(f"Initiator: {initiator}"):]
+            assert f"IP Address: {lan.host_ip(k)}" in block.split("Initiator:")[1], block[:400]
+        finally:
+            p.communicate("\n", timeout=30)
+        assert p.returncode == 0
+
+
 @pytest.mark.slow
 @pytest.mark.oracle
-def test_four_hosts_share_a_volume_on_the_lun(lun: tuple[str, Path], tmp_path: Path) -> None:
-    """The multi-host workload of tests/cluster/test_multihost.py, four processes (four iSCSI
-    sessions) on one LUN in reservation mode: every host sees the tree the acknowledged operations
-    made, the volume is consistent, and vmfs-tools reads the target's file the same."""
+@pytest.mark.parametrize("lan", [2, 4], indirect=True, ids=["2 hosts", "4 hosts"])
+def test_hosts_in_separate_network_namespaces_share_a_volume_on_the_lun(
+        lun: tuple[str, Path], lan: netns.Lan, tgt_target: TgtTarget, tmp_path: Path) -> None:
+    """The multi-host workload of tests/cluster/test_multihost.py, each host a process in its own
+    network namespace with its own iSCSI session over its own veth link to the target
+    (reservation mode on tgt): every host sees the tree the acknowledged operations made, the
+    volume is consistent, and vmfs-tools reads the target's file the same."""
     url, backing = lun
+    url = url.replace("127.0.0.1", lan.target_ip)
     r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", url)
     assert r.returncode == 0, r.stderr
     vol = HostAttachment.open(url, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
-    results = run_hosts(url, tmp_path, 4, 150)  # type: ignore[arg-type]
+    assert_sessions_leave_their_own_namespace(url, lan, tgt_target)
+    results = run_hosts(url, tmp_path, lan.hosts, 150, wrap=lan.argv)
     seen = [x["seen"] for x in results]
     assert all(s == seen[0] for s in seen)
     expected: dict[str, str | None] = {"/shared": None}

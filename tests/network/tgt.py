@@ -42,6 +42,7 @@ class TgtTarget:
         self.control = self.port % 32000 + 700  # management channel number (tgtd takes at most 32767)
         self.proc: subprocess.Popen[bytes] | None = None
         self._tid = 0
+        self._portals: set[str] = set()
         self.log = workdir / "tgtd.log"
 
     def adm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -65,20 +66,27 @@ class TgtTarget:
         return self
 
     def add_lun(self, name: str, size: int) -> tuple[str, Path]:
-        """A new target ``<prefix>:<name>`` with LUN 1 over a new sparse file; (URL, backing file)."""
+        """A new target ``<prefix>:<tid>.<name>`` with LUN 1 over a new sparse file; (URL, backing file)."""
         backing = self.workdir / f"{name}.img"
         with open(backing, "wb") as f:
             f.truncate(size)
         return self.export(name, backing), backing
 
     def export(self, name: str, backing: Path) -> str:
-        """A new target ``<prefix>:<name>`` with LUN 1 over an existing image file; its URL."""
+        """A new target ``<prefix>:<tid>.<name>`` with LUN 1 over an existing image file; its URL."""
         self._tid += 1
-        iqn = f"{IQN_PREFIX}:{name}"
+        iqn = f"{IQN_PREFIX}:{self._tid}.{name[:48]}"
         self.adm("--mode", "target", "--op", "new", "--tid", str(self._tid), "--targetname", iqn)
         self.adm("--mode", "logicalunit", "--op", "new", "--tid", str(self._tid), "--lun", "1", "-b", str(backing))
         self.adm("--mode", "target", "--op", "bind", "--tid", str(self._tid), "-I", "ALL")
         return f"iscsi://127.0.0.1:{self.port}/{iqn}/1"
+
+    def add_portal(self, ip: str) -> str:
+        """Listen on ``ip`` too (a bridge's address); returns the portal's ``host:port``."""
+        if ip not in self._portals:  # a listener stays bound while its address comes and goes
+            self.adm("--mode", "portal", "--op", "new", "--param", f"portal={ip}:{self.port}")
+            self._portals.add(ip)
+        return f"{ip}:{self.port}"
 
     def stop(self) -> None:
         if self.proc is None:
