@@ -135,6 +135,24 @@ def cmd_lvm(s: Session) -> None:
     s.emit(info, "\n".join(lines))
 
 
+@main.command("device")
+@click.pass_obj
+@report_errors()
+def cmd_device(s: Session) -> None:
+    """Each extent's transport (image file, block device, iSCSI LUN) and the test-and-set its
+    on-disk locks use: ATS, or SCSI-2 reservations on a LUN without COMPARE AND WRITE."""
+    info = I.devices(s.volume)
+    blocks = []
+    for d in info:
+        rows = [("Device", d["device"]), ("Transport", d["transport"]), ("Size", _size(d["size"]))]
+        if d["transport"] == "iscsi":
+            rows += [("Portal", d["portal"]), ("Target", d["target"]), ("LUN", d["lun"]),
+                     ("Initiator", d["initiator"]), ("Block size", d["blockSize"])]
+        rows.append(("Test-and-set", I.TEST_AND_SET[d["testAndSet"]]))
+        blocks.append(_kv(rows))
+    s.emit(info, "\n\n".join(blocks))
+
+
 @main.command("heartbeats")
 @click.option("--all", "all_slots", is_flag=True, help="Show free slots too.")
 @click.option("--watch", type=float, default=0.0, metavar="SECONDS",

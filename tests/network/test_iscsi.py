@@ -190,6 +190,13 @@ def test_tools_make_check_and_mount_a_volume_on_the_lun(lun: tuple[str, Path], t
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run(tool("vmfs-debug"), url, "fs")
     assert r.returncode == 0 and "san" in r.stdout, r.stdout + r.stderr
+    before = backing.read_bytes()[:1 << 20]
+    r = _run(tool("vmfs-debug"), url, "device")
+    assert r.returncode == 0, r.stderr
+    assert "Transport: iscsi" in r.stdout and "Test-and-set: SCSI-2 reservations" in r.stdout, r.stdout
+    assert backing.read_bytes()[:1 << 20] == before  # the probe wrote nothing
+    r = _run(tool("vmfs-debug"), "--json", str(backing), "device")
+    assert json.loads(r.stdout)[0]["testAndSet"] == "file-lock"
     with Mount([tool("vmfs-mount"), url, str(tmp_path / "ro")], tmp_path / "ro") as root:
         ours = capture_mount(root)
         assert (root / "vm" / "small.txt").read_text() == "over the wire\n"

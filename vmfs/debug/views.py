@@ -93,6 +93,32 @@ def lvm_info(volume: Volume) -> dict[str, Any]:
     }
 
 
+TEST_AND_SET = {
+    "ats": "ATS (SCSI COMPARE AND WRITE in the target)",
+    "reserve": "SCSI-2 reservations (RESERVE, read, compare, write, RELEASE: the target has no COMPARE AND WRITE)",
+    "file-lock": "byte-range lock of the image file (hosts on this machine only)",
+    "process": "within this process only",
+}
+
+
+def devices(volume: Volume) -> list[dict[str, Any]]:
+    """Each extent's transport and the test-and-set that on-disk locks use on it."""
+    lv = volume.lvm
+    extents = [lv.bare] if isinstance(lv, LogicalVolume) and lv.bare is not None else (
+        [d.device for d in lv.devices] if isinstance(lv, LogicalVolume) else [volume.device])
+    out = []
+    for dev in extents:
+        describe = getattr(dev, "describe", None)
+        if callable(describe):
+            out.append({"device": dev.name, **describe()})
+            continue
+        path = getattr(dev, "path", None)
+        kind = ("block device" if getattr(dev, "is_block_device", False) else "image file") if path else "memory"
+        out.append({"device": dev.name, "transport": kind, "size": dev.size,
+                    "testAndSet": "file-lock" if path else "process"})
+    return out
+
+
 def heartbeats(volume: Volume, *, all_slots: bool = False) -> list[dict[str, Any]]:
     geo = volume.geometry
     raw = volume.device.read(HEARTBEAT_REGION_OFFSET, geo.heartbeat_region_size)

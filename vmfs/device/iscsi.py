@@ -412,6 +412,30 @@ class IscsiDevice(BlockDevice):
         finally:
             self._command(lambda: self._lib.iscsi_release6_sync(self._ctx, lun), "RELEASE(6)")
 
+    def probe_test_and_set(self) -> str:
+        """Which test-and-set the LUN gives ('ats' or 'reserve'), without changing a byte: a
+        COMPARE AND WRITE whose expected image differs from what is there (so it miscompares on a
+        target that has the command) and whose new image equals that expected image (so even a
+        compare that matched would write what was already there)."""
+        if self.stats.mode != "unknown":
+            return self.stats.mode
+        here = bytearray(self._read_blocks(0, 1))
+        here[0] ^= 0xFF
+        image = bytes(here)
+        self._ats(0, image, image)
+        if self.stats.mode == "unknown":  # it matched: someone wrote exactly that meanwhile
+            self.stats.mode = "ats"
+        return self.stats.mode
+
+    def describe(self) -> dict[str, object]:
+        """What ``vmfs-debug IMAGE device`` shows of the LUN."""
+        mode = self.probe_test_and_set()
+        return {
+            "transport": "iscsi", "portal": self.url.portal, "target": self.url.target, "lun": self.url.lun,
+            "initiator": self.initiator, "blockSize": self.block_size, "size": self.size,
+            "testAndSet": mode, "statistics": dict(vars(self.stats)),
+        }
+
     def reset_lun(self) -> None:
         """A LUN reset: clears a reservation left by an initiator that is gone (ESX does this when
         a host that held one stops answering)."""
