@@ -204,3 +204,39 @@ def tgt_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield target
     finally:
         target.stop()
+
+
+@pytest.fixture(scope="session")
+def lan() -> Iterator[object]:
+    """A storage LAN for the session: a bridge with the storage's address and four network
+    namespaces, one per host (tests/network/netns.py); removed at the end."""
+    from tests.network import netns
+
+    why = netns.available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    net = netns.Lan(4).up()
+    try:
+        yield net
+    finally:
+        net.down()
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory, lan: object) -> Iterator[object]:
+    """One real Ceph cluster (a monitor and a memory-store OSD) on the storage LAN's address, for
+    the session.  CI installs Ceph (make test), so there a missing Ceph fails instead of skipping."""
+    from tests.network import ceph
+
+    why = ceph.available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    cluster = ceph.CephCluster(Path(tmp_path_factory.mktemp("ceph")), ip=lan.target_ip).start()  # type: ignore[attr-defined]
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

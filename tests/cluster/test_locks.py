@@ -28,17 +28,22 @@ def lock_of(vol, address: int):  # type: ignore[no-untyped-def]
     return parse_lock(vol.device.read(fd.vol_offset, 512))
 
 
-@pytest.fixture(params=["a device each", "one device object", pytest.param("iscsi", marks=pytest.mark.network)])
+@pytest.fixture(params=["a device each", "one device object", pytest.param("iscsi", marks=pytest.mark.network),
+                        pytest.param("rbd", marks=pytest.mark.network)])
 def two_hosts(image: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Two hosts of this process on one volume: each opening the image itself (as two processes
-    do), each through its own handle on one device object (as hosts see one LUN), or each with
-    its own iSCSI session to a real target whose LUN is the image (reservation mode on tgt)."""
+    do), each through its own handle on one device object (as hosts see one LUN), each with its
+    own iSCSI session to a real target whose LUN is the image (reservation mode on tgt), or each
+    its own client of a real Ceph cluster holding the volume as an RBD image (ATS mode)."""
     clock = ManualClock()
     shared = FileDevice(image, readonly=False) if request.param == "one device object" else None
     if request.param == "iscsi":
         target = request.getfixturevalue("tgt_target")
         url = target.export(f"locks-{next(_LUNS)}", image)
         a, b = mount(url, host(1, clock)), mount(url, host(2, clock))
+    elif request.param == "rbd":  # the volume made in the image file, imported as a new RBD image
+        spec = request.getfixturevalue("ceph_cluster").import_image(f"locks-{next(_LUNS)}", image)
+        a, b = mount(spec, host(1, clock)), mount(spec, host(2, clock))
     elif shared is None:
         a, b = mount(image, host(1, clock)), mount(image, host(2, clock))
     else:

@@ -67,13 +67,17 @@ def _prepare(tmp_path: Path) -> Path:
     return image
 
 
-@pytest.mark.parametrize("storage", ["image file", pytest.param("iscsi", marks=pytest.mark.network)])
+@pytest.mark.parametrize("storage", ["image file", pytest.param("iscsi", marks=pytest.mark.network),
+                                     pytest.param("rbd", marks=pytest.mark.network)])
 def test_sigkill_writer_then_takeover(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
-    """The writer is a real process, killed with SIGKILL at a random moment; on the image file, or
-    on a real iSCSI LUN over it (each host its own session: reservation mode on tgt)."""
+    """The writer is a real process, killed with SIGKILL at a random moment; on the image file, on
+    a real iSCSI LUN over it (each host its own session: reservation mode on tgt), or on a copy of
+    it in a real Ceph cluster's RBD image (each host its own client: ATS mode)."""
     image: Path | str = _prepare(tmp_path)
     if storage == "iscsi":
         image = request.getfixturevalue("tgt_target").export("sigkill", image)
+    elif storage == "rbd":
+        image = request.getfixturevalue("ceph_cluster").import_image("sigkill", image)
     rng = random.Random(11)
     log = tmp_path / "acked.log"
     for round_ in range(8):

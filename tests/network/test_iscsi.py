@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -217,19 +216,6 @@ def test_bad_lun_urls_are_one_line_errors(tgt_target: TgtTarget) -> None:
         assert r.returncode != 0 and "Traceback" not in r.stderr and why in r.stderr, r.stderr
 
 
-@pytest.fixture
-def lan(request: pytest.FixtureRequest, tgt_target: TgtTarget) -> Iterator[netns.Lan]:
-    why = netns.available()
-    if why is not None:
-        pytest.skip(why)
-    net = netns.Lan(getattr(request, "param", 4)).up()
-    try:
-        tgt_target.add_portal(net.target_ip)
-        yield net
-    finally:
-        net.down()
-
-
 HOLD_SESSION = """
 import sys
 from vmfs.device.iscsi import IscsiDevice
@@ -240,9 +226,9 @@ dev.close()
 """
 
 
-def assert_sessions_leave_their_own_namespace(url: str, lan: netns.Lan, target: TgtTarget) -> None:
+def assert_sessions_leave_their_own_namespace(url: str, lan: netns.Lan, target: TgtTarget, hosts: int) -> None:
     """Host k's iSCSI session reaches the target from host k's own address (the target's view)."""
-    for k in range(1, lan.hosts + 1):
+    for k in range(1, hosts + 1):
         p = subprocess.Popen(lan.argv(k, [sys.executable, "-c", HOLD_SESSION, url]), cwd=REPO, text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -259,22 +245,22 @@ def assert_sessions_leave_their_own_namespace(url: str, lan: netns.Lan, target: 
 
 @pytest.mark.slow
 @pytest.mark.oracle
-@pytest.mark.parametrize("lan", [2, 4], indirect=True, ids=["2 hosts", "4 hosts"])
+@pytest.mark.parametrize("hosts", [2, 4], ids=["2 hosts", "4 hosts"])
 def test_hosts_in_separate_network_namespaces_share_a_volume_on_the_lun(
-        lun: tuple[str, Path], lan: netns.Lan, tgt_target: TgtTarget, tmp_path: Path) -> None:
+        lun: tuple[str, Path], lan: netns.Lan, tgt_target: TgtTarget, tmp_path: Path, hosts: int) -> None:
     """The multi-host workload of tests/cluster/test_multihost.py, each host a process in its own
     network namespace with its own iSCSI session over its own veth link to the target
     (reservation mode on tgt): every host sees the tree the acknowledged operations made, the
     volume is consistent, and vmfs-tools reads the target's file the same."""
     url, backing = lun
-    url = url.replace("127.0.0.1", lan.target_ip)
+    url = url.replace("127.0.0.1", tgt_target.add_portal(lan.target_ip).split(":")[0])
     r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", url)
     assert r.returncode == 0, r.stderr
     vol = HostAttachment.open(url, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
     WritableFileSystem(vol).mkdir("/shared")
     vol.close()
-    assert_sessions_leave_their_own_namespace(url, lan, tgt_target)
-    results = run_hosts(url, tmp_path, lan.hosts, 150, wrap=lan.argv)
+    assert_sessions_leave_their_own_namespace(url, lan, tgt_target, hosts)
+    results = run_hosts(url, tmp_path, hosts, 150, wrap=lan.argv)
     seen = [x["seen"] for x in results]
     assert all(s == seen[0] for s in seen)
     expected: dict[str, str | None] = {"/shared": None}

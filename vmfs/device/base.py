@@ -80,6 +80,13 @@ class BlockDevice(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
 
+    def before_fork(self) -> None:  # noqa: B027 - optional hook
+        """The process is about to fork (a mount going to the background): a device whose client
+        runs threads (librados) lets go of its connection here, since no thread crosses fork()."""
+
+    def after_fork(self) -> None:  # noqa: B027 - optional hook
+        """In the process that goes on after :meth:`before_fork`: connect again."""
+
     def __enter__(self) -> BlockDevice:
         return self
 

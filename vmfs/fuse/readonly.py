@@ -26,9 +26,11 @@ if "FUSE_LIBRARY_NAME" not in os.environ and find_library("fuse3"):
 
 import mfusepy
 
+from vmfs.device.base import BlockDevice
 from vmfs.errors import CorruptError, VmfsError
 from vmfs.volume.filereader import FileReader
 from vmfs.volume.namespace import FileSystem, Stat
+from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.fuse.readonly")
 
@@ -226,10 +228,15 @@ class VmfsOperations(mfusepy.Operations):
 
     def before_fork(self) -> None:
         """Called before libfuse may fork to daemonise: no thread may run across it (a reader
-        has none)."""
+        has none of its own; a device whose client has threads lets go of its connection)."""
+        for device in _extents(self.volume):
+            device.before_fork()
 
     def serving(self) -> None:
-        """Called once in the process that serves the mount, before the first operation."""
+        """Called once in the process that serves the mount, before the first operation: the
+        devices connect again."""
+        for device in _extents(self.volume):
+            device.after_fork()
 
     def destroy(self, path: str) -> None:
         """Unmount (fusermount -u, SIGINT, SIGTERM): close the volume cleanly."""
@@ -237,6 +244,16 @@ class VmfsOperations(mfusepy.Operations):
             self.volume.close()
         finally:
             self.destroyed = True
+
+
+def _extents(volume: Volume) -> list[BlockDevice]:
+    """The devices under the volume (its extents, or the one device of a bare volume)."""
+    lv = getattr(volume, "lvm", None)
+    if lv is None:
+        return [volume.device]
+    if lv.bare is not None:
+        return [lv.bare]
+    return [d.device for d in lv.devices]
 
 
 def mount(

@@ -122,11 +122,13 @@ class ReadWriteOperations(VmfsOperations):
 
     def before_fork(self) -> None:
         self.attachment.stop_background()  # init (in the serving process) starts it again
+        super().before_fork()
 
     def serving(self) -> None:
         """The heartbeat renewal and the lock keeper start here (a background mount got here
         through libfuse's fork, which keeps no thread), and the identity lock (inherited with
         its open file) records this process as its holder."""
+        super().serving()
         self.attachment.start_background()
         if self.attachment.identity_lock is not None:
             self.attachment.identity_lock.update(pid=os.getpid())

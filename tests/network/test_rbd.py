@@ -1,0 +1,175 @@
+"""A VMFS volume on a real Ceph RBD image: a one-node Ceph cluster (monitor and memory-store OSD)
+started for the session on the storage LAN's address, librbd as our client.
+
+``rbd_compare_and_write`` is atomic in the OSD, so locks run in ATS mode: no reservation, no
+stall of the other hosts.  These tests show the test-and-set atomic across client processes, run
+the tools and 2 and 4 hosts (each in its own network namespace) on one image, and check what the
+hosts wrote through an export of the image read by vmfs-tools, which cannot read RBD."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import oracles
+from tests.cluster.test_multihost import run_hosts
+from tests.conftest import REPO, Mount, tool
+from tests.helpers import capture_mount, diff_trees
+from tests.network import netns
+from tests.network.ceph import CephCluster
+from vmfs.cluster.attachment import HostAttachment
+from vmfs.cluster.host import HostIdentity
+from vmfs.device.opener import open_device
+from vmfs.device.rbd import RbdDevice, RbdSpec
+from vmfs.errors import DeviceError, InvalidArgumentError
+from vmfs.volume.slots import read_slots
+from vmfs.volume.usage import marked_used, referenced_resources
+from vmfs.volume.volume import Volume
+from vmfs.write.posix import WritableFileSystem
+
+pytestmark = [pytest.mark.network]
+
+
+@pytest.fixture
+def image(ceph_cluster: CephCluster, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-").replace(" ", "-").lower()
+    return ceph_cluster.image(name[:40], 1 << 30)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=600)
+
+
+def test_spec_forms() -> None:
+    s = RbdSpec.parse("rbd:vms/store@snap1:conf=/etc/ceph/ceph.conf:id=admin:keyring=/k")
+    assert (s.pool, s.image, s.snap) == ("vms", "store", "snap1")
+    assert s.options == {"conf": "/etc/ceph/ceph.conf", "id": "admin", "keyring": "/k"}
+    assert str(s) == "rbd:vms/store@snap1"
+    for bad in ("rbd:noslash", "rbd:p/i:novalue", "rbd:/i"):
+        with pytest.raises(InvalidArgumentError):
+            RbdSpec.parse(bad)
+
+
+def test_reads_and_writes_at_any_offset(image: str) -> None:
+    with open_device(image, readonly=False) as dev:
+        assert isinstance(dev, RbdDevice) and dev.size == 1 << 30
+        dev.write(1000, b"partial sector")
+        big = bytes(range(256)) * (9 << 12)  # 9 MiB: several objects and several calls
+        dev.write((7 << 20) + 3, big)
+        dev.flush()
+        assert dev.read(995, 24) == bytes(5) + b"partial sector" + bytes(5)
+        assert dev.read((7 << 20) + 3, len(big)) == big
+        with pytest.raises(DeviceError, match="beyond the device end"):
+            dev.read(dev.size - 10, 20)
+    with open_device(image) as ro:  # another client sees the same bytes
+        assert ro.read(1000, 14) == b"partial sector"
+
+
+COUNTER = """
+import sys
+from vmfs.device.opener import open_device
+dev = open_device(sys.argv[1], readonly=False)
+for _ in range(int(sys.argv[2])):
+    while True:
+        old = dev.read(4096, 512)
+        n = int.from_bytes(old[:8], "little")
+        if dev.compare_and_write(4096, old, (n + 1).to_bytes(8, "little") + bytes(504)):
+            break
+print(dev.stats.ats, dev.stats.ats_miscompares)
+dev.close()
+"""
+
+
+def test_test_and_set_is_atomic_across_clients(image: str) -> None:
+    """Three processes, each its own RADOS client, increment one counter by compare-and-write:
+    no increment is lost, and stale compares were refused."""
+    per = 150
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, image, str(per)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    stats = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        stats.append([int(x) for x in out.split()])
+    with open_device(image) as dev:
+        assert int.from_bytes(dev.read(4096, 8), "little") == 3 * per
+    print("compare-and-writes, miscompares per client:", stats)
+    assert sum(s[1] for s in stats) > 0  # they did race, and the OSD refused the stale ones
+
+
+@pytest.mark.fuse
+@pytest.mark.oracle
+def test_tools_make_check_and_mount_a_volume_on_the_image(image: str, ceph_cluster: CephCluster,
+                                                          tmp_path: Path) -> None:
+    r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", "-L", "ceph", image)
+    assert r.returncode == 0, r.stderr
+    with Mount([tool("vmfs-mount"), "-f", "-o", "rw", image, str(tmp_path / "rw")], tmp_path / "rw") as root:
+        (root / "vm").mkdir()
+        (root / "vm" / "disk-flat.vmdk").write_bytes(b"\x5a" * (3 << 20) + b"tail")
+        (root / "vm" / "small.txt").write_text("in the cluster\n")
+    r = _run(tool("vmfs-fsck"), "-n", image)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run(tool("vmfs-debug"), image, "device")
+    assert r.returncode == 0 and "Transport: rbd" in r.stdout and "Test-and-set: ATS" in r.stdout, r.stdout + r.stderr
+    with Mount([tool("vmfs-mount"), image, str(tmp_path / "ro")], tmp_path / "ro") as root:
+        ours = capture_mount(root)
+        assert (root / "vm" / "small.txt").read_text() == "in the cluster\n"
+    exported = tmp_path / "export.img"
+    ceph_cluster.export(image, exported)
+    theirs = oracles.fuse_tree("vmfs-fuse", [exported], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
+    theirs.pop("/.sdd.sf")
+    assert diff_trees({p: v for p, v in ours.items() if p != "/.sdd.sf"}, theirs) == []
+
+
+def test_bad_images_are_one_line_errors(ceph_cluster: CephCluster) -> None:
+    conf = ceph_cluster.conf
+    for spec, why in [(f"rbd:rbd/none:conf={conf}", "image rbd/none: ENOENT"),
+                      (f"rbd:nopool/x:conf={conf}", "pool nopool: ENOENT"),
+                      ("rbd:rbd/x:mon_host=127.0.0.1\\:1:client_mount_timeout=2", "cannot connect"),
+                      ("rbd:rbd/x:conf=/nonexistent.conf", "cannot read the Ceph configuration"),
+                      ("rbd:noslash", "not an RBD image")]:
+        r = _run(tool("vmfs-fsck"), "-n", spec)
+        assert r.returncode != 0 and why in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.oracle
+@pytest.mark.parametrize("hosts", [2, 4], ids=["2 hosts", "4 hosts"])
+def test_hosts_in_separate_network_namespaces_share_a_volume_on_the_image(
+        image: str, lan: netns.Lan, ceph_cluster: CephCluster, tmp_path: Path, hosts: int) -> None:
+    """The multi-host workload of tests/cluster/test_multihost.py, each host a process in its own
+    network namespace, its own RADOS client reaching the monitor and the OSD over its own veth
+    link (ATS mode): every host sees the tree the acknowledged operations made, the volume is
+    consistent, and vmfs-tools reads an export of the image the same."""
+    r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", image)
+    assert r.returncode == 0, r.stderr
+    vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
+    WritableFileSystem(vol).mkdir("/shared")
+    vol.close()
+    results = run_hosts(image, tmp_path, hosts, 150, wrap=lan.argv)
+    seen = [x["seen"] for x in results]
+    assert all(s == seen[0] for s in seen)
+    expected: dict[str, str | None] = {"/shared": None}
+    for x in results:
+        expected.update({d: None for d in x["dirs"]})
+        expected.update(x["model"])
+    assert seen[0] == expected
+    print("per host ops:", json.dumps([x["counts"] for x in results]))
+    with Volume.open(image) as ro:
+        refs, used = referenced_resources(ro), marked_used(ro)
+        assert all(refs[k] == used[k] for k in used)
+        assert not any(s.in_use for s in read_slots(ro))
+    exported = tmp_path / "export.img"
+    ceph_cluster.export(image, exported)
+    r = _run(tool("vmfs-fsck"), "-n", str(exported))
+    assert r.returncode == 0, r.stdout
+    with Mount([tool("vmfs-mount"), str(exported), str(tmp_path / "ours")], tmp_path / "ours") as root:
+        ours = capture_mount(root)
+    theirs = oracles.fuse_tree("vmfs-fuse", [exported], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
+    theirs.pop("/.sdd.sf")
+    assert diff_trees({p: v for p, v in ours.items() if p != "/.sdd.sf"}, theirs) == []
