@@ -1,15 +1,17 @@
-"""Hosts sharing a volume over iSCSI against the same on a local image file: creates per second
-per host, and the round trip of an on-disk lock update (one test-and-set), at 1, 2 and 4 hosts.
+"""Hosts sharing a volume over iSCSI and over Ceph RBD against the same on a local image file:
+creates per second per host, and the round trip of an on-disk lock update (one test-and-set), at
+1, 2 and 4 hosts.
 
     .venv/bin/python bench/bench_san.py [--hosts 1,2,4] [--creates 300] [--locks 500] [--json out.json]
 
-Needs root and Debian's tgt: the run starts its own tgtd on a free loopback port (one I/O
-thread), exports a LUN over a fresh 2 GiB VMFS5 image, and stops the daemon after.  Each host is
+Needs root and Debian's tgt (and Ceph for the RBD rows): the run starts its own tgtd on a free
+loopback port (one I/O thread) exporting a LUN over a fresh 2 GiB VMFS5 image, and a one-node
+Ceph cluster (memory-store OSD) into which each fresh volume is imported, and stops both after.  Each host is
 a real process with its own host identity and, on iSCSI, its own session and initiator name.
 tgt has no COMPARE AND WRITE, so on iSCSI every lock update is a SCSI-2 reservation (RESERVE,
 READ, WRITE, RELEASE): the whole LUN is closed to the other hosts for that time, which is what
 the lock figures at 2 and 4 hosts show.  On the image file the test-and-set is a byte-range
-lock of this machine.
+lock of this machine; on RBD it is rbd_compare_and_write, atomic in the OSD (ATS mode).
 
 Creates: each host makes ``--creates`` files of 100 bytes in a directory of its own through
 the library (journal on, one attachment per host), all hosts at once.  Locks: each host does
@@ -31,7 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.cluster.conftest import make_volume  # noqa: E402
+from tests.network.ceph import CephCluster  # noqa: E402
+from tests.network.ceph import available as ceph_available  # noqa: E402
 from tests.network.tgt import TgtTarget, available  # noqa: E402
+
+CLUSTER: CephCluster | None = None  # the Ceph cluster of the run, when Ceph is installed
 
 CREATES = """
 import json, sys, time
@@ -88,6 +94,8 @@ def _hosts(script: str, storage: str, hosts: int, count: int) -> list[dict]:
 
 def measure(storage: str, kind: str, hosts: int, creates: int, locks: int, image: Path) -> dict:
     make_volume(image, 2 << 30, num_fds=8000)  # a fresh volume under the same path (and LUN)
+    if kind == "rbd":  # the fresh volume as a new image of the cluster
+        storage = CLUSTER.import_image(f"bench-{hosts}", image)  # type: ignore[union-attr]
     made = _hosts(CREATES, storage, hosts, creates)
     timed = _hosts(LOCKS, storage, hosts, locks)
     per_host = [creates / r["seconds"] for r in made]
@@ -116,22 +124,32 @@ def main() -> None:
     why = available()
     if why is not None:
         raise SystemExit(f"bench_san: {why}")
+    global CLUSTER
     rows = []
+    kinds = ["image file", "iscsi"] + (["rbd"] if ceph_available() is None else [])
     with tempfile.TemporaryDirectory(prefix="bench-san-", dir="/var/tmp") as tmp:
         target = TgtTarget(Path(tmp) / "tgt").start()
         try:
+            if "rbd" in kinds:
+                CLUSTER = CephCluster(Path(tmp) / "ceph").start()
             image = Path(tmp) / "local.img"
             make_volume(image, 2 << 30)
             url = target.export("bench", image)
             for hosts in [int(h) for h in args.hosts.split(",")]:
-                rows.append(measure(str(image), "image file", hosts, args.creates, args.locks, image))
-                rows.append(measure(url, "iscsi", hosts, args.creates, args.locks, image))
+                for kind in kinds:
+                    storage = {"image file": str(image), "iscsi": url, "rbd": ""}[kind]
+                    rows.append(measure(storage, kind, hosts, args.creates, args.locks, image))
         finally:
             target.stop()
+            if CLUSTER is not None:
+                CLUSTER.stop()
     for hosts in sorted({r["hosts"] for r in rows}):
-        f, i = (next(r for r in rows if r["hosts"] == hosts and r["storage"] == k) for k in ("image file", "iscsi"))
-        print(f"{hosts} host(s): iSCSI/file creates {i['creates_per_s_per_host'] / f['creates_per_s_per_host']:.2f}x, "
-              f"lock round trip {i['lock_us_median'] / f['lock_us_median']:.1f}x")
+        f = next(r for r in rows if r["hosts"] == hosts and r["storage"] == "image file")
+        for kind in kinds[1:]:
+            n = next(r for r in rows if r["hosts"] == hosts and r["storage"] == kind)
+            ratio = n["creates_per_s_per_host"] / f["creates_per_s_per_host"]
+            print(f"{hosts} host(s): {kind}/file creates {ratio:.2f}x,"
+                  f" lock round trip {n['lock_us_median'] / f['lock_us_median']:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
