@@ -20,20 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests import oracles
-from tests.cluster.test_multihost import run_hosts
 from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
 from tests.network import netns
 from tests.network.tgt import TgtTarget
-from vmfs.cluster.attachment import HostAttachment
-from vmfs.cluster.host import HostIdentity
+from tests.network.workload import check_local_copy, run_shared_workload
 from vmfs.device.iscsi import IscsiDevice, IscsiUrl, _Sense, _Task
 from vmfs.device.opener import open_device
 from vmfs.errors import DeviceError, InvalidArgumentError
-from vmfs.volume.slots import read_slots
-from vmfs.volume.usage import marked_used, referenced_resources
-from vmfs.volume.volume import Volume
-from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.network]
 
@@ -254,29 +248,6 @@ def test_hosts_in_separate_network_namespaces_share_a_volume_on_the_lun(
     volume is consistent, and vmfs-tools reads the target's file the same."""
     url, backing = lun
     url = url.replace("127.0.0.1", tgt_target.add_portal(lan.target_ip).split(":")[0])
-    r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", url)
-    assert r.returncode == 0, r.stderr
-    vol = HostAttachment.open(url, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
-    WritableFileSystem(vol).mkdir("/shared")
-    vol.close()
     assert_sessions_leave_their_own_namespace(url, lan, tgt_target, hosts)
-    results = run_hosts(url, tmp_path, hosts, 150, wrap=lan.argv)
-    seen = [x["seen"] for x in results]
-    assert all(s == seen[0] for s in seen)
-    expected: dict[str, str | None] = {"/shared": None}
-    for x in results:
-        expected.update({d: None for d in x["dirs"]})
-        expected.update(x["model"])
-    assert seen[0] == expected
-    print("per host ops:", json.dumps([x["counts"] for x in results]))
-    with Volume.open(url) as ro:
-        refs, used = referenced_resources(ro), marked_used(ro)
-        assert all(refs[k] == used[k] for k in used)
-        assert not any(s.in_use for s in read_slots(ro))
-    r = _run(tool("vmfs-fsck"), "-n", str(backing))
-    assert r.returncode == 0, r.stdout
-    with Mount([tool("vmfs-mount"), str(backing), str(tmp_path / "ours")], tmp_path / "ours") as root:
-        ours = capture_mount(root)
-    theirs = oracles.fuse_tree("vmfs-fuse", [backing], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
-    theirs.pop("/.sdd.sf")
-    assert diff_trees({p: v for p, v in ours.items() if p != "/.sdd.sf"}, theirs) == []
+    run_shared_workload(url, hosts, 150, tmp_path, lan.argv)
+    check_local_copy(backing, tmp_path)

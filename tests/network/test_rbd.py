@@ -8,7 +8,6 @@ hosts wrote through an export of the image read by vmfs-tools, which cannot read
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests import oracles
-from tests.cluster.test_multihost import run_hosts
 from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
 from tests.network import netns
 from tests.network.ceph import CephCluster
-from vmfs.cluster.attachment import HostAttachment
-from vmfs.cluster.host import HostIdentity
+from tests.network.workload import check_local_copy, run_shared_workload
 from vmfs.device.opener import open_device
 from vmfs.device.rbd import RbdDevice, RbdSpec
 from vmfs.errors import DeviceError, InvalidArgumentError
-from vmfs.volume.slots import read_slots
-from vmfs.volume.usage import marked_used, referenced_resources
-from vmfs.volume.volume import Volume
-from vmfs.write.posix import WritableFileSystem
 
 pytestmark = [pytest.mark.network]
 
@@ -146,30 +139,7 @@ def test_hosts_in_separate_network_namespaces_share_a_volume_on_the_image(
     network namespace, its own RADOS client reaching the monitor and the OSD over its own veth
     link (ATS mode): every host sees the tree the acknowledged operations made, the volume is
     consistent, and vmfs-tools reads an export of the image the same."""
-    r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", image)
-    assert r.returncode == 0, r.stderr
-    vol = HostAttachment.open(image, host=HostIdentity(uuid="70000009-00000000-0000-020000000009"))
-    WritableFileSystem(vol).mkdir("/shared")
-    vol.close()
-    results = run_hosts(image, tmp_path, hosts, 150, wrap=lan.argv)
-    seen = [x["seen"] for x in results]
-    assert all(s == seen[0] for s in seen)
-    expected: dict[str, str | None] = {"/shared": None}
-    for x in results:
-        expected.update({d: None for d in x["dirs"]})
-        expected.update(x["model"])
-    assert seen[0] == expected
-    print("per host ops:", json.dumps([x["counts"] for x in results]))
-    with Volume.open(image) as ro:
-        refs, used = referenced_resources(ro), marked_used(ro)
-        assert all(refs[k] == used[k] for k in used)
-        assert not any(s.in_use for s in read_slots(ro))
+    run_shared_workload(image, hosts, 150, tmp_path, lan.argv)
     exported = tmp_path / "export.img"
     ceph_cluster.export(image, exported)
-    r = _run(tool("vmfs-fsck"), "-n", str(exported))
-    assert r.returncode == 0, r.stdout
-    with Mount([tool("vmfs-mount"), str(exported), str(tmp_path / "ours")], tmp_path / "ours") as root:
-        ours = capture_mount(root)
-    theirs = oracles.fuse_tree("vmfs-fuse", [exported], tmp_path / "oracle", unreadable=frozenset({"/.sdd.sf"}))
-    theirs.pop("/.sdd.sf")
-    assert diff_trees({p: v for p, v in ours.items() if p != "/.sdd.sf"}, theirs) == []
+    check_local_copy(exported, tmp_path)
