@@ -24,7 +24,7 @@ from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
 from tests.network import netns
 from tests.network.tgt import TgtTarget
-from tests.network.workload import check_local_copy, run_shared_workload
+from tests.network.workload import check_local_copy, count_by_test_and_set, run_shared_workload
 from vmfs.device.iscsi import IscsiDevice, IscsiUrl, _Sense, _Task
 from vmfs.device.opener import open_device
 from vmfs.errors import DeviceError, InvalidArgumentError
@@ -103,38 +103,18 @@ def test_test_and_set_uses_reservations_on_tgt(lun: tuple[str, Path]) -> None:
         assert (dev.stats.reservations, dev.stats.miscompares) == (2, 1)
 
 
-COUNTER = """
-import sys
-from vmfs.device.iscsi import IscsiDevice
-dev = IscsiDevice(sys.argv[1], readonly=False)
-for _ in range(int(sys.argv[2])):
-    while True:
-        old = dev.read(4096, 512)
-        n = int.from_bytes(old[:8], "little")
-        if dev.compare_and_write(4096, old, (n + 1).to_bytes(8, "little") + bytes(504)):
-            break
-print(dev.stats.reservations, dev.stats.conflicts, dev.stats.miscompares)
-dev.close()
-"""
-
-
 def test_test_and_set_is_atomic_across_initiators(lun: tuple[str, Path]) -> None:
     """Three processes, each its own iSCSI session and initiator name, increment one counter by
     test-and-set: no increment is lost, and the reservations really collided."""
     url, backing = lun
     per = 150
-    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, url, str(per)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    stats = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-        stats.append([int(x) for x in out.split()])
+    stats = count_by_test_and_set(url, 3, per)
     with open(backing, "rb") as f:
         f.seek(4096)
         assert int.from_bytes(f.read(8), "little") == 3 * per
-    print("reservations, conflicts, miscompares per initiator:", stats)
-    assert sum(s[2] for s in stats) > 0 or sum(s[1] for s in stats) > 0  # they did race
+    print("per initiator:", stats)
+    assert all(s["mode"] == "reserve" for s in stats)
+    assert sum(s["miscompares"] + s["conflicts"] for s in stats) > 0  # they did race
 
 
 def test_a_held_reservation_stalls_other_initiators_until_released(lun: tuple[str, Path]) -> None:

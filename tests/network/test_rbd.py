@@ -9,17 +9,16 @@ hosts wrote through an export of the image read by vmfs-tools, which cannot read
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import oracles
-from tests.conftest import REPO, Mount, tool
+from tests.conftest import Mount, tool
 from tests.helpers import capture_mount, diff_trees
 from tests.network import netns
 from tests.network.ceph import CephCluster
-from tests.network.workload import check_local_copy, run_shared_workload
+from tests.network.workload import check_local_copy, count_by_test_and_set, run_shared_workload
 from vmfs.device.opener import open_device
 from vmfs.device.rbd import RbdDevice, RbdSpec
 from vmfs.errors import DeviceError, InvalidArgumentError
@@ -62,36 +61,15 @@ def test_reads_and_writes_at_any_offset(image: str) -> None:
         assert ro.read(1000, 14) == b"partial sector"
 
 
-COUNTER = """
-import sys
-from vmfs.device.opener import open_device
-dev = open_device(sys.argv[1], readonly=False)
-for _ in range(int(sys.argv[2])):
-    while True:
-        old = dev.read(4096, 512)
-        n = int.from_bytes(old[:8], "little")
-        if dev.compare_and_write(4096, old, (n + 1).to_bytes(8, "little") + bytes(504)):
-            break
-print(dev.stats.ats, dev.stats.ats_miscompares)
-dev.close()
-"""
-
-
 def test_test_and_set_is_atomic_across_clients(image: str) -> None:
     """Three processes, each its own RADOS client, increment one counter by compare-and-write:
     no increment is lost, and stale compares were refused."""
     per = 150
-    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, image, str(per)], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    stats = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-        stats.append([int(x) for x in out.split()])
+    stats = count_by_test_and_set(image, 3, per)
     with open_device(image) as dev:
         assert int.from_bytes(dev.read(4096, 8), "little") == 3 * per
-    print("compare-and-writes, miscompares per client:", stats)
-    assert sum(s[1] for s in stats) > 0  # they did race, and the OSD refused the stale ones
+    print("per client:", stats)
+    assert sum(s["ats_miscompares"] for s in stats) > 0  # they did race, and the OSD refused the stale ones
 
 
 @pytest.mark.fuse

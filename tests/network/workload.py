@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tests import oracles
 from tests.cluster.test_multihost import run_hosts
-from tests.conftest import Mount, tool
+from tests.conftest import REPO, Mount, tool
 from tests.helpers import capture_mount, diff_trees
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
@@ -56,3 +57,32 @@ def check_local_copy(image: Path, workdir: Path) -> None:
     theirs = oracles.fuse_tree("vmfs-fuse", [image], workdir / "oracle", unreadable=frozenset({"/.sdd.sf"}))
     theirs.pop("/.sdd.sf")
     assert diff_trees({p: v for p, v in ours.items() if p != "/.sdd.sf"}, theirs) == []
+
+
+COUNTER = """
+import json, sys
+from vmfs.device.opener import open_device
+dev = open_device(sys.argv[1], readonly=False)
+for _ in range(int(sys.argv[2])):
+    while True:
+        old = dev.read(4096, 512)
+        n = int.from_bytes(old[:8], "little")
+        if dev.compare_and_write(4096, old, (n + 1).to_bytes(8, "little") + bytes(504)):
+            break
+print(json.dumps(vars(dev.stats)))
+dev.close()
+"""
+
+
+def count_by_test_and_set(storage: str, processes: int, per: int) -> list[dict]:
+    """``processes`` clients of ``storage`` (each its own session or RADOS client) add ``per`` each
+    to one counter (the first 8 bytes of the sector at 4096) by read and test-and-set, retried on
+    a miscompare; returns each client's device statistics.  A lost increment is a broken ATS."""
+    procs = [subprocess.Popen([sys.executable, "-c", COUNTER, storage, str(per)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(processes)]
+    stats = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        stats.append(json.loads(out.splitlines()[-1]))
+    return stats
