@@ -139,8 +139,9 @@ def cmd_lvm(s: Session) -> None:
 @click.pass_obj
 @report_errors()
 def cmd_device(s: Session) -> None:
-    """Each extent's transport (image file, block device, iSCSI LUN) and the test-and-set its
-    on-disk locks use: ATS, or SCSI-2 reservations on a LUN without COMPARE AND WRITE."""
+    """Each extent's transport (image file, block device, iSCSI LUN, RBD image) and the
+    test-and-set its on-disk locks use: ATS, or SCSI-2 reservations on a LUN without COMPARE AND
+    WRITE."""
     info = I.devices(s.volume)
     blocks = []
     for d in info:
@@ -148,6 +149,8 @@ def cmd_device(s: Session) -> None:
         if d["transport"] == "iscsi":
             rows += [("Portal", d["portal"]), ("Target", d["target"]), ("LUN", d["lun"]),
                      ("Initiator", d["initiator"]), ("Block size", d["blockSize"])]
+        elif d["transport"] == "rbd":
+            rows += [("Pool", d["pool"]), ("Image", d["image"])]
         rows.append(("Test-and-set", I.TEST_AND_SET[d["testAndSet"]]))
         blocks.append(_kv(rows))
     s.emit(info, "\n\n".join(blocks))

@@ -40,9 +40,9 @@ def _targets(paths: tuple[str, ...], size: int | None, extent_sizes: tuple[int, 
     out = []
     for i, path in enumerate(paths):
         want = extent_sizes[i] if extent_sizes else size
-        if is_network_spec(path):  # a LUN has its size, as a block device has
+        if is_network_spec(path):  # network storage has its size, as a block device has
             if want is not None:
-                raise click.UsageError(f"{path} is a network LUN: --size applies to image files only")
+                raise click.UsageError(f"{path} is network storage: --size applies to image files only")
             with open_device(path) as dev:
                 out.append(Target(path, dev.size, True, dev.size))
             continue

@@ -154,7 +154,7 @@ def test_tools_make_check_and_mount_a_volume_on_the_lun(lun: tuple[str, Path], t
     r = _run(tool("vmfs-mkfs"), "-t", "vmfs5", "-L", "san", url)
     assert r.returncode == 0, r.stderr
     r = _run(tool("vmfs-mkfs"), "--size", "1G", url)
-    assert r.returncode == 2 and "network LUN" in r.stderr
+    assert r.returncode == 2 and "network storage" in r.stderr
     with Mount([tool("vmfs-mount"), "-f", "-o", "rw", url, str(tmp_path / "rw")], tmp_path / "rw") as root:
         (root / "vm").mkdir()
         (root / "vm" / "disk-flat.vmdk").write_bytes(b"\x5a" * (3 << 20) + b"tail")
