@@ -156,6 +156,34 @@ def test_own_lease_expiry_stops_writes(two_hosts) -> None:  # type: ignore[no-un
     assert fb.resolve("/before")
 
 
+def test_the_lease_counts_from_when_the_renewal_was_sent_not_answered(image: Path) -> None:
+    """A renewal whose answer comes back 10 s late (the write reached the storage, the path back
+    failed): other hosts may have seen the new stamp at once, so this host's lease runs from the
+    moment it sent it, and it stops writing a lease after that, not a lease after the answer."""
+    clock = ManualClock()
+    att = mount(image, host(1, clock))
+    fs = WritableFileSystem(att)
+    hb = att.heartbeat
+    hb.stop()  # renewals by hand
+    lv = att.volume.device
+    real = lv.compare_and_write
+
+    def late_answer(offset: int, expected: bytes, new: bytes) -> bool:
+        done = real(offset, expected, new)
+        clock.now_us += 10_000_000  # without listeners: nothing else runs meanwhile
+        return done
+
+    lv.compare_and_write = late_answer  # type: ignore[method-assign]
+    sent = clock.now_us
+    hb.renew()
+    lv.compare_and_write = real  # type: ignore[method-assign]
+    fs.write_file("/in-time", b"ok")  # 10 s after sending: still inside the lease
+    clock.now_us = sent + int((att.host.lease + 0.5) * 1_000_000)  # 6.5 s after the answer
+    with pytest.raises(VolumeLostError):
+        fs.write_file("/too-late", b"no")
+    att.crash()
+
+
 def test_shared_directory_creates_from_both(two_hosts) -> None:  # type: ignore[no-untyped-def]
     fa, fb, _ca, _cb = two_hosts
     fa.mkdir("/shared")

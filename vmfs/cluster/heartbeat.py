@@ -118,13 +118,14 @@ class HeartbeatManager:
         own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
         for view in self._candidates(own, [v for v in views if not v.in_use]):
             new = self._image_for(view.hb, state=HB_IN_USE, gen=view.hb.hbGen + 1, journal=None)
+            sent = self.host.clock.monotonic_us()  # the lease counts from here (see _swap)
             if self.volume.device.compare_and_write(view.addr, view.raw, new):
                 with self._lock:
                     self.slot = view.slot
                     self.addr = view.addr
                     self.generation = view.hb.hbGen + 1
                     self._image = new
-                    self._last_renew_us = self.host.clock.monotonic_us()
+                    self._last_renew_us = sent
                     self._lost = None
                 log.info("claimed heartbeat slot %d (gen %d)", view.slot, self.generation)
                 return view if view in own else None
@@ -185,11 +186,16 @@ class HeartbeatManager:
             self._swap(new)
 
     def _swap(self, new: bytes) -> None:
+        # The lease counts from when the new stamp was *sent*: another host may see it land at
+        # once and start its count then, while our answer is stuck on the way back (a network
+        # path that fails after the write reached the storage).  Counting from the answer would
+        # let us write past the moment the others may break our locks.
+        sent = self.host.clock.monotonic_us()
         if not self.volume.device.compare_and_write(self.addr, self._image, new):
             self._lost = "our heartbeat slot was changed by another host"
             raise VolumeLostError(f"volume lost: {self._lost}")
         self._image = new
-        self._last_renew_us = self.host.clock.monotonic_us()
+        self._last_renew_us = sent
 
     def renew(self) -> None:
         with self._lock:
