@@ -61,7 +61,12 @@ class KillingFileDevice(FileDevice):
 
 
 def main() -> None:
-    vmfs.volume.volume.FileDevice = KillingFileDevice  # type: ignore[misc]
+    # the one place the volume opens its images (setattr: a typo here would fail, not pass silently)
+    def open_killing(spec: str, *, readonly: bool = True) -> KillingFileDevice:
+        return KillingFileDevice(spec, readonly=readonly)
+
+    assert hasattr(vmfs.volume.volume, "open_device")
+    vmfs.volume.volume.open_device = open_killing  # type: ignore[assignment]
     from pyvmfs_tools.mount import main as mount_main
 
     sys.argv[0] = "vmfs-mount"

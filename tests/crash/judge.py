@@ -3,7 +3,7 @@
 The crash tests keep their disks in memory (a cut point costs milliseconds, not an image copy),
 so the readers are pointed at devices instead of files: dissect.vmfs reads through a file object
 over the device, vmfs-fsck's phases open the device in place of the image path (the one place
-the tool opens files, ``vmfs.fsck.run.FileDevice``, is given a factory: the fsck code that runs is
+the tool opens devices, ``vmfs.fsck.run.open_device``, is given a factory: the fsck code that runs is
 the real one, the bytes it reads are the crashed disk's), and fsck.vmfs, a separate program, gets
 the device written out to a sparse image file.
 """
@@ -157,7 +157,7 @@ def devices_for_fsck(monkeypatch: pytest.MonkeyPatch, disks: dict[str, BlockDevi
         return _Window(disks[str(path)], readonly)
 
     with monkeypatch.context() as m:
-        m.setattr("vmfs.fsck.run.FileDevice", open_device)
+        m.setattr("vmfs.fsck.run.open_device", open_device)
         yield
 
 
