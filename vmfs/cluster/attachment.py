@@ -37,7 +37,7 @@ from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
 from vmfs.volume.journalblock import journal_address, journal_area, journal_kind, journal_resource
-from vmfs.volume.slots import SlotView
+from vmfs.volume.slots import SlotView, read_slot
 from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.attachment")
@@ -172,6 +172,8 @@ class HostAttachment:
                     volume.invalidate_caches()
             if previous is not None:
                 self._release_leftover_locks(previous, found[2] if found is not None else [])
+            elif identity is not None and identity.dead_slot is not None:
+                self._release_recovered_incarnation(*identity.dead_slot)
             if journal_addr:
                 area = JournalArea(*journal_area(volume, journal_addr))
                 volume.device.write(area.offset, bytes(JOURNAL_HEADER_SIZE))
@@ -268,6 +270,28 @@ class HostAttachment:
         dropped = self.locks.release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, sites)
         if dropped:
             log.warning("let go of %d lock(s) our previous incarnation held", len(dropped))
+        self.left_open = set(dropped) & fd_sites
+
+    def _release_recovered_incarnation(self, slot: int, generation: int) -> None:
+        """Our previous incarnation on this machine stopped without giving its locks back and
+        another host has since recovered it (replayed its journal, cleared its slot): a host
+        whose link was cut for longer than its lease, or one that crashed and was found dead.
+        Its locks are stale by VMFS' rules; let go of them now rather than leave an EBUSY wait
+        and an fsck finding for each.  Only locks still in that very incarnation's name change
+        (by ATS), so nothing another host took since is touched."""
+        assert self.locks is not None
+        geo = self.volume.geometry
+        if not 0 <= slot < geo.heartbeat_region_size // geo.hb_slot_size:
+            return
+        view = read_slot(self.volume, slot)
+        if view.in_use and view.owner == self.host.uuid and view.hb.hbGen == generation:
+            return  # not recovered: the claim found and handled it as ours
+        fd_sites = set(fd_lock_sites(self.volume))
+        sites = sorted(fd_sites | set(cluster_lock_sites(self.volume)))
+        dropped = self.locks.release_incarnation(view.addr, generation, self.host.uuid, sites)
+        if dropped:
+            log.warning("let go of %d lock(s) our previous incarnation held when another host recovered it",
+                        len(dropped))
         self.left_open = set(dropped) & fd_sites
 
     # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------

@@ -30,6 +30,8 @@ log = logging.getLogger("vmfs.cluster.heartbeat")
 
 #: lockImpl value ESXi writes (both samples); meaning unknown (vmfs-format.md 4.2)
 LOCK_IMPL = 3
+#: seconds between renewal attempts while the device fails (instead of a whole period)
+RETRY_AFTER_FAILURE = 0.5
 
 
 def freed_slot(hb: Container, generation: int) -> Container:
@@ -62,17 +64,40 @@ class HeartbeatManager:
         self._thread: threading.Thread | None = None
         #: called after every renewal: watches other hosts and recovers dead ones
         self.reaper = None
+        #: the devices whose writes can land late (network storage), and by how much at most
+        self._late = [d for d in volume.device.leaves() if d.late_write_bound > 0]
+        self.write_bound = max((d.late_write_bound for d in self._late), default=0.0)
+        #: the last beat failed on the device: try again soon rather than a period later
+        self._failing = False
 
     # -- state ------------------------------------------------------------------------------------
 
     @property
     def lost(self) -> str | None:
-        """Why this host may no longer write, or None."""
+        """Why this host may no longer write, or None.
+
+        Other hosts may break our locks a lease after our last renewal was sent.  A write of ours
+        can still land up to the device's ``late_write_bound`` after we issue it, so on network
+        storage we stop issuing writes that much earlier: everything we sent has landed, or never
+        will, before anyone may count us dead."""
         if self._lost is None and self.slot is not None:
             age = (self.host.clock.monotonic_us() - self._last_renew_us) / 1e6
-            if age > self.host.lease:
-                self._lost = f"heartbeat not renewed for {age:.1f} s (lease {self.host.lease:g} s)"
+            if age > self.host.lease - self.write_bound:
+                early = f", less {self.write_bound:g} s for late writes" if self.write_bound else ""
+                self._lost = f"heartbeat not renewed for {age:.1f} s (lease {self.host.lease:g} s{early})"
         return self._lost
+
+    def _guard(self) -> str | None:
+        """The network devices' write guard (:attr:`vmfs.device.base.BlockDevice.write_guard`)."""
+        reason = self.lost
+        return None if reason is None else f"volume lost: {reason}; this host stopped writing"
+
+    def _fence(self, on: bool) -> None:
+        for dev in self._late:
+            if on:
+                dev.write_guard = self._guard
+            elif dev.write_guard == self._guard:
+                dev.write_guard = None
 
     def check_writable(self) -> None:
         reason = self.lost
@@ -127,6 +152,7 @@ class HeartbeatManager:
                     self._image = new
                     self._last_renew_us = sent
                     self._lost = None
+                self._fence(True)
                 log.info("claimed heartbeat slot %d (gen %d)", view.slot, self.generation)
                 return view if view in own else None
         if any(v.in_use for v in views) and all(v.in_use for v in views):
@@ -219,6 +245,7 @@ class HeartbeatManager:
                 except VolumeLostError:
                     log.warning("heartbeat slot %d was taken over before release", self.slot)
             self.slot = None
+            self._fence(False)
 
     # -- renewal thread ----------------------------------------------------------------------------------
 
@@ -234,14 +261,17 @@ class HeartbeatManager:
         """One period: renew our slot, then look after the other hosts.  False once lost."""
         try:
             self.renew()
+            self._failing = False
             if self.reaper is not None:
                 self.reaper()
         except VolumeLostError as exc:
             log.error("%s", exc)
             return False
         except VmfsError as exc:
-            # the device failed (all paths down): keep trying each period; if it stays away
-            # past the lease, this host loses the volume (``lost``) as it must
+            # the device failed (all paths down, a cut link): keep trying, soon, since a lease
+            # shortened for late writes leaves room for few misses; if it stays away past the
+            # lease, this host loses the volume (``lost``) as it must
+            self._failing = True
             log.warning("heartbeat renewal failed: %s", exc)
         return True
 
@@ -269,7 +299,8 @@ class HeartbeatManager:
         self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.host.heartbeat_period):
+        retry = min(self.host.heartbeat_period, RETRY_AFTER_FAILURE)
+        while not self._stop.wait(retry if self._failing else self.host.heartbeat_period):
             if self.volume.closed:
                 return
             try:

@@ -102,6 +102,15 @@ class Held:
         return self._lock
 
 
+class _Blocked(str):
+    """Why a lock was not taken, and the live-looking host that holds it."""
+
+    def __new__(cls, text: str, holder: tuple[int, int, str]) -> _Blocked:
+        self = super().__new__(cls, text)
+        self.holder = holder
+        return self
+
+
 class LockManager:
     def __init__(
         self,
@@ -185,6 +194,21 @@ class LockManager:
         if now - seen[2] >= self.host.lease * 1_000_000:
             return "dead"
         return "alive"
+
+    def _silent_until(self, holder: tuple[int, int, str] | None) -> int | None:
+        """A holder whose heartbeat has not moved for two periods may be dead (a cut link, a
+        crash): rather than EBUSY, wait until its lease runs out, when its lock is broken.
+        Returns until when (monotonic µs), or None for a holder that renews."""
+        period = self.host.heartbeat_period
+        if holder is None or period <= 0:
+            return None
+        seen = self._watch.get(holder[0])
+        if seen is None:
+            return None
+        period_us = int(period * 1_000_000)
+        if self.host.clock.monotonic_us() - seen[2] < 2 * period_us:
+            return None
+        return seen[2] + int(self.host.lease * 1_000_000) + period_us
 
     def recover_host(self, slot: SlotView) -> None:
         """A dead host: replay its journal, clear its slot (generation + 1), free its journal
@@ -286,7 +310,10 @@ class LockManager:
             if got == "retry":
                 continue
             if clock.monotonic_us() >= deadline:
-                raise BusyError(f"lock at 0x{offset:x} is held by another host ({got})")
+                until = self._silent_until(getattr(got, "holder", None))
+                if until is None or clock.monotonic_us() >= until:
+                    raise BusyError(f"lock at 0x{offset:x} is held by another host ({got})")
+                deadline = until
             clock.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, self.poll_max)
 
@@ -307,7 +334,7 @@ class LockManager:
                     self.recover_host(read_slot(self.volume, (h[0] - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size))
                     return "retry"
                 if state == "alive":
-                    return f"mode {lock.mode}, owner {h[2]}"
+                    return _Blocked(f"mode {lock.mode}, owner {h[2]}", h)
             # every holder is gone: the lock is stale and is broken below
             lock = self._cleared(lock)
         elif blocking and mode in SHARED_MODES:

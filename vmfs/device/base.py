@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from collections.abc import Callable
 
 from vmfs.errors import DeviceError, ReadOnlyError
 
@@ -22,6 +23,16 @@ class BlockDevice(abc.ABC):
     #: sector size used by ATS and torn-write simulation
     sector_size: int = 512
     name: str = "device"
+    #: seconds after a write is issued by which it has either reached the storage or never will.
+    #: Local storage: 0.  Network storage bounds it (an iSCSI session whose data stays
+    #: unacknowledged that long is killed in the kernel), and a host's lease is shortened by it:
+    #: a write it sends must land before other hosts may count the host dead.
+    late_write_bound: float = 0.0
+    #: on network storage, asked under the device's own lock just before each write-type command
+    #: is sent: a reason to refuse it (the host can no longer prove its lease), or None.  Set by
+    #: the heartbeat (vmfs.cluster.heartbeat); checked at the last moment because a command may
+    #: wait behind a slow one for longer than the lease has left.
+    write_guard: Callable[[], str | None] | None = None
 
     def __init__(self, *, readonly: bool) -> None:
         self.readonly = readonly
@@ -79,6 +90,10 @@ class BlockDevice(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
+
+    def leaves(self) -> list[BlockDevice]:
+        """The devices that do the I/O under this one (itself, unless it wraps others)."""
+        return [self]
 
     def before_fork(self) -> None:  # noqa: B027 - optional hook
         """The process is about to fork (a mount going to the background): a device whose client

@@ -67,6 +67,9 @@ class FaultDevice(BlockDevice):
     def size(self) -> int:
         return self.base.size
 
+    def leaves(self) -> list[BlockDevice]:
+        return self.base.leaves()
+
     def _check(self) -> None:
         if self.dead:
             raise PowerCut(f"{self.name}: power cut after {self.cut_after} writes")

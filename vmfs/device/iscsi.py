@@ -15,9 +15,27 @@ The atomic test-and-set follows what the LUN offers, found at the first one:
   initiator's commands get RESERVATION CONFLICT; they are retried with a growing back-off, which
   is the stall esx-design.md section 1.5 describes, and counted.
 
-libiscsi's context is not thread-safe, so every command runs under the device's lock.  A dropped
-connection is reconnected by libiscsi's own auto-reconnect inside the synchronous call; a command
-that still fails is a :class:`vmfs.errors.DeviceError` with the target's message.
+libiscsi's context is not thread-safe, so every command runs under the device's lock, and a
+reserved update holds a second lock for its whole sequence (two threads of one host must not
+interleave RESERVE ... RELEASE).
+
+**No write lands late.**  A host whose link is cut must not have a write arrive at the target
+after the other hosts may have counted it dead and broken its locks.  libiscsi's own timeout only
+forgets a command; the bytes stay in the kernel's socket buffer and were measured arriving when
+the link came back, and its auto-reconnect resends what it still had queued.  So every socket gets
+``TCP_USER_TIMEOUT`` (:data:`LINK_TIMEOUT`): data the target's kernel has not acknowledged by
+then kills the connection and is discarded.  Auto-reconnect is off; a session that failed is
+dropped with a reset (``SO_LINGER`` 0, nothing more goes out of it) and logged in again on the
+next command.  :attr:`late_write_bound` tells the heartbeat how much earlier than the lease to
+stop writing, and :attr:`write_guard` is asked under the lock right before every write-type
+command goes out.
+
+**A reservation left behind.**  An initiator cut off while it held a reservation keeps the LUN
+reserved (tgt frees it only when it sees the connection die).  After :data:`RESET_AFTER` seconds
+of conflicts without a break, a host sends a LUN reset, as ESX does.  The reset gives every other
+session a UNIT ATTENTION on its next command, which is retried, or, inside a reserved update,
+restarts the update from RESERVE: its own reservation was cleared, so nothing it read still holds.
+A RESERVATION CONFLICT inside our own reserved update means the same.
 """
 
 from __future__ import annotations
@@ -25,10 +43,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import os
 import random
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,10 +57,15 @@ from urllib.parse import unquote
 from vmfs.device.base import BlockDevice
 from vmfs.errors import DeviceError, InvalidArgumentError
 
+log = logging.getLogger("vmfs.device.iscsi")
+
 _STATUS_GOOD = 0
 _STATUS_CHECK_CONDITION = 2
 _STATUS_RESERVATION_CONFLICT = 0x18
 _SENSE_ILLEGAL_REQUEST = 0x05
+_SENSE_UNIT_ATTENTION = 0x06
+#: libiscsi's own statuses (iscsi.h): cancelled, error, timed out; the session is unusable after them
+_STATUS_LIBISCSI = 0x0F000000
 _SENSE_MISCOMPARE = 0x0E
 _ASCQ_INVALID_OPCODE = 0x2000
 _SESSION_NORMAL = 2
@@ -50,6 +75,17 @@ _MAX_TRANSFER = 1 << 20
 #: how long a command retries RESERVATION CONFLICT before it gives up (a host that died holding a
 #: reservation is cleared by a LUN reset: :meth:`IscsiDevice.reset_lun`)
 CONFLICT_PATIENCE = 30.0
+#: seconds of RESERVATION CONFLICT without a break after which a LUN reset clears the reservation
+#: (a live holder keeps one for a single lock update: milliseconds)
+RESET_AFTER = 8.0
+#: unit attentions in a row a command is retried through (each reports one event, then clears)
+_MAX_ATTENTIONS = 8
+#: seconds sent data may stay unacknowledged by the target's kernel before the connection is
+#: killed (TCP_USER_TIMEOUT); a silent peer only: a busy target still acknowledges
+LINK_TIMEOUT = 4.0
+#: the kernel checks the user timeout on retransmission timers, and data the target's kernel took
+#: may wait behind its queue: the margin beyond LINK_TIMEOUT a write can take to land
+_LANDING_MARGIN = 2.0
 
 
 class _Sense(ctypes.Structure):
@@ -125,6 +161,9 @@ def _library() -> ctypes.CDLL:
             "iscsi_reserve6_sync": (task, [vp, i]),
             "iscsi_release6_sync": (task, [vp, i]),
             "iscsi_task_mgmt_lun_reset_sync": (i, [vp, u32]),
+            "iscsi_set_noautoreconnect": (None, [vp, i]),
+            "iscsi_set_tcp_user_timeout": (i, [vp, i]),
+            "iscsi_get_fd": (i, [vp]),
             "scsi_free_scsi_task": (None, [task]),
         }
         for fn, (restype, argtypes) in protos.items():
@@ -192,10 +231,20 @@ class IscsiStats:
     conflicts: int = 0  # RESERVATION CONFLICT answers, on any command
     miscompares: int = 0  # test-and-sets under a reservation that found other bytes
     conflict_wait: float = 0.0  # seconds spent backing off from conflicts
+    unit_attentions: int = 0  # UNIT ATTENTION answers (after a reset), retried
+    restarts: int = 0  # reserved updates started again: the reservation was lost midway
+    lun_resets: int = 0  # LUN resets this host sent to clear a reservation left behind
+    reconnects: int = 0  # sessions logged in again after one failed
+
+
+class _ReservationLost(Exception):
+    """Inside a reserved update: our reservation is gone (a LUN reset; another host has it)."""
 
 
 class IscsiDevice(BlockDevice):
     """One LUN of an iSCSI target, through one libiscsi session of its own."""
+
+    late_write_bound = LINK_TIMEOUT + _LANDING_MARGIN
 
     def __init__(self, url: str, *, readonly: bool = True, initiator: str | None = None,
                  timeout: int = 30) -> None:
@@ -206,34 +255,72 @@ class IscsiDevice(BlockDevice):
         self.stats = IscsiStats()
         self._lib = _library()
         self._lock = threading.Lock()
-        self._ctx = self._lib.iscsi_create_context(self.initiator.encode())
-        if not self._ctx:
-            raise DeviceError(f"{self.name}: libiscsi could not make a context")
+        self._sequence = threading.Lock()
+        self._timeout = timeout
+        self._closed = False
+        self._ctx: int | None = None
+        self._error_text = ""
+        self._login()
         try:
-            self._connect(timeout)
             self.block_size, self._size = self._capacity()
         except BaseException:
-            self._lib.iscsi_destroy_context(self._ctx)
-            self._ctx = None
+            self._drop()
             raise
         self.sector_size = 512 if self.block_size <= 512 else self.block_size
 
     # -- session -------------------------------------------------------------------------------
 
     def _error(self) -> str:
+        if not self._ctx:
+            return self._error_text or "no session"
         msg = self._lib.iscsi_get_error(self._ctx)
         return msg.decode(errors="replace").strip() if msg else "unknown error"
 
-    def _connect(self, timeout: int) -> None:
-        lib, ctx, u = self._lib, self._ctx, self.url
+    def _login(self) -> None:
+        """A new session (the caller holds the lock, or nobody else has the device yet)."""
+        lib, u = self._lib, self.url
+        ctx = lib.iscsi_create_context(self.initiator.encode())
+        if not ctx:
+            raise DeviceError(f"{self.name}: libiscsi could not make a context")
+        self._ctx = ctx
         lib.iscsi_set_targetname(ctx, u.target.encode())
         lib.iscsi_set_session_type(ctx, _SESSION_NORMAL)
         lib.iscsi_set_header_digest(ctx, _HEADER_DIGEST_NONE_CRC32C)
-        lib.iscsi_set_timeout(ctx, timeout)
+        lib.iscsi_set_timeout(ctx, self._timeout)
+        lib.iscsi_set_noautoreconnect(ctx, 1)
+        lib.iscsi_set_tcp_user_timeout(ctx, int(LINK_TIMEOUT * 1000))
         if u.user is not None:
             lib.iscsi_set_initiator_username_pwd(ctx, u.user.encode(), (u.password or "").encode())
         if lib.iscsi_full_connect_sync(ctx, u.portal.encode(), u.lun) != 0:
-            raise DeviceError(f"{self.name}: cannot log in: {self._error()}")
+            message = self._error()
+            self._drop()
+            self._error_text = message
+            raise DeviceError(f"{self.name}: cannot log in: {message}")
+
+    def _drop(self) -> None:
+        """Forget the session with a TCP reset: the kernel discards whatever it still held to
+        send, so nothing of this session reaches the target after now."""
+        ctx, self._ctx = self._ctx, None
+        if not ctx:
+            return
+        msg = self._lib.iscsi_get_error(ctx)
+        self._error_text = (msg.decode(errors="replace").strip() if msg else "") or "session failed"
+        fd = self._lib.iscsi_get_fd(ctx)
+        if fd >= 0:
+            try:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._lib.iscsi_destroy_context(ctx)
+
+    def _session(self) -> None:
+        """Under the lock: a session to issue on, logged in again if the last one failed."""
+        if self._closed:
+            raise DeviceError(f"{self.name}: device is closed")
+        if self._ctx is None:
+            self._login()
+            self.stats.reconnects += 1
 
     def _capacity(self) -> tuple[int, int]:
         data = self._command(lambda: self._lib.iscsi_readcapacity16_sync(self._ctx, self.url.lun), "READ CAPACITY")
@@ -257,35 +344,68 @@ class IscsiDevice(BlockDevice):
 
     # -- commands ------------------------------------------------------------------------------
 
-    def _run(self, issue, what: str):  # type: ignore[no-untyped-def]
-        """Issue a command until it is not refused for a reservation; returns the task (the
-        caller frees it).  Holds the session lock for one command at a time."""
-        deadline = None
+    def _run(self, issue, what: str, *, write: bool = False, reserved: bool = False):  # type: ignore[no-untyped-def]
+        """Issue a command until it is neither refused for a reservation nor answered with a
+        unit attention; returns the task (the caller frees it).  Holds the session lock for one
+        command at a time.  ``write``: refused once the write guard says so.  ``reserved``: part
+        of our own reserved update, which a conflict or a unit attention ends
+        (:class:`_ReservationLost`)."""
+        first = None
+        reset = False
+        attentions = 0
         pause = 0.0005
         while True:
             with self._lock:
-                if self._ctx is None:
-                    raise DeviceError(f"{self.name}: device is closed")
+                self._session()
+                if write and self.write_guard is not None:
+                    refusal = self.write_guard()
+                    if refusal is not None:
+                        raise DeviceError(f"{self.name}: {what} not sent: {refusal}")
                 task = issue()
                 if not task:
-                    raise DeviceError(f"{self.name}: {what} failed: {self._error()}")
-                if task.contents.status != _STATUS_RESERVATION_CONFLICT:
+                    message = self._error()
+                    self._drop()
+                    raise DeviceError(f"{self.name}: {what} failed: {message}")
+                t = task.contents
+                if t.status & _STATUS_LIBISCSI == _STATUS_LIBISCSI:  # timed out, cancelled: the session is gone
+                    message = self._error()
+                    self._lib.scsi_free_scsi_task(task)
+                    self._drop()
+                    raise DeviceError(f"{self.name}: {what} failed: {message}")
+                if t.status == _STATUS_CHECK_CONDITION and t.sense.key == _SENSE_UNIT_ATTENTION:
+                    self._lib.scsi_free_scsi_task(task)
+                    self.stats.unit_attentions += 1
+                    attentions += 1
+                    if reserved:
+                        raise _ReservationLost
+                    if attentions <= _MAX_ATTENTIONS:
+                        continue
+                    raise DeviceError(f"{self.name}: {what}: unit attention, again and again")
+                if t.status != _STATUS_RESERVATION_CONFLICT:
                     return task
                 self._lib.scsi_free_scsi_task(task)
                 self.stats.conflicts += 1
+                if reserved:
+                    raise _ReservationLost
             now = time.monotonic()
-            if deadline is None:
-                deadline = now + CONFLICT_PATIENCE
-            elif now > deadline:
+            if first is None:
+                first = now
+            elif now - first > CONFLICT_PATIENCE:
                 raise DeviceError(f"{self.name}: {what}: the LUN stayed reserved by another initiator "
-                                  f"for {CONFLICT_PATIENCE:.0f} s (a LUN reset clears a dead host's reservation)")
+                                  f"for {CONFLICT_PATIENCE:.0f} s, through a LUN reset")
+            elif not reset and now - first > RESET_AFTER:
+                reset = True
+                log.warning("%s: reserved by another initiator for %.1f s: sending a LUN reset", self.name, now - first)
+                self.reset_lun()
+                continue
             wait = pause * (0.5 + random.random())
             time.sleep(wait)
             self.stats.conflict_wait += wait
             pause = min(pause * 2, 0.05)
 
-    def _command(self, issue, what: str) -> bytes:  # type: ignore[no-untyped-def]
-        task = self._run(issue, what)
+    def _command(self, issue, what: str, *, write: bool = False,  # type: ignore[no-untyped-def]
+                 reserved: bool = False) -> bytes:
+        task = self._run(issue, what, write=write, reserved=reserved)
         try:
             t = task.contents
             if t.status != _STATUS_GOOD:
@@ -308,7 +428,7 @@ class IscsiDevice(BlockDevice):
         last = (offset + length + bs - 1) // bs
         return first, last - first
 
-    def _read_blocks(self, lba: int, count: int) -> bytes:
+    def _read_blocks(self, lba: int, count: int, reserved: bool = False) -> bytes:
         bs, lun = self.block_size, self.url.lun
         out = []
         step = _MAX_TRANSFER // bs
@@ -316,14 +436,14 @@ class IscsiDevice(BlockDevice):
             n = min(count, step)
             out.append(self._command(
                 lambda lba=lba, n=n: self._lib.iscsi_read16_sync(self._ctx, lun, lba, n * bs, bs, 0, 0, 0, 0, 0),
-                "READ(16)"))
+                "READ(16)", reserved=reserved))
             if len(out[-1]) != n * bs:
                 raise DeviceError(f"{self.name}: short read at LBA {lba}")
             lba += n
             count -= n
         return out[0] if len(out) == 1 else b"".join(out)
 
-    def _write_blocks(self, lba: int, data: bytes) -> None:
+    def _write_blocks(self, lba: int, data: bytes, reserved: bool = False) -> None:
         bs, lun = self.block_size, self.url.lun
         step = _MAX_TRANSFER
         for pos in range(0, len(data), step):
@@ -332,26 +452,26 @@ class IscsiDevice(BlockDevice):
             self._command(
                 lambda at=at, chunk=chunk: self._lib.iscsi_write16_sync(
                     self._ctx, lun, at, chunk, len(chunk), bs, 0, 0, 0, 0, 0),
-                "WRITE(16)")
+                "WRITE(16)", write=True, reserved=reserved)
 
-    def _read(self, offset: int, length: int) -> bytes:
+    def _read(self, offset: int, length: int, reserved: bool = False) -> bytes:
         lba, count = self._span(offset, length)
-        raw = self._read_blocks(lba, count)
+        raw = self._read_blocks(lba, count, reserved)
         start = offset - lba * self.block_size
         return raw[start : start + length] if (start or len(raw) != length) else raw
 
-    def _write(self, offset: int, data: bytes) -> None:
+    def _write(self, offset: int, data: bytes, reserved: bool = False) -> None:
         bs = self.block_size
         if offset % bs == 0 and len(data) % bs == 0:
-            self._write_blocks(offset // bs, data)
+            self._write_blocks(offset // bs, data, reserved)
             return
         # a partial block: read, patch, write back.  Not atomic against another initiator; the
         # layers above write a block only under the lock of what owns it.
         lba, count = self._span(offset, len(data))
-        image = bytearray(self._read_blocks(lba, count))
+        image = bytearray(self._read_blocks(lba, count, reserved))
         start = offset - lba * bs
         image[start : start + len(data)] = data
-        self._write_blocks(lba, bytes(image))
+        self._write_blocks(lba, bytes(image), reserved)
 
     def flush(self) -> None:
         if self.readonly:
@@ -378,7 +498,8 @@ class IscsiDevice(BlockDevice):
         bs, lun = self.block_size, self.url.lun
         payload = expected + new
         task = self._run(lambda: self._lib.iscsi_compareandwrite_sync(
-            self._ctx, lun, offset // bs, payload, len(payload), bs, 0, 0, 0, 0, 0), "COMPARE AND WRITE")
+            self._ctx, lun, offset // bs, payload, len(payload), bs, 0, 0, 0, 0, 0), "COMPARE AND WRITE",
+            write=True)
         try:
             t = task.contents
             if t.status == _STATUS_GOOD:
@@ -399,18 +520,36 @@ class IscsiDevice(BlockDevice):
             self._lib.scsi_free_scsi_task(task)
 
     def _reserved_compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
+        """RESERVE, read, compare, write, RELEASE; started again from RESERVE when the
+        reservation is lost midway (the write was then not done: a unit attention or a conflict
+        refuses the command it answers)."""
         lun = self.url.lun
-        self._command(lambda: self._lib.iscsi_reserve6_sync(self._ctx, lun), "RESERVE(6)")
-        self.stats.reservations += 1
+        deadline = time.monotonic() + CONFLICT_PATIENCE
+        with self._sequence:
+            while True:
+                self._command(lambda: self._lib.iscsi_reserve6_sync(self._ctx, lun), "RESERVE(6)", write=True)
+                self.stats.reservations += 1
+                try:
+                    current = self._read(offset, len(expected), reserved=True)
+                    if current != expected:
+                        self.stats.miscompares += 1
+                        return False
+                    self._write(offset, new, reserved=True)
+                    return True
+                except _ReservationLost:
+                    self.stats.restarts += 1
+                    if time.monotonic() > deadline:
+                        raise DeviceError(f"{self.name}: lost the reservation for a lock update again and again for "
+                                          f"{CONFLICT_PATIENCE:.0f} s") from None
+                finally:
+                    self._release()
+
+    def _release(self) -> None:
+        """RELEASE(6) of our reservation; one that a reset already cleared needs none."""
         try:
-            current = self._read(offset, len(expected))
-            if current != expected:
-                self.stats.miscompares += 1
-                return False
-            self._write(offset, new)
-            return True
-        finally:
-            self._command(lambda: self._lib.iscsi_release6_sync(self._ctx, lun), "RELEASE(6)")
+            self._command(lambda: self._lib.iscsi_release6_sync(self._ctx, self.url.lun), "RELEASE(6)", reserved=True)
+        except _ReservationLost:
+            pass
 
     def probe_test_and_set(self) -> str:
         """Which test-and-set the LUN gives ('ats' or 'reserve'), without changing a byte: a
@@ -440,11 +579,18 @@ class IscsiDevice(BlockDevice):
         """A LUN reset: clears a reservation left by an initiator that is gone (ESX does this when
         a host that held one stops answering)."""
         with self._lock:
+            self._session()
             if self._lib.iscsi_task_mgmt_lun_reset_sync(self._ctx, self.url.lun) != 0:
-                raise DeviceError(f"{self.name}: LUN reset failed: {self._error()}")
+                message = self._error()
+                self._drop()
+                raise DeviceError(f"{self.name}: LUN reset failed: {message}")
+            self.stats.lun_resets += 1
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._ctx is None:
                 return
             self._lib.iscsi_logout_sync(self._ctx)

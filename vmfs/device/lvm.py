@@ -262,6 +262,9 @@ class LogicalVolume(BlockDevice):
         for dev in self.underlying:
             dev.close()
 
+    def leaves(self) -> list[BlockDevice]:
+        return [leaf for dev in self.underlying for leaf in dev.leaves()]
+
     @property
     def underlying(self) -> list[BlockDevice]:
         return [self.bare] if self.bare is not None else [d.device for d in self.devices]

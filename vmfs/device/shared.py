@@ -29,6 +29,9 @@ class SharedDevice(BlockDevice):
     def size(self) -> int:
         return self.device.size
 
+    def leaves(self) -> list[BlockDevice]:
+        return self.device.leaves()
+
     def _check(self) -> None:
         if self.closed:
             raise DeviceError(f"{self.name}: this host's handle on the device is closed")
