@@ -58,6 +58,11 @@ class DeviceError(VmfsError, OSError):
     errno = _errno.EIO
 
 
+class FencedError(DeviceError):
+    """The storage refuses this client: another host found ours dead and fenced it (an RBD
+    blocklist).  Nothing it sends lands any more; the host has lost the volume."""
+
+
 class NotFoundError(VmfsError, FileNotFoundError):
     errno = _errno.ENOENT
 

@@ -122,14 +122,20 @@ def test_stale_lock_is_broken_only_after_the_lease(two_hosts) -> None:  # type: 
     gen_a = fa.attachment.heartbeat.generation
     # A dies: no more renewals, nothing released
     fa.attachment.heartbeat.stop()
-    fb.busy_timeout = 0  # one attempt per call, so the test controls the time
-    start = cb.now_us
-    while cb.now_us - start < 14_000_000:  # < lease: always refused
+    last_stamp = fa.attachment.heartbeat._last_renew_us
+    lease_us = int(fb.attachment.host.lease * 1_000_000)
+    fb.busy_timeout = 0  # one attempt at the operation level: what waits is the lock itself
+    locks = fb.attachment.locks
+    locks.wait_for_silent = False  # first as a caller that wants EBUSY at once
+    while cb.now_us - last_stamp < lease_us - 2_000_000:  # well inside the lease: always refused
         with pytest.raises(BusyError):
             fb.open_file(f.address, write=True)
         cb.advance(1)
-    cb.advance(3)  # now more than 16 s without a change of A's stamp: B's reaper recovers A
+    # then as every operation does: A's heartbeat has stood still for two periods, so B waits
+    # for the lease to run out (and no longer) instead of answering EBUSY, then breaks the lock
+    locks.wait_for_silent = True
     fb.open_file(f.address, write=True)
+    assert lease_us <= cb.now_us - last_stamp <= lease_us + 5_000_000
     slot = read_slot(fb.volume, slot_a)
     assert slot.hb.state == HB_FREE and slot.hb.hbGen == gen_a + 1
     assert lock_of(fb.volume, f.address).owner == fb.attachment.host.uuid

@@ -1,12 +1,13 @@
-"""A host's link to the iSCSI target cut (``ip link set ... down`` on its switch port) and
-restored, with real sessions from separate network namespaces.
+"""A host's link to the storage cut (``ip link set ... down`` on its switch port) and restored,
+with real iSCSI sessions and RADOS clients from separate network namespaces.
 
 What must hold: a write sent into the cut never lands after the link comes back (it would
-overwrite what the surviving hosts wrote after taking over); a reservation the cut-off host
-held is cleared by a LUN reset so the others go on; the host that held it cannot write under
-the reservation it lost; and under a real multi-host workload the survivors go on within the
-lease plus a heartbeat period, nothing acknowledged is lost, the cut host re-attaches when its
-link is back, and the volume checks clean."""
+overwrite what the surviving hosts wrote after taking over): on iSCSI because the session dies
+with it, on RBD because the survivors blocklist the cut-off client first; a reservation the
+cut-off host held is cleared by a LUN reset so the others go on, and that host cannot write
+under the reservation it lost; and under a real multi-host workload the survivors go on within
+the lease plus a heartbeat period, nothing acknowledged is lost, the cut host re-attaches when
+its link is back, and the volume checks clean."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ import pytest
 
 from tests.conftest import REPO, tool
 from tests.network import netns
+from tests.network.ceph import CephCluster
 from tests.network.cut_worker import content
 from tests.network.tgt import TgtTarget
 from vmfs.cluster.attachment import HostAttachment
 from vmfs.cluster.host import HostIdentity
 from vmfs.device.iscsi import LINK_TIMEOUT, RESET_AFTER, IscsiDevice
+from vmfs.device.opener import open_device
+from vmfs.device.rbd import OSD_OP_TIMEOUT
 from vmfs.volume.namespace import FileSystem
 from vmfs.volume.slots import read_slots
 from vmfs.volume.volume import Volume
@@ -40,11 +44,12 @@ def lun(tgt_target: TgtTarget, request: pytest.FixtureRequest) -> tuple[str, Pat
     return tgt_target.add_lun(name, 1 << 30)
 
 
-#: a host on the far side of the link, driven line by line: `write OFFSET BYTE`, `reserve`, `quit`
+#: a host on the far side of the link, driven line by line: `write OFFSET BYTE`, `announce NAME`,
+#: `reserve`, `reserved-write OFFSET BYTE` (iSCSI), `quit`
 HOST = """
 import sys, time
-from vmfs.device.iscsi import IscsiDevice
-dev = IscsiDevice(sys.argv[1], readonly=False)
+from vmfs.device.opener import open_device
+dev = open_device(sys.argv[1], readonly=False)
 print("ready", flush=True)
 for line in sys.stdin:
     cmd = line.split()
@@ -52,6 +57,8 @@ for line in sys.stdin:
     try:
         if cmd[0] == "write":
             dev.write(int(cmd[1]), bytes([int(cmd[2])]) * 4096)
+        elif cmd[0] == "announce":
+            dev.announce(cmd[1])
         elif cmd[0] == "reserve":
             dev._command(lambda: dev._lib.iscsi_reserve6_sync(dev._ctx, dev.url.lun), "RESERVE(6)")
         elif cmd[0] == "reserved-write":
@@ -61,7 +68,7 @@ for line in sys.stdin:
         print("ok", round(time.monotonic() - t0, 2), flush=True)
     except Exception as exc:
         print("failed", round(time.monotonic() - t0, 2), type(exc).__name__, str(exc).replace(chr(10), " "), flush=True)
-print("stats", dev.stats.reconnects, dev.stats.unit_attentions, flush=True)
+print("stats", getattr(dev.stats, "reconnects", 0), getattr(dev.stats, "unit_attentions", 0), flush=True)
 dev.close()
 """
 
@@ -138,6 +145,39 @@ def test_a_write_sent_into_a_cut_link_never_lands_after_it_comes_back(
         far.kill()
 
 
+def test_a_write_sent_into_a_cut_link_is_refused_once_the_rbd_client_is_fenced(
+        lan: netns.Lan, ceph_cluster: CephCluster) -> None:
+    """The far host's RADOS client announces itself and writes 0xAA into a cut link (its
+    operation times out after 5 s, but the message may still be on its way).  The near host
+    fences it (blocklist) and writes 0xBB; when the link is back the block stays 0xBB, and the
+    far client's next write is refused as fenced."""
+    image = ceph_cluster.image("cut-write", 64 << 20)
+    far = FarHost(lan, 1, image + ":rados_osd_op_timeout=5")
+    near = open_device(image, readonly=False)
+    offset = 1 << 20
+    try:
+        assert far.ask("announce far.200000.1").startswith("ok")
+        assert far.ask(f"write {offset} 17").startswith("ok")
+        lan.cut(1)
+        try:
+            answer = far.ask(f"write {offset} 170")
+            assert answer.startswith("failed"), answer
+            assert near.fence("far.200000.1")
+            near.write(offset, b"\xbb" * 4096)
+            near.flush()
+        finally:
+            lan.restore(1)
+        time.sleep(8)
+        assert near.read(offset, 4096) == b"\xbb" * 4096
+        answer = far.ask(f"write {offset} 204")
+        assert answer.startswith("failed") and "fenced" in answer, answer
+        assert near.read(offset, 4096) == b"\xbb" * 4096
+        assert not near.fence("nobody.200000.1")  # nothing announced under that name
+    finally:
+        near.close()
+        far.kill()
+
+
 def test_a_reservation_left_by_a_cut_off_host_is_cleared_by_a_lun_reset(
         lun: tuple[str, Path], lan: netns.Lan, tgt_target: TgtTarget) -> None:
     """The far host takes a SCSI-2 reservation and its link is cut.  Another host's read meets
@@ -177,22 +217,28 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.parametrize("storage", ["iscsi", "rbd"])
 def test_a_host_cut_off_mid_workload_loses_its_locks_and_nothing_acknowledged(
-        lun: tuple[str, Path], lan: netns.Lan, tgt_target: TgtTarget, tmp_path: Path) -> None:
+        storage: str, lan: netns.Lan, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Three hosts create fsync'd files in one directory; host 3's link is cut for 30 s.  The
     survivors must go on within the lease plus a heartbeat period (host 3 may have held the
-    directory's lock or the LUN's reservation); host 3 must fail its writes, and once its link is
-    back, attach again and go on.  Afterwards every acknowledged file is there with its bytes,
-    no heartbeat slot is left in use, and vmfs-fsck finds the target's file clean."""
-
-    url, backing = lun
+    directory's lock, or on iSCSI the LUN's reservation; on RBD they fence it first); host 3 must
+    fail its writes, and once its link is back, attach again and go on.  Afterwards every
+    acknowledged file is there with its bytes, no heartbeat slot is left in use, and vmfs-fsck
+    finds the volume clean."""
+    if storage == "iscsi":
+        target: TgtTarget = request.getfixturevalue("tgt_target")
+        url, _ = target.add_lun("cut-workload", 1 << 30)
+        lan_url = _lan_url(url, lan, target)
+    else:
+        cluster: CephCluster = request.getfixturevalue("ceph_cluster")
+        url = lan_url = cluster.image("cut-workload", 1 << 30)
     r = subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--files", "16384", url],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     setup = HostAttachment.open(url, host=HostIdentity(uuid="71000009-00000000-0000-020000000009"))
     WritableFileSystem(setup).mkdir("/shared")
     setup.close()
-    lan_url = _lan_url(url, lan, tgt_target)
     stop = tmp_path / "stop"
     logs = {k: tmp_path / f"h{k}.log" for k in (1, 2, 3)}
     procs = {k: subprocess.Popen(lan.argv(k, [sys.executable, "-m", "tests.network.cut_worker", lan_url, str(k),
@@ -241,13 +287,17 @@ def test_a_host_cut_off_mid_workload_loses_its_locks_and_nothing_acknowledged(
         assert pause <= lease + period
     cut = events[3]
     errors = [e for e in cut if e["event"] == "error" and e["t"] > cut_at]
-    assert errors and errors[0]["t"] < restored_at, cut[-8:]
+    # iSCSI fails it within the lease; on RBD an operation waits for its OSD timeout (30 s)
+    assert errors and errors[0]["t"] < restored_at + OSD_OP_TIMEOUT, cut[-8:]
     late = [e for e in cut if e["event"] == "ack" and cut_at + 1 < e["t"] < restored_at]
     assert not late, late  # nothing was acknowledged through a cut link
     print(f"host 3: first error {errors[0]['t'] - cut_at:.1f} s after the cut: {errors[0]['error'][:160]}")
     reattached = [e for e in cut if e["event"] == "attached" and e["t"] > restored_at]
     assert reattached, cut[-8:]
     print(f"host 3: attached again {reattached[0]['t'] - restored_at:.1f} s after the link came back")
+    if storage == "rbd":  # the survivors fenced host 3's client before they broke its locks
+        blocklist = cluster.run("ceph", "osd", "blocklist", "ls")
+        assert f"{lan.host_ip(3)}:0/" in blocklist, blocklist
     # every acknowledged file, with its bytes; no slot left in use; the target's file is clean
 
     with Volume.open(url) as vol:
@@ -258,5 +308,5 @@ def test_a_host_cut_off_mid_workload_loses_its_locks_and_nothing_acknowledged(
                     with fs.open(e["path"]) as f:
                         assert f.read() == content(f"h{k}", e["i"]), e
         assert not any(s.in_use for s in read_slots(vol))
-    r = subprocess.run([tool("vmfs-fsck"), "-n", str(backing)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([tool("vmfs-fsck"), "-n", url], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout

@@ -32,7 +32,7 @@ from vmfs.cluster.journal import Journal, JournalArea, decode_transaction, repla
 from vmfs.cluster.locks import KEEP_IDLE, LockManager, cluster_lock_sites, fd_lock_sites
 from vmfs.cluster.transaction import Transaction
 from vmfs.device.base import BlockDevice
-from vmfs.errors import DeviceError, ReadOnlyError, UnsupportedError, VmfsError, VolumeLostError
+from vmfs.errors import DeviceError, FencedError, ReadOnlyError, UnsupportedError, VmfsError, VolumeLostError
 from vmfs.ondisk import resource as R
 from vmfs.ondisk.journal import JOURNAL_HEADER_SIZE
 from vmfs.volume.filedesc import FileDescriptor
@@ -472,7 +472,12 @@ class HostAttachment:
                     self._recover_from_failed_io()  # never empty a journal that still has work to redo
             self._stop_keeping()
             if self.locks is not None:
-                self.locks.release_all()
+                try:
+                    self.locks.release_all()
+                except FencedError:
+                    if lost is None:
+                        raise
+                    # the storage refuses us: whatever was ours belongs to whoever recovered us
         except BaseException:
             hb.stop()  # as after a crash: slot, journal and locks stay for whoever recovers us
             raise
@@ -489,7 +494,11 @@ class HostAttachment:
         finally:
             if tx is not None:
                 tx.release_locks()
-        volume.device.flush()
+        if lost is None:
+            volume.device.flush()
+        else:
+            with contextlib.suppress(FencedError):
+                volume.device.flush()
 
     def __enter__(self) -> HostAttachment:
         return self

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
-from vmfs.errors import BusyError, NoSpaceError, VmfsError, VolumeLostError
+from vmfs.errors import BusyError, FencedError, NoSpaceError, VmfsError, VolumeLostError
 from vmfs.ondisk.common import NULL_UUID, encode_name, fast
 from vmfs.ondisk.heartbeat import HB_FREE, HB_IN_USE, Heartbeat
 from vmfs.volume.slots import SlotView, read_slot, read_slots
@@ -32,6 +32,11 @@ log = logging.getLogger("vmfs.cluster.heartbeat")
 LOCK_IMPL = 3
 #: seconds between renewal attempts while the device fails (instead of a whole period)
 RETRY_AFTER_FAILURE = 0.5
+
+
+def incarnation(owner: str, slot_addr: int, generation: int) -> str:
+    """The name of one claim of a slot: what a device fences (:meth:`BlockDevice.fence`)."""
+    return f"{owner}.{slot_addr:x}.{generation}"
 
 
 def freed_slot(hb: Container, generation: int) -> Container:
@@ -87,12 +92,16 @@ class HeartbeatManager:
                 self._lost = f"heartbeat not renewed for {age:.1f} s (lease {self.host.lease:g} s{early})"
         return self._lost
 
+    @property
+    def incarnation(self) -> str:
+        return incarnation(self.host.uuid, self.addr, self.generation)
+
     def _guard(self) -> str | None:
         """The network devices' write guard (:attr:`vmfs.device.base.BlockDevice.write_guard`)."""
         reason = self.lost
         return None if reason is None else f"volume lost: {reason}; this host stopped writing"
 
-    def _fence(self, on: bool) -> None:
+    def _guard_writes(self, on: bool) -> None:
         for dev in self._late:
             if on:
                 dev.write_guard = self._guard
@@ -142,6 +151,8 @@ class HeartbeatManager:
             views = read_slots(self.volume)
         own = [v for v in views if v.in_use and v.owner == self.host.uuid] if reuse_own else []
         for view in self._candidates(own, [v for v in views if not v.in_use]):
+            if view in own:
+                self._fence_previous(view)
             new = self._image_for(view.hb, state=HB_IN_USE, gen=view.hb.hbGen + 1, journal=None)
             sent = self.host.clock.monotonic_us()  # the lease counts from here (see _swap)
             if self.volume.device.compare_and_write(view.addr, view.raw, new):
@@ -152,12 +163,30 @@ class HeartbeatManager:
                     self._image = new
                     self._last_renew_us = sent
                     self._lost = None
-                self._fence(True)
+                self._guard_writes(True)
+                try:
+                    for dev in self.volume.device.leaves():
+                        dev.announce(self.incarnation)
+                except BaseException:
+                    self.release()
+                    raise
                 log.info("claimed heartbeat slot %d (gen %d)", view.slot, self.generation)
                 return view if view in own else None
         if any(v.in_use for v in views) and all(v.in_use for v in views):
             raise NoSpaceError("every heartbeat slot is in use")
         raise BusyError("heartbeat slots changed under us; try again")
+
+    def _fence_previous(self, view: SlotView) -> None:
+        """Our own stale slot: the process that had it is dead, but what its client had sent may
+        still be on the way (RBD); fence that incarnation before we write as its successor."""
+        old = incarnation(self.host.uuid, view.addr, view.hb.hbGen)
+        for dev in self.volume.device.leaves():
+            try:
+                if dev.fence(old):
+                    log.warning("fenced our previous incarnation %s on %s", old, dev.name)
+                    dev.retire(old)
+            except VmfsError as exc:
+                log.error("could not fence our previous incarnation %s: %s", old, exc)
 
     @staticmethod
     def _candidates(own: list[SlotView], free: list[SlotView]) -> Iterator[SlotView]:
@@ -217,7 +246,12 @@ class HeartbeatManager:
         # path that fails after the write reached the storage).  Counting from the answer would
         # let us write past the moment the others may break our locks.
         sent = self.host.clock.monotonic_us()
-        if not self.volume.device.compare_and_write(self.addr, self._image, new):
+        try:
+            written = self.volume.device.compare_and_write(self.addr, self._image, new)
+        except FencedError:
+            self._lost = "another host fenced this one off the storage"
+            raise VolumeLostError(f"volume lost: {self._lost}") from None
+        if not written:
             self._lost = "our heartbeat slot was changed by another host"
             raise VolumeLostError(f"volume lost: {self._lost}")
         self._image = new
@@ -238,6 +272,11 @@ class HeartbeatManager:
             if self.slot is None:
                 return
             if self._lost is None:
+                for dev in self.volume.device.leaves():
+                    try:
+                        dev.retire(self.incarnation)
+                    except VmfsError as exc:
+                        log.warning("%s", exc)
                 old = fast(Heartbeat).parse(self._image)
                 new = self._image_for(old, state=HB_FREE, gen=self.generation + 1, journal=None)
                 try:
@@ -245,7 +284,7 @@ class HeartbeatManager:
                 except VolumeLostError:
                     log.warning("heartbeat slot %d was taken over before release", self.slot)
             self.slot = None
-            self._fence(False)
+            self._guard_writes(False)
 
     # -- renewal thread ----------------------------------------------------------------------------------
 

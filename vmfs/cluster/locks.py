@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
-from vmfs.cluster.heartbeat import freed_slot
+from vmfs.cluster.heartbeat import freed_slot, incarnation
 from vmfs.cluster.journal import JournalArea, replay_area
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VmfsError, VolumeLostError
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
@@ -140,6 +140,9 @@ class LockManager:
         self.on_stale_cache = None
         #: offsets of locks still ours on disk because giving them back failed (device errors)
         self.unreleased: set[int] = set()
+        #: wait for a holder whose heartbeat stands still until its lease ends (then break its
+        #: lock), rather than EBUSY after ``wait`` (:meth:`_silent_until`)
+        self.wait_for_silent = True
         #: lock keeping (module docstring); 0 gives every lock back as soon as its user lets go
         self.keep_idle = 0.0
         self.keep_max = KEEP_MAX
@@ -195,12 +198,23 @@ class LockManager:
             return "dead"
         return "alive"
 
+    def _fence(self, dead_one: str) -> None:
+        """Cut the dead host's client off the storage before anything of it is replayed or
+        broken (RBD: blocklisted), so that no write it sent can still land afterwards."""
+        for dev in self.volume.device.leaves():
+            try:
+                if dev.fence(dead_one):
+                    log.warning("fenced %s on %s", dead_one, dev.name)
+                    dev.retire(dead_one)
+            except VmfsError as exc:
+                log.error("could not fence %s: %s; a write it sent may still land", dead_one, exc)
+
     def _silent_until(self, holder: tuple[int, int, str] | None) -> int | None:
         """A holder whose heartbeat has not moved for two periods may be dead (a cut link, a
         crash): rather than EBUSY, wait until its lease runs out, when its lock is broken.
         Returns until when (monotonic µs), or None for a holder that renews."""
         period = self.host.heartbeat_period
-        if holder is None or period <= 0:
+        if holder is None or period <= 0 or not self.wait_for_silent:
             return None
         seen = self._watch.get(holder[0])
         if seen is None:
@@ -224,6 +238,8 @@ class LockManager:
         image = Heartbeat.build(replaying)
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
             return  # someone else is on it (or the host came back): look again later
+        dead_one = incarnation(hb.owner, slot.addr, hb.hbGen)
+        self._fence(dead_one)
         from vmfs.cluster.transaction import Transaction
 
         # Hold the journal block's cluster from the replay until the slot is clear: nobody can

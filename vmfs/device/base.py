@@ -91,6 +91,19 @@ class BlockDevice(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device."""
 
+    def announce(self, incarnation: str) -> None:  # noqa: B027 - optional hook
+        """This client now writes as ``incarnation`` (a host's slot and generation): leave what
+        another host needs to fence it (:meth:`fence`) where that host can find it."""
+
+    def fence(self, incarnation: str) -> bool:
+        """Cut the client that announced ``incarnation`` off the storage, so nothing it sent can
+        land from now on, before its locks are broken; True if it was fenced.  Storage whose
+        late writes are bounded in time instead (:attr:`late_write_bound`) has nothing to do."""
+        return False
+
+    def retire(self, incarnation: str) -> None:  # noqa: B027 - optional hook
+        """``incarnation`` ended (released, or fenced and recovered): forget its announcement."""
+
     def leaves(self) -> list[BlockDevice]:
         """The devices that do the I/O under this one (itself, unless it wraps others)."""
         return [self]

@@ -27,10 +27,17 @@ import threading
 from dataclasses import dataclass, field
 
 from vmfs.device.base import BlockDevice
-from vmfs.errors import DeviceError, InvalidArgumentError
+from vmfs.errors import DeviceError, FencedError, InvalidArgumentError
 
 #: largest single read or write handed to librbd (it splits into objects itself)
 _MAX_IO = 4 << 20
+#: image metadata key under which a writing host leaves its RADOS client address
+FENCE_KEY_PREFIX = "pyvmfs.fence."
+#: seconds a fenced client stays blocklisted: longer than any operation of it can wait to land
+FENCE_SECONDS = 3600
+#: seconds an OSD operation may wait (a cut link) before it fails with ETIMEDOUT instead of
+#: hanging the caller for ever; what it sent may still arrive, which the fencing makes harmless
+OSD_OP_TIMEOUT = 30
 
 _LIBS: tuple[ctypes.CDLL, ctypes.CDLL] | None = None
 _GUARD = threading.Lock()
@@ -65,6 +72,13 @@ def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
             (rbd, "rbd_compare_and_write", ctypes.c_ssize_t,
              [vp, u64, sz, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(u64), i]),
             (rbd, "rbd_flush", i, [vp]),
+            (rados, "rados_getaddrs", i, [vp, pvp]),
+            (rados, "rados_buffer_free", None, [vp]),
+            (rados, "rados_blocklist_add", i, [vp, cp, ctypes.c_uint32]),
+            (rados, "rados_wait_for_latest_osdmap", i, [vp]),
+            (rbd, "rbd_metadata_get", i, [vp, cp, cp, ctypes.POINTER(sz)]),
+            (rbd, "rbd_metadata_set", i, [vp, cp, cp]),
+            (rbd, "rbd_metadata_remove", i, [vp, cp]),
         ]:
             f = getattr(lib, fn)
             f.restype = restype
@@ -112,6 +126,7 @@ class RbdStats:
     mode: str = "ats"
     ats: int = 0
     ats_miscompares: int = 0
+    fenced: int = 0  # clients of hosts found dead that this one blocklisted
 
 
 class RbdDevice(BlockDevice):
@@ -128,12 +143,14 @@ class RbdDevice(BlockDevice):
         self._cluster = ctypes.c_void_p()
         self._ioctx = ctypes.c_void_p()
         self._image = ctypes.c_void_p()
+        #: our RADOS client address, once announced
+        self.address: str | None = None
         self._connect()
 
     def _connect(self) -> None:
         parsed = self.spec
         # a cluster that does not answer is an error within seconds, not librados' five minutes
-        opts = {"client_mount_timeout": "15", **parsed.options}
+        opts = {"client_mount_timeout": "15", "rados_osd_op_timeout": str(OSD_OP_TIMEOUT), **parsed.options}
         try:
             self._check(self._rados_lib.rados_create(ctypes.byref(self._cluster), opts.pop("id", "admin").encode()),
                         "cannot make a RADOS client")
@@ -160,6 +177,9 @@ class RbdDevice(BlockDevice):
             raise
 
     def _check(self, rc: int, what: str) -> int:
+        if rc == -errno.ESHUTDOWN:
+            raise FencedError(f"{self.name}: {what}: this client was fenced (blocklisted by a host that found "
+                              "ours dead); attach again", errno=errno.EIO)
         if rc < 0:
             raise DeviceError(f"{self.name}: {what}: {errno.errorcode.get(-rc, rc)} ({_strerror(-rc)})", errno=-rc)
         return rc
@@ -214,6 +234,57 @@ class RbdDevice(BlockDevice):
             return
         with self._lock:
             self._check(self._rbd.rbd_flush(self._image), "flush")
+
+    # -- fencing ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _fence_key(incarnation: str) -> bytes:
+        return f"{FENCE_KEY_PREFIX}{incarnation}".encode()
+
+    def announce(self, incarnation: str) -> None:
+        """Store our RADOS client address in the image's metadata under the incarnation's name,
+        for whoever has to fence us (:meth:`fence`)."""
+        if self.readonly:
+            return
+        with self._lock:
+            raw = ctypes.c_void_p()
+            self._check(self._rados_lib.rados_getaddrs(self._cluster, ctypes.byref(raw)), "our client address")
+            try:
+                address = ctypes.string_at(raw).decode()
+            finally:
+                self._rados_lib.rados_buffer_free(raw)
+            self._check(self._rbd.rbd_metadata_set(self._image, self._fence_key(incarnation), address.encode()),
+                        "recording our client address in the image's metadata")
+        self.address = address
+
+    def fence(self, incarnation: str) -> bool:
+        """Blocklist the client that announced ``incarnation`` (``ceph osd blocklist add``), as
+        Ceph's own exclusive lock does before breaking a dead owner's lock: from the next OSD map
+        on, the OSDs refuse every operation it sent, however late it arrives.  Then wait for that
+        map, so our own next operations carry it."""
+        if self.readonly:
+            return False
+        with self._lock:
+            size = ctypes.c_size_t(256)
+            buf = ctypes.create_string_buffer(size.value)
+            rc = self._rbd.rbd_metadata_get(self._image, self._fence_key(incarnation), buf, ctypes.byref(size))
+            if rc == -errno.ENOENT:
+                return False
+            self._check(rc, f"the client address of {incarnation}")
+            address = buf.value
+            self._check(self._rados_lib.rados_blocklist_add(self._cluster, address, FENCE_SECONDS),
+                        f"blocklisting client {address.decode()}")
+            self._check(self._rados_lib.rados_wait_for_latest_osdmap(self._cluster), "waiting for the OSD map")
+        self.stats.fenced += 1
+        return True
+
+    def retire(self, incarnation: str) -> None:
+        if self.readonly:
+            return
+        with self._lock:
+            rc = self._rbd.rbd_metadata_remove(self._image, self._fence_key(incarnation))
+        if rc not in (0, -errno.ENOENT):
+            self._check(rc, f"forgetting the client address of {incarnation}")
 
     def describe(self) -> dict[str, object]:
         """What ``vmfs-debug IMAGE device`` shows of the image."""
