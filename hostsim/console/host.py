@@ -193,6 +193,7 @@ class Host:
         for label, ds in sorted(self.datastores.items()):
             att = ds.attach(self.identity)
             att.locks.wait = 0  # nothing may block inside the simulation: a busy lock is an error at once
+            att.locks.wait_for_silent = False  # not even for a holder whose heartbeat stands still
             host_filesystem(att).busy_timeout = 0
             self.attachments[label] = att
             self.event(f"datastore {label} ({ds.uuid}) mounted read-write, heartbeat slot {att.heartbeat.slot}")

@@ -44,7 +44,7 @@ from construct import Container
 
 from vmfs.cluster.heartbeat import freed_slot, incarnation
 from vmfs.cluster.journal import JournalArea, replay_area
-from vmfs.errors import BusyError, CorruptError, UnsupportedError, VmfsError, VolumeLostError
+from vmfs.errors import BusyError, CorruptError, UnsupportedError, VmfsError
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
 from vmfs.ondisk.heartbeat import HB_IN_USE, HEARTBEAT_REGION_OFFSET, Heartbeat
 from vmfs.ondisk.lock import (
@@ -62,9 +62,12 @@ from vmfs.volume.journalblock import journal_area, journal_kind, journal_resourc
 from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from vmfs.cluster.alloc import Allocators
     from vmfs.cluster.heartbeat import HeartbeatManager
     from vmfs.cluster.host import HostIdentity
+    from vmfs.device.base import BlockDevice
     from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.locks")
@@ -224,20 +227,24 @@ class LockManager:
             return None
         return seen[2] + int(self.host.lease * 1_000_000) + period_us
 
-    def recover_host(self, slot: SlotView) -> None:
+    def recover_host(self, slot: SlotView) -> bool:
         """A dead host: replay its journal, clear its slot (generation + 1), free its journal
-        block.  Its locks are then stale and may be broken (esx-design.md 1.7)."""
+        block.  Its locks are then stale and may be broken (esx-design.md 1.7).  False when it is
+        left to another rescuer (or the slot changed): look again later."""
         hb = slot.hb
-        log.warning("host %s (slot %d) is dead: replaying its journal and clearing its slot", hb.owner, slot.slot)
-        # mark the slot as being replayed by us (ATS, so two rescuers never both replay)
         addr, gen, uuid = self._me()
+        if hb.replayHost not in (NULL_UUID, uuid) and self._rescuer_alive(hb):
+            return False  # another live host is replaying it: leave it that host's job
+        log.warning("host %s (slot %d) is dead: replaying its journal and clearing its slot", hb.owner, slot.slot)
+        # mark the slot as being replayed by us (ATS, so two rescuers never both replay: the
+        # other one sees our mark above, and our mark is what its ATS would have to match)
         replaying = Container(hb)
         replaying.replayHost = uuid
         replaying.replayHostHb = addr
         replaying.replayHostHbGen = gen
         image = Heartbeat.build(replaying)
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
-            return  # someone else is on it (or the host came back): look again later
+            return False  # someone else is on it (or the host came back): look again later
         dead_one = incarnation(hb.owner, slot.addr, hb.hbGen)
         self._fence(dead_one)
         from vmfs.cluster.transaction import Transaction
@@ -270,11 +277,25 @@ class LockManager:
                 tx.commit(release=False)
             cleared = freed_slot(replaying, hb.hbGen + 1)
             if not self.volume.device.compare_and_write(slot.addr, image, Heartbeat.build(cleared)):
-                raise VolumeLostError(f"heartbeat slot {slot.slot} changed while we replayed it")
+                # only another rescuer can have changed it (the dead host's own ATS expects its
+                # image, which our mark replaced): it finishes the job, and we are not lost
+                log.warning("heartbeat slot %d was taken over by another rescuer while we replayed it", slot.slot)
+                return False
             self._watch.pop(slot.addr, None)
+            return True
         finally:
             tx.release_locks()
             self._recovering.discard(dead)
+
+    def _rescuer_alive(self, hb: Container) -> bool:
+        """Is the host named as replaying ``hb``'s slot still in the slot it had then?  (A
+        rescuer that died midway leaves its mark; its own slot then moves on.)"""
+        geo = self.volume.geometry
+        at = hb.replayHostHb
+        if not HEARTBEAT_REGION_OFFSET <= at < HEARTBEAT_REGION_OFFSET + geo.heartbeat_region_size:
+            return False
+        view = read_slot(self.volume, (at - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size)
+        return view.in_use and view.hb.owner == hb.replayHost and view.hb.hbGen == hb.replayHostHbGen
 
     def reap(self) -> list[int]:
         """Look at every other host's heartbeat; recover those whose lease ran out (their
@@ -286,8 +307,8 @@ class LockManager:
             if self._watch_slot(slot) == "dead":
                 try:
                     with self.meta_lock:
-                        self.recover_host(slot)
-                    recovered.append(slot.slot)
+                        if self.recover_host(slot):
+                            recovered.append(slot.slot)
                 except UnsupportedError as exc:
                     log.error("cannot recover slot %d: %s", slot.slot, exc)
         return recovered
@@ -347,8 +368,9 @@ class LockManager:
                 state = self.holder_state(*h)
                 if state == "dead":
                     geo = self.volume.geometry
-                    self.recover_host(read_slot(self.volume, (h[0] - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size))
-                    return "retry"
+                    if self.recover_host(read_slot(self.volume, (h[0] - HEARTBEAT_REGION_OFFSET) // geo.hb_slot_size)):
+                        return "retry"
+                    return _Blocked(f"mode {lock.mode}, owner {h[2]}, being recovered", h)
                 if state == "alive":
                     return _Blocked(f"mode {lock.mode}, owner {h[2]}", h)
             # every holder is gone: the lock is stale and is broken below
@@ -525,9 +547,11 @@ class LockManager:
         an fsck finding for locks we know are ours to drop (esx-design.md 1.7, step 4)."""
         old = (hb_addr, hb_gen, owner)
         dropped: list[int] = []
-        for offset in offsets:
+        for offset, first in _read_sectors(self.volume.device, offsets):
+            raw = first
             for _ in range(100):
-                raw = self.volume.device.read(offset, SECTOR)
+                if raw is None:
+                    raw = self.volume.device.read(offset, SECTOR)
                 lock = parse_lock(raw)
                 if lock.type >> 20 != 0x10C:
                     break  # no lock block here (a freed object): nothing to let go
@@ -543,6 +567,7 @@ class LockManager:
                 if self.volume.device.compare_and_write(offset, raw, build_lock(new, raw)):
                     dropped.append(offset)
                     break
+                raw = None
         return dropped
 
     # -- images ----------------------------------------------------------------------------------------
@@ -591,6 +616,27 @@ class LockManager:
             new.owner = uuid
             new.numHolders = 0
         return new
+
+
+#: largest read that fetches several lock sectors at once (lock sites cluster in the metadata)
+_SITES_READ = 1 << 20
+
+
+def _read_sectors(device: BlockDevice, offsets: list[int]) -> Iterator[tuple[int, bytes]]:
+    """Each offset with the sector there, read in as few commands as the offsets allow (one per
+    run of sites within :data:`_SITES_READ`): on network storage one read per site costs a round
+    trip each, thousands after a crash."""
+    order = sorted(set(offsets))
+    i = 0
+    while i < len(order):
+        start = order[i]
+        j = i
+        while j + 1 < len(order) and order[j + 1] + SECTOR - start <= _SITES_READ:
+            j += 1
+        data = device.read(start, order[j] + SECTOR - start)
+        for off in order[i : j + 1]:
+            yield off, data[off - start : off - start + SECTOR]
+        i = j + 1
 
 
 def fd_lock_sites(volume: Volume) -> list[int]:

@@ -31,8 +31,8 @@ from vmfs.errors import DeviceError, FencedError, InvalidArgumentError
 
 #: largest single read or write handed to librbd (it splits into objects itself)
 _MAX_IO = 4 << 20
-#: image metadata key under which a writing host leaves its RADOS client address
-FENCE_KEY_PREFIX = "pyvmfs.fence."
+#: prefix of the RADOS object (in the image's pool) where a writing host leaves its client address
+FENCE_OBJECT_PREFIX = "pyvmfs.fence."
 #: seconds a fenced client stays blocklisted: longer than any operation of it can wait to land
 FENCE_SECONDS = 3600
 #: seconds an OSD operation may wait (a cut link) before it fails with ETIMEDOUT instead of
@@ -76,9 +76,9 @@ def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
             (rados, "rados_buffer_free", None, [vp]),
             (rados, "rados_blocklist_add", i, [vp, cp, ctypes.c_uint32]),
             (rados, "rados_wait_for_latest_osdmap", i, [vp]),
-            (rbd, "rbd_metadata_get", i, [vp, cp, cp, ctypes.POINTER(sz)]),
-            (rbd, "rbd_metadata_set", i, [vp, cp, cp]),
-            (rbd, "rbd_metadata_remove", i, [vp, cp]),
+            (rados, "rados_write_full", i, [vp, cp, cp, sz]),
+            (rados, "rados_read", i, [vp, cp, cp, sz, u64]),
+            (rados, "rados_remove", i, [vp, cp]),
         ]:
             f = getattr(lib, fn)
             f.restype = restype
@@ -237,13 +237,14 @@ class RbdDevice(BlockDevice):
 
     # -- fencing ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _fence_key(incarnation: str) -> bytes:
-        return f"{FENCE_KEY_PREFIX}{incarnation}".encode()
+    def _fence_object(self, incarnation: str) -> bytes:
+        return f"{FENCE_OBJECT_PREFIX}{self.spec.image}.{incarnation}".encode()
 
     def announce(self, incarnation: str) -> None:
-        """Store our RADOS client address in the image's metadata under the incarnation's name,
-        for whoever has to fence us (:meth:`fence`)."""
+        """Store our RADOS client address in a small object of the image's pool named after the
+        image and the incarnation, for whoever has to fence us (:meth:`fence`).  Not the image's
+        own metadata: setting that notifies every watcher of the image, and a dead client's
+        watch makes the notify wait seconds for its timeout."""
         if self.readonly:
             return
         with self._lock:
@@ -253,8 +254,9 @@ class RbdDevice(BlockDevice):
                 address = ctypes.string_at(raw).decode()
             finally:
                 self._rados_lib.rados_buffer_free(raw)
-            self._check(self._rbd.rbd_metadata_set(self._image, self._fence_key(incarnation), address.encode()),
-                        "recording our client address in the image's metadata")
+            data = address.encode()
+            self._check(self._rados_lib.rados_write_full(self._ioctx, self._fence_object(incarnation), data, len(data)),
+                        "recording our client address for fencing")
         self.address = address
 
     def fence(self, incarnation: str) -> bool:
@@ -265,13 +267,12 @@ class RbdDevice(BlockDevice):
         if self.readonly:
             return False
         with self._lock:
-            size = ctypes.c_size_t(256)
-            buf = ctypes.create_string_buffer(size.value)
-            rc = self._rbd.rbd_metadata_get(self._image, self._fence_key(incarnation), buf, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(256)
+            rc = self._rados_lib.rados_read(self._ioctx, self._fence_object(incarnation), buf, 255, 0)
             if rc == -errno.ENOENT:
                 return False
             self._check(rc, f"the client address of {incarnation}")
-            address = buf.value
+            address = buf.raw[:rc]
             self._check(self._rados_lib.rados_blocklist_add(self._cluster, address, FENCE_SECONDS),
                         f"blocklisting client {address.decode()}")
             self._check(self._rados_lib.rados_wait_for_latest_osdmap(self._cluster), "waiting for the OSD map")
@@ -282,7 +283,7 @@ class RbdDevice(BlockDevice):
         if self.readonly:
             return
         with self._lock:
-            rc = self._rbd.rbd_metadata_remove(self._image, self._fence_key(incarnation))
+            rc = self._rados_lib.rados_remove(self._ioctx, self._fence_object(incarnation))
         if rc not in (0, -errno.ENOENT):
             self._check(rc, f"forgetting the client address of {incarnation}")
 
