@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from vmfs.cluster.host import HostIdentity
+    from vmfs.device.base import BlockDevice
     from vmfs.volume.volume import Volume
 
 log = logging.getLogger("vmfs.cluster.heartbeat")
@@ -37,6 +38,20 @@ RETRY_AFTER_FAILURE = 0.5
 def incarnation(owner: str, slot_addr: int, generation: int) -> str:
     """The name of one claim of a slot: what a device fences (:meth:`BlockDevice.fence`)."""
     return f"{owner}.{slot_addr:x}.{generation}"
+
+
+def fence_incarnation(device: BlockDevice, gone: str) -> None:
+    """Cut incarnation ``gone`` off every device under ``device`` (RBD: blocklist its client)
+    before anything of it is replayed, broken or reused, so that no write it sent can still land
+    afterwards; then forget its announcement.  A device that cannot fence is logged, not fatal:
+    the host is dead either way, and refusing to recover it would stall every other host."""
+    for dev in device.leaves():
+        try:
+            if dev.fence(gone):
+                log.warning("fenced %s on %s", gone, dev.name)
+                dev.retire(gone)
+        except VmfsError as exc:
+            log.error("could not fence %s: %s; a write it sent may still land", gone, exc)
 
 
 def freed_slot(hb: Container, generation: int) -> Container:
@@ -179,14 +194,7 @@ class HeartbeatManager:
     def _fence_previous(self, view: SlotView) -> None:
         """Our own stale slot: the process that had it is dead, but what its client had sent may
         still be on the way (RBD); fence that incarnation before we write as its successor."""
-        old = incarnation(self.host.uuid, view.addr, view.hb.hbGen)
-        for dev in self.volume.device.leaves():
-            try:
-                if dev.fence(old):
-                    log.warning("fenced our previous incarnation %s on %s", old, dev.name)
-                    dev.retire(old)
-            except VmfsError as exc:
-                log.error("could not fence our previous incarnation %s: %s", old, exc)
+        fence_incarnation(self.volume.device, incarnation(self.host.uuid, view.addr, view.hb.hbGen))
 
     @staticmethod
     def _candidates(own: list[SlotView], free: list[SlotView]) -> Iterator[SlotView]:

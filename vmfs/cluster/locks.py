@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from construct import Container
 
-from vmfs.cluster.heartbeat import freed_slot, incarnation
+from vmfs.cluster.heartbeat import fence_incarnation, freed_slot, incarnation
 from vmfs.cluster.journal import JournalArea, replay_area
 from vmfs.errors import BusyError, CorruptError, UnsupportedError, VmfsError
 from vmfs.ondisk.common import NULL_UUID, SECTOR, fast
@@ -201,17 +201,6 @@ class LockManager:
             return "dead"
         return "alive"
 
-    def _fence(self, dead_one: str) -> None:
-        """Cut the dead host's client off the storage before anything of it is replayed or
-        broken (RBD: blocklisted), so that no write it sent can still land afterwards."""
-        for dev in self.volume.device.leaves():
-            try:
-                if dev.fence(dead_one):
-                    log.warning("fenced %s on %s", dead_one, dev.name)
-                    dev.retire(dead_one)
-            except VmfsError as exc:
-                log.error("could not fence %s: %s; a write it sent may still land", dead_one, exc)
-
     def _silent_until(self, holder: tuple[int, int, str] | None) -> int | None:
         """A holder whose heartbeat has not moved for two periods may be dead (a cut link, a
         crash): rather than EBUSY, wait until its lease runs out, when its lock is broken.
@@ -245,8 +234,7 @@ class LockManager:
         image = Heartbeat.build(replaying)
         if not self.volume.device.compare_and_write(slot.addr, slot.raw, image):
             return False  # someone else is on it (or the host came back): look again later
-        dead_one = incarnation(hb.owner, slot.addr, hb.hbGen)
-        self._fence(dead_one)
+        fence_incarnation(self.volume.device, incarnation(hb.owner, slot.addr, hb.hbGen))
         from vmfs.cluster.transaction import Transaction
 
         # Hold the journal block's cluster from the replay until the slot is clear: nobody can
