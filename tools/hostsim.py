@@ -104,7 +104,7 @@ def boot_command(config: Path, state_dir: Path, speed: float, duration: float | 
     shells with `hostsim vim-cmd`, `hostsim vmware-cmd`, `hostsim esxtop`.  SIGTERM or Ctrl-C
     powers the VMs off and unmounts the datastores cleanly."""
     try:
-        host = Host(cfg.load(config))
+        host = Host(cfg.load(config), realtime=speed == 1.0)
     except (HostsimError, VmfsError) as exc:
         _fail(str(exc))
     for line in host.events:  # a VM folder the host could not register: say why (it boots on)

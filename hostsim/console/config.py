@@ -24,6 +24,7 @@ Example (``hostsim/examples/demo.host`` is a commented one)::
 
     [lun datastore1]
     memory = 8G          ; or: image = lun0.img   or: block_device = /dev/sdb
+                         ; or: network = iscsi://10.0.0.1/iqn.2026-12.org.example:san/1  (or rbd:pool/image)
     adapter = vmhba1
     target = 0
     lun = 0
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from hostsim.errors import HostsimError
+from vmfs.errors import VmfsError
 
 MB = 1 << 20
 SHARE_LEVELS = ("low", "normal", "high")
@@ -189,9 +191,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LunConfig:
-    """One LUN: its backing (``kind`` image / block_device / memory), its address on the host
-    (``vmhbaN:C<channel>:T<target>:L<lun_id>``), its device model, and optionally the VMFS
-    datastore to make on it when it is blank (``datastore`` label, ``vmfs`` version)."""
+    """One LUN: its backing (``kind`` image / block_device / memory / network), its address on
+    the host (``vmhbaN:C<channel>:T<target>:L<lun_id>``), its device model, and optionally the
+    VMFS datastore to make on it when it is blank (``datastore`` label, ``vmfs`` version).  A LUN
+    on the network (``url``: an iSCSI URL or an RBD image) is never made blank-to-VMFS by a host:
+    hosts of other machines may boot on it at the same moment."""
 
     name: str
     kind: str
@@ -206,6 +210,7 @@ class LunConfig:
     datastore: str | None
     vmfs: str | None
     line: int
+    url: str | None = None
 
     @property
     def runtime_name(self) -> str:
@@ -257,14 +262,19 @@ class HostConfig:
     def lun(self, name: str) -> LunConfig:
         return next(lun for lun in self.luns if lun.name == name)
 
+    @property
+    def network_luns(self) -> tuple[LunConfig, ...]:
+        """The LUNs shared with other machines: such a host must keep real time."""
+        return tuple(lun for lun in self.luns if lun.kind == "network")
+
 
 # -- reading -----------------------------------------------------------------------------------
 
 HOST_KEYS = {"name", "pcpus", "mhz", "memory_mb", "console_mb", "vmkernel_mb", "swap_mb", "mode", "seed", "epoch",
              "idle_tax", "coschedule"}
 HOST_REQUIRED = ("name", "pcpus", "mhz", "memory_mb")
-LUN_KEYS = {"image", "block_device", "memory", "adapter", "channel", "target", "lun", "local", "datastore", "format",
-            "fixed_us", "per_byte_us", "queue_depth", "channels"}
+LUN_KEYS = {"image", "block_device", "memory", "network", "adapter", "channel", "target", "lun", "local", "datastore",
+            "format", "fixed_us", "per_byte_us", "queue_depth", "channels"}
 POOL_KEYS = {"parent", "cpu_shares", "cpu_reservation", "cpu_limit", "cpu_expandable", "mem_shares",
              "mem_reservation", "mem_limit", "mem_expandable"}
 _SECTION = re.compile(r"\s*\[([^\]]*)\]")
@@ -426,13 +436,20 @@ def _label(text: str) -> str:
 def _lun(r: _Reader, section: str, base: Path) -> LunConfig:
     r.check_keys(section, LUN_KEYS)
     name = section.partition(" ")[2].strip()
-    given = [k for k in ("image", "block_device", "memory") if k in r.parser[section]]
+    given = [k for k in ("image", "block_device", "memory", "network") if k in r.parser[section]]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
-        raise r.error(r.line(section), f"[{section}] needs exactly one of image, block_device, memory (got {what})")
+        raise r.error(r.line(section),
+                      f"[{section}] needs exactly one of image, block_device, memory, network (got {what})")
     kind = given[0]
-    path = size = None
-    if kind == "memory":
+    path = size = url = None
+    if kind == "network":
+        url = r.get(section, "network", _network_url)
+        for key, why in (("format", "a host never formats a LUN on the network (make it with vmfs-mkfs)"),
+                         ("local", "a LUN on the network is not local")):
+            if key in r.parser[section]:
+                raise r.error(r.line(section, key), f"{key}: {why}")
+    elif kind == "memory":
         size = r.get(section, "memory", parse_size)
         if size <= 0 or size % 512:
             raise r.error(r.line(section, "memory"), f"memory: a LUN is a positive multiple of 512 bytes, got {size}")
@@ -457,8 +474,24 @@ def _lun(r: _Reader, section: str, base: Path) -> LunConfig:
         target=r.get(section, "target", lambda t: parse_int(t, 0, 255), 0),
         lun_id=r.get(section, "lun", lambda t: parse_int(t, 0, 255), 0),
         local=r.get(section, "local", parse_bool, False),
-        model=model, datastore=datastore, vmfs=vmfs, line=r.line(section),
+        model=model, datastore=datastore, vmfs=vmfs, line=r.line(section), url=url,
     )
+
+
+def _network_url(text: str) -> str:
+    """An iSCSI URL or an RBD image spec, checked for its form (reaching it is the boot's job)."""
+    from vmfs.device.iscsi import IscsiUrl  # the parsers only: no library is loaded here
+    from vmfs.device.rbd import RbdSpec
+
+    text = text.strip()
+    parse = IscsiUrl.parse if text.startswith("iscsi://") else RbdSpec.parse if text.startswith("rbd:") else None
+    if parse is None:
+        raise ValueError(f"not a LUN on the network: {text!r} (iscsi://HOST[:PORT]/IQN/LUN or rbd:POOL/IMAGE)")
+    try:
+        parse(text)
+    except VmfsError as exc:
+        raise ValueError(str(exc)) from None
+    return text
 
 
 def _adapter(text: str) -> str:

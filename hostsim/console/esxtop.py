@@ -42,6 +42,7 @@ from hostsim.console.stats import (
     DiskStat,
     GroupSample,
     HostSample,
+    LockStat,
     SampleError,
     VmMemSample,
 )
@@ -153,6 +154,30 @@ def disk_rates(before: DiskStat | None, after: DiskStat, seconds: float) -> Disk
     )
 
 
+@dataclass(frozen=True)
+class LockRates:
+    """A device's locking over the interval: the test-and-set mode, ATS commands that wrote
+    (``ats``) and that miscompared (``atsf``) since the device was opened, as esxtop's ATS and
+    ATSF count them, and reservations and reservation conflicts per second (RESV/s, CONS/s)."""
+
+    mode: str
+    ats: int
+    atsf: int
+    resv_s: float
+    cons_s: float
+
+    @property
+    def mode_label(self) -> str:
+        """The column's text: ATS, SCSI (reservations) or - (no lock update yet)."""
+        return {"ats": "ATS", "reserve": "SCSI"}.get(self.mode, "-")
+
+
+def lock_rates(before: LockStat | None, after: LockStat, seconds: float) -> LockRates:
+    b = before if before is not None and after.reservations >= before.reservations else LockStat()
+    return LockRates(after.mode, after.ats, after.ats_failures, (after.reservations - b.reservations) / seconds,
+                     max(0, after.conflicts - b.conflicts) / seconds)
+
+
 def _restarted(old: DiskStat | None, new: DiskStat) -> bool:
     """Counters that went down belong to a new object (counting from zero again)."""
     return old is not None and (new.cmds < old.cmds or new.bytes_read < old.bytes_read
@@ -206,6 +231,8 @@ class Interval:
                        if d.name in old_devices and not _restarted(old_devices[d.name], d.disk)}
         self.devices = {d.name: disk_rates(old_devices.get(d.name), d.disk, self.seconds) for d in after.devices}
         self.queue_depth = {d.name: d.queue_depth for d in after.devices}
+        old_locks = {d.name: d.locks for d in before.devices if d.name in old_devices}
+        self.locks = {d.name: lock_rates(old_locks.get(d.name), d.locks, self.seconds) for d in after.devices}
         self.vm_disks = self._vm_disks()
 
     def pct(self, us: float) -> float:
@@ -408,15 +435,23 @@ def _disk_values(d: DiskRates) -> tuple[float, ...]:
     return (d.cmds_s, d.reads_s, d.writes_s, d.mbread_s, d.mbwrtn_s, d.davg, d.kavg, d.gavg, d.qavg)
 
 
+#: the locking columns after the disk ones: the test-and-set (LOCK), esxtop's ATS statistics
+#: (ATS, ATSF: counts since the device was opened) and reservation statistics (RESV/s, CONS/s)
+LOCK_COLUMNS = ("LOCK", "ATS", "ATSF", "RESV/s", "CONS/s")
+
+
 def device_panel(iv: Interval, history: Sequence[HostSample]) -> str:
     """The disk device screen (``u``): one row per device, by name."""
     names = sorted(iv.devices)
     w = _name_width(names, 36)
     lines = [header_line(history, f"CPU load average: {_averages(load_averages(history))}"), "",
-             f"{'DEVICE':<{w}} {'PATH/WORLD/PARTITION':<20} {'DQLEN':>5} " + " ".join(f"{c:>8}" for c in DISK_COLUMNS)]
+             f"{'DEVICE':<{w}} {'PATH/WORLD/PARTITION':<20} {'DQLEN':>5} "
+             + " ".join(f"{c:>8}" for c in DISK_COLUMNS + LOCK_COLUMNS)]
     for n in names:
+        lk = iv.locks[n]
         lines.append(f"{n:<{w}} {'-':<20} {iv.queue_depth[n]:>5} "
-                     + " ".join(f"{v:8.2f}" for v in _disk_values(iv.devices[n])))
+                     + " ".join(f"{v:8.2f}" for v in _disk_values(iv.devices[n]))
+                     + f" {lk.mode_label:>8} {lk.ats:>8} {lk.atsf:>8} {lk.resv_s:8.2f} {lk.cons_s:8.2f}")
     return "\n".join(lines) + "\n"
 
 
@@ -477,6 +512,9 @@ DISK_COUNTERS = (("Commands/sec", "cmds_s"), ("Reads/sec", "reads_s"), ("Writes/
                  ("Average Driver MilliSec/Command", "davg"), ("Average Kernel MilliSec/Command", "kavg"),
                  ("Average Guest MilliSec/Command", "gavg"), ("Average Queue MilliSec/Command", "qavg"),
                  ("Failed Commands/sec", "failed_s"))
+#: the device's locking counters in the batch file (our names for esxtop's ATS, ATSF, RESV/s, CONS/s)
+LOCK_COUNTERS = (("ATS Commands", "ats"), ("ATS Failures", "atsf"), ("Reservations/sec", "resv_s"),
+                 ("Reservation Conflicts/sec", "cons_s"))
 VM_DISK_COUNTERS = (("Commands/sec", "cmds_s"), ("Reads/sec", "reads_s"), ("Writes/sec", "writes_s"),
                     ("MBytes Read/sec", "mbread_s"), ("MBytes Written/sec", "mbwrtn_s"),
                     ("Average Guest MilliSec/Command", "gavg"))
@@ -564,6 +602,7 @@ def _columns(host: str, samples: Sequence[HostSample]) -> list[Column]:
         cols.append((path("Physical Disk SCSI Device", name, "Device Q Depth"),
                      lambda iv, _h, n=name: iv.queue_depth.get(n)))
         cols += [(path("Physical Disk SCSI Device", name, c), _field("devices", name, a)) for c, a in DISK_COUNTERS]
+        cols += [(path("Physical Disk SCSI Device", name, c), _field("locks", name, a)) for c, a in LOCK_COUNTERS]
     for gid, name in sorted({(v.gid, v.name) for s in samples for v in s.vm_disks}):
         cols += [(path("Virtual Disk", name, c), _field("vm_disks", gid, a)) for c, a in VM_DISK_COUNTERS]
     return cols

@@ -35,6 +35,7 @@ from hostsim.console.stats import (
     GroupSample,
     HostMemStat,
     HostSample,
+    LockStat,
     MemStat,
     PcpuSample,
     VmDiskSample,
@@ -59,6 +60,7 @@ from hostsim.vmm.guest.tree import Program
 from hostsim.vmm.machine import Vmm
 from hostsim.vmm.poweron import PoweredOnVm
 from vmfs.cluster.attachment import HostAttachment
+from vmfs.cluster.host import Clock as RealClock
 from vmfs.cluster.host import HostIdentity
 from vmfs.mkfs import MkfsOptions, format_volume
 from vmfs.ondisk.common import format_uuid
@@ -117,9 +119,21 @@ class VmRecord:
 class Host:
     """One simulated ESX host (see the module docstring)."""
 
-    def __init__(self, config: cfg.HostConfig, *, track_guest_writes: bool = False) -> None:
+    def __init__(self, config: cfg.HostConfig, *, track_guest_writes: bool = False, realtime: bool = False) -> None:
         """``track_guest_writes``: every VMM keeps the bytes of every sector its guest wrote
-        (``vmm.log.expected_sectors``), for tests that compare the VMDKs with them."""
+        (``vmm.log.expected_sectors``), for tests that compare the VMDKs with them.
+
+        ``realtime``: the engine will run paced to the wall clock at speed 1 (``hostsim boot``).
+        A host with a LUN on the network needs it: hosts of other machines on that LUN judge
+        its heartbeat by their own clocks, and it judges theirs, so its VMFS module keeps real
+        time (a real clock and its own heartbeat thread, as a mount does) — a host running ahead
+        of the wall clock would break live hosts' locks after 16 *simulated* seconds, and one
+        falling behind would write past its lease.  Such a host is not deterministic."""
+        network = config.network_luns
+        if network and not realtime:
+            lc = network[0]
+            raise HostError(f"{config.path}:{lc.line}: LUN {lc.name} is on the network, shared with hosts that keep "
+                            "real time: boot this host with `hostsim boot` at speed 1 (not headless, not faster)")
         self.config = config
         self.track_guest_writes = track_guest_writes
         self.name = config.name
@@ -128,7 +142,7 @@ class Host:
         self.events: list[str] = []
         self.clock = EngineClock(self.engine, epoch_s=config.epoch_s)
         self.identity = HostIdentity(uuid=host_uuid(config.name), ip=f"192.0.2.{1 + config.seed % 250}",
-                                     clock=self.clock, heartbeat_period=3.0, lease=16.0)
+                                     clock=RealClock() if network else self.clock, heartbeat_period=3.0, lease=16.0)
         self.storage = StorageSystem(config.name, self.engine, seed=config.seed, epoch_s=config.epoch_s)
         self.luns: dict[str, Lun] = {}
         self.datastores: dict[str, Datastore] = {}
@@ -211,12 +225,20 @@ class Host:
                 lun = Lun.memory(lc.size_bytes, clock=self.engine, name=lc.name, model=model, local=lc.local)
             elif lc.kind == "image":
                 lun = Lun.image(lc.path, clock=self.engine, model=model, local=lc.local)  # type: ignore[arg-type]
+            elif lc.kind == "network":
+                assert lc.url is not None
+                lun = Lun.network(lc.url, clock=self.engine, model=model)
             else:
                 lun = Lun.block_device(lc.path, clock=self.engine, model=model, local=lc.local)  # type: ignore[arg-type]
         except HostsimError:
             raise
         except Exception as exc:
             raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name}: {exc}") from None
+        if lc.datastore and lun.networked and self._blank(lun):
+            lun.close()
+            raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name} is blank; a host never formats a LUN on "
+                            f"the network (another machine may boot on it at once): vmfs-mkfs -L {lc.datastore} "
+                            f"{lc.url}")
         if lc.datastore and self._blank(lun):
             version = 6 if lc.vmfs == "vmfs6" else 5  # no format given: VMFS5, as ESX 2.x to 6.0 made
 
@@ -686,7 +708,7 @@ class Host:
         c = self.config
         host_memory = HostMemStat.of(hm, machine_mb=c.memory_mb, vmkernel_mb=c.vmkernel_mb, console_mb=c.console_mb)
         devices = tuple(DeviceSample(self.luns[name].canonical_name or name, DiskStat.of(dev.counters()),
-                                     queue_depth=dev.queue_depth)
+                                     queue_depth=dev.queue_depth, locks=LockStat.of(self.luns[name].locking(self.name)))
                         for name, dev in sorted(self.stack.devices.items()))
         return HostSample(
             time_us=self.engine.now, host=self.name, mhz=c.mhz,

@@ -175,6 +175,24 @@ class DiskStat:
 
 
 @dataclass(frozen=True)
+class LockStat:
+    """How this host takes on-disk locks on a device and what that cost, cumulative: the
+    device's test-and-set (``mode``: 'ats', 'reserve' for SCSI-2 reservations, '' before the
+    first lock update), ATS commands that wrote and that miscompared, reservations taken and
+    RESERVATION CONFLICT answers (the hardware interface's ``LockCounters``)."""
+
+    mode: str = ""
+    ats: int = 0
+    ats_failures: int = 0
+    reservations: int = 0
+    conflicts: int = 0
+
+    @classmethod
+    def of(cls, counters: Any) -> LockStat:
+        return _copy(cls, counters)
+
+
+@dataclass(frozen=True)
 class DeviceSample:
     """One storage device (a LUN by its canonical name) as the host sees it; ``queue_depth`` is
     DQLEN."""
@@ -182,6 +200,7 @@ class DeviceSample:
     name: str
     disk: DiskStat
     queue_depth: int = 32
+    locks: LockStat = field(default_factory=LockStat)
 
 
 @dataclass(frozen=True)
@@ -246,7 +265,8 @@ def sample_from_dict(data: dict[str, Any]) -> HostSample:
             groups=tuple(GroupSample(**{**g, "cpu": CpuStat(**g["cpu"])}) for g in data["groups"]),
             memory=tuple(VmMemSample(**{**m, "mem": MemStat(**m["mem"])}) for m in data["memory"]),
             host_memory=HostMemStat(**data["host_memory"]),
-            devices=tuple(DeviceSample(**{**d, "disk": DiskStat(**d["disk"])}) for d in data["devices"]),
+            devices=tuple(DeviceSample(**{**d, "disk": DiskStat(**d["disk"]), "locks": LockStat(**d.get("locks", {}))})
+                          for d in data["devices"]),
             vm_disks=tuple(VmDiskSample(**{**v, "disk": DiskStat(**v["disk"])}) for v in data["vm_disks"]),
         )
     except (KeyError, TypeError) as exc:

@@ -5,7 +5,7 @@ VMFS volumes as datastores under ``/vmfs/volumes``.  See docs/hostsim.md, "Hardw
 
 from hostsim.hic.clock import Clock, StepClock, WallClock
 from hostsim.hic.faults import AllPathsDownError, FaultPlan, MediumError
-from hostsim.hic.lun import Lun, LunHandle, ScsiPath, StorageAdapter
+from hostsim.hic.lun import LockCounters, Lun, LunHandle, ScsiPath, StorageAdapter
 from hostsim.hic.model import DeviceModel, HostQueue, IoRecord, LunStats, StatsSample
 from hostsim.hic.storage import (
     VOLUMES,
@@ -26,6 +26,7 @@ __all__ = [
     "FaultPlan",
     "HostQueue",
     "IoRecord",
+    "LockCounters",
     "Lun",
     "LunHandle",
     "LunScan",

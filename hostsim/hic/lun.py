@@ -8,9 +8,16 @@ model and faults): closing a handle leaves the LUN open for the others,
 and every command of every handle goes through the same queue, faults and backing store, so
 ATS stays atomic between hosts.
 
-Drivers over three kinds of backing store: an image file (:meth:`Lun.image`), a block device
-node (:meth:`Lun.block_device`), memory (:meth:`Lun.memory`); any other
-:class:`~vmfs.device.base.BlockDevice` can be wrapped with the constructor.
+Drivers over four kinds of backing store: an image file (:meth:`Lun.image`), a block device
+node (:meth:`Lun.block_device`), memory (:meth:`Lun.memory`), and a LUN on the network
+(:meth:`Lun.network`: an iSCSI LUN or a Ceph RBD image, shared with hosts on other machines); any
+other :class:`~vmfs.device.base.BlockDevice` can be wrapped with the constructor.
+
+**Locking statistics** (esxtop's ATS, ATSF, RESV/s, CONS/s; :meth:`Lun.locking`).  A LUN of this
+machine's own is ATS-capable: every test-and-set is one ATS command, counted per host here.  A
+LUN on the network is this host's own session (its own initiator, its own RADOS client), and the
+session knows what the target gave: COMPARE AND WRITE, or SCSI-2 reservations around each lock
+update with the conflicts they met; those figures are the session's.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from hostsim.hic.clock import Clock
@@ -28,6 +36,7 @@ from hostsim.hic.naming import mpx_name, naa_name, runtime_name
 from vmfs.device.base import BlockDevice
 from vmfs.device.file import FileDevice
 from vmfs.device.memory import MemoryDevice
+from vmfs.device.opener import open_device
 from vmfs.device.shared import SharedDevice
 from vmfs.errors import DeviceError, ExistsError, InvalidArgumentError, NotFoundError
 
@@ -35,6 +44,19 @@ T = TypeVar("T")
 
 #: listener of completed commands: (the LUN, the handle's host, the record)
 IoListener = Callable[["Lun", str, IoRecord], None]
+
+
+@dataclass(frozen=True)
+class LockCounters:
+    """One host's test-and-sets on a LUN (cumulative): the mode ('ats', 'reserve' for SCSI-2
+    reservations, '' before the first), ATS commands that wrote, ATS commands that miscompared,
+    reservations taken, RESERVATION CONFLICT answers."""
+
+    mode: str = ""
+    ats: int = 0
+    ats_failures: int = 0
+    reservations: int = 0
+    conflicts: int = 0
 
 
 class Lun:
@@ -66,6 +88,8 @@ class Lun:
         self.listeners: list[IoListener] = []
         #: each host's device queue on this LUN (all its handles share it)
         self.queues: dict[str, HostQueue] = {}
+        #: each host's ATS commands on this LUN: [wrote, miscompared] (a LUN of this machine)
+        self.ats_counts: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self.closed = False
 
@@ -93,6 +117,36 @@ class Lun:
         if size <= 0:
             raise InvalidArgumentError(f"{name}: a LUN needs a positive size, got {size}")
         return cls(MemoryDevice(size, name=name), clock=clock, driver="memory", **kw)  # type: ignore[arg-type]
+
+    @classmethod
+    def network(cls, url: str, *, clock: Clock, readonly: bool = False, **kw: object) -> Lun:
+        """A LUN on the network: ``iscsi://portal/target/lun`` (libiscsi) or ``rbd:pool/image``
+        (librbd), opened as this host's own session.  Other machines' hosts share it through the
+        target only, as ESX hosts share a SAN LUN; its device model still times the commands."""
+        if url.startswith("iscsi://"):
+            driver = "iscsi"
+        elif url.startswith("rbd:"):
+            driver = "rbd"
+        else:
+            raise InvalidArgumentError(f"{url}: not a LUN on the network (iscsi://HOST/IQN/LUN or rbd:POOL/IMAGE)")
+        # named (and its naa. name derived) from the device's name: the URL without any password
+        return cls(open_device(url, readonly=readonly), clock=clock, driver=driver, **kw)  # type: ignore[arg-type]
+
+    @property
+    def networked(self) -> bool:
+        return self.driver in ("iscsi", "rbd")
+
+    def locking(self, host: str) -> LockCounters:
+        """How ``host`` takes on-disk locks on this LUN and what it cost (module docstring)."""
+        stats = getattr(self.device, "stats", None) if self.networked else None
+        if stats is not None:  # the session's own figures
+            ats = getattr(stats, "ats", 0)
+            failures = getattr(stats, "ats_miscompares", 0)
+            mode = getattr(stats, "mode", "")
+            return LockCounters("" if mode == "unknown" else mode, ats - failures, failures,
+                                getattr(stats, "reservations", 0), getattr(stats, "conflicts", 0))
+        wrote, failed = self.ats_counts.get(host, (0, 0))
+        return LockCounters("ats" if wrote or failed else "", wrote, failed)
 
     # -- shared use -----------------------------------------------------------------------------
 
@@ -197,10 +251,12 @@ class LunHandle(SharedDevice):
 
     def _compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
         self._check()
-        done = self.lun.submit(
+        done = bool(self.lun.submit(
             self, "ats", offset, len(new), lambda: self.device.compare_and_write(offset, expected, new)
-        )
-        return bool(done)
+        ))
+        counts = self.lun.ats_counts.get(self.host) or self.lun.ats_counts.setdefault(self.host, [0, 0])
+        counts[0 if done else 1] += 1
+        return done
 
     def flush(self) -> None:
         self._check()

@@ -97,6 +97,23 @@ def test_a_block_device_lun(tmp_path: Path) -> None:
     assert (c.luns[0].kind, c.luns[0].path) == ("block_device", node)
 
 
+def test_a_lun_on_the_network_and_its_host_must_keep_real_time(tmp_path: Path) -> None:
+    """A network LUN keeps its URL (no path, no size: the target has them); a host with one
+    refuses to be built for a headless (simulated-time) run, naming the LUN's line, before it
+    opens anything."""
+    from hostsim.console.host import Host, HostError
+
+    url = "iscsi://192.0.2.9:3260/iqn.2026-12.org.pyvmfs:san/1"
+    text = GOOD.replace("[lun scratch]\nmemory = 1G", f"[lun scratch]\nnetwork = {url}\nlun = 1\ndatastore = shared")
+    c = load(write(tmp_path, text))
+    scratch = c.lun("scratch")
+    assert (scratch.kind, scratch.url, scratch.path, scratch.size_bytes, scratch.datastore) == (
+        "network", url, None, None, "shared")
+    assert c.network_luns == (scratch,)
+    with pytest.raises(HostError, match=r":30: LUN scratch is on the network.*hostsim boot"):
+        Host(c)
+
+
 def test_defaults(tmp_path: Path) -> None:
     c = load(write(tmp_path, "[host]\nname = h\npcpus = 1\nmhz = 1000\nmemory_mb = 512\n"))
     assert (c.console_mb, c.vmkernel_mb, c.swap_mb, c.mode, c.seed, c.epoch_s, c.idle_tax, c.coschedule) == (
@@ -138,10 +155,17 @@ BAD = [
     (_edit("image = lun0.img", "image = missing.img"), 17, "image: {dir}/missing.img: No such file or directory"),
     (_edit("image = lun0.img", "image = ."), 17, "image: {dir} is not a regular file"),
     (_edit("image = lun0.img", "block_device = lun0.img"), 17, "block_device: {dir}/lun0.img is not a block device"),
-    (_edit("image = lun0.img", "image = lun0.img\nmemory = 1G"), 16, "exactly one of image, block_device, memory "
-                                                                   "(got image and memory)"),
+    (_edit("image = lun0.img", "image = lun0.img\nmemory = 1G"), 16, "exactly one of image, block_device, memory, "
+                                                                   "network (got image and memory)"),
     (_edit("[lun scratch]\nmemory = 1G", "[lun scratch]\nlocal = no"), 30, "exactly one of image, block_device, "
-                                                                           "memory (got none)"),
+                                                                           "memory, network (got none)"),
+    (_edit("[lun scratch]\nmemory = 1G", "[lun scratch]\nnetwork = nfs://filer/x"), 31,
+     "network: not a LUN on the network: 'nfs://filer/x'"),
+    (_edit("[lun scratch]\nmemory = 1G", "[lun scratch]\nnetwork = iscsi://filer/no-lun"), 31, "not an iSCSI URL"),
+    (_edit("[lun scratch]\nmemory = 1G", "[lun scratch]\nnetwork = rbd:pool/img\nlun = 1\ndatastore = ds9\n"
+                                         "format = vmfs5"), 34, "format: a host never formats a LUN on the network"),
+    (_edit("[lun scratch]\nmemory = 1G", "[lun scratch]\nnetwork = rbd:pool/img\nlun = 1\nlocal = no"), 33,
+     "local: a LUN on the network is not local"),
     (_edit("memory = 1G", "memory = 1000"), 31, "a LUN is a positive multiple of 512 bytes"),
     (_edit("memory = 1G", "memory = lots"), 31, "memory: not a size: 'lots'"),
     (_edit("adapter = vmhba2", "adapter = hba2"), 18, "adapter: not an adapter: 'hba2'"),

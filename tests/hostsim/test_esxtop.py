@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hostsim.console import esxtop, pdh
-from hostsim.console.esxtop import Interval, batch, batch_csv, disk_rates, screen
+from hostsim.console.esxtop import Interval, batch, batch_csv, disk_rates, lock_rates, screen
 from hostsim.console.plot import plot_run
 from hostsim.console.stats import (
     CpuStat,
@@ -32,6 +32,7 @@ from hostsim.console.stats import (
     GroupSample,
     HostMemStat,
     HostSample,
+    LockStat,
     MemStat,
     PcpuSample,
     SampleError,
@@ -68,7 +69,8 @@ def sample(t: int, *, with_db: bool = True, host: str = "esx01") -> HostSample:
         groups=tuple(groups), memory=tuple(memory),
         host_memory=HostMemStat(state="soft", machine_mb=2048, free_mb=100, vmkernel_mb=24, console_mb=192,
                                 minfree_mb=122, reserved_mb=700, unreserved_mb=1156, balloon_mb=50),
-        devices=(DeviceSample(LUN, disk, queue_depth=32),),
+        devices=(DeviceSample(LUN, disk, queue_depth=32,
+                              locks=LockStat("reserve", reservations=3 * s, conflicts=s)),),
         vm_disks=(VmDiskSample(10, "web1", LUN, disk),),
     )
 
@@ -203,9 +205,10 @@ def test_memory_panel_layout() -> None:
 def test_disk_panels_layout() -> None:
     dev = screen(history(), "u").splitlines()
     assert dev[2].split() == ["DEVICE", "PATH/WORLD/PARTITION", "DQLEN", "CMDS/s", "READS/s", "WRITES/s",
-                              "MBREAD/s", "MBWRTN/s", "DAVG/cmd", "KAVG/cmd", "GAVG/cmd", "QAVG/cmd"]
+                              "MBREAD/s", "MBWRTN/s", "DAVG/cmd", "KAVG/cmd", "GAVG/cmd", "QAVG/cmd",
+                              "LOCK", "ATS", "ATSF", "RESV/s", "CONS/s"]
     assert dev[3].split() == [LUN, "-", "32", "100.00", "60.00", "40.00", "0.23", "2.50", "2.00", "0.50", "2.50",
-                              "0.40"]
+                              "0.40", "SCSI", "0", "0", "3.00", "1.00"]
     vm = screen(history(), "v").splitlines()
     assert vm[2].split() == ["GID", "VMNAME", "VDEVNAME", "NVDISK", "CMDS/s", "READS/s", "WRITES/s", "MBREAD/s",
                              "MBWRTN/s", "GAVG/cmd"]
@@ -245,6 +248,9 @@ def test_batch_file_layout_read_with_the_csv_module() -> None:
     assert last[col[r"\\esx01\Physical Cpu(_Total)\% Processor Time"]] == "62.50"
     assert last[col[r"\\esx01\Memory\Kernel State"]] == "1"  # soft
     assert last[col[rf"\\esx01\Physical Disk SCSI Device({LUN})\Average Kernel MilliSec/Command"]] == "0.50"
+    assert last[col[rf"\\esx01\Physical Disk SCSI Device({LUN})\Reservations/sec"]] == "3.00"
+    assert last[col[rf"\\esx01\Physical Disk SCSI Device({LUN})\Reservation Conflicts/sec"]] == "1.00"
+    assert last[col[rf"\\esx01\Physical Disk SCSI Device({LUN})\ATS Commands"]] == "0"
 
 
 def test_batch_file_read_by_pandas_matches_the_samples() -> None:
@@ -458,3 +464,19 @@ def test_plot_is_a_deterministic_png_without_a_date(tmp_path: Path) -> None:
     assert c.read_bytes() != a.read_bytes()
     with pytest.raises(SampleError):
         plot_run(history(1), tmp_path / "d.png")
+
+
+def test_lock_rates_count_ats_since_open_and_reservations_per_second() -> None:
+    """ATS and ATSF are counts since the device was opened (as esxtop's ATS statistics);
+    RESV/s and CONS/s are the growth over the interval; a device whose counters went down (opened
+    again) counts from zero."""
+    before = LockStat("ats", ats=40, ats_failures=2)
+    after = LockStat("ats", ats=90, ats_failures=5)
+    r = lock_rates(before, after, 5.0)
+    assert (r.mode_label, r.ats, r.atsf, r.resv_s, r.cons_s) == ("ATS", 90, 5, 0.0, 0.0)
+    r = lock_rates(LockStat("reserve", reservations=100, conflicts=30),
+                   LockStat("reserve", reservations=150, conflicts=40), 10.0)
+    assert (r.mode_label, r.resv_s, r.cons_s) == ("SCSI", 5.0, 1.0)
+    r = lock_rates(LockStat("reserve", reservations=100, conflicts=30), LockStat("reserve", reservations=20), 10.0)
+    assert (r.resv_s, r.cons_s) == (2.0, 0.0)
+    assert lock_rates(None, LockStat(), 1.0).mode_label == "-"
