@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := python3 python3-venv fuse3 libfuse2 libfuse3-3 vmfs-tools vmfs6-tools qemu-utils e2fsprogs gcc make autoconf automake perl fio tgt libiscsi7 libiscsi-dev ceph-mon ceph-osd ceph-common librbd1 iproute2
+APT_PACKAGES := python3 python3-venv fuse3 libfuse2 libfuse3-3 vmfs-tools vmfs6-tools qemu-utils e2fsprogs gcc make autoconf automake perl fio tgt istgt libiscsi7 libiscsi-dev ceph-mon ceph-osd ceph-common librbd1 iproute2
 PYTEST_ARGS ?=
 
 .PHONY: demo test deps system-deps venv lint clean man

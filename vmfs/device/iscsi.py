@@ -561,7 +561,9 @@ class IscsiDevice(BlockDevice):
         here = bytearray(self._read_blocks(0, 1))
         here[0] ^= 0xFF
         image = bytes(here)
+        counted = self.stats.ats, self.stats.ats_miscompares
         self._ats(0, image, image)
+        self.stats.ats, self.stats.ats_miscompares = counted  # a question, not a lock update: not counted
         if self.stats.mode == "unknown":  # it matched: someone wrote exactly that meanwhile
             self.stats.mode = "ats"
         return self.stats.mode
