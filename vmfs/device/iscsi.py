@@ -241,6 +241,38 @@ class _ReservationLost(Exception):
     """Inside a reserved update: our reservation is gone (a LUN reset; another host has it)."""
 
 
+class _ConflictBackoff:
+    """Waiting out RESERVATION CONFLICTs for one command: a doubling, jittered pause from 0.5 ms
+    to 50 ms; a LUN reset once conflicts have lasted ``RESET_AFTER`` without a break (a
+    reservation left by an initiator that is gone, as ESX clears it); an error after
+    ``CONFLICT_PATIENCE``."""
+
+    def __init__(self, device: IscsiDevice, what: str) -> None:
+        self.device = device
+        self.what = what
+        self.first: float | None = None
+        self.reset = False
+        self.pause = 0.0005
+
+    def wait(self) -> None:
+        dev = self.device
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        elif now - self.first > CONFLICT_PATIENCE:
+            raise DeviceError(f"{dev.name}: {self.what}: the LUN stayed reserved by another initiator "
+                              f"for {CONFLICT_PATIENCE:.0f} s, through a LUN reset")
+        elif not self.reset and now - self.first > RESET_AFTER:
+            self.reset = True
+            log.warning("%s: reserved by another initiator for %.1f s: sending a LUN reset", dev.name, now - self.first)
+            dev.reset_lun()
+            return
+        wait = self.pause * (0.5 + random.random())
+        time.sleep(wait)
+        dev.stats.conflict_wait += wait
+        self.pause = min(self.pause * 2, 0.05)
+
+
 class IscsiDevice(BlockDevice):
     """One LUN of an iSCSI target, through one libiscsi session of its own."""
 
@@ -346,62 +378,55 @@ class IscsiDevice(BlockDevice):
 
     def _run(self, issue, what: str, *, write: bool = False, reserved: bool = False):  # type: ignore[no-untyped-def]
         """Issue a command until it is neither refused for a reservation nor answered with a
-        unit attention; returns the task (the caller frees it).  Holds the session lock for one
-        command at a time.  ``write``: refused once the write guard says so.  ``reserved``: part
-        of our own reserved update, which a conflict or a unit attention ends
-        (:class:`_ReservationLost`)."""
-        first = None
-        reset = False
+        unit attention; returns the task (the caller frees it).  ``write``: refused once the write
+        guard says so.  ``reserved``: part of our own reserved update, which a conflict or a unit
+        attention ends (:class:`_ReservationLost`)."""
+        backoff = _ConflictBackoff(self, what)
         attentions = 0
-        pause = 0.0005
         while True:
-            with self._lock:
-                self._session()
-                if write and self.write_guard is not None:
-                    refusal = self.write_guard()
-                    if refusal is not None:
-                        raise DeviceError(f"{self.name}: {what} not sent: {refusal}")
-                task = issue()
-                if not task:
-                    message = self._error()
-                    self._drop()
-                    raise DeviceError(f"{self.name}: {what} failed: {message}")
-                t = task.contents
-                if t.status & _STATUS_LIBISCSI == _STATUS_LIBISCSI:  # timed out, cancelled: the session is gone
-                    message = self._error()
-                    self._lib.scsi_free_scsi_task(task)
-                    self._drop()
-                    raise DeviceError(f"{self.name}: {what} failed: {message}")
-                if t.status == _STATUS_CHECK_CONDITION and t.sense.key == _SENSE_UNIT_ATTENTION:
-                    self._lib.scsi_free_scsi_task(task)
-                    self.stats.unit_attentions += 1
-                    attentions += 1
-                    if reserved:
-                        raise _ReservationLost
-                    if attentions <= _MAX_ATTENTIONS:
-                        continue
+            task, answer = self._issue_once(issue, what, write=write)
+            if answer == "done":
+                return task
+            if reserved:
+                raise _ReservationLost
+            if answer == "unit attention":
+                attentions += 1
+                if attentions > _MAX_ATTENTIONS:
                     raise DeviceError(f"{self.name}: {what}: unit attention, again and again")
-                if t.status != _STATUS_RESERVATION_CONFLICT:
-                    return task
+                continue
+            backoff.wait()
+
+    def _issue_once(self, issue, what: str, *, write: bool):  # type: ignore[no-untyped-def]
+        """One command under the session lock (the write guard is asked right before it goes
+        out, so a write that waited behind a slow command cannot slip past the lease).  Returns
+        (task, 'done'), or (None, 'unit attention' / 'conflict') for an answer to retry (counted,
+        the task freed); a failed command drops the session and raises."""
+        with self._lock:
+            self._session()
+            if write and self.write_guard is not None:
+                refusal = self.write_guard()
+                if refusal is not None:
+                    raise DeviceError(f"{self.name}: {what} not sent: {refusal}")
+            task = issue()
+            if not task:
+                message = self._error()
+                self._drop()
+                raise DeviceError(f"{self.name}: {what} failed: {message}")
+            t = task.contents
+            if t.status & _STATUS_LIBISCSI == _STATUS_LIBISCSI:  # timed out, cancelled: the session is gone
+                message = self._error()
+                self._lib.scsi_free_scsi_task(task)
+                self._drop()
+                raise DeviceError(f"{self.name}: {what} failed: {message}")
+            if t.status == _STATUS_CHECK_CONDITION and t.sense.key == _SENSE_UNIT_ATTENTION:
+                self._lib.scsi_free_scsi_task(task)
+                self.stats.unit_attentions += 1
+                return None, "unit attention"
+            if t.status == _STATUS_RESERVATION_CONFLICT:
                 self._lib.scsi_free_scsi_task(task)
                 self.stats.conflicts += 1
-                if reserved:
-                    raise _ReservationLost
-            now = time.monotonic()
-            if first is None:
-                first = now
-            elif now - first > CONFLICT_PATIENCE:
-                raise DeviceError(f"{self.name}: {what}: the LUN stayed reserved by another initiator "
-                                  f"for {CONFLICT_PATIENCE:.0f} s, through a LUN reset")
-            elif not reset and now - first > RESET_AFTER:
-                reset = True
-                log.warning("%s: reserved by another initiator for %.1f s: sending a LUN reset", self.name, now - first)
-                self.reset_lun()
-                continue
-            wait = pause * (0.5 + random.random())
-            time.sleep(wait)
-            self.stats.conflict_wait += wait
-            pause = min(pause * 2, 0.05)
+                return None, "conflict"
+            return task, "done"
 
     def _command(self, issue, what: str, *, write: bool = False,  # type: ignore[no-untyped-def]
                  reserved: bool = False) -> bytes:
