@@ -264,12 +264,19 @@ class HostAttachment:
         """Our previous incarnation's locks (the files it had open, the clusters of a transaction
         it was in) are still on disk in its name: let them all go once its journal is replayed,
         so none outlives the crash (fsck finds nothing, no host has to wait to break one)."""
+        self._release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, journaled,
+                                  "let go of %d lock(s) our previous incarnation held")
+
+    def _release_incarnation(self, slot_addr: int, generation: int, owner: str, extra_sites: list[int],
+                             message: str) -> None:
+        """Let go of every lock (of a file, of a cluster, and ``extra_sites``) still in the name
+        of one incarnation of ours; the files among them were left open (``left_open``)."""
         assert self.locks is not None
         fd_sites = set(fd_lock_sites(self.volume))
-        sites = sorted(fd_sites | set(cluster_lock_sites(self.volume)) | set(journaled))
-        dropped = self.locks.release_incarnation(previous.addr, previous.hb.hbGen, previous.hb.owner, sites)
+        sites = sorted(fd_sites | set(cluster_lock_sites(self.volume)) | set(extra_sites))
+        dropped = self.locks.release_incarnation(slot_addr, generation, owner, sites)
         if dropped:
-            log.warning("let go of %d lock(s) our previous incarnation held", len(dropped))
+            log.warning(message, len(dropped))
         self.left_open = set(dropped) & fd_sites
 
     def _release_recovered_incarnation(self, slot: int, generation: int) -> None:
@@ -279,20 +286,14 @@ class HostAttachment:
         Its locks are stale by VMFS' rules; let go of them now rather than leave an EBUSY wait
         and an fsck finding for each.  Only locks still in that very incarnation's name change
         (by ATS), so nothing another host took since is touched."""
-        assert self.locks is not None
         geo = self.volume.geometry
         if not 0 <= slot < geo.heartbeat_region_size // geo.hb_slot_size:
             return
         view = read_slot(self.volume, slot)
         if view.in_use and view.owner == self.host.uuid and view.hb.hbGen == generation:
             return  # not recovered: the claim found and handled it as ours
-        fd_sites = set(fd_lock_sites(self.volume))
-        sites = sorted(fd_sites | set(cluster_lock_sites(self.volume)))
-        dropped = self.locks.release_incarnation(view.addr, generation, self.host.uuid, sites)
-        if dropped:
-            log.warning("let go of %d lock(s) our previous incarnation held when another host recovered it",
-                        len(dropped))
-        self.left_open = set(dropped) & fd_sites
+        self._release_incarnation(view.addr, generation, self.host.uuid, [],
+                                  "let go of %d lock(s) our previous incarnation held when another host recovered it")
 
     # -- what the volume's caches ask (vmfs.volume.volume.VolumeWriter) ------------------------------
 
