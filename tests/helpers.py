@@ -152,3 +152,30 @@ def user_tree(fs, content=bytes):  # type: ignore[no-untyped-def]
             out[path] = None if fd.type == F.TYPE_DIRECTORY else content(fs.volume.reader(fd).read(0, fd.size))
     return out
 
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``ip`` now (for a daemon a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def read_pty_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 20.0) -> None:
+    """Read a pty into ``seen`` until ``needle`` appears in what arrives from now on."""
+    import select
+    import time
+
+    start = len(seen)
+    deadline = time.monotonic() + timeout
+    while needle not in seen[start:]:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} never shown; the screen so far ends {bytes(seen[-400:])!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break

@@ -39,6 +39,7 @@ from hostsim.console.stats import (
     VmDiskSample,
     VmMemSample,
 )
+from tests.helpers import read_pty_until
 
 ROOT = Path(__file__).resolve().parents[2]
 S = 1_000_000
@@ -355,21 +356,6 @@ PTY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 20.0) -> None:
-    """Read the pty into ``seen`` until ``needle`` appears in what arrives from now on."""
-    start = len(seen)
-    deadline = time.monotonic() + timeout
-    while needle not in seen[start:]:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{needle!r} never shown; screen so far ends {bytes(seen[-300:])!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:
-                break
-
-
 def test_interactive_switches_panels_on_a_pty(tmp_path: Path) -> None:
     script = tmp_path / "run_esxtop.py"
     script.write_text(PTY_SCRIPT.format(tests=str(Path(__file__).parent)))
@@ -380,16 +366,16 @@ def test_interactive_switches_panels_on_a_pty(tmp_path: Path) -> None:
     os.close(slave)
     seen = bytearray()
     try:
-        _read_until(master, b"%USED", seen)
+        read_pty_until(master, b"%USED", seen)
         for key, needle in ((b"m", b"MCTLSZ"), (b"u", b"DAVG/cmd"), (b"v", b"VDEVNAME"), (b"h", b"q: quit")):
             os.write(master, key)
-            _read_until(master, needle, seen)
+            read_pty_until(master, needle, seen)
         os.write(master, b"s")
-        _read_until(master, b"Delay of update in seconds:", seen)
+        read_pty_until(master, b"Delay of update in seconds:", seen)
         os.write(master, b"nope\n")
-        _read_until(master, b"not a positive number", seen)
+        read_pty_until(master, b"not a positive number", seen)
         os.write(master, b"c")
-        _read_until(master, b"PCPU USED(%)", seen)
+        read_pty_until(master, b"PCPU USED(%)", seen)
         os.write(master, b"q")
         assert proc.wait(timeout=20) == 0
     finally:

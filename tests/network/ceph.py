@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
+
+from tests.helpers import free_port
 
 CONF = """\
 [global]
@@ -64,17 +65,11 @@ def available() -> str | None:
     return None
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
 class CephCluster:
     def __init__(self, workdir: Path, ip: str = "127.0.0.1", store_bytes: int = 3 << 30) -> None:
         self.dir = workdir
         self.ip = ip
-        self.port = _free_port(ip)
+        self.port = free_port(ip)
         self.conf = workdir / "ceph.conf"
         self.store_bytes = store_bytes
         self.procs: list[subprocess.Popen[bytes]] = []

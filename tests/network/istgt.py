@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import free_port
+
 NODE_BASE = "iqn.2026-12.org.pyvmfs.istgt"
 
 CONF = """\
@@ -65,12 +67,6 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class IstgtTarget:
     """One istgt with one LUN 0 per name in ``luns`` (name -> size in bytes, sparse files),
     listening on 127.0.0.1 and on every address of ``ips``."""
@@ -79,7 +75,7 @@ class IstgtTarget:
         self.workdir = workdir
         self.luns = luns
         self.ips = ("127.0.0.1", *ips)
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "istgt.log"
 
@@ -95,7 +91,7 @@ class IstgtTarget:
         portals = "\n".join(f"  Portal DA{k} {ip}:{self.port}" for k, ip in enumerate(self.ips, 1))
         # each portal's /24 may log in (istgt refuses 0.0.0.0/0 as "access denied")
         netmasks = "\n".join(f"  Netmask {ip.rsplit('.', 1)[0]}.0/24" for ip in self.ips)
-        text = CONF.format(node=NODE_BASE, dir=self.workdir, control=_free_port(), portals=portals,
+        text = CONF.format(node=NODE_BASE, dir=self.workdir, control=free_port(), portals=portals,
                            netmasks=netmasks)
         for n, (name, size) in enumerate(self.luns.items(), 1):
             with open(self.backing(name), "wb") as f:

@@ -15,7 +15,6 @@ import csv
 import io
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, tool
+from tests.helpers import read_pty_until
 from tests.network import netns
 from tests.network.ceph import CephCluster
 from tests.network.tgt import TgtTarget
@@ -90,11 +90,11 @@ class BootedHost:
         os.close(slave)
         seen = bytearray()
         try:
-            _read_until(master, b"%USED", seen)
+            read_pty_until(master, b"%USED", seen)
             os.write(master, b"u")
-            _read_until(master, b"CONS/s", seen)
-            _read_until(master, b"\n", seen)  # the row after the header
-            _read_until(master, b"\n", seen)
+            read_pty_until(master, b"CONS/s", seen)
+            read_pty_until(master, b"\n", seen)  # the row after the header
+            read_pty_until(master, b"\n", seen)
             os.write(master, b"q")
             assert proc.wait(timeout=30) == 0
         finally:
@@ -112,20 +112,6 @@ class BootedHost:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         return self.err.read_text()
-
-
-def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 30.0) -> None:
-    start = len(seen)
-    deadline = time.monotonic() + timeout
-    while needle not in seen[start:]:
-        left = deadline - time.monotonic()
-        assert left > 0, f"{needle!r} never shown; the screen so far ends {bytes(seen[-400:])!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:
-                break
 
 
 @pytest.mark.parametrize("storage", ["iscsi", "rbd"])

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.helpers import free_port
 
 IQN_PREFIX = "iqn.2026-12.org.pyvmfs.test"
 
@@ -27,18 +28,12 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class TgtTarget:
     """One tgtd; :meth:`add_lun` makes a target with one LUN over a new sparse file."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.control = self.port % 32000 + 700  # management channel number (tgtd takes at most 32767)
         self.proc: subprocess.Popen[bytes] | None = None
         self._tid = 0
