@@ -4,12 +4,13 @@ reservations the third host's read latency shows the stalls, with ATS it does no
 
     .venv/bin/python bench/bench_exp28.py [--locks 1000] [--out DIR]
 
-Needs root, tgt and Ceph (what ``make test`` installs).  The run builds a storage LAN (a bridge
-and three network namespaces, tests/network/netns.py), starts tgtd (its LUN has no COMPARE AND
-WRITE: reservation mode) and a one-node Ceph cluster (rbd_compare_and_write: ATS mode) on the
-bridge's address, and runs the same three processes against each, each host in its own
-namespace.  A lock take is a test-and-set of the lock's sector from free to held, its release
-the reverse (what ``vmfs.cluster.locks`` does per lock), on 1,000 sectors of each locker's own.
+Needs root, tgt, istgt and Ceph (what ``make test`` installs).  The run builds a storage LAN (a
+bridge and three network namespaces, tests/network/netns.py), starts tgtd (its LUN has no COMPARE
+AND WRITE: reservation mode), istgt (COMPARE AND WRITE: ATS over the same protocol) and a
+one-node Ceph cluster (rbd_compare_and_write: ATS mode) on the bridge's address, and runs the
+same three processes against each, each host in its own namespace.  A lock take is a
+test-and-set of the lock's sector from free to held, its release the reverse (what
+``vmfs.cluster.locks`` does per lock), on 1,000 sectors of each locker's own.
 The reader reads 64 KiB at a time, in sequence, the whole time: first alone (the baseline),
 then while the lockers run.  Prints the reader's latency (median, 99th percentile, maximum)
 alone and during the locking, the lockers' time, and the RESERVATION CONFLICTs the reader met;
@@ -30,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.network import ceph, netns, tgt  # noqa: E402
+from tests.network import ceph, istgt, netns, tgt  # noqa: E402
 
 READER = """
 import json, sys, time
@@ -157,7 +158,7 @@ def main() -> None:
     ap.add_argument("--locks", type=int, default=1000, help="locks each of the two hosts takes and gives back")
     ap.add_argument("--out", default="bench/out", help="folder for exp28.png and exp28.json")
     args = ap.parse_args()
-    for why in (tgt.available(), ceph.available(), netns.available()):
+    for why in (tgt.available(), istgt.available(), ceph.available(), netns.available()):
         if why is not None:
             raise SystemExit(f"bench_exp28: {why}")
     out = Path(args.out)
@@ -166,18 +167,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-exp28-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         lan = netns.Lan(3).up()
-        target = cluster = None
+        target = caw = cluster = None
         try:
             target = tgt.TgtTarget(work / "tgt").start()
             url, _ = target.add_lun("exp28", 1 << 30)
             url = url.replace("127.0.0.1", target.add_portal(lan.target_ip).split(":")[0])
+            caw = istgt.IstgtTarget(work / "istgt", {"exp28": 1 << 30}, ips=(lan.target_ip,)).start()
             cluster = ceph.CephCluster(work / "ceph", ip=lan.target_ip).start()
             spec = cluster.image("exp28", 1 << 30)
             results["iSCSI (SCSI-2 reservations)"] = run_mode(url, lan, args.locks, work)
+            results["iSCSI (ATS, istgt)"] = run_mode(caw.url("exp28", lan.target_ip), lan, args.locks, work)
             results["RBD (ATS)"] = run_mode(spec, lan, args.locks, work)
         finally:
             if cluster is not None:
                 cluster.stop()
+            if caw is not None:
+                caw.stop()
             if target is not None:
                 target.stop()
             lan.down()

@@ -220,8 +220,15 @@ class GrainedExtent(Extent):
                     n += min(gs, end - pos - n)
                 off = (pos - sector) * SECTOR
                 buf[off : off + n * SECTOR] = self._file_read(start, n)
-            elif state == GrainState.UNALLOCATED:
-                add_hole(holes, pos, n)
+            elif state == GrainState.UNALLOCATED or state == GrainState.ZERO:
+                # the grains after it in the same state join it: one step for the run, not one
+                # per grain (a COWD delta's grains are single sectors, thousands to a read)
+                k, last = g - g0 + 1, len(entries)
+                while k < last and entries[k][0] == state:
+                    k += 1
+                n = min((g0 + k) * gs, end) - pos
+                if state == GrainState.UNALLOCATED:
+                    add_hole(holes, pos, n)
             elif state == GrainState.COMPRESSED:
                 grain = self._read_compressed(g, value)
                 off = (pos - sector) * SECTOR
