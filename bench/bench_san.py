@@ -4,14 +4,16 @@ creates per second per host, and the round trip of an on-disk lock update (one t
 
     .venv/bin/python bench/bench_san.py [--hosts 1,2,4] [--creates 300] [--locks 500] [--json out.json]
 
-Needs root and Debian's tgt (and Ceph for the RBD rows): the run starts its own tgtd on a free
-loopback port (one I/O thread) exporting a LUN over a fresh 2 GiB VMFS5 image, and a one-node
-Ceph cluster (memory-store OSD) into which each fresh volume is imported, and stops both after.  Each host is
-a real process with its own host identity and, on iSCSI, its own session and initiator name.
-tgt has no COMPARE AND WRITE, so on iSCSI every lock update is a SCSI-2 reservation (RESERVE,
-READ, WRITE, RELEASE): the whole LUN is closed to the other hosts for that time, which is what
-the lock figures at 2 and 4 hosts show.  On the image file the test-and-set is a byte-range
-lock of this machine; on RBD it is rbd_compare_and_write, atomic in the OSD (ATS mode).
+Needs root and Debian's tgt (istgt for the iSCSI ATS rows, Ceph for the RBD rows): the run
+starts its own tgtd on a free loopback port (one I/O thread) exporting a LUN over a fresh 2 GiB
+VMFS5 image, an istgt exporting the same image file, and a one-node Ceph cluster (memory-store
+OSD) into which each fresh volume is imported, and stops them after.  Each host is a real
+process with its own host identity and, on iSCSI, its own session and initiator name.  tgt has
+no COMPARE AND WRITE, so on it every lock update is a SCSI-2 reservation (RESERVE, READ, WRITE,
+RELEASE): the whole LUN is closed to the other hosts for that time, which is what the lock
+figures at 2 and 4 hosts show; istgt has it ("iscsi-ats": one COMPARE AND WRITE per update).
+On the image file the test-and-set is a byte-range lock of this machine; on RBD it is
+rbd_compare_and_write, atomic in the OSD (ATS mode).
 
 Creates: each host makes ``--creates`` files of 100 bytes in a directory of its own through
 the library (journal on, one attachment per host), all hosts at once.  Locks: each host does
@@ -35,6 +37,8 @@ sys.path.insert(0, str(REPO))
 from tests.cluster.conftest import make_volume  # noqa: E402
 from tests.network.ceph import CephCluster  # noqa: E402
 from tests.network.ceph import available as ceph_available  # noqa: E402
+from tests.network.istgt import IstgtTarget  # noqa: E402
+from tests.network.istgt import available as istgt_available  # noqa: E402
 from tests.network.tgt import TgtTarget, available  # noqa: E402
 
 CLUSTER: CephCluster | None = None  # the Ceph cluster of the run, when Ceph is installed
@@ -126,21 +130,28 @@ def main() -> None:
         raise SystemExit(f"bench_san: {why}")
     global CLUSTER
     rows = []
-    kinds = ["image file", "iscsi"] + (["rbd"] if ceph_available() is None else [])
+    kinds = (["image file", "iscsi"] + (["iscsi-ats"] if istgt_available() is None else [])
+             + (["rbd"] if ceph_available() is None else []))
     with tempfile.TemporaryDirectory(prefix="bench-san-", dir="/var/tmp") as tmp:
         target = TgtTarget(Path(tmp) / "tgt").start()
+        caw = None
         try:
             if "rbd" in kinds:
                 CLUSTER = CephCluster(Path(tmp) / "ceph").start()
             image = Path(tmp) / "local.img"
             make_volume(image, 2 << 30)
             url = target.export("bench", image)
+            if "iscsi-ats" in kinds:  # the same image file, through a target with COMPARE AND WRITE
+                caw = IstgtTarget(Path(tmp) / "istgt", {"bench": image}).start()
             for hosts in [int(h) for h in args.hosts.split(",")]:
                 for kind in kinds:
-                    storage = {"image file": str(image), "iscsi": url, "rbd": ""}[kind]
+                    storage = {"image file": str(image), "iscsi": url, "rbd": "",
+                               "iscsi-ats": caw.url("bench") if caw else ""}[kind]
                     rows.append(measure(storage, kind, hosts, args.creates, args.locks, image))
         finally:
             target.stop()
+            if caw is not None:
+                caw.stop()
             if CLUSTER is not None:
                 CLUSTER.stop()
     for hosts in sorted({r["hosts"] for r in rows}):

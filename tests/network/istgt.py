@@ -68,10 +68,10 @@ def available() -> str | None:
 
 
 class IstgtTarget:
-    """One istgt with one LUN 0 per name in ``luns`` (name -> size in bytes, sparse files),
-    listening on 127.0.0.1 and on every address of ``ips``."""
+    """One istgt with one LUN 0 per name in ``luns`` (name -> size in bytes of a new sparse file,
+    or an existing image file to export), listening on 127.0.0.1 and on every address of ``ips``."""
 
-    def __init__(self, workdir: Path, luns: dict[str, int], ips: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, luns: dict[str, int | Path], ips: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.luns = luns
         self.ips = ("127.0.0.1", *ips)
@@ -83,7 +83,8 @@ class IstgtTarget:
         return f"iscsi://{ip}:{self.port}/{NODE_BASE}:{name}/0"
 
     def backing(self, name: str) -> Path:
-        return self.workdir / f"{name}.img"
+        given = self.luns[name]
+        return given if isinstance(given, Path) else self.workdir / f"{name}.img"
 
     def start(self) -> IstgtTarget:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +95,9 @@ class IstgtTarget:
         text = CONF.format(node=NODE_BASE, dir=self.workdir, control=free_port(), portals=portals,
                            netmasks=netmasks)
         for n, (name, size) in enumerate(self.luns.items(), 1):
-            with open(self.backing(name), "wb") as f:
-                f.truncate(size)
+            if not isinstance(size, Path):
+                with open(self.backing(name), "wb") as f:
+                    f.truncate(size)
             text += LUN.format(n=n, name=name, backing=self.backing(name))
         conf = self.workdir / "istgt.conf"
         conf.write_text(text)
