@@ -234,12 +234,13 @@ class Host:
             raise
         except Exception as exc:
             raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name}: {exc}") from None
-        if lc.datastore and lun.networked and self._blank(lun):
+        blank = bool(lc.datastore) and self._blank(lun)
+        if blank and lun.networked:
             lun.close()
             raise HostError(f"{self.config.path}:{lc.line}: LUN {lc.name} is blank; a host never formats a LUN on "
                             f"the network (another machine may boot on it at once): vmfs-mkfs -L {lc.datastore} "
                             f"{lc.url}")
-        if lc.datastore and self._blank(lun):
+        if blank:
             version = 6 if lc.vmfs == "vmfs6" else 5  # no format given: VMFS5, as ESX 2.x to 6.0 made
 
             def uuid(what: str) -> str:  # the same image for the same config: determinism
