@@ -109,6 +109,13 @@ class BusyError(VmfsError, OSError):
     errno = _errno.EBUSY
 
 
+class SystemFileError(VmfsError, PermissionError):
+    """A change to one of the volume's system files (``.fdc.sf`` and the others) through the
+    file interface: never allowed, so never retried as a busy lock is."""
+
+    errno = _errno.EPERM
+
+
 class InUseError(VmfsError, OSError):
     """This host itself has the file open (EBUSY): waiting for other hosts would not help."""
 

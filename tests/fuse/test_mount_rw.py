@@ -97,3 +97,54 @@ def test_background_mount_logs_to_a_file(tmp_path: Path) -> None:
     while "claimed heartbeat slot" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_system_files_cannot_be_removed_or_changed(tmp_path: Path) -> None:
+    """The ``.sf`` files hold the volume's own metadata: rm, truncation, writes and attribute
+    changes through the mount answer EBUSY (as rename already did) and change nothing; an
+    ``rm -rf`` of the mount's root removes what users made and leaves the volume intact."""
+    import errno
+
+    image = tmp_path / "s.img"
+    subprocess.run([tool("vmfs-mkfs"), "-t", "vmfs5", "--size", "2G", str(image)], check=True, capture_output=True)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    proc = subprocess.Popen([tool("vmfs-mount"), "-f", "-o", "rw", str(image), str(mnt)])
+    try:
+        wait_mounted(mnt, proc)
+        (mnt / "d").mkdir()
+        (mnt / "d" / "f").write_bytes(b"user data")
+        system = sorted(p.name for p in mnt.iterdir() if p.name.endswith(".sf"))
+        assert ".fdc.sf" in system and ".vh.sf" in system
+        before = {name: os.stat(mnt / name) for name in system}
+        on_files = {
+            "unlink": lambda p: os.unlink(p),
+            "truncate": lambda p: os.truncate(p, 0),
+            "open for writing": lambda p: open(p, "r+b").close(),  # noqa: SIM115
+            "link": lambda p: os.link(p, mnt / "d" / "alias"),
+        }
+        on_all = {
+            "chmod": lambda p: os.chmod(p, 0o777),
+            "chown": lambda p: os.chown(p, 1000, 1000),
+            "rename": lambda p: os.rename(p, mnt / "d" / "moved"),
+        }
+        for name in system:
+            is_dir = (mnt / name).is_dir()  # VMFS5's .sdd.sf is a directory
+            attempts = {**on_all, **({"rmdir": lambda p: os.rmdir(p)} if is_dir else on_files)}
+            for what, attempt in attempts.items():
+                start = time.monotonic()
+                with pytest.raises(OSError) as err:
+                    attempt(mnt / name)
+                assert err.value.errno == errno.EPERM, f"{what} {name}: {err.value}"
+                assert time.monotonic() - start < 2, f"{what} {name}: refused only after a wait"
+        subprocess.run(["rm", "-rf", str(mnt)], capture_output=True)  # the user's part goes, errors for the rest
+        left = sorted(p.name for p in mnt.iterdir())
+        assert left == system, left
+        for name in system:
+            now = os.stat(mnt / name)
+            assert (now.st_size, now.st_mode) == (before[name].st_size, before[name].st_mode), name
+    finally:
+        unmount(mnt)
+        proc.wait(timeout=30)
+    r = subprocess.run([tool("vmfs-fsck"), "-n", str(image)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

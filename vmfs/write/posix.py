@@ -28,6 +28,7 @@ from vmfs.errors import (
     NotADirError,
     NotEmptyError,
     NotFoundError,
+    SystemFileError,
     VmfsError,
 )
 from vmfs.format import address as A
@@ -91,6 +92,15 @@ ORPHAN_PREFIX = ".vmfs-deleted-"
 #: prefixes of the names files unlinked while open wait under: ours, and libfuse's (the
 #: high-level API renames a file it counts open instead of unlinking it, until its release)
 HIDDEN_PREFIXES = (ORPHAN_PREFIX, ".fuse_hidden")
+
+
+def _changeable(fd: FileDescriptor, path: str | None = None) -> None:
+    """Refuse to change a system file (``.fdc.sf`` and the others hold the volume's own metadata:
+    removing, truncating or writing one through the file interface would destroy the volume);
+    EPERM, never retried.  The library's own changes to them (growing a
+    VMFS6 resource file, fsck repairs) lock them through the attachment, not through here."""
+    if fd.type == F.TYPE_SYSFILE:
+        raise SystemFileError(f"{path or hex(fd.address)}: cannot change a system file")
 
 
 class WritableFileSystem(FileSystem):
@@ -167,6 +177,7 @@ class WritableFileSystem(FileSystem):
         return self.volume.read_fd(address)
 
     def _lock(self, tx: Transaction, fd: FileDescriptor) -> FileDescriptor:
+        _changeable(fd)
         return self.attachment.lock_fd(tx, fd)
 
     def _lock_dirs(self, tx: Transaction, *fds: FileDescriptor) -> None:
@@ -355,6 +366,7 @@ class WritableFileSystem(FileSystem):
         fd = self._fd(entry.address)
         if fd.is_dir:
             raise IsADirError(f"{path}: is a directory")
+        _changeable(fd, path)
         if not self.is_open(fd.address):
             self.flush_fd(fd)
             self._drain(fd)
@@ -438,7 +450,7 @@ class WritableFileSystem(FileSystem):
             return
         src_fd = self._fd(src_entry.address)
         if src_fd.type == F.TYPE_SYSFILE:
-            raise BusyError(f"{old}: cannot move a system file")
+            raise SystemFileError(f"{old}: cannot move a system file")
         if src_fd.is_dir and self._is_ancestor(src_fd.address, dst_parent):
             raise InvalidArgumentError(f"cannot move {old} into its own subtree {new}")
         if existing is not None:
@@ -446,7 +458,7 @@ class WritableFileSystem(FileSystem):
             if dst_fd.is_dir and self._is_ancestor(dst_fd.address, src_parent):
                 raise NotEmptyError(f"{new}: is an ancestor of {old}")
             if dst_fd.type == F.TYPE_SYSFILE:
-                raise BusyError(f"{new}: cannot replace a system file")
+                raise SystemFileError(f"{new}: cannot replace a system file")
             if src_fd.is_dir and not dst_fd.is_dir:
                 raise NotADirError(f"{new}: not a directory")
             if not src_fd.is_dir and dst_fd.is_dir:
@@ -516,7 +528,7 @@ class WritableFileSystem(FileSystem):
             b_fd = self._lock(tx, self._fd(b_entry.address))
             for fd, p in ((a_fd, old), (b_fd, new)):
                 if fd.type == F.TYPE_SYSFILE:
-                    raise BusyError(f"{p}: cannot move a system file")
+                    raise SystemFileError(f"{p}: cannot move a system file")
             if (a_fd.is_dir and self._is_ancestor(a_fd.address, b_parent)) or (
                 b_fd.is_dir and self._is_ancestor(b_fd.address, a_parent)
             ):
@@ -769,6 +781,8 @@ class WritableFileSystem(FileSystem):
         """An open handle: exclusive lock for writing, a shared read-only lock for reading, held
         on disk until :meth:`close_file`; another host's conflicting open gets EBUSY."""
         fd = self._fd(address)
+        if write:
+            _changeable(fd)
         locks = self.attachment.locks
         if locks is not None:
             held, previous = locks.acquire(fd.vol_offset, LOCK_EXCLUSIVE if write else LOCK_READ_ONLY, wait=0.5)
