@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_fs.py [--size 2G] [--files 10000] [--workdir DIR] [--quick]
                                        [--json PATH] [--repeat 3] [--profile DIR] [--no-mkfs]
-                                       [--fs vmfs5|vmfs6]
+                                       [--fs vmfs5|vmfs6] [--commit 0.05]
 
 On a sparse VMFS5 volume (``--fs vmfs6``: VMFS6, ``vmfs-mkfs -t vmfs6``) made by vmfs-mkfs in a
 fresh folder under --workdir (the smallest 8 GiB * 2^k whose dry-run layout, of that version,
@@ -18,7 +18,8 @@ on the same machine and in the same run:
   table says whether it was);
 * creating --files files of --file-bytes bytes, in folders of at most --per-dir entries, through
   the read-write mount (files/s) against the same in a folder of the host filesystem, and the
-  unmount time after it (host: the time of a sync());
+  unmount time after it (host: the time of a sync()); then the same creates again in folders of
+  their own with group commit (``-o rw,commit=--commit``, default 0.05 s);
 * vmfs-mkfs of sparse 1 TiB and 64 TiB images (bench_mkfs.py; 64 TiB needs /dev/shm or another
   folder that holds a 64 TiB sparse file, else it is skipped).
 
@@ -135,8 +136,8 @@ class Mount:
             self.close()
 
 
-def ours(image: Path, mountpoint: Path, *, rw: bool, profile: Path | None = None) -> Mount:
-    mode = "rw" if rw else "ro"
+def ours(image: Path, mountpoint: Path, *, rw: bool, profile: Path | None = None, extra: str = "") -> Mount:
+    mode = ("rw" if rw else "ro") + (f",{extra}" if extra else "")
     if profile is None:
         return Mount([MOUNT, "-f", "-o", mode, str(image), str(mountpoint)], mountpoint)
     wrap = [sys.executable, "-m", "cProfile", "-o", str(profile)]
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     if prof:
         prof.mkdir(parents=True, exist_ok=True)
 
-    vsize = volume_size(size, args.files, len(plan), workdir, args.fs)
+    vsize = volume_size(size, 2 * args.files, 2 * len(plan), workdir, args.fs)  # creates twice: per-op, batched
     t0 = time.perf_counter()
     subprocess.run([MKFS, *mkfs_type(args.fs), "--size", str(vsize), str(image)], check=True, capture_output=True)
     res: dict[str, object] = {
@@ -327,8 +328,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     with m:
         ours_c = create_files(mnt, plan, payload)
         umount_c = m.close()
+    # the same creates again, in folders of their own, with group commit (-o commit=SECONDS)
+    batched = [(f"{d}-batch", names) for d, names in plan]
+    drop_caches()
+    with ours(image, mnt, rw=True, extra=f"commit={args.commit}") as m:
+        ours_g = create_files(mnt, batched, payload)
+        umount_g = m.close()
     res["create"] = {
         "ours_seconds": ours_c,
+        "ours_batched_seconds": ours_g,
+        "batched_unmount_seconds": umount_g,
+        "commit": args.commit,
         "host_seconds": host_c,
         "host_sync_seconds": host_sync,
         "unmount_seconds": umount_c,
@@ -427,6 +437,14 @@ def table(res: dict[str, object]) -> list[tuple[str, str, str, str]]:
     )
     rows.append(
         (
+            f"  the same with -o commit={c['commit']:g} (group commit)",
+            f"{n / c['ours_batched_seconds']:.0f} files/s ({c['ours_batched_seconds']:.2f} s)",
+            f"unmount {c['batched_unmount_seconds']:.2f} s",
+            ratio(c["ours_batched_seconds"], c["host_seconds"]),
+        )
+    )
+    rows.append(
+        (
             "  unmount after the creates",
             f"{c['unmount_seconds']:.2f} s",
             f"host sync(): {c['host_sync_seconds']:.2f} s",
@@ -453,6 +471,7 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=None, help="big file size (default 2G; --quick 64M)")
     parser.add_argument("--files", type=int, default=None, help="small files to create (default 10000; --quick 500)")
     parser.add_argument("--file-bytes", type=int, default=100, help="bytes in each small file")
+    parser.add_argument("--commit", type=float, default=0.05, help="group commit interval of the second creates (s)")
     parser.add_argument("--per-dir", type=int, default=1000, help="small files per folder (at most 2000)")
     parser.add_argument("--workdir", help="parent folder of the run's temporary folder (default: the temp dir)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 500 files")

@@ -41,6 +41,9 @@ def run(storage: str | BlockDevice, n: int, ops: int, seed: int, workdir: str, h
         vol = HostAttachment.open(storage, host=host, journaling=journaling)
     else:
         vol = HostAttachment.from_devices([SharedDevice(storage)], host=host, journaling=journaling)
+    commit = float(os.environ.get("VMFS_COMMIT", "0"))
+    if commit:
+        vol.group_commit(commit)  # as a mount does by default (bench/bench_cluster.py)
     fs = WritableFileSystem(vol)
     model: dict[str, bytearray] = {}
     dirs = {f"/h{n}"}

@@ -173,8 +173,12 @@ class Backend:
         self._local = threading.local()
         self._journals: frozenset[int] | None = None
 
+    def sync_to_disk(self) -> None:
+        """Before the disk is looked at: what the backend has acknowledged is to be on it."""
+
     def disk_full(self) -> DiskView:
         """The on-disk view with the full accounting (heartbeat slots parsed again)."""
+        self.sync_to_disk()
         with Volume.open(self.image) as vol:
             self._journals = journal_addresses(vol)
         return disk_view(self.image, None)
@@ -182,6 +186,7 @@ class Backend:
     def disk(self) -> DiskView:
         if self._journals is None:
             return self.disk_full()
+        self.sync_to_disk()
         return disk_view(self.image, self._journals)
 
     @property
@@ -342,7 +347,8 @@ class FuseBackend(Backend):
         self.mnt.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:  # a file, not a pipe: a chatty mount must never block
             self.proc = subprocess.Popen(
-                [self.tool, "-f", "-o", "rw", "--host-uuid", HOST.uuid, str(self.image), str(self.mnt)],
+                # group commit on: every step's effects wait in the batch until the disk is looked at
+                [self.tool, "-f", "-o", "rw,commit=0.05", "--host-uuid", HOST.uuid, str(self.image), str(self.mnt)],
                 stderr=log,
             )
         deadline = time.monotonic() + 30
@@ -352,6 +358,15 @@ class FuseBackend(Backend):
             if time.monotonic() > deadline:
                 raise RuntimeError("mount did not appear")
             time.sleep(0.02)
+
+    def sync_to_disk(self) -> None:
+        """fsync of the mount's root directory: the mount's open batch (it runs with group
+        commit) commits, so a separate open of the image sees every acknowledged change."""
+        fd = os.open(self.mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

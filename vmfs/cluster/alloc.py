@@ -98,6 +98,11 @@ class ResourceAllocator:
         """``count`` free resources as (cluster, resource), marked used in ``tx``."""
         if count <= 0:
             return []
+        owner = self.owner
+        held = owner.held_back.get(self.kind) if owner is not None else None
+        if held and self.free_count - len(held) < count and owner is not None and owner.make_room is not None:
+            owner.make_room()  # what is free but held back by the open batch becomes free once it commits
+            held = owner.held_back.get(self.kind)
         if self.free_count < count:
             self._free = None  # other hosts may have freed some: count again
             if self.free_count < count and self.grower is not None:
@@ -110,10 +115,28 @@ class ResourceAllocator:
                     f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted, {self.free_count} free"
                 )
         got: list[tuple[int, int]] = []
+        c = self.cursor
+        while True:
+            c, busy = self._scan(tx, count, got, held, c)
+            if len(got) == count or not held or owner is None or owner.make_room is None:
+                break
+            owner.make_room()  # only resources the open batch freed were left: commit it, look again
+            held = owner.held_back.get(self.kind)
+        self.cursor = c
+        if len(got) < count:
+            if busy:
+                raise BusyError(f"{self.res.name}: every cluster with free space is locked by another host")
+            raise NoSpaceError(f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted")
+        self._adjust(-count)
+        return got
+
+    def _scan(self, tx: Transaction, count: int, got: list[tuple[int, int]], held: set[tuple[int, int]] | None,
+              c: int) -> tuple[int, int]:
+        """One pass over the clusters from ``c``, adding free resources (not ``held`` back) to
+        ``got`` until it has ``count``; returns (cluster where it stopped, clusters found busy)."""
         clusters = self.res.num_clusters
         tried = 0
         busy = 0
-        c = self.cursor
         while len(got) < count and tried < clusters:
             cl, off = self.read_cluster(tx, c)
             if cl.free and not self._lock(tx, c, wait=0):
@@ -125,7 +148,7 @@ class ResourceAllocator:
                 bitmap = bytearray(cl.bitmap)
                 taken = 0
                 for r in range(cl.total):
-                    if self._is_free(bitmap, r):
+                    if self._is_free(bitmap, r) and not (held and (c, r) in held):
                         self._mark(bitmap, r, False)
                         got.append((c, r))
                         taken += 1
@@ -133,6 +156,8 @@ class ResourceAllocator:
                             break
                 if taken:
                     self._write_meta(tx, cl, off, bitmap)
+                elif held and any((c, r) in held and self._is_free(bitmap, r) for r in range(cl.total)):
+                    pass  # free only by resources the open batch freed: not ours to hand out yet
                 elif self.bits != 1:
                     # the count says free, no resource is in the state we know as free: a volume
                     # whose 2-bit encoding is not ours (vmfs-format.md 6.4 [U]); never guess
@@ -143,13 +168,7 @@ class ResourceAllocator:
             if len(got) < count:
                 c = (c + 1) % clusters
                 tried += 1
-        self.cursor = c
-        if len(got) < count:
-            if busy:
-                raise BusyError(f"{self.res.name}: every cluster with free space is locked by another host")
-            raise NoSpaceError(f"no space left: {count} {RESOURCE_NAMES[self.kind]} wanted")
-        self._adjust(-count)
-        return got
+        return c, busy
 
     def free(self, tx: Transaction, items: list[tuple[int, int]]) -> None:
         by_cluster: dict[int, list[int]] = {}
@@ -166,6 +185,9 @@ class ResourceAllocator:
                 self._mark(bitmap, r, True)
             self._write_meta(tx, cl, off, bitmap)
         self._adjust(len(items))
+        owner = self.owner
+        if owner is not None and owner.holding:
+            owner.held_back.setdefault(self.kind, set()).update(items)
 
     def _busy(self, cluster: int) -> None:
         raise BusyError(f"{self.res.name} cluster {cluster} is locked by another host")
@@ -247,6 +269,12 @@ class Allocators:
         #: spreads hosts' first allocation over the clusters
         self.host_uuid = host_uuid
         self._by_kind: dict[int, ResourceAllocator] = {}
+        #: resources freed by the host's open batch (group commit, vmfs.cluster.batch), by kind:
+        #: not allocated again until the batch commits; filled while ``holding``
+        self.held_back: dict[int, set[tuple[int, int]]] = {}
+        self.holding = False
+        #: commits the open batch and empties ``held_back`` (set by the attachment)
+        self.make_room: Callable[[], None] | None = None
         #: grows a VMFS6 resource file in a transaction (set by the host's attachment)
         self.grower: Callable[[Transaction, int], object] | None = None
         self.growable: frozenset[int] = frozenset()

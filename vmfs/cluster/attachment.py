@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from vmfs.cluster.alloc import Allocators
+from vmfs.cluster.batch import PendingSectors, size_bound
 from vmfs.cluster.grow import GROWABLE, grow
 from vmfs.cluster.heartbeat import HeartbeatManager
 from vmfs.cluster.host import HostIdentity, ManualClock
@@ -101,6 +102,16 @@ class HostAttachment:
         self._unfinished: Transaction | None = None
         #: caches could not be re-read after a failure (the device was away)
         self._caches_stale = False
+        #: group commit (vmfs.cluster.batch): seconds an open batch may wait (0: every
+        #: transaction commits on its own), the batch, when it opened (monotonic µs), its sectors
+        self.commit_interval = 0.0
+        self._batch: Transaction | None = None
+        self._batch_since_us = 0
+        self._pending: PendingSectors | None = None
+        #: how many batches committed and how many transactions they held (statistics, tests)
+        self.batches_committed = 0
+        self.batched_transactions = 0
+        self._batch_count = 0
         #: gives back the locks kept unused (vmfs.cluster.locks): a thread, or the manual clock
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
@@ -211,28 +222,36 @@ class HostAttachment:
         manual = isinstance(self.host.clock, ManualClock)
         keep = self.host.keep_locks
         idle = (0.0 if manual else KEEP_IDLE) if keep is None else keep
-        if idle <= 0:
+        batching = self.commit_interval > 0
+        if idle <= 0 and not batching:
             return
-        self.locks.keep_locks(idle)
+        if idle > 0:
+            self.locks.keep_locks(idle)
         if manual:
             listeners = self.host.clock.listeners  # type: ignore[attr-defined]
-            if self.locks.sweep not in listeners:
-                listeners.append(self.locks.sweep)
+            for work in ([self.locks.sweep] if idle > 0 else []) + ([self._commit_due] if batching else []):
+                if work not in listeners:
+                    listeners.append(work)
             return
         if self._keeper is not None:
             return
+        period = min([idle / 4] * (idle > 0) + [self.commit_interval / 2] * batching)
         self._keeper_stop.clear()
-        self._keeper = threading.Thread(target=self._keep, args=(idle / 4,), name="vmfs-lock-keeper", daemon=True)
+        self._keeper = threading.Thread(target=self._keep, args=(period, idle > 0), name="vmfs-lock-keeper",
+                                        daemon=True)
         self._keeper.start()
 
-    def _keep(self, interval: float) -> None:
+    def _keep(self, interval: float, keeping: bool) -> None:
+        """The keeper thread: gives back idle kept locks and commits a batch that waited enough."""
         locks = self.locks
         assert locks is not None
         while not self._keeper_stop.wait(interval):
             if self.closed or self.volume.closed:
                 return
             try:
-                locks.sweep()
+                self._commit_due()
+                if keeping:
+                    locks.sweep()
             except Exception:  # pragma: no cover - keep sweeping through transient errors
                 log.exception("giving back kept locks failed")
 
@@ -243,8 +262,10 @@ class HostAttachment:
         if self.locks is not None:
             self.locks.keep_locks(0)
         listeners = getattr(self.host.clock, "listeners", None)
-        if self.locks is not None and listeners is not None and self.locks.sweep in listeners:
-            listeners.remove(self.locks.sweep)
+        if self.locks is not None and listeners is not None:
+            for work in (self.locks.sweep, self._commit_due):
+                if work in listeners:
+                    listeners.remove(work)
         self._keeper_stop.set()
         keeper, self._keeper = self._keeper, None
         if keeper is not None and keeper is not threading.current_thread():
@@ -341,9 +362,12 @@ class HostAttachment:
             try:
                 yield tx
                 self.check_writable()
-                tx.commit()
+                if self._pending is not None and tx.journal is not None:
+                    self._absorb(tx)
+                else:
+                    tx.commit()
             except BaseException:
-                if tx.journal is not None and tx.journal.pending:
+                if tx.journal is not None and tx.journal.pending and self._unfinished is None:
                     self._unfinished = tx  # its locks stay until the redo is done
                 else:
                     try:
@@ -352,6 +376,117 @@ class HostAttachment:
                         log.warning("giving back locks failed (%s); retried before the next change", exc)
                 self._drop_caches()
                 raise
+
+    # -- group commit (vmfs.cluster.batch) -----------------------------------------------------------------
+
+    def group_commit(self, interval: float) -> None:
+        """Let completed transactions wait up to ``interval`` seconds in one batch that commits
+        as one journal transaction (0 turns it off, committing what waits).  Without the
+        journal there is nothing to batch."""
+        if interval < 0:
+            raise ValueError("the commit interval cannot be negative")
+        with self.meta_lock:
+            if interval == 0 or not self.journaling:
+                self.commit_pending()
+                self.commit_interval = 0.0
+                self.volume.device.pending = self._pending = None
+                self.allocators.holding = False
+                self.allocators.make_room = None
+                self._stop_keeping()
+                self._start_keeping()
+                return
+            self.commit_interval = interval
+            if self._pending is None:
+                self._pending = PendingSectors(self.commit_pending)
+                self.volume.device.pending = self._pending
+                self.allocators.holding = True
+                self.allocators.make_room = self.commit_pending
+            self._stop_keeping()
+            self._start_keeping()
+
+    def new_lock_block(self, offset: int, raw: bytes) -> bytes:
+        """The lock block to create at ``offset`` for a new object (``raw``: free): held by us
+        under group commit (:meth:`LockManager.born_held`), ``raw`` otherwise."""
+        if self._pending is None or self.locks is None:
+            return raw
+        image = self.locks.born_held(offset, raw)
+        return raw if image is None else image
+
+    @property
+    def batch_open(self) -> bool:
+        """Whether completed transactions are waiting for their commit."""
+        return self._batch is not None
+
+    def _absorb(self, tx: Transaction) -> None:
+        """A completed transaction joins the open batch (a new one if none is open, after the
+        open one if both would not fit the journal together)."""
+        journal = tx.journal
+        assert journal is not None and self._pending is not None
+        if not len(tx):
+            tx.commit()  # nothing to write: its callbacks run, its locks go back
+            return
+        if size_bound(len(tx), tx.lock_count) > journal.capacity:
+            self.commit_pending()
+            tx.commit()  # on its own, as without batching (too large even so: the caller splits it)
+            return
+        batch = self._batch
+        if batch is not None and size_bound(len(batch) + len(tx), batch.lock_count + tx.lock_count) > journal.capacity:
+            self.commit_pending()
+            batch = None
+        if batch is None:
+            batch = self._batch = Transaction(self.volume.device, journal, self.locks)
+            self._batch_since_us = self.now_us()
+            self._batch_count = 0
+        self._pending.add(tx._sectors)
+        batch.absorb(tx)
+        self._batch_count += 1
+
+    def commit_pending(self) -> None:
+        """Commit the open batch now (fsync, unmount, a full journal, something that must see
+        it on disk).  A failure is handled as a failed transaction's: the batch's locks stay while
+        its record may be in the journal, the caches are dropped, and the error is raised."""
+        with self.meta_lock:
+            batch, pending = self._batch, self._pending
+            if batch is None or pending is None:
+                return
+            self._batch = None
+            count, self._batch_count = self._batch_count, 0
+            try:
+                self.check_writable()
+                pending.committing = True
+                try:
+                    batch.commit(release=False)
+                finally:
+                    pending.committing = False
+            except BaseException:
+                pending.clear()
+                self.allocators.held_back.clear()
+                if batch.journal is not None and batch.journal.pending and self._unfinished is None:
+                    self._unfinished = batch  # its locks stay until the redo is done
+                else:
+                    with contextlib.suppress(VmfsError):
+                        batch.release_locks()
+                self._drop_caches()
+                raise
+            pending.clear()
+            self.allocators.held_back.clear()
+            self.batches_committed += 1
+            self.batched_transactions += count
+            try:
+                batch.release_locks()
+            except VmfsError as exc:
+                log.warning("giving back locks failed (%s); retried before the next change", exc)
+
+    def _commit_due(self) -> None:
+        """Commit the batch once it has waited its interval (the keeper's timer)."""
+        if self._batch is None or self.closed:
+            return
+        if self.now_us() - self._batch_since_us < self.commit_interval * 1_000_000:
+            return
+        try:
+            self.commit_pending()
+        except VmfsError as exc:
+            log.warning("group commit failed: %s", exc)
 
     def _drop_caches(self) -> None:
         """Forget every cache (re-reading pinned FDs); when the device fails meanwhile, again at
@@ -429,6 +564,9 @@ class HostAttachment:
         self.closed = True
         self.heartbeat.stop()
         self._stop_keeping()
+        self._batch = None  # the open batch dies with the process, as its memory would
+        if self._pending is not None:
+            self._pending.clear()
         if self.identity_lock is not None:
             self.identity_lock.abandon()
         self.volume.unbind_writer(self)
@@ -470,6 +608,7 @@ class HostAttachment:
         try:
             if lost is None:
                 with self.meta_lock:
+                    self.commit_pending()  # what the open batch holds, before the journal is emptied
                     self._recover_from_failed_io()  # never empty a journal that still has work to redo
             self._stop_keeping()
             if self.locks is not None:

@@ -26,7 +26,9 @@ end of its current use and not taken again for :attr:`LockManager.courtesy`, lon
 longest pause between a waiter's tries (:attr:`LockManager.poll_max`, doubled by the jitter).
 A host waiting for a lock another host keeps therefore gets it within ``keep_idle`` + a sweep
 interval when the holder is idle, and within ``keep_max`` + one of the holder's transactions +
-``poll_max`` when it is busy (one waiter; several waiters take turns without an order).  Keeping
+``poll_max`` when it is busy (one waiter; several waiters take turns without an order); under
+group commit (vmfs.cluster.batch) a lock the open batch holds is let go when the batch commits,
+so add the commit interval to both.  Keeping
 never changes what is on disk: a kept lock is exactly a held lock, and a crash leaves it as it
 leaves any held lock (broken by whoever recovers the host; replaying our last transaction while
 we still hold its locks rewrites what is already home).
@@ -425,6 +427,22 @@ class LockManager:
             raise
         self.unreleased.discard(offset)
 
+    def born_held(self, offset: int, raw: bytes) -> bytes | None:
+        """The lock block ``raw`` (free) of an object being created in the open batch (group
+        commit), made exclusively ours with no I/O: it reaches the disk with the batch already
+        held, so a user of the new object takes it from memory instead of testing bytes the disk
+        does not have yet.  Kept unused from the start, like any lock whose user let go, and given
+        back the same way.  None when locks are not kept (the block is then created free)."""
+        if self.keep_idle <= 0:
+            return None
+        new = self._taken(parse_lock(raw), LOCK_EXCLUSIVE)
+        image = build_lock(new, raw)
+        now = self.host.clock.monotonic_us()
+        with self._mutex:
+            self.held[offset] = Held(offset, LOCK_EXCLUSIVE, image, new.token, count=0, taken_us=now)
+            self._kept[offset] = now
+        return image
+
     def _overdue(self, held: Held, now_us: int) -> bool:
         """True once we have had ``held`` for ``keep_max`` since taking it: then it is given
         back, not kept, so a waiting host gets its turn (module docstring)."""
@@ -448,6 +466,7 @@ class LockManager:
             return
         now = self.host.clock.monotonic_us()
         idle_us = int(self.keep_idle * 1_000_000)
+        pending = self.volume.device.pending
         with self._mutex:
             for offset, since in list(self._yielded.items()):
                 if now - since >= 2 * self.courtesy * 1_000_000:
@@ -459,6 +478,11 @@ class LockManager:
                     continue
                 overdue = self._overdue(held, now)
                 if now - since < idle_us and not overdue:
+                    continue
+                if pending and pending.overlaps(offset, SECTOR):
+                    # born held in the open batch (born_held): its block is not on disk yet, and
+                    # giving it back would commit the batch under this mutex; the next sweep after
+                    # the commit does it
                     continue
                 del self._kept[offset]
                 del self.held[offset]

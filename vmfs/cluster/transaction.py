@@ -33,6 +33,8 @@ class Transaction:
         self.journal = journal
         self.locks = locks
         self._locked: list[int] = []
+        #: lock offsets given up by :meth:`forget_lock` (a batch absorbing this one drops them too)
+        self._forgotten: list[int] = []
         self._sectors: dict[int, bytes] = {}
         #: callbacks run after a successful commit (e.g. freeing in-memory reservations)
         self.after_commit: list = []
@@ -92,6 +94,28 @@ class Transaction:
             runs.append((start * SECTOR, bytes(buf)))
         return runs
 
+    @property
+    def lock_count(self) -> int:
+        return len(set(self._locked))
+
+    def absorb(self, other: Transaction) -> None:
+        """Take over ``other``, a completed transaction (group commit, :mod:`vmfs.cluster.batch`):
+        its sector images over ours, its locks (held until this one commits; a lock it forgot,
+        whose block it rewrote, is no longer listed, since a replay tells by the listed locks
+        whether the transaction is still ours to redo), its after-commit callbacks run now, as
+        its effects are visible from now on."""
+        self._sectors.update(other._sectors)
+        for offset in other._forgotten:
+            while offset in self._locked:
+                self._locked.remove(offset)
+        self._forgotten.extend(other._forgotten)
+        self._locked.extend(other._locked)
+        other._locked = []
+        other._sectors = {}
+        callbacks, other.after_commit = other.after_commit, []
+        for callback in callbacks:
+            callback()
+
     # -- on-disk locks held for the life of the transaction -----------------------------------------------
 
     def lock(self, offset: int, mode: int = LOCK_EXCLUSIVE, *, wait: float | None = None):  # type: ignore[no-untyped-def]
@@ -105,6 +129,7 @@ class Transaction:
 
     def forget_lock(self, offset: int) -> None:
         """The locked object was freed and its lock block overwritten: nothing to release."""
+        self._forgotten.append(offset)
         if self.locks is not None:
             while offset in self._locked:
                 self._locked.remove(offset)
@@ -136,7 +161,10 @@ class Transaction:
         records = self.records()
         if records:
             if self.journal is not None:
-                self.journal.commit(records, self._locked)
+                # a lock whose block the transaction itself writes (an object it creates or
+                # frees) cannot tell a replay whether the record is still ours to redo
+                witnesses = [o for o in self._locked if o // SECTOR not in self._sectors]
+                self.journal.commit(records, witnesses)
             else:
                 for offset, data in records:
                     self.device.write(offset, data)

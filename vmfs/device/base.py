@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from vmfs.errors import DeviceError, ReadOnlyError
 
@@ -33,6 +34,10 @@ class BlockDevice(abc.ABC):
     #: the heartbeat (vmfs.cluster.heartbeat); checked at the last moment because a command may
     #: wait behind a slow one for longer than the lease has left.
     write_guard: Callable[[], str | None] | None = None
+    #: on a writing host's volume device, the sectors its open group commit has absorbed and not
+    #: yet written home (:class:`vmfs.cluster.batch.PendingSectors`): reads return them over the
+    #: disk's bytes, and an ATS or a write that touches one commits the batch first.  None elsewhere.
+    pending: Any = None
 
     def __init__(self, *, readonly: bool) -> None:
         self.readonly = readonly
@@ -59,6 +64,10 @@ class BlockDevice(abc.ABC):
             )
         if length == 0:
             return b""
+        pending = self.pending
+        if pending:
+            with pending.lock:
+                return pending.overlay(offset, self._read(offset, length))
         return self._read(offset, length)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -69,6 +78,9 @@ class BlockDevice(abc.ABC):
                 f"{self.name}: write of {len(data)} bytes at 0x{offset:x} beyond the device end 0x{self.size:x}"
             )
         if data:
+            pending = self.pending
+            if pending:
+                pending.settle(offset, len(data))
             self._write(offset, bytes(data))
 
     def compare_and_write(self, offset: int, expected: bytes, new: bytes) -> bool:
@@ -83,6 +95,9 @@ class BlockDevice(abc.ABC):
             raise ValueError("compare_and_write needs images of equal length")
         if offset < 0 or offset + len(new) > self.size:
             raise DeviceError(f"{self.name}: ATS at 0x{offset:x} beyond the device end")
+        pending = self.pending
+        if pending:
+            pending.settle(offset, len(new))
         return self._compare_and_write(offset, bytes(expected), bytes(new))
 
     def flush(self) -> None:  # noqa: B027 - optional hook

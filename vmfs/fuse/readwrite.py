@@ -219,6 +219,12 @@ class ReadWriteOperations(VmfsOperations):
         return 0
 
     @fuse_op
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        # a directory's entries are metadata: durable once the open batch has committed
+        self.wfs.sync()
+        return 0
+
+    @fuse_op
     def release(self, path: str, fh: int) -> int:
         with self._handles_lock:
             entry = self._handles.pop(fh, None)
@@ -321,7 +327,7 @@ class ReadWriteOperations(VmfsOperations):
 #: every callback of the read-write mount, run one at a time (see the module doc)
 SERIALIZED = (
     "getattr", "readdir", "readlink", "statfs", "open", "create", "read", "write", "truncate", "flush",
-    "fsync", "release", "mkdir", "rmdir", "unlink", "symlink", "rename", "link", "chmod", "chown",
+    "fsync", "fsyncdir", "release", "mkdir", "rmdir", "unlink", "symlink", "rename", "link", "chmod", "chown",
     "utimens", "fallocate", "mknod", "opendir", "destroy",
 )
 for _name in SERIALIZED:

@@ -35,6 +35,7 @@ from vmfs.format import address as A
 from vmfs.format import builders
 from vmfs.ondisk import filedesc as F
 from vmfs.ondisk import resource as R
+from vmfs.ondisk.common import SECTOR
 from vmfs.ondisk.lock import LOCK_EXCLUSIVE, LOCK_READ_ONLY, LOCK_TYPE_FD
 from vmfs.volume.directory import Directory, Directory6, check_name
 from vmfs.volume.filedesc import FileDescriptor
@@ -222,6 +223,7 @@ class WritableFileSystem(FileSystem):
             lock.hbGen = hb.generation
         lock.token = 1
         raw = builders.fd_bytes(geo, vol_offset, meta, lock=lock)
+        raw = self.attachment.new_lock_block(vol_offset, raw[:SECTOR]) + raw[SECTOR:]
         tx.write(vol_offset, raw)
         fd = FileDescriptor(self.volume, address, vol_offset, raw)
         self.volume._fd_cache.put(address, fd)
@@ -842,9 +844,18 @@ class WritableFileSystem(FileSystem):
             self.writers.pop(address, None)
             self.readers.pop(address, None)
             self._remove_orphan(address)
+        self.attachment.commit_pending()
 
     def fsync(self, address: int) -> None:
+        """Make the file durable: its deferred changes, and every change waiting in the open
+        group commit (the file's own changes may sit in it beside others, as in jbd2's running
+        transaction, so the whole batch commits)."""
         self.flush_fd(self._fd(address))
+        self.sync()
+
+    def sync(self) -> None:
+        """Make every change made so far durable (fsync of a directory, syncfs)."""
+        self.attachment.commit_pending()
         self.volume.device.flush()
 
     def _restore_deferred(self) -> None:
