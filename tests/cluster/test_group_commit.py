@@ -202,3 +202,46 @@ def test_a_busy_holders_batch_gives_its_lock_to_a_waiter_in_time(image: Path) ->
         assert waited <= KEEP_MAX + interval + 1.5
         assert a.batched_transactions > 2 * a.batches_committed
     assert _names(image, "/busy") == {f"a{i}" for i in range(max(0, made[0] - 50), made[0])} | {"from-b"}
+
+
+def test_hosts_waiting_for_each_others_batched_locks_do_not_wait_out_the_timeout(image: Path) -> None:
+    """Real time: host 1's batch holds /one's lock and host 2's holds /two's; then, at once, host 1
+    creates in /two and host 2 in /one.  Each waits inside a transaction, so neither keeper can
+    commit its batch (interval 2 s anyway): without committing its own batch before it waits
+    (LockManager.before_wait), each would wait out the lock timeout (5 s) and retry."""
+    with mount(image, host(1, Clock())) as a, mount(image, host(2, Clock())) as b:
+        fa, fb = WritableFileSystem(a), WritableFileSystem(b)
+        fa.mkdir("/one")
+        fa.mkdir("/two")
+        fa.sync()
+        a.group_commit(2.0)
+        b.group_commit(2.0)
+        fa.create("/one/a-first")
+        fb.create("/two/b-first")
+        assert a.batch_open and b.batch_open
+        took: dict[str, float] = {}
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+
+        def cross(name: str, fs: WritableFileSystem, path: str) -> None:
+            go.wait()
+            start = time.monotonic()
+            try:
+                fs.create(path)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            took[name] = time.monotonic() - start
+
+        workers = [threading.Thread(target=cross, args=("1", fa, "/two/a-second")),
+                   threading.Thread(target=cross, args=("2", fb, "/one/b-second"))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        print(f"crossed creates took {took['1']:.2f} s (host 1) and {took['2']:.2f} s (host 2)")
+        assert not errors, errors
+        assert max(took.values()) < 1.5, took
+        fa.sync()
+        fb.sync()
+    assert _names(image, "/one") == {"a-first", "b-second"}
+    assert _names(image, "/two") == {"b-first", "a-second"}

@@ -392,6 +392,8 @@ class HostAttachment:
                 self.volume.device.pending = self._pending = None
                 self.allocators.holding = False
                 self.allocators.make_room = None
+                if self.locks is not None:
+                    self.locks.before_wait = None
                 self._stop_keeping()
                 self._start_keeping()
                 return
@@ -401,6 +403,8 @@ class HostAttachment:
                 self.volume.device.pending = self._pending
                 self.allocators.holding = True
                 self.allocators.make_room = self.commit_pending
+                if self.locks is not None:
+                    self.locks.before_wait = self._commit_before_waiting
             self._stop_keeping()
             self._start_keeping()
 
@@ -476,6 +480,17 @@ class HostAttachment:
                 batch.release_locks()
             except VmfsError as exc:
                 log.warning("giving back locks failed (%s); retried before the next change", exc)
+
+    def _commit_before_waiting(self) -> bool:
+        """A transaction of ours is about to wait for a lock another host holds: commit the open
+        batch, so the locks it holds go back while we wait (that host may be waiting for one of
+        them, and our keeper cannot commit while the waiting transaction holds ``meta_lock``).
+        Not from inside the batch's own commit."""
+        pending = self._pending
+        if self._batch is None or pending is None or pending.committing:
+            return False
+        self.commit_pending()
+        return True
 
     def _commit_due(self) -> None:
         """Commit the batch once it has waited its interval (the keeper's timer)."""

@@ -28,7 +28,10 @@ A host waiting for a lock another host keeps therefore gets it within ``keep_idl
 interval when the holder is idle, and within ``keep_max`` + one of the holder's transactions +
 ``poll_max`` when it is busy (one waiter; several waiters take turns without an order); under
 group commit (vmfs.cluster.batch) a lock the open batch holds is let go when the batch commits,
-so add the commit interval to both.  Keeping
+so add the commit interval to both.  A host about to wait for a lock commits its own open batch
+first (:attr:`LockManager.before_wait`): the waiting transaction holds the attachment's lock, so
+its keeper could not commit the batch meanwhile, and two hosts each waiting for a lock the
+other's batch holds would both wait out the lock timeout.  Keeping
 never changes what is on disk: a kept lock is exactly a held lock, and a crash leaves it as it
 leaves any held lock (broken by whoever recovers the host; replaying our last transaction while
 we still hold its locks rewrites what is already home).
@@ -64,7 +67,7 @@ from vmfs.volume.journalblock import journal_area, journal_kind, journal_resourc
 from vmfs.volume.slots import SlotView, read_slot, read_slots
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from vmfs.cluster.alloc import Allocators
     from vmfs.cluster.heartbeat import HeartbeatManager
@@ -157,6 +160,10 @@ class LockManager:
         self._kept: dict[int, int] = {}
         #: offset -> when we gave it back for having kept it ``keep_max`` (µs)
         self._yielded: dict[int, int] = {}
+        #: called once before we wait for a lock another live host holds (group commit: the
+        #: attachment commits its open batch, whose locks that host may be waiting for in turn)
+        #: (True when it committed something)
+        self.before_wait: Callable[[], bool] | None = None
 
     def keep_locks(self, idle: float, *, poll: float = POLL_BUSY) -> None:
         """Keep unused exclusive locks for ``idle`` seconds (0: never), polling busy locks at
@@ -330,12 +337,17 @@ class LockManager:
                 clock.sleep(pause / 1_000_000)
         deadline = clock.monotonic_us() + int(limit * 1_000_000)
         delay = 0.01
+        before_wait = self.before_wait
         while True:
             got = self._try(offset, mode)
             if isinstance(got, tuple):
                 return got
             if got == "retry":
                 continue
+            if before_wait is not None:
+                hook, before_wait = before_wait, None
+                if hook():
+                    continue  # our batch committed, which took time: look again before pausing
             if clock.monotonic_us() >= deadline:
                 until = self._silent_until(getattr(got, "holder", None))
                 if until is None or clock.monotonic_us() >= until:
