@@ -1,7 +1,7 @@
 """Metadata operations per second with 1, 2 and 4 hosts (real processes) sharing one volume: with
-the journal and every operation its own commit, with the journal and group commit (what a mount
-does by default: ``--commit`` seconds, vmfs.cluster.batch), and with journaling off (not
-crash-safe: the bound on what the journal costs).
+the journal and every operation its own commit (what a mount does by default), with the journal
+and group commit (``vmfs-mount -o commit=SECONDS``: ``--commit`` seconds, vmfs.cluster.batch), and
+with journaling off (not crash-safe: the bound on what the journal costs).
 
     .venv/bin/python bench/bench_cluster.py [--ops 300] [--hosts 1,2,4] [--commit 0.05] [--json out.json]
                                             [--fs vmfs5|vmfs6]

@@ -331,7 +331,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     # the same creates again, in folders of their own, with group commit (-o commit=SECONDS)
     batched = [(f"{d}-batch", names) for d, names in plan]
     drop_caches()
-    with ours(image, mnt, rw=True, extra=f"commit={args.commit}") as m:
+    m = ours(image, mnt, rw=True, extra=f"commit={args.commit}")
+    with m:
         ours_g = create_files(mnt, batched, payload)
         umount_g = m.close()
     res["create"] = {

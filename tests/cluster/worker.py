@@ -43,7 +43,7 @@ def run(storage: str | BlockDevice, n: int, ops: int, seed: int, workdir: str, h
         vol = HostAttachment.from_devices([SharedDevice(storage)], host=host, journaling=journaling)
     commit = float(os.environ.get("VMFS_COMMIT", "0"))
     if commit:
-        vol.group_commit(commit)  # as a mount does by default (bench/bench_cluster.py)
+        vol.group_commit(commit)  # as vmfs-mount -o commit=SECONDS does (bench/bench_cluster.py)
     fs = WritableFileSystem(vol)
     model: dict[str, bytearray] = {}
     dirs = {f"/h{n}"}

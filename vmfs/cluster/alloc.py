@@ -94,6 +94,19 @@ class ResourceAllocator:
             return False
         return True
 
+    def _lock_now(self, tx: Transaction, cluster: int) -> bool | None:
+        """Lock a cluster header without waiting: None when another host holds it, True when
+        we took it from the disk just now (what we read before may be stale), False when it was
+        ours already (kept or held by this transaction: nobody could change the cluster)."""
+        try:
+            got = tx.lock(self._header_offset(cluster), wait=0)
+        except BusyError:
+            return None
+        if got is None:
+            return False  # no lock manager: a single-host tool, nobody else writes
+        held, previous = got
+        return held.token != previous
+
     def allocate(self, tx: Transaction, count: int = 1) -> list[tuple[int, int]]:
         """``count`` free resources as (cluster, resource), marked used in ``tx``."""
         if count <= 0:
@@ -139,11 +152,13 @@ class ResourceAllocator:
         busy = 0
         while len(got) < count and tried < clusters:
             cl, off = self.read_cluster(tx, c)
-            if cl.free and not self._lock(tx, c, wait=0):
-                busy += 1
-                cl = None
-            elif cl.free:
-                cl, off = self.read_cluster(tx, c)  # fresh, under the lock
+            if cl.free:
+                fresh = self._lock_now(tx, c)
+                if fresh is None:
+                    busy += 1
+                    cl = None
+                elif fresh:
+                    cl, off = self.read_cluster(tx, c)  # taken just now: read again under the lock
             if cl is not None and cl.free:
                 bitmap = bytearray(cl.bitmap)
                 taken = 0
